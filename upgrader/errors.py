@@ -1,0 +1,103 @@
+"""The one error tree of upgrader.
+
+    UpgraderError
+    ├── ConfigError            bad input: file, key path, line  (CLI exit 2)
+    ├── ProviderError          a provider could not do its job
+    │   ├── TransportError     command on a host failed (host, argv, exit status, stderr)
+    │   ├── BalancerError      the balancer refused or did not read back as set
+    │   ├── HealthCheckFailed  a host did not become healthy
+    │   └── SnapshotError
+    ├── PolicyRefused          a policy (deploy window, fleet lock) refused the rollout (exit 3)
+    └── RolloutFailed          the rollout ended without reaching its target (exit 1)
+
+Errors carry structured fields and never print or render themselves; front ends do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UpgraderError(Exception):
+    """Root of every error upgrader raises on purpose."""
+
+
+class ConfigError(UpgraderError):
+    """Bad input. Names the file, the key path and (when known) the line."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        key: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.key = key
+        self.line = line
+        super().__init__(self.location_text() + message)
+
+    def location_text(self) -> str:
+        parts = []
+        if self.file:
+            parts.append(self.file if self.line is None else f"{self.file}:{self.line}")
+        elif self.line is not None:
+            parts.append(f"line {self.line}")
+        if self.key:
+            parts.append(self.key)
+        return ": ".join(parts) + (": " if parts else "")
+
+
+class ProviderError(UpgraderError):
+    """A provider could not do what the engine asked."""
+
+    def __init__(self, message: str, *, host: str | None = None) -> None:
+        self.message = message
+        self.host = host
+        super().__init__(f"{host}: {message}" if host else message)
+
+
+class TransportError(ProviderError):
+    """A command on a host failed or could not be run."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str | None = None,
+        argv: list[str] | tuple[str, ...] | None = None,
+        exit_status: int | None = None,
+        stdout: str = "",
+        stderr: str = "",
+    ) -> None:
+        self.argv = tuple(argv) if argv is not None else None
+        self.exit_status = exit_status
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(message, host=host)
+
+
+class BalancerError(ProviderError):
+    """The balancer refused a change, or its state did not read back as set."""
+
+
+class HealthCheckFailed(ProviderError):
+    """A host did not pass its health check in time."""
+
+
+class SnapshotError(ProviderError):
+    """A snapshot could not be taken, restored or deleted."""
+
+
+class PolicyRefused(UpgraderError):
+    """A policy refused the rollout (deploy window, fleet held by another controller)."""
+
+
+class RolloutFailed(UpgraderError):
+    """The rollout ended without reaching its target release."""
+
+
+class CommandTimeout(TransportError, TimeoutError):
+    """A host command ran past its timeout (also an asyncio/builtin TimeoutError)."""

@@ -1,0 +1,101 @@
+"""Where a lab's pieces live and which ports they use: shared by ``upgrader lab`` (which
+starts them) and the fleet loader (which expands a ``[lab]`` table into hosts and providers).
+
+Ports, from ``base_port`` B: balancer (users) B, balancer admin B+1, host i (1-based) B+100+i,
+its blue-green "green" slot B+300+i ("blue" is the host port).
+Host roots: ``DIR/hosts/<name>`` (Capistrano layout: ``releases/<v>/``, ``current`` link,
+``installs.log``). Hosts web-01..web-N serve; with ``new_hosts`` M, web-(N+1)..web-(N+M) form
+the parallel cluster of a shedding rollout (nothing installed until the rollout).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..model import Commands, Host, ProviderSpec
+
+MAX_LAB_HOSTS = 190
+DEFAULT_BASE_PORT = 18000
+DEFAULT_LAB_DIR = ".upgrader/lab"
+
+
+def default_lab_dir() -> Path:
+    return Path(os.environ.get("UPGRADER_LAB_DIR", DEFAULT_LAB_DIR)).expanduser().resolve()
+
+
+@dataclass(frozen=True, slots=True)
+class LabLayout:
+    dir: Path
+    hosts: int = 8
+    new_hosts: int = 0
+    slots: bool = False
+    base_port: int = DEFAULT_BASE_PORT
+    base_release: str = "1.0.0"
+
+    @property
+    def balancer_port(self) -> int:
+        return self.base_port
+
+    @property
+    def admin_port(self) -> int:
+        return self.base_port + 1
+
+    @property
+    def balancer_url(self) -> str:
+        return f"http://127.0.0.1:{self.balancer_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def token_file(self) -> Path:
+        return self.dir / "balancer.token"
+
+    @property
+    def state_file(self) -> Path:
+        """lab.json: pids, ports and paths of a running lab."""
+        return self.dir / "lab.json"
+
+    @property
+    def traffic_stats_file(self) -> Path:
+        return self.dir / "traffic.json"
+
+    def host_root(self, name: str) -> Path:
+        return self.dir / "hosts" / name
+
+    def host_objects(self) -> tuple[Host, ...]:
+        result = []
+        for i in range(1, self.hosts + self.new_hosts + 1):
+            name = f"web-{i:02d}"
+            port = self.base_port + 100 + i
+            slots = {"blue": port, "green": self.base_port + 300 + i} if self.slots else {}
+            result.append(Host(
+                name=name, address="127.0.0.1", port=port,
+                labels={"zone": "abc"[(i - 1) % 3]},
+                vars={"root": str(self.host_root(name))},
+                cluster="main" if i <= self.hosts else "new",
+                slots=slots,
+            ))
+        return tuple(result)
+
+    def commands(self) -> Commands:
+        ctl = (sys.executable, "-m", "upgrader.lab.hostctl")
+        common = ("--root", "{root}", "--slot", "{slot}", "--port", "{port}")
+        return Commands(
+            install=ctl + ("install", "--release", "{release}") + common,
+            start=ctl + ("start",) + common,
+            stop=ctl + ("stop",) + common,
+            current=ctl + ("current",) + common,
+            system_test=ctl + ("system-test", "--address", "{address}") + common,
+        )
+
+    def balancer_spec(self) -> ProviderSpec:
+        return ProviderSpec("builtin", {"admin_url": self.admin_url,
+                                        "token_file": str(self.token_file)})
+
+    def health_spec(self) -> ProviderSpec:
+        return ProviderSpec("http", {"path": "/healthz", "timeout": 2.0})

@@ -1,0 +1,168 @@
+"""Plain data: the fleet as a fleet file describes it, and the live state of its hosts.
+
+Nothing here does I/O. ``upgrader.config`` builds these from TOML; strategies read them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+#: Template placeholders every host command may use (besides the host's own ``vars``).
+TEMPLATE_FIELDS = ("release", "host", "address", "port", "slot", "previous")
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One machine (or, in the lab, one local service instance)."""
+
+    name: str
+    address: str = "127.0.0.1"
+    port: int | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    vars: Mapping[str, str] = field(default_factory=dict)
+    #: "main" for the serving cluster; "new" for the parallel cluster of a shedding rollout.
+    cluster: str = "main"
+    #: blue-green: slot name -> port, e.g. {"blue": 8101, "green": 8102}
+    slots: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """A provider named by its registered kind, with its own settings table."""
+
+    kind: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Commands:
+    """Argument-list templates run on each host through the transport."""
+
+    install: tuple[str, ...]
+    start: tuple[str, ...]
+    stop: tuple[str, ...]
+    system_test: tuple[str, ...] | None = None
+    #: prints the release a host (slot) runs now; used to reconcile on resume
+    current: tuple[str, ...] | None = None
+    #: a system test run once before any host is touched (pre-release gate)
+    pre_release_test: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Releases:
+    current: str
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifySpec:
+    """Analysis between waves, over ALL upgraded hosts, compared with the old release."""
+
+    error_rate_max: float = 1.0          # percent of responses that are 5xx (or failed)
+    p95_latency_max: float | None = None  # seconds
+    min_requests: int = 20               # per analysis interval, across upgraded hosts
+    consecutive_failures: int = 3
+    interval: float = 10.0               # seconds between analysis runs
+    for_: float = 60.0                   # default hold of a Verify step
+    no_data: str = "fail"                # fail | pass | wait
+    health: bool = True                  # also run the health check on every upgraded host
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """How long things take (for the plan estimate) and how long they may take (timeouts)."""
+
+    host_upgrade: float = 30.0     # expected seconds for one host's procedure (estimates)
+    drain_timeout: float = 30.0
+    health_timeout: float = 30.0
+    health_interval: float = 0.5
+    command_timeout: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class UserGroup:
+    """A group of users the balancer can recognise (phased roll-outs).
+
+    Either named (a request carrying ``header: value`` or cookie ``cookie=value``) or a sticky
+    cohort: users whose hashed key falls in the first ``percent`` of buckets.
+    """
+
+    name: str
+    header_values: tuple[str, ...] = ()
+    percent: float | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StrategySpec:
+    kind: str
+    params: Any                     # the strategy's own frozen params object
+    on_failure: str = "rollback"    # rollback | shutdown | freeze | pause
+    min_capacity: float = 50.0      # percent of hosts that must stay in service (shutdown)
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    name: str
+    hosts: tuple[Host, ...]
+    releases: Releases
+    commands: Commands
+    transport: ProviderSpec
+    balancer: ProviderSpec
+    health: ProviderSpec
+    strategy: StrategySpec
+    environment: str = "production"
+    snapshot: ProviderSpec | None = None
+    notifiers: tuple[ProviderSpec, ...] = ()
+    verify: VerifySpec = field(default_factory=VerifySpec)
+    timing: Timing = field(default_factory=Timing)
+    groups: tuple[UserGroup, ...] = ()
+    #: header and cookie that carry a user's group and key (phased roll-outs)
+    group_header: str = "X-User-Group"
+    user_header: str = "X-User"
+    source: Path | None = None
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+    @property
+    def main_hosts(self) -> tuple[Host, ...]:
+        return tuple(h for h in self.hosts if h.cluster == "main")
+
+    @property
+    def new_hosts(self) -> tuple[Host, ...]:
+        return tuple(h for h in self.hosts if h.cluster == "new")
+
+
+class HostPhase(str, enum.Enum):
+    """Where a host is in its per-host procedure."""
+
+    PENDING = "pending"
+    SNAPSHOT = "snapshot"
+    DRAINING = "draining"
+    STOPPING = "stopping"
+    INSTALLING = "installing"
+    STARTING = "starting"
+    CHECKING = "checking"
+    ENABLING = "enabling"
+    IN_SERVICE = "in_service"
+    OUT_OF_SERVICE = "out_of_service"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class HostStatus:
+    """The engine's live view of one host (mutable; owned by the engine)."""
+
+    name: str
+    release: str | None
+    phase: HostPhase = HostPhase.PENDING
+    slot: str | None = None
+    healthy: bool | None = None
+    error: str | None = None

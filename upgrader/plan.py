@@ -1,0 +1,345 @@
+"""A Plan: the ordered steps a strategy compiles a fleet into, and its time estimate.
+
+Steps are few and orthogonal; the engine knows how to run each one. Strategies only emit them.
+Traffic targets are symbolic: ``"current"`` and ``"target"`` name the pools of hosts running
+the current and the target release; the engine resolves them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, Union
+
+from .model import Timing
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeHosts:
+    """Per host: snapshot -> drain -> stop -> install -> start -> health -> enable."""
+
+    kind: ClassVar[str] = "upgrade_hosts"
+    hosts: tuple[str, ...]
+    max_parallel: int | None = None      # None: all hosts of the step at once
+    start_interval: float = 0.0          # seconds between host starts (canary rates)
+    drain: bool = True                   # False while the balancer is in maintenance
+    wave: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareSlots:
+    """Blue-green: install and start the target release in each host's idle slot, out of service."""
+
+    kind: ClassVar[str] = "prepare_slots"
+    hosts: tuple[str, ...]
+    max_parallel: int | None = None
+    wave: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SwapSlots:
+    """Blue-green: send each host's traffic to the prepared slot; keep the old slot running."""
+
+    kind: ClassVar[str] = "swap_slots"
+    hosts: tuple[str, ...]
+    wave: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SetTraffic:
+    """Split traffic between pools by weight, e.g. (("current", 95.0), ("target", 5.0))."""
+
+    kind: ClassVar[str] = "set_traffic"
+    weights: tuple[tuple[str, float], ...]
+    wave: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Group routing: requests of ``groups`` go to the target pool; others to ``default``.
+
+    ``default=None`` clears routing (every backend serves everyone).
+    """
+
+    kind: ClassVar[str] = "route"
+    groups: tuple[str, ...]
+    default: str | None = "current"
+    wave: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Verify:
+    """Hold for ``for_`` seconds while analysis runs over ALL upgraded hosts."""
+
+    kind: ClassVar[str] = "verify"
+    for_: float
+    wave: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait ``duration`` seconds, or until promoted when ``duration`` is None."""
+
+    kind: ClassVar[str] = "pause"
+    duration: float | None
+    wave: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """A check that must pass before going on.
+
+    kinds: ``system_test`` (against ``hosts``, or their prepared slots when ``slots``),
+    ``pre_release_test`` (once, before any host is touched).
+    """
+
+    kind: ClassVar[str] = "gate"
+    gate: str
+    hosts: tuple[str, ...] = ()
+    slots: bool = False
+    wave: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Maintenance:
+    """Balancer answers 503 with Retry-After to every user request (take-down upgrades)."""
+
+    kind: ClassVar[str] = "maintenance"
+    on: bool
+    retry_after: int = 60
+    wave: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDown:
+    """Drain, stop and remove hosts from service (the old cluster after shedding)."""
+
+    kind: ClassVar[str] = "turn_down"
+    hosts: tuple[str, ...]
+    wave: int = 0
+
+
+Step = Union[UpgradeHosts, PrepareSlots, SwapSlots, SetTraffic, Route, Verify, Pause, Gate,
+             Maintenance, TurnDown]
+STEP_TYPES: dict[str, type] = {
+    cls.kind: cls
+    for cls in (UpgradeHosts, PrepareSlots, SwapSlots, SetTraffic, Route, Verify, Pause, Gate,
+                Maintenance, TurnDown)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Wave:
+    """A group of steps shown as one line of ``upgrader plan``."""
+
+    index: int
+    hosts: int                 # hosts touched in this wave
+    hosts_done: int            # hosts on the target release after it (cumulative)
+    blast_radius: float        # percent of users exposed to the target release after it
+    pause: float | None        # seconds of pause after it (None: until promoted; 0: none)
+    start_s: float             # estimated start, seconds from rollout start
+    duration_s: float
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    strategy: str
+    steps: tuple[Step, ...]
+    total_hosts: int
+    #: hosts the roll-back may touch at once (the plan's largest batch by default)
+    rollback_parallel: int = 1
+    #: how roll-back works for this strategy: reinstall | swap | traffic | restore
+    rollback_mode: str = "reinstall"
+    notes: tuple[str, ...] = ()
+
+    def upgraded_hosts(self) -> Iterator[str]:
+        """Every host the plan upgrades (or prepares), in order."""
+        for step in self.steps:
+            if isinstance(step, (UpgradeHosts, PrepareSlots)):
+                yield from step.hosts
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "total_hosts": self.total_hosts,
+            "rollback_parallel": self.rollback_parallel,
+            "rollback_mode": self.rollback_mode,
+            "notes": list(self.notes),
+            "steps": [step_to_json(s) for s in self.steps],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Plan":
+        return cls(
+            strategy=data["strategy"],
+            total_hosts=data["total_hosts"],
+            rollback_parallel=data["rollback_parallel"],
+            rollback_mode=data["rollback_mode"],
+            notes=tuple(data.get("notes", ())),
+            steps=tuple(step_from_json(s) for s in data["steps"]),
+        )
+
+
+def step_to_json(step: Step) -> dict[str, Any]:
+    data = {"kind": step.kind}
+    for f in dataclasses.fields(step):
+        value = getattr(step, f.name)
+        data[f.name] = [list(v) if isinstance(v, tuple) else v for v in value] \
+            if isinstance(value, tuple) else value
+    return data
+
+
+def step_from_json(data: dict[str, Any]) -> Step:
+    cls = STEP_TYPES[data["kind"]]
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def dumps(plan: Plan) -> str:
+    return json.dumps(plan.to_json(), sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Estimates: pure arithmetic over the steps, the same numbers a virtual-time run produces.
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    total_s: float
+    rollback_s: float
+    step_starts: tuple[float, ...]
+    waits_for_promotion: int = 0   # indefinite pauses, counted as zero
+
+
+SYSTEM_TEST_ESTIMATE_S = 60.0
+SWAP_ESTIMATE_S = 1.0
+
+
+def step_duration(step: Step, timing: Timing, system_test_s: float = SYSTEM_TEST_ESTIMATE_S) -> float:
+    """Expected seconds for one step, given the per-host procedure time."""
+    if isinstance(step, (UpgradeHosts, PrepareSlots)):
+        n = len(step.hosts)
+        if n == 0:
+            return 0.0
+        interval = getattr(step, "start_interval", 0.0)
+        parallel = step.max_parallel or n
+        if interval > 0:
+            # hosts start one every `interval`, each taking host_upgrade, at most `parallel` at once
+            batches = math.ceil(n / parallel)
+            return max((n - 1) * interval + timing.host_upgrade, batches * timing.host_upgrade)
+        return math.ceil(n / parallel) * timing.host_upgrade
+    if isinstance(step, Verify):
+        return step.for_
+    if isinstance(step, Pause):
+        return step.duration or 0.0
+    if isinstance(step, Gate):
+        return system_test_s
+    if isinstance(step, SwapSlots):
+        return SWAP_ESTIMATE_S
+    if isinstance(step, TurnDown):
+        return timing.drain_timeout if step.hosts else 0.0
+    return 0.0
+
+
+def estimate(plan: Plan, timing: Timing) -> Estimate:
+    """Total duration of ``plan``, and the worst-case roll-back duration (from its last step).
+
+    Roll-back skips pauses and analysis: reinstall touches every upgraded host,
+    ``rollback_parallel`` at a time; a swap or traffic roll-back is near instant.
+    """
+    starts = []
+    t = 0.0
+    indefinite = 0
+    for step in plan.steps:
+        starts.append(t)
+        t += step_duration(step, timing)
+        if isinstance(step, Pause) and step.duration is None:
+            indefinite += 1
+    upgraded = sum(1 for _ in plan.upgraded_hosts())
+    if plan.rollback_mode in ("swap", "traffic"):
+        rollback = SWAP_ESTIMATE_S
+        if plan.rollback_mode == "traffic":
+            # traffic back at once, then the new cluster is turned down
+            rollback += timing.drain_timeout
+    else:
+        parallel = max(1, plan.rollback_parallel)
+        rollback = math.ceil(upgraded / parallel) * timing.host_upgrade if upgraded else 0.0
+    return Estimate(total_s=t, rollback_s=rollback, step_starts=tuple(starts),
+                    waits_for_promotion=indefinite)
+
+
+def waves(plan: Plan, timing: Timing) -> tuple[Wave, ...]:
+    """Group the steps by their ``wave`` number for display."""
+    est = estimate(plan, timing)
+    result: list[Wave] = []
+    by_wave: dict[int, list[int]] = {}
+    for i, step in enumerate(plan.steps):
+        by_wave.setdefault(step.wave, []).append(i)
+    done = 0
+    exposure = 0.0
+    total = max(1, plan.total_hosts)
+    for index in sorted(by_wave):
+        idxs = by_wave[index]
+        touched = 0
+        pause: float | None = 0.0
+        labels = []
+        for i in idxs:
+            step = plan.steps[i]
+            if isinstance(step, UpgradeHosts):
+                touched += len(step.hosts)
+                done += len(step.hosts)
+                exposure = max(exposure, 100.0 * done / total)
+                labels.append(f"upgrade {len(step.hosts)}")
+            elif isinstance(step, PrepareSlots):
+                touched += len(step.hosts)
+                labels.append(f"prepare {len(step.hosts)} idle slots")
+            elif isinstance(step, SwapSlots):
+                done += len(step.hosts)
+                exposure = max(exposure, 100.0 * done / total)
+                labels.append(f"swap {len(step.hosts)}")
+            elif isinstance(step, SetTraffic):
+                weights = dict(step.weights)
+                exposure = float(weights.get("target", 0.0))
+                labels.append(f"traffic {exposure:g}% to target")
+            elif isinstance(step, Route):
+                labels.append("route " + (", ".join(step.groups) if step.groups else "everyone"))
+            elif isinstance(step, Pause):
+                pause = step.duration if pause is not None else None
+                if step.duration is None:
+                    pause = None
+                labels.append("pause until promoted" if step.duration is None else "pause")
+            elif isinstance(step, Verify):
+                labels.append("verify")
+            elif isinstance(step, Gate):
+                labels.append(step.gate.replace("_", " "))
+            elif isinstance(step, Maintenance):
+                labels.append("maintenance on" if step.on else "maintenance off")
+                exposure = 0.0 if step.on else 100.0 * done / total
+            elif isinstance(step, TurnDown):
+                labels.append(f"turn down {len(step.hosts)}")
+        start = est.step_starts[idxs[0]]
+        end = est.step_starts[idxs[-1]] + step_duration(plan.steps[idxs[-1]], timing)
+        result.append(Wave(index=index, hosts=touched, hosts_done=min(done, plan.total_hosts),
+                           blast_radius=round(exposure, 3), pause=pause, start_s=start,
+                           duration_s=end - start, label=", ".join(labels)))
+    return tuple(result)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSummary:
+    """What ``upgrader plan --json`` prints."""
+
+    strategy: str
+    estimated_s: float
+    rollback_estimated_s: float
+    waves: tuple[Wave, ...] = field(default_factory=tuple)

@@ -1,0 +1,196 @@
+"""Provider contracts: the only thing the engine knows about transports, balancers, health
+checks, snapshot providers and notifiers.
+
+A provider is created by a factory registered under a name (see ``upgrader.hookspecs``):
+``factory(settings, context) -> provider``. Every provider has an async ``aclose()``.
+Settings are declared with :class:`Setting` so that a typo in a fleet file is a
+``ConfigError`` naming the key, before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+from ..model import Fleet, Host
+
+# --------------------------------------------------------------------------------------------
+# Declared settings (pyinfra's data_meta idea): name, type, default, description.
+
+_MISSING: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    type: type | tuple[type, ...]
+    default: Any = _MISSING
+    description: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderContext:
+    """What a factory may use besides its settings."""
+
+    fleet: Fleet | None = None
+    #: the fleet's transport, for providers that act on hosts (command checks, snapshots)
+    transport: "Transport | None" = None
+    state_dir: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderFactory:
+    name: str
+    factory: Callable[[Mapping[str, Any], ProviderContext], Any]
+    settings: tuple[Setting, ...] = ()
+    description: str = ""
+    plugin: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Transport
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    exit_status: int
+    stdout: str = ""
+    stderr: str = ""
+
+
+@runtime_checkable
+class Transport(Protocol):
+    async def run(self, host: Host, argv: Sequence[str], *, timeout: float | None = None,
+                  check: bool = True) -> CommandResult:
+        """Run ``argv`` on ``host``. ``check``: raise TransportError on a non-zero exit."""
+
+    async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Balancer
+
+BACKEND_STATES = ("ready", "drain", "maint")
+
+#: upper bounds (seconds) of the latency histogram buckets every balancer reports
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
+    1.0, 1.5, 2.0, 3.0, 5.0, 10.0, float("inf"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendState:
+    name: str
+    address: str
+    port: int
+    pool: str
+    weight: int            # 0..256, relative within its pool
+    state: str             # ready | drain | maint
+    inflight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Cohort:
+    """Users whose bucket (0..9999 of hash(user key)) is below ``percent``*100."""
+
+    name: str
+    percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    """Group routing. A request's group comes from ``group_header`` (or cookie ``group``);
+    its user key from ``user_header`` (or cookie ``user``) for cohorts."""
+
+    groups: Mapping[str, str] = field(default_factory=dict)     # group -> pool
+    cohorts: tuple[tuple[Cohort, str], ...] = ()                 # (cohort, pool)
+    default: str | None = None                                   # pool for everyone else
+    group_header: str = "X-User-Group"
+    user_header: str = "X-User"
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerState:
+    backends: Mapping[str, BackendState]
+    split: Mapping[str, float] | None = None     # pool -> weight percent
+    routes: RouteTable | None = None
+    maintenance: bool = False
+    retry_after: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStats:
+    """Cumulative counters since the backend was added (as HAProxy's ``show stat``)."""
+
+    requests: int
+    errors: int                         # 5xx answered + failed to connect / reset
+    latency_buckets: tuple[int, ...]    # counts per LATENCY_BUCKETS bound (not cumulative)
+
+
+@runtime_checkable
+class Balancer(Protocol):
+    async def state(self) -> BalancerState: ...
+
+    async def set_backend(self, name: str, *, address: str, port: int, pool: str,
+                          weight: int = 100, state: str = "ready") -> None:
+        """Add or replace a backend."""
+
+    async def remove_backend(self, name: str) -> None: ...
+
+    async def set_backend_state(self, name: str, state: str, *, pool: str | None = None) -> None:
+        """ready | drain (no new requests) | maint. Optionally move it to another pool."""
+
+    async def wait_drained(self, name: str, timeout: float) -> int:
+        """Wait until the backend has no request in flight; return what is still in flight."""
+
+    async def set_split(self, weights: Mapping[str, float] | None) -> None: ...
+
+    async def set_routes(self, routes: RouteTable | None) -> None: ...
+
+    async def set_maintenance(self, on: bool, retry_after: int = 60) -> None: ...
+
+    async def stats(self) -> Mapping[str, BackendStats]: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Health checks, snapshots, notifiers
+
+
+@dataclass(frozen=True, slots=True)
+class HealthResult:
+    ok: bool
+    detail: str = ""
+
+
+@runtime_checkable
+class HealthCheck(Protocol):
+    async def check(self, host: Host, *, port: int | None = None) -> HealthResult:
+        """One attempt; ``port`` overrides the host's port (blue-green slots)."""
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SnapshotProvider(Protocol):
+    async def create(self, host: Host, label: str) -> str:
+        """Take a snapshot; return its id."""
+
+    async def revert(self, host: Host, snapshot_id: str) -> None: ...
+
+    async def delete(self, host: Host, snapshot_id: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    async def notify(self, event: Any) -> None: ...
+
+    async def aclose(self) -> None: ...
