@@ -1,0 +1,108 @@
+"""Time, injected. The engine never calls ``time`` or ``asyncio.sleep`` directly.
+
+- :class:`SystemClock`: real time.
+- :class:`ScaledClock`: real time with waits compressed by a factor (``--speed``).
+- :func:`run_virtual`: runs a coroutine on an event loop whose time is virtual: whenever the
+  loop would wait for a timer, time jumps to it at once. Every ``asyncio.sleep`` and
+  ``asyncio.wait_for`` inside runs in virtual time, so a week-long canary plays in milliseconds.
+  Use it with providers that do no real I/O (the no-op providers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import time
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float:
+        """Seconds on a monotonic scale (engine time)."""
+
+    def wall(self) -> float:
+        """Unix time (for journals, events and deploy windows)."""
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class ScaledClock:
+    """Engine time runs ``speed`` times faster than real time (pauses and holds compress)."""
+
+    def __init__(self, speed: float = 1.0) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be > 0")
+        self.speed = speed
+        self._origin = time.monotonic()
+        self._wall_origin = time.time()
+
+    def monotonic(self) -> float:
+        return self._origin + (time.monotonic() - self._origin) * self.speed
+
+    def wall(self) -> float:
+        return self._wall_origin + (time.monotonic() - self._origin) * self.speed
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self.speed)
+
+
+class LoopClock:
+    """The clock of the running event loop (virtual under :func:`run_virtual`)."""
+
+    def __init__(self, wall_origin: float = 1_800_000_000.0) -> None:
+        self._wall_origin = wall_origin
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def wall(self) -> float:
+        return self._wall_origin + asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    def __init__(self, loop_ref: Callable[[], "VirtualTimeLoop"]) -> None:
+        super().__init__()
+        self._loop_ref = loop_ref
+
+    def select(self, timeout: float | None = None) -> Any:
+        events = super().select(0)
+        if not events and timeout is not None and timeout > 0:
+            self._loop_ref()._virtual_now += timeout
+        return events
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock advances instantly to the next timer when idle."""
+
+    def __init__(self) -> None:
+        self._virtual_now = 0.0
+        super().__init__(selector=_VirtualSelector(lambda: self))
+
+    def time(self) -> float:
+        return self._virtual_now
+
+
+def run_virtual(main: Callable[[], Awaitable[T]]) -> T:
+    """Run ``main()`` to completion in virtual time and return its result."""
+    loop = VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

@@ -1,0 +1,80 @@
+"""Traffic analysis: error rate and p95 latency of the upgraded hosts against the hosts still
+on the old release, from two readings of the balancer's cumulative counters. Pure.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from ..events import Verdict
+from ..model import VerifySpec
+from ..providers.base import LATENCY_BUCKETS, BackendStats
+
+
+def _delta(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
+           names: Iterable[str]) -> tuple[int, int, list[int]]:
+    requests = errors = 0
+    buckets = [0] * len(LATENCY_BUCKETS)
+    for name in names:
+        now = cur.get(name)
+        if now is None:
+            continue
+        before = prev.get(name)
+        if before is None or before.requests > now.requests:   # new or reset backend
+            before = BackendStats(0, 0, tuple(0 for _ in LATENCY_BUCKETS))
+        requests += now.requests - before.requests
+        errors += now.errors - before.errors
+        for i, (a, b) in enumerate(zip(now.latency_buckets, before.latency_buckets)):
+            buckets[i] += max(0, a - b)
+    return requests, errors, buckets
+
+
+def percentile(buckets: list[int], q: float) -> float | None:
+    """Upper bound of the bucket holding the q-quantile (None without samples)."""
+    total = sum(buckets)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for bound, count in zip(LATENCY_BUCKETS, buckets):
+        seen += count
+        if seen >= rank:
+            return bound
+    return LATENCY_BUCKETS[-1]
+
+
+def analyze(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
+            new: Iterable[str], old: Iterable[str], spec: VerifySpec) -> list[Verdict]:
+    """Verdicts for one analysis interval (``prev`` -> ``cur``)."""
+    new = list(new)
+    old = list(old)
+    n_req, n_err, n_buckets = _delta(prev, cur, new)
+    o_req, o_err, o_buckets = _delta(prev, cur, old)
+    baseline_rate = 100.0 * o_err / o_req if o_req else None
+    verdicts = []
+    if n_req < spec.min_requests:
+        detail = f"too little traffic: {n_req} requests < min_requests {spec.min_requests}"
+        verdicts.append(Verdict("error_rate", "no_data", 100.0 * n_err / n_req if n_req else None,
+                                spec.error_rate_max, n_req, baseline_rate, detail))
+        if spec.p95_latency_max is not None:
+            verdicts.append(Verdict("p95_latency", "no_data", percentile(n_buckets, 0.95),
+                                    spec.p95_latency_max, n_req, percentile(o_buckets, 0.95),
+                                    detail))
+        return verdicts
+    rate = 100.0 * n_err / n_req
+    verdicts.append(Verdict("error_rate", "fail" if rate > spec.error_rate_max else "pass",
+                            rate, spec.error_rate_max, n_req, baseline_rate,
+                            f"{n_err} errors in {n_req} requests"))
+    if spec.p95_latency_max is not None:
+        p95 = percentile(n_buckets, 0.95)
+        verdicts.append(Verdict("p95_latency",
+                                "fail" if p95 is not None and p95 > spec.p95_latency_max else "pass",
+                                p95, spec.p95_latency_max, n_req, percentile(o_buckets, 0.95)))
+    return verdicts
+
+
+def health_verdict(results: Mapping[str, bool]) -> Verdict:
+    bad = sorted(name for name, ok in results.items() if not ok)
+    return Verdict("health", "fail" if bad else ("pass" if results else "no_data"),
+                   float(len(bad)), 0.0, len(results), None,
+                   ("unhealthy: " + ", ".join(bad[:10])) if bad else "")

@@ -1,0 +1,1144 @@
+"""The engine: runs any strategy's Plan over a fleet, through providers, on an injected clock.
+
+One engine for every strategy. It knows providers only through the Protocols of
+``upgrader.providers.base``; it never imports a concrete provider, the CLI or a front end.
+Every transition is written to the journal before the action it announces.
+
+Controls (from any task): ``pause()``, ``resume()``, ``promote()``, ``promote_all()``,
+``abort(rollback=True)``. Events: ``subscribe(callback)`` or ``async for e in engine.events()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping
+
+from ..clock import Clock, SystemClock
+from ..errors import (BalancerError, HealthCheckFailed, ProviderError, RolloutFailed,
+                      TransportError, UpgraderError)
+from ..events import Event, Outcome, RolloutState, Verdict
+from ..journal import Journal
+from ..model import Fleet, Host, HostPhase, HostStatus
+from ..plan import (Gate, Maintenance, Pause, Plan, PrepareSlots, Route, SetTraffic, Step,
+                    SwapSlots, TurnDown, UpgradeHosts, Verify, estimate, step_duration)
+from ..providers.base import (Balancer, BackendState, Cohort, HealthCheck, Notifier,
+                              RouteTable, SnapshotProvider, Transport)
+from .analysis import analyze, health_verdict
+
+log = logging.getLogger("upgrader.engine")
+
+DEFAULT_SLOT = "default"
+
+
+@dataclass
+class Providers:
+    transport: Transport
+    balancer: Balancer
+    health: HealthCheck
+    snapshot: SnapshotProvider | None = None
+    notifiers: tuple[Notifier, ...] = ()
+
+    async def aclose(self) -> None:
+        for provider in (self.transport, self.balancer, self.health, self.snapshot,
+                         *self.notifiers):
+            if provider is not None:
+                try:
+                    await provider.aclose()
+                except Exception:  # closing must not hide the rollout's own outcome
+                    log.exception("closing provider %r failed", provider)
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    rollout: str
+    outcome: Outcome
+    hosts: dict[str, str | None]
+    duration_s: float
+    error: str | None = None
+    verdicts: tuple[Verdict, ...] = ()
+
+    @property
+    def exit_code(self) -> int:
+        return self.outcome.exit_code
+
+
+@dataclass
+class ResumeState:
+    """What the journal says about a rollout that was interrupted (see ``replay``)."""
+
+    rollout: str
+    done_steps: set[int] = field(default_factory=set)
+    hosts_done: dict[int, set[str]] = field(default_factory=dict)     # step -> hosts done
+    releases: dict[str, str | None] = field(default_factory=dict)
+    in_doubt: dict[str, str] = field(default_factory=dict)            # host -> last phase
+    live_slots: dict[str, str] = field(default_factory=dict)
+    original_slots: dict[str, str] = field(default_factory=dict)
+    snapshots: dict[str, str] = field(default_factory=dict)
+    rolling_back: bool = False
+    rollback_reason: str = ""
+    started_wall: float | None = None
+    seq: int = 0
+    pause_started: dict[int, float] = field(default_factory=dict)
+
+
+class _Interrupted(Exception):
+    """The forward run stopped cooperatively (failure or abort)."""
+
+
+class Engine:
+    def __init__(self, fleet: Fleet, plan: Plan, providers: Providers, *,
+                 clock: Clock | None = None, journal: Journal | None = None,
+                 observers: Iterable[Callable[[Event], None]] = (),
+                 interactive: bool = False, resume: ResumeState | None = None,
+                 history: int = 2000) -> None:
+        self.fleet = fleet
+        self.plan = plan
+        self.providers = providers
+        self.clock: Clock = clock or SystemClock()
+        self.journal = journal
+        self.interactive = interactive
+        self._resume = resume
+        self._observers: list[Callable[[Event], None]] = list(observers)
+        self._queues: list[asyncio.Queue[Event | None]] = []
+        self.history: deque[Event] = deque(maxlen=history)
+        self.rollout_id = resume.rollout if resume else ""
+        self._seq = resume.seq if resume else 0
+        self.state = RolloutState.PENDING
+        self.state_reason = ""
+        self.current_step: int | None = None
+        self.last_verdicts: dict[str, Verdict] = {}
+        self._consecutive: dict[str, int] = {}
+        self._hosts_by_name = {h.name: h for h in fleet.hosts}
+        current = fleet.releases.current
+        self.hosts: dict[str, HostStatus] = {
+            h.name: HostStatus(h.name, current if h.cluster == "main" else None)
+            for h in fleet.hosts}
+        self._live_slot: dict[str, str] = {}
+        self._original_slot: dict[str, str] = {}
+        self._snapshots: dict[str, str] = {}
+        self._done_steps: set[int] = set()
+        self._hosts_done: dict[int, set[str]] = {}
+        self._in_doubt: dict[str, str] = {}
+        self._turned_down: set[str] = set()
+        # controls
+        self._running = asyncio.Event()
+        self._running.set()
+        self._interrupt = asyncio.Event()
+        self._skip = asyncio.Event()
+        self._promote_all = False
+        self._abort_rollback: bool | None = None
+        self._failure: str | None = None
+        self._failed_host: str | None = None
+        self._analysis_rounds = 0
+        self._analysis_enabled = False
+        self._notify_tasks: set[asyncio.Task[None]] = set()
+        self._started = 0.0
+        if resume:
+            self._done_steps = set(resume.done_steps)
+            self._hosts_done = {k: set(v) for k, v in resume.hosts_done.items()}
+            for name, release in resume.releases.items():
+                if name in self.hosts:
+                    self.hosts[name].release = release
+            self._in_doubt = dict(resume.in_doubt)
+            self._live_slot = dict(resume.live_slots)
+            self._original_slot = dict(resume.original_slots)
+            self._snapshots = dict(resume.snapshots)
+
+    # ------------------------------------------------------------------ controls (front ends)
+
+    def pause(self) -> None:
+        if self.state in (RolloutState.RUNNING, RolloutState.WAITING, RolloutState.VERIFYING):
+            self._running.clear()
+            self._control("pause")
+
+    def resume(self) -> None:
+        if not self._running.is_set() or self._failure:
+            self._running.set()
+            self._control("resume")
+
+    def promote(self) -> None:
+        """Skip the current pause (or verification hold)."""
+        self._skip.set()
+        self._control("promote")
+
+    def promote_all(self) -> None:
+        """Skip every remaining pause and analysis."""
+        self._promote_all = True
+        self._skip.set()
+        self._control("promote_all")
+
+    def abort(self, rollback: bool = True) -> None:
+        if self._abort_rollback is None:
+            self._abort_rollback = rollback
+            self._control("abort", rollback=rollback)
+        self._interrupt.set()
+        self._running.set()
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        self._observers.append(callback)
+        return lambda: self._observers.remove(callback)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event from now on, until the rollout finishes."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._queues.append(queue)
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                yield event
+        finally:
+            self._queues.remove(queue)
+
+    def _control(self, action: str, **data: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self._emit("control", action=action, **data))
+        self._notify_tasks.add(task)
+        task.add_done_callback(self._notify_tasks.discard)
+
+    # ------------------------------------------------------------------ status (front ends)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able picture of the rollout now."""
+        est = estimate(self.plan, self.fleet.timing)
+        remaining = sum(step_duration(s, self.fleet.timing) for i, s in enumerate(self.plan.steps)
+                        if i not in self._done_steps)
+        target = self.fleet.releases.target
+        main = [h for h in self.fleet.hosts if h.cluster == "main"]
+        on_target = sum(1 for h in self.hosts.values() if h.release == target)
+        return {
+            "rollout": self.rollout_id, "fleet": self.fleet.name, "strategy": self.plan.strategy,
+            "current": self.fleet.releases.current, "target": target,
+            "state": self.state.value, "reason": self.state_reason, "step": self.current_step,
+            "steps": len(self.plan.steps), "hosts_on_target": on_target, "hosts_total": len(main),
+            "elapsed_s": self.clock.monotonic() - self._started if self._started else 0.0,
+            "estimated_s": est.total_s, "remaining_s": remaining,
+            "hosts": {n: {"release": s.release, "phase": s.phase.value, "slot": s.slot,
+                          "healthy": s.healthy, "error": s.error} for n, s in self.hosts.items()},
+            "verdicts": {m: v.to_json() for m, v in self.last_verdicts.items()},
+        }
+
+    # ------------------------------------------------------------------ events
+
+    async def _emit(self, kind: str, **data: Any) -> Event:
+        self._seq += 1
+        event = Event(kind, self.clock.wall(), self.rollout_id, self._seq, data)
+        if self.journal is not None and self.rollout_id:
+            await self.journal.aappend(self.rollout_id, event.seq, event.ts, kind, dict(data))
+        self.history.append(event)
+        for callback in list(self._observers):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("event observer failed")
+        for queue in self._queues:
+            queue.put_nowait(event)
+        for notifier in self.providers.notifiers:
+            task = asyncio.get_running_loop().create_task(self._notify(notifier, event))
+            self._notify_tasks.add(task)
+            task.add_done_callback(self._notify_tasks.discard)
+        return event
+
+    async def _notify(self, notifier: Notifier, event: Event) -> None:
+        try:
+            await notifier.notify(event)
+        except Exception:
+            log.exception("notifier failed")
+
+    async def _set_state(self, state: RolloutState, reason: str = "") -> None:
+        if state != self.state or reason != self.state_reason:
+            self.state, self.state_reason = state, reason
+            await self._emit("state", state=state.value, reason=reason)
+
+    async def _host_phase(self, host: str, phase: HostPhase, release: str | None,
+                          slot: str | None, mode: str) -> None:
+        status = self.hosts[host]
+        status.phase = phase
+        await self._emit("host_phase", host=host, phase=phase.value, release=release, slot=slot,
+                         mode=mode)
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> RolloutResult:
+        """Run (or resume) the rollout to its end. Never raises for a failed rollout: the
+        result's ``outcome`` says how it ended."""
+        self._started = self.clock.monotonic()
+        await self._begin()
+        analyzer = asyncio.get_running_loop().create_task(self._analyzer())
+        error: str | None = None
+        try:
+            outcome = await self._drive()
+        except Exception as exc:   # a bug or an unexpected provider failure in a roll-back
+            log.exception("rollout failed")
+            error = f"{type(exc).__name__}: {exc}"
+            outcome = Outcome.FAILED
+        finally:
+            analyzer.cancel()
+            await asyncio.gather(analyzer, return_exceptions=True)
+        error = error or self._failure
+        final_state = {Outcome.COMPLETED: RolloutState.COMPLETED,
+                       Outcome.ROLLED_BACK: RolloutState.ROLLED_BACK,
+                       Outcome.FROZEN: RolloutState.FROZEN,
+                       Outcome.SHUT_DOWN: RolloutState.SHUT_DOWN}.get(outcome, RolloutState.FAILED)
+        await self._set_state(final_state, error or "")
+        hosts = {n: s.release for n, s in self.hosts.items()}
+        duration = self.clock.monotonic() - self._started
+        await self._emit("rollout_finished", outcome=outcome.value, hosts=hosts,
+                         duration_s=round(duration, 3), error=error)
+        if self.journal is not None:
+            await self.journal.afinish(self.rollout_id, outcome.value, self.clock.wall())
+        if self._notify_tasks:
+            await asyncio.gather(*list(self._notify_tasks), return_exceptions=True)
+        for queue in self._queues:
+            queue.put_nowait(None)
+        return RolloutResult(self.rollout_id, outcome, hosts, duration, error,
+                             tuple(self.last_verdicts.values()))
+
+    async def _begin(self) -> None:
+        est = estimate(self.plan, self.fleet.timing)
+        if self._resume is None:
+            if self.journal is not None:
+                self.rollout_id = await self.journal.abegin(
+                    fleet=self.fleet.name,
+                    fleet_path=str(self.fleet.source) if self.fleet.source else None,
+                    strategy=self.plan.strategy, current=self.fleet.releases.current,
+                    target=self.fleet.releases.target, plan=self.plan.to_json(),
+                    now=self.clock.wall())
+            else:
+                self.rollout_id = self.rollout_id or "rollout"
+        await self._emit("rollout_started", fleet=self.fleet.name, strategy=self.plan.strategy,
+                         current=self.fleet.releases.current, target=self.fleet.releases.target,
+                         hosts=len(self.fleet.hosts), estimated_s=est.total_s,
+                         rollback_estimated_s=est.rollback_s, resumed=self._resume is not None)
+        if any(isinstance(s, (PrepareSlots, SwapSlots)) for s in self.plan.steps):
+            await self._discover_slots()
+        await self._set_state(RolloutState.RUNNING)
+
+    async def _drive(self) -> Outcome:
+        if self._resume is not None and self._resume.rolling_back:
+            self._failure = self._resume.rollback_reason or "roll-back resumed"
+            return await self._rollback(self._failure)
+        while True:
+            try:
+                await self._forward()
+                return Outcome.COMPLETED
+            except _Interrupted:
+                pass
+            except UpgraderError as exc:
+                self._fail(str(exc))
+            if self._abort_rollback is not None:
+                reason = self._failure or "aborted by operator"
+                if self._abort_rollback:
+                    return await self._rollback(reason)
+                self._failure = reason
+                return Outcome.FROZEN
+            policy = self.fleet.strategy.on_failure
+            reason = self._failure or "failed"
+            await self._emit("log", level="error", message=f"rollout failed: {reason}")
+            if policy == "rollback":
+                return await self._rollback(reason)
+            if policy == "shutdown":
+                return await self._shutdown(reason)
+            if policy == "pause" and self.interactive:
+                self._running.clear()
+                await self._set_state(RolloutState.PAUSED, f"failure: {reason}")
+                await self._running.wait()
+                if self._abort_rollback is not None:
+                    continue
+                # the operator resumed: accept the failure and go on
+                self._failure = None
+                self._failed_host = None
+                self._interrupt.clear()
+                self._consecutive.clear()
+                await self._set_state(RolloutState.RUNNING)
+                continue
+            return Outcome.FROZEN
+
+    def _fail(self, reason: str, host: str | None = None) -> None:
+        if self._failure is None:
+            self._failure = reason
+            self._failed_host = host
+        self._interrupt.set()
+
+    async def _checkpoint(self) -> None:
+        """Between actions: stop if interrupted; wait while paused."""
+        if self._interrupt.is_set():
+            raise _Interrupted
+        if not self._running.is_set():
+            previous = (self.state, self.state_reason)
+            await self._set_state(RolloutState.PAUSED, "paused by operator")
+            await self._running.wait()
+            if self._interrupt.is_set():
+                raise _Interrupted
+            await self._set_state(*previous)
+
+    async def _wait(self, seconds: float | None, *, skippable: bool) -> bool:
+        """Wait up to ``seconds`` (None: forever). True if skipped or interrupted early."""
+        waiters = [asyncio.ensure_future(self._interrupt.wait())]
+        if skippable:
+            waiters.append(asyncio.ensure_future(self._skip.wait()))
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds)) if seconds is not None else None
+        if sleeper is not None:
+            waiters.append(sleeper)
+        try:
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return sleeper is None or sleeper not in done
+
+    async def _forward(self) -> None:
+        for index, step in enumerate(self.plan.steps):
+            if index in self._done_steps:
+                continue
+            await self._checkpoint()
+            self.current_step = index
+            await self._emit("step_started", index=index, kind=step.kind,
+                             description=describe_step(step))
+            await self._run_step(index, step)
+            self._done_steps.add(index)
+            await self._emit("step_finished", index=index, kind=step.kind)
+        self.current_step = None
+
+    async def _run_step(self, index: int, step: Step) -> None:
+        if isinstance(step, UpgradeHosts):
+            await self._set_state(RolloutState.RUNNING)
+            await self._upgrade_step(index, step)
+        elif isinstance(step, PrepareSlots):
+            await self._set_state(RolloutState.RUNNING)
+            await self._host_step(index, step.hosts, step.max_parallel, 0.0, self._prepare_slot)
+        elif isinstance(step, SwapSlots):
+            await self._host_step(index, step.hosts, None, 0.0, self._swap_slot)
+            await self._emit_traffic()
+        elif isinstance(step, TurnDown):
+            await self._host_step(index, step.hosts, None, 0.0, self._turn_down)
+        elif isinstance(step, Verify):
+            await self._verify_step(step)
+        elif isinstance(step, Pause):
+            await self._pause_step(index, step)
+        elif isinstance(step, SetTraffic):
+            await self._set_traffic(dict(step.weights))
+        elif isinstance(step, Route):
+            await self._route(step.groups, step.default)
+        elif isinstance(step, Maintenance):
+            await self._maintenance(step.on, step.retry_after)
+        elif isinstance(step, Gate):
+            await self._gate(step)
+        else:  # pragma: no cover - a new step kind without an engine branch is a bug
+            raise RolloutFailed(f"engine cannot run step kind {step.kind!r}")
+
+    # ------------------------------------------------------------------ host steps
+
+    async def _upgrade_step(self, index: int, step: UpgradeHosts) -> None:
+        target = self.fleet.releases.target
+
+        async def one(name: str) -> None:
+            await self._upgrade_host(name, target, mode="upgrade", drain=step.drain)
+
+        await self._host_step(index, step.hosts, step.max_parallel, step.start_interval, one)
+
+    async def _host_step(self, index: int, names: Iterable[str], max_parallel: int | None,
+                         interval: float, action: Callable[[str], Any]) -> None:
+        done = self._hosts_done.setdefault(index, set())
+        todo = [n for n in names if n not in done]
+        if not todo:
+            return
+        limit = asyncio.Semaphore(max_parallel or len(todo))
+        tasks: list[asyncio.Task[None]] = []
+
+        async def run_one(name: str) -> None:
+            try:
+                await action(name)
+            except UpgraderError as exc:
+                self.hosts[name].phase = HostPhase.FAILED
+                self.hosts[name].error = str(exc)
+                await self._emit("host_failed", host=name, error=str(exc), mode="upgrade")
+                self._fail(f"{name}: {exc}", host=name)
+                return
+            finally:
+                limit.release()
+            done.add(name)
+
+        try:
+            for i, name in enumerate(todo):
+                if i and interval > 0:
+                    if await self._wait(interval, skippable=False):
+                        break
+                await limit.acquire()
+                try:
+                    await self._checkpoint()
+                except _Interrupted:
+                    limit.release()
+                    break
+                tasks.append(asyncio.get_running_loop().create_task(run_one(name)))
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks)
+        if self._interrupt.is_set():
+            raise _Interrupted
+
+    def _port(self, host: Host, slot: str | None) -> int | None:
+        if slot is not None and slot in host.slots:
+            return host.slots[slot]
+        return host.port
+
+    @staticmethod
+    def backend_name(host: str, slot: str | None) -> str:
+        return host if slot is None else f"{host}@{slot}"
+
+    def render(self, argv: Iterable[str], host: Host, release: str, slot: str | None) -> list[str]:
+        port = self._port(host, slot)
+        values = {"release": release, "host": host.name, "address": host.address,
+                  "port": "" if port is None else str(port), "slot": slot or DEFAULT_SLOT,
+                  "previous": self.fleet.releases.current, **host.vars}
+        return [arg.format_map(values) for arg in argv]
+
+    async def _command(self, host: Host, which: str, release: str, slot: str | None,
+                       *, check: bool = True) -> str:
+        template = getattr(self.fleet.commands, which)
+        if template is None:
+            return ""
+        result = await self.providers.transport.run(
+            host, self.render(template, host, release, slot),
+            timeout=self.fleet.timing.command_timeout, check=check)
+        return result.stdout
+
+    async def _installed_release(self, host: Host, slot: str | None) -> str | None:
+        if self.fleet.commands.current is None:
+            return None
+        out = await self._command(host, "current", self.fleet.releases.current, slot, check=False)
+        return out.strip() or None
+
+    async def _wait_healthy(self, host: Host, slot: str | None) -> None:
+        timing = self.fleet.timing
+        deadline = self.clock.monotonic() + timing.health_timeout
+        detail = ""
+        while True:
+            result = await self.providers.health.check(host, port=self._port(host, slot))
+            if result.ok:
+                self.hosts[host.name].healthy = True
+                return
+            detail = result.detail
+            if self.clock.monotonic() >= deadline:
+                self.hosts[host.name].healthy = False
+                raise HealthCheckFailed(
+                    f"not healthy after {timing.health_timeout:g}s: {detail}", host=host.name)
+            await self.clock.sleep(timing.health_interval)
+
+    async def _drain(self, name: str, backend: str) -> None:
+        balancer = self.providers.balancer
+        state = await self._backend(backend)
+        if state is None or state.state != "ready":
+            return
+        await balancer.set_backend_state(backend, "drain")
+        await self._expect_backend(backend, state="drain")
+        left = await balancer.wait_drained(backend, self.fleet.timing.drain_timeout)
+        if left:
+            await self._emit("log", level="warning",
+                             message=f"{name}: {left} requests still in flight after "
+                                     f"{self.fleet.timing.drain_timeout:g}s drain")
+
+    async def _backend(self, backend: str) -> BackendState | None:
+        getter = getattr(self.providers.balancer, "backend_state", None)
+        if getter is not None:
+            return await getter(backend)
+        return (await self.providers.balancer.state()).backends.get(backend)
+
+    async def _expect_backend(self, backend: str, *, state: str | None = None,
+                              pool: str | None = None, absent: bool = False) -> None:
+        """Read the balancer back and assert what was just set."""
+        seen = await self._backend(backend)
+        if absent:
+            if seen is not None:
+                raise BalancerError(f"backend {backend} still present after removal")
+            return
+        if seen is None:
+            raise BalancerError(f"backend {backend} missing after it was set")
+        if state is not None and seen.state != state:
+            raise BalancerError(f"backend {backend} reads back state {seen.state!r}, "
+                                f"expected {state!r}")
+        if pool is not None and seen.pool != pool:
+            raise BalancerError(f"backend {backend} reads back pool {seen.pool!r}, "
+                                f"expected {pool!r}")
+
+    async def _enable(self, host: Host, slot: str | None, release: str,
+                      state: str = "ready") -> None:
+        backend = self.backend_name(host.name, slot)
+        port = self._port(host, slot)
+        await self.providers.balancer.set_backend(backend, address=host.address,
+                                                  port=port or 0, pool=release, weight=100,
+                                                  state=state)
+        await self._expect_backend(backend, state=state, pool=release)
+
+    async def _upgrade_host(self, name: str, release: str, *, mode: str, drain: bool,
+                            slot: str | None = None) -> None:
+        """snapshot -> drain -> stop -> install -> start -> health -> enable."""
+        host = self._hosts_by_name[name]
+        status = self.hosts[name]
+        status.error = None
+        backend = self.backend_name(name, slot)
+        in_doubt = self._in_doubt.pop(name, None)
+        if mode == "upgrade" and self.providers.snapshot is not None and name not in self._snapshots:
+            await self._host_phase(name, HostPhase.SNAPSHOT, release, slot, mode)
+            snapshot_id = await self.providers.snapshot.create(host, f"pre-{release}")
+            self._snapshots[name] = snapshot_id
+            await self._emit("snapshot_taken", host=name, snapshot=snapshot_id)
+        if drain:
+            await self._host_phase(name, HostPhase.DRAINING, release, slot, mode)
+            await self._drain(name, backend)
+        await self._host_phase(name, HostPhase.STOPPING, release, slot, mode)
+        await self._command(host, "stop", release, slot)
+        skip_install = False
+        if in_doubt == HostPhase.INSTALLING.value:
+            skip_install = await self._installed_release(host, slot) == release
+        elif in_doubt in (HostPhase.STARTING.value, HostPhase.CHECKING.value,
+                          HostPhase.ENABLING.value):
+            skip_install = True
+        await self._host_phase(name, HostPhase.INSTALLING, release, slot, mode)
+        if skip_install:
+            await self._emit("log", level="info",
+                             message=f"{name}: {release} already installed (resumed)")
+        elif mode == "rollback" and name in self._snapshots and self.providers.snapshot:
+            await self.providers.snapshot.revert(host, self._snapshots[name])
+        else:
+            await self._command(host, "install", release, slot)
+        await self._host_phase(name, HostPhase.STARTING, release, slot, mode)
+        await self._command(host, "start", release, slot)
+        await self._host_phase(name, HostPhase.CHECKING, release, slot, mode)
+        await self._wait_healthy(host, slot)
+        await self._host_phase(name, HostPhase.ENABLING, release, slot, mode)
+        await self._enable(host, slot, release)
+        status.release = release
+        status.phase = HostPhase.IN_SERVICE
+        await self._emit("host_done", host=name, release=release, slot=slot, mode=mode)
+
+    # blue-green ---------------------------------------------------------------------------
+
+    async def _discover_slots(self) -> None:
+        state = await self.providers.balancer.state()
+        for host in self.fleet.main_hosts:
+            if host.name in self._live_slot or not host.slots:
+                continue
+            names = list(host.slots)
+            live = next((s for s in names
+                         if (b := state.backends.get(self.backend_name(host.name, s)))
+                         and b.state == "ready"), names[0])
+            self._live_slot[host.name] = live
+            self._original_slot.setdefault(host.name, live)
+            self.hosts[host.name].slot = live
+        await self._emit("log", level="info", message="live slots: " + ", ".join(
+            f"{h}={s}" for h, s in sorted(self._live_slot.items())))
+        await self._emit("slots", live=dict(self._live_slot),
+                         original=dict(self._original_slot))
+
+    def _idle_slot(self, host: Host) -> str:
+        live = self._live_slot[host.name]
+        return next(s for s in host.slots if s != live)
+
+    async def _prepare_slot(self, name: str) -> None:
+        host = self._hosts_by_name[name]
+        slot = self._idle_slot(host)
+        release = self.fleet.releases.target
+        mode = "upgrade"
+        await self._host_phase(name, HostPhase.STOPPING, release, slot, mode)
+        await self._command(host, "stop", release, slot)
+        await self._host_phase(name, HostPhase.INSTALLING, release, slot, mode)
+        await self._command(host, "install", release, slot)
+        await self._host_phase(name, HostPhase.STARTING, release, slot, mode)
+        await self._command(host, "start", release, slot)
+        await self._host_phase(name, HostPhase.CHECKING, release, slot, mode)
+        await self._wait_healthy(host, slot)
+        # registered with the balancer, but no user reaches it until the swap
+        await self._enable(host, slot, release, state="maint")
+        self.hosts[name].phase = HostPhase.IN_SERVICE
+        await self._emit("host_done", host=name, release=self.hosts[name].release,
+                         slot=self._live_slot[name], mode="prepare", prepared=slot)
+
+    async def _swap_slot(self, name: str, *, back: bool = False) -> None:
+        host = self._hosts_by_name[name]
+        old = self._live_slot[name]
+        new = self._original_slot[name] if back else self._idle_slot(host)
+        if old == new:
+            return
+        release = self.fleet.releases.current if back else self.fleet.releases.target
+        balancer = self.providers.balancer
+        await self._host_phase(name, HostPhase.ENABLING, release, new, "rollback" if back else "upgrade")
+        new_backend = self.backend_name(name, new)
+        if await self._backend(new_backend) is None:
+            await self._enable(host, new, release, state="ready")
+        else:
+            await balancer.set_backend_state(new_backend, "ready")
+            await self._expect_backend(new_backend, state="ready")
+        old_backend = self.backend_name(name, old)
+        if await self._backend(old_backend) is not None:
+            await balancer.set_backend_state(old_backend, "drain" if not back else "maint")
+            await self._expect_backend(old_backend, state="drain" if not back else "maint")
+        self._live_slot[name] = new
+        status = self.hosts[name]
+        status.slot = new
+        status.release = release
+        status.phase = HostPhase.IN_SERVICE
+        await self._emit("host_done", host=name, release=release, slot=new,
+                         mode="rollback" if back else "swap")
+
+    async def _turn_down(self, name: str) -> None:
+        host = self._hosts_by_name[name]
+        release = self.hosts[name].release or self.fleet.releases.current
+        await self._host_phase(name, HostPhase.DRAINING, release, None, "turn_down")
+        await self._drain(name, name)
+        await self._host_phase(name, HostPhase.STOPPING, release, None, "turn_down")
+        await self._command(host, "stop", release, None)
+        if await self._backend(name) is not None:
+            await self.providers.balancer.remove_backend(name)
+            await self._expect_backend(name, absent=True)
+        self._turned_down.add(name)
+        self.hosts[name].phase = HostPhase.OUT_OF_SERVICE
+        self.hosts[name].release = None
+        await self._emit("host_done", host=name, release=None, slot=None, mode="turn_down")
+
+    # ------------------------------------------------------------------ traffic steps
+
+    def _pool(self, symbolic: str | None) -> str | None:
+        if symbolic is None:
+            return None
+        return {"current": self.fleet.releases.current,
+                "target": self.fleet.releases.target}.get(symbolic, symbolic)
+
+    async def _healthy_share(self, pool: str) -> float:
+        """Percent of the fleet's nominal capacity that ``pool`` can take now."""
+        state = await self.providers.balancer.state()
+        healthy = sum(1 for b in state.backends.values()
+                      if b.pool == pool and b.state == "ready" and b.weight > 0
+                      and self.hosts.get(b.name.split("@")[0], HostStatus("", None)).healthy
+                      is not False)
+        nominal = max(1, len(self.fleet.main_hosts))
+        return min(100.0, 100.0 * healthy / nominal)
+
+    async def _set_traffic(self, weights: Mapping[str, float], *, check_capacity: bool = True) -> None:
+        resolved = {self._pool(k) or k: float(v) for k, v in weights.items()}
+        if check_capacity:
+            for pool, weight in resolved.items():
+                if weight <= 0:
+                    continue
+                share = await self._healthy_share(pool)
+                if weight > share + 1e-9:
+                    raise BalancerError(
+                        f"refusing to send {weight:g}% of traffic to pool {pool}: its healthy "
+                        f"hosts carry only {share:.1f}% of the fleet's capacity")
+        await self.providers.balancer.set_split(resolved)
+        state = await self.providers.balancer.state()
+        if dict(state.split or {}) != resolved:
+            raise BalancerError(f"traffic split reads back {dict(state.split or {})}, "
+                                f"expected {resolved}")
+        await self._emit_traffic(state)
+
+    def _route_table(self, groups: Iterable[str], default: str | None) -> RouteTable | None:
+        admitted = set(groups)
+        if not admitted and default is None:
+            return None
+        target = self.fleet.releases.target
+        named: dict[str, str] = {}
+        cohorts: list[tuple[Cohort, str]] = []
+        for group in self.fleet.groups:
+            if group.name not in admitted:
+                continue
+            if group.percent is not None:
+                cohorts.append((Cohort(group.name, group.percent), target))
+            else:
+                for value in group.header_values or (group.name,):
+                    named[value] = target
+        return RouteTable(groups=named, cohorts=tuple(cohorts), default=self._pool(default),
+                          group_header=self.fleet.group_header, user_header=self.fleet.user_header)
+
+    async def _route(self, groups: Iterable[str], default: str | None) -> None:
+        table = self._route_table(groups, default)
+        await self.providers.balancer.set_routes(table)
+        state = await self.providers.balancer.state()
+        if not _same_routes(state.routes, table):
+            raise BalancerError(f"routes read back as {state.routes}, expected {table}")
+        await self._emit_traffic(state)
+
+    async def _maintenance(self, on: bool, retry_after: int) -> None:
+        await self.providers.balancer.set_maintenance(on, retry_after)
+        state = await self.providers.balancer.state()
+        if state.maintenance != on:
+            raise BalancerError(f"maintenance reads back {state.maintenance}, expected {on}")
+        await self._emit_traffic(state)
+
+    async def _emit_traffic(self, state: Any = None) -> None:
+        state = state or await self.providers.balancer.state()
+        pools: dict[str, int] = {}
+        for backend in state.backends.values():
+            if backend.state == "ready" and backend.weight > 0:
+                pools[backend.pool] = pools.get(backend.pool, 0) + 1
+        routes = None
+        if state.routes is not None:
+            routes = {"groups": dict(state.routes.groups), "default": state.routes.default,
+                      "cohorts": [[c.name, c.percent, p] for c, p in state.routes.cohorts]}
+        await self._emit("traffic", split=dict(state.split) if state.split else None,
+                         routes=routes, maintenance=state.maintenance, ready_by_pool=pools)
+
+    # ------------------------------------------------------------------ gates and holds
+
+    async def _gate(self, step: Gate) -> None:
+        await self._set_state(RolloutState.VERIFYING, step.gate.replace("_", " "))
+        template = (self.fleet.commands.system_test if step.gate == "system_test"
+                    else self.fleet.commands.pre_release_test)
+        if template is None:
+            await self._emit("log", level="warning",
+                             message=f"no {step.gate} command configured: gate passes")
+            return
+        release = self.fleet.releases.target
+        hosts = step.hosts or tuple(h.name for h in self.fleet.main_hosts[:1])
+
+        async def one(name: str) -> None:
+            host = self._hosts_by_name[name]
+            slot = self._idle_slot(host) if step.slots else self._live_slot.get(name)
+            await self.providers.transport.run(host, self.render(template, host, release, slot),
+                                               timeout=self.fleet.timing.command_timeout)
+
+        results = await asyncio.gather(*(one(n) for n in hosts), return_exceptions=True)
+        failures = [(n, r) for n, r in zip(hosts, results) if isinstance(r, BaseException)]
+        for name, exc in failures:
+            if not isinstance(exc, Exception):
+                raise exc
+        if failures:
+            name, exc = failures[0]
+            detail = getattr(exc, "stderr", "") or str(exc)
+            await self._emit("verdict", metric="system_test", result="fail",
+                             value=float(len(failures)), threshold=0.0, samples=len(hosts),
+                             baseline=None, detail=f"{name}: {detail.strip()[-300:]}")
+            raise RolloutFailed(f"{step.gate} failed on {len(failures)} of {len(hosts)} hosts "
+                                f"(first: {name}: {str(exc).strip()[-300:]})")
+        await self._emit("verdict", metric="system_test", result="pass", value=0.0,
+                         threshold=0.0, samples=len(hosts), baseline=None, detail="")
+
+    async def _verify_step(self, step: Verify) -> None:
+        if self._promote_all:
+            return
+        self._skip.clear()
+        await self._set_state(RolloutState.VERIFYING, f"for {step.for_:g}s")
+        rounds = self._analysis_rounds
+        skipped = await self._wait(step.for_, skippable=True)
+        if self._interrupt.is_set():
+            raise _Interrupted
+        if skipped or self._promote_all:
+            return
+        # at least one analysis round must have looked at the traffic since the hold began
+        interval = self.fleet.verify.interval
+        waited = 0.0
+        while self._analysis_rounds <= rounds and waited < 3 * interval:
+            if await self._wait(interval / 4, skippable=True):
+                break
+            waited += interval / 4
+        if self._interrupt.is_set():
+            raise _Interrupted
+        if self.fleet.verify.no_data == "wait":
+            limit = self.clock.monotonic() + 3 * max(step.for_, interval)
+            while not self._had_pass and self.clock.monotonic() < limit:
+                if await self._wait(interval / 2, skippable=True):
+                    return
+            if not self._had_pass:
+                raise RolloutFailed("verification saw no traffic to judge (no_data = wait)")
+
+    async def _pause_step(self, index: int, step: Pause) -> None:
+        if self._promote_all:
+            return
+        self._skip.clear()
+        duration = step.duration
+        if duration is not None and self._resume and index in self._resume.pause_started:
+            elapsed = self.clock.wall() - self._resume.pause_started[index]
+            duration = max(0.0, duration - elapsed)
+        reason = "until promoted" if duration is None else f"pause {duration:g}s"
+        await self._set_state(RolloutState.WAITING, reason)
+        await self._emit("pause_started", index=index, duration=step.duration)
+        await self._wait(duration, skippable=True)
+        if self._interrupt.is_set():
+            raise _Interrupted
+        await self._set_state(RolloutState.RUNNING)
+
+    # ------------------------------------------------------------------ analysis
+
+    _had_pass = False
+
+    async def _analyzer(self) -> None:
+        spec = self.fleet.verify
+        target = self.fleet.releases.target
+        current = self.fleet.releases.current
+        balancer = self.providers.balancer
+        previous: Mapping[str, Any] | None = None
+        while True:
+            await self.clock.sleep(spec.interval)
+            if self._promote_all or self.state in (RolloutState.ROLLING_BACK,) or self._failure:
+                previous = None
+                continue
+            try:
+                state = await balancer.state()
+                if state.maintenance:
+                    previous = None
+                    continue
+                new = [n for n, b in state.backends.items() if b.pool == target and b.state == "ready"]
+                if not new:
+                    previous = None
+                    continue
+                old = [n for n, b in state.backends.items() if b.pool == current and b.state == "ready"]
+                stats = await balancer.stats()
+            except ProviderError as exc:
+                await self._emit("log", level="warning", message=f"analysis: {exc}")
+                continue
+            verdicts: list[Verdict] = []
+            if previous is not None:
+                verdicts = analyze(previous, stats, new, old, spec)
+            previous = stats
+            if spec.health:
+                verdicts.append(await self._health_round(new))
+            if not verdicts:
+                continue
+            self._analysis_rounds += 1
+            for verdict in verdicts:
+                await self._judge(verdict)
+
+    async def _health_round(self, backends: list[str]) -> Verdict:
+        async def one(backend: str) -> tuple[str, bool]:
+            name, _, slot = backend.partition("@")
+            host = self._hosts_by_name.get(name)
+            if host is None:
+                return backend, True
+            result = await self.providers.health.check(host, port=self._port(host, slot or None))
+            self.hosts[name].healthy = result.ok
+            return backend, result.ok
+
+        results = dict(await asyncio.gather(*(one(b) for b in backends)))
+        return health_verdict(results)
+
+    async def _judge(self, verdict: Verdict) -> None:
+        spec = self.fleet.verify
+        count = self._consecutive.get(verdict.metric, 0)
+        if verdict.result == "fail" or (verdict.result == "no_data" and spec.no_data == "fail"):
+            count += 1
+        elif verdict.result == "pass" or (verdict.result == "no_data" and spec.no_data == "pass"):
+            count = 0
+            self._had_pass = True
+        self._consecutive[verdict.metric] = count
+        self.last_verdicts[verdict.metric] = verdict
+        await self._emit("verdict", **verdict.to_json(), consecutive=count,
+                         limit=spec.consecutive_failures)
+        if count >= spec.consecutive_failures and self._failure is None:
+            reason = f"analysis: {verdict.describe()} ({count} in a row)"
+            await self._emit("analysis_failed", metric=verdict.metric, detail=reason)
+            self._fail(reason)
+
+    # ------------------------------------------------------------------ failure handling
+
+    def _touched(self) -> list[str]:
+        """Hosts not on the current release (or in doubt), most recently upgraded first."""
+        current = self.fleet.releases.current
+        order = list(self.plan.upgraded_hosts())
+        names = [n for n in order
+                 if self._hosts_by_name[n].cluster == "main"
+                 and (self.hosts[n].release != current or n in self._in_doubt
+                      or self.hosts[n].phase not in (HostPhase.PENDING, HostPhase.IN_SERVICE))]
+        return list(reversed(names))
+
+    async def _rollback(self, reason: str) -> Outcome:
+        self._interrupt.clear()
+        self._running.set()
+        timing = self.fleet.timing
+        mode = self.plan.rollback_mode
+        touched = self._touched()
+        est = estimate(self.plan, timing)
+        await self._set_state(RolloutState.ROLLING_BACK, reason)
+        await self._emit("rollback_started", reason=reason, hosts=touched,
+                         estimated_s=est.rollback_s, mode=mode)
+        errors: list[str] = []
+        try:
+            if mode == "swap":
+                await self._rollback_slots(errors)
+            elif mode == "traffic":
+                await self._rollback_traffic(errors)
+            else:
+                await self._rollback_reinstall(touched, errors)
+            await self._assert_rolled_back()
+        except UpgraderError as exc:
+            errors.append(str(exc))
+        if errors:
+            self._failure = f"{reason}; roll-back incomplete: {'; '.join(errors[:5])}"
+            return Outcome.FAILED
+        return Outcome.ROLLED_BACK
+
+    async def _rollback_reinstall(self, touched: list[str], errors: list[str]) -> None:
+        current = self.fleet.releases.current
+        target = self.fleet.releases.target
+        balancer = self.providers.balancer
+        state = await balancer.state()
+        if state.routes is not None:
+            await self._route((), "current" if any(
+                b.pool == current and b.state == "ready" for b in state.backends.values()) else None)
+        if state.split:
+            await self._set_traffic({"current": 100.0}, check_capacity=False)
+        # take the target release out of traffic at once, as far as capacity allows
+        main_total = len(self.fleet.main_hosts)
+        need = math.ceil(main_total * self.fleet.strategy.min_capacity / 100.0)
+        ready_old = sum(1 for b in state.backends.values() if b.pool == current and b.state == "ready")
+        for name, backend in state.backends.items():
+            if backend.pool == target and backend.state == "ready" and ready_old >= need:
+                await balancer.set_backend_state(name, "drain")
+        await self._emit_traffic()
+        drain = not state.maintenance
+        limit = asyncio.Semaphore(max(1, self.plan.rollback_parallel))
+
+        async def one(name: str) -> None:
+            async with limit:
+                try:
+                    await self._upgrade_host(name, current, mode="rollback", drain=drain,
+                                             slot=None)
+                except UpgraderError as exc:
+                    self.hosts[name].phase = HostPhase.FAILED
+                    self.hosts[name].error = str(exc)
+                    await self._emit("host_failed", host=name, error=str(exc), mode="rollback")
+                    errors.append(f"{name}: {exc}")
+
+        await asyncio.gather(*(one(n) for n in touched))
+        if state.maintenance:
+            await self._maintenance(False, 0)
+        if state.routes is not None:
+            await self._route((), None)
+
+    async def _rollback_slots(self, errors: list[str]) -> None:
+        for host in self.fleet.main_hosts:
+            name = host.name
+            if name not in self._live_slot:
+                continue
+            try:
+                if self._live_slot[name] != self._original_slot[name]:
+                    await self._swap_slot(name, back=True)
+                idle = self._idle_slot(host)
+                backend = self.backend_name(name, idle)
+                seen = await self._backend(backend)
+                if seen is not None and seen.state != "maint":
+                    await self.providers.balancer.set_backend_state(backend, "maint")
+                    await self._expect_backend(backend, state="maint")
+                if seen is not None or self.hosts[name].phase != HostPhase.PENDING:
+                    await self._command(host, "stop", self.fleet.releases.target, idle)
+                self.hosts[name].release = self.fleet.releases.current
+                self.hosts[name].phase = HostPhase.IN_SERVICE
+            except UpgraderError as exc:
+                errors.append(f"{name}: {exc}")
+        await self._emit_traffic()
+
+    async def _rollback_traffic(self, errors: list[str]) -> None:
+        current = self.fleet.releases.current
+        # old hosts that were already turned down come back first
+        for name in sorted(self._turned_down):
+            try:
+                await self._upgrade_host(name, current, mode="rollback", drain=False)
+            except UpgraderError as exc:
+                errors.append(f"{name}: {exc}")
+        await self._set_traffic({"current": 100.0, "target": 0.0}, check_capacity=False)
+        for host in self.fleet.new_hosts:
+            name = host.name
+            if self.hosts[name].release is None and self.hosts[name].phase == HostPhase.PENDING:
+                continue
+            try:
+                if await self._backend(name) is not None:
+                    await self._drain(name, name)
+                    await self.providers.balancer.remove_backend(name)
+                await self._command(host, "stop", self.fleet.releases.target, None)
+                self.hosts[name].release = None
+                self.hosts[name].phase = HostPhase.OUT_OF_SERVICE
+                await self._emit("host_done", host=name, release=None, slot=None,
+                                 mode="turn_down")
+            except UpgraderError as exc:
+                errors.append(f"{name}: {exc}")
+        await self._emit_traffic()
+
+    async def _assert_rolled_back(self) -> None:
+        """An abort ends with the target pool at 0 % and drained."""
+        target = self.fleet.releases.target
+        state = await self.providers.balancer.state()
+        serving = [n for n, b in state.backends.items() if b.pool == target and b.state == "ready"]
+        if serving:
+            raise BalancerError("after roll-back the target release still serves on "
+                                + ", ".join(sorted(serving)[:10]))
+        if state.split and state.split.get(target, 0) > 0:
+            raise BalancerError(f"after roll-back {state.split[target]:g}% of traffic still "
+                                f"goes to {target}")
+        if state.routes is not None and target in (
+                list(state.routes.groups.values()) + [p for _, p in state.routes.cohorts]
+                + [state.routes.default]):
+            raise BalancerError("after roll-back routes still send users to " + target)
+
+    async def _shutdown(self, reason: str) -> Outcome:
+        """Take upgraded hosts out of service while capacity allows; roll back the rest."""
+        self._interrupt.clear()
+        target = self.fleet.releases.target
+        main = self.fleet.main_hosts
+        need = math.ceil(len(main) * self.fleet.strategy.min_capacity / 100.0)
+        in_service = sum(1 for h in main if self.hosts[h.name].phase in
+                         (HostPhase.PENDING, HostPhase.IN_SERVICE))
+        await self._set_state(RolloutState.ROLLING_BACK, f"shutting down upgraded hosts: {reason}")
+        rest: list[str] = []
+        errors: list[str] = []
+        for name in self._touched():
+            host = self._hosts_by_name[name]
+            if self.hosts[name].release == target and in_service - 1 >= need:
+                try:
+                    await self._drain(name, name)
+                    await self._command(host, "stop", target, None)
+                    await self.providers.balancer.set_backend_state(name, "maint")
+                    await self._expect_backend(name, state="maint")
+                    self.hosts[name].phase = HostPhase.OUT_OF_SERVICE
+                    in_service -= 1
+                    await self._emit("host_done", host=name, release=target, slot=None,
+                                     mode="shutdown")
+                except UpgraderError as exc:
+                    errors.append(f"{name}: {exc}")
+            else:
+                rest.append(name)
+        if rest:
+            await self._emit("log", level="warning",
+                             message=f"capacity allows no more shut-downs; rolling back {len(rest)}")
+            await self._rollback_reinstall(rest, errors)
+        if errors:
+            self._failure = f"{reason}; shut-down incomplete: {'; '.join(errors[:5])}"
+            return Outcome.FAILED
+        return Outcome.SHUT_DOWN
+
+
+def _same_routes(seen: RouteTable | None, want: RouteTable | None) -> bool:
+    if seen is None or want is None:
+        return seen is None and want is None
+    return (dict(seen.groups) == dict(want.groups) and seen.default == want.default
+            and [(c.name, c.percent, p) for c, p in seen.cohorts]
+            == [(c.name, c.percent, p) for c, p in want.cohorts])
+
+
+def describe_step(step: Step) -> str:
+    if isinstance(step, UpgradeHosts):
+        extra = f", one every {step.start_interval:g}s" if step.start_interval else ""
+        par = f", {step.max_parallel} at a time" if step.max_parallel else ""
+        return f"upgrade {len(step.hosts)} host(s){par}{extra}" + ("" if step.drain else " (no drain)")
+    if isinstance(step, PrepareSlots):
+        return f"prepare idle slot on {len(step.hosts)} host(s)"
+    if isinstance(step, SwapSlots):
+        return f"swap slots on {len(step.hosts)} host(s)"
+    if isinstance(step, SetTraffic):
+        return "traffic " + ", ".join(f"{p} {w:g}%" for p, w in step.weights)
+    if isinstance(step, Route):
+        return ("route " + ", ".join(step.groups) + " to target" if step.groups
+                else "route everyone " + ("to current" if step.default else "everywhere"))
+    if isinstance(step, Verify):
+        return f"verify all upgraded hosts for {step.for_:g}s"
+    if isinstance(step, Pause):
+        return "pause until promoted" if step.duration is None else f"pause {step.duration:g}s"
+    if isinstance(step, Gate):
+        return step.gate.replace("_", " ") + (" on idle slots" if step.slots else "")
+    if isinstance(step, Maintenance):
+        return "maintenance page on" if step.on else "maintenance page off"
+    if isinstance(step, TurnDown):
+        return f"turn down {len(step.hosts)} old host(s)"
+    return step.kind

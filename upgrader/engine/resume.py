@@ -1,0 +1,58 @@
+"""Rebuild a rollout's progress from its journal, so ``upgrader resume`` neither repeats nor
+skips a host. Pure: journal entries in, :class:`ResumeState` out.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from ..journal import JournalEntry, RolloutRecord
+from ..model import Fleet
+from .core import ResumeState
+
+#: a host whose last recorded phase is one of these was mid-procedure when the controller died
+_FINAL_MODES = {"upgrade", "rollback", "swap", "turn_down", "shutdown", "prepare"}
+
+
+def replay(record: RolloutRecord, entries: Iterable[JournalEntry], fleet: Fleet) -> ResumeState:
+    state = ResumeState(rollout=record.id)
+    state.releases = {h.name: (record.current if h.cluster == "main" else None)
+                      for h in fleet.hosts}
+    current_step: int | None = None
+    last_phase: dict[str, str] = {}
+    for entry in entries:
+        data = entry.data
+        state.seq = max(state.seq, entry.seq)
+        kind = entry.kind
+        if kind == "rollout_started" and state.started_wall is None:
+            state.started_wall = entry.ts
+        elif kind == "step_started":
+            current_step = data["index"]
+        elif kind == "step_finished":
+            state.done_steps.add(data["index"])
+        elif kind == "pause_started":
+            state.pause_started[data["index"]] = entry.ts
+        elif kind == "host_phase":
+            last_phase[data["host"]] = data["phase"]
+        elif kind == "host_done":
+            host = data["host"]
+            last_phase.pop(host, None)
+            mode = data.get("mode")
+            if mode in ("upgrade", "rollback", "swap", "turn_down"):
+                state.releases[host] = data.get("release")
+            if mode == "swap" or (mode == "rollback" and data.get("slot")):
+                state.live_slots[host] = data["slot"]
+            if current_step is not None and mode in ("upgrade", "prepare", "swap", "turn_down"):
+                state.hosts_done.setdefault(current_step, set()).add(host)
+        elif kind == "slots":
+            for host, slot in data.get("live", {}).items():
+                state.live_slots.setdefault(host, slot)
+            for host, slot in data.get("original", {}).items():
+                state.original_slots.setdefault(host, slot)
+        elif kind == "snapshot_taken":
+            state.snapshots[data["host"]] = data["snapshot"]
+        elif kind == "rollback_started":
+            state.rolling_back = True
+            state.rollback_reason = data.get("reason", "")
+    state.in_doubt = dict(last_phase)
+    return state

@@ -1,0 +1,100 @@
+"""Events: what the engine announces, to the journal, front ends, plugins and notifiers.
+
+An event is plain data with a ``kind`` and a flat ``data`` mapping of JSON values.
+Kinds (``data`` keys in brackets):
+
+- ``rollout_started`` [rollout, fleet, strategy, current, target, hosts, estimated_s, rollback_estimated_s, resumed]
+- ``state`` [state, reason]                 RUNNING, PAUSED, WAITING, VERIFYING, ROLLING BACK, ...
+- ``step_started`` / ``step_finished`` [index, kind, description]
+- ``host_phase`` [host, phase, release, slot, mode]   mode: upgrade | rollback
+- ``host_done`` [host, release, slot, mode]
+- ``host_failed`` [host, error, mode]
+- ``snapshot_taken`` [host, snapshot]
+- ``traffic`` [split, routes, maintenance, backends]     read back after every balancer change
+- ``verdict`` [metric, result, value, threshold, samples, baseline, consecutive, limit, detail]
+- ``analysis_failed`` [metric, detail]
+- ``control`` [action, actor]                pause, resume, promote, promote_all, abort
+- ``rollback_started`` [reason, hosts, estimated_s]
+- ``rollout_finished`` [outcome, hosts, duration_s, error]
+- ``log`` [level, message]
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+class RolloutState(str, enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    WAITING = "WAITING"
+    VERIFYING = "VERIFYING"
+    ROLLING_BACK = "ROLLING BACK"
+    COMPLETED = "COMPLETED"
+    ROLLED_BACK = "ROLLED BACK"
+    FAILED = "FAILED"
+    FROZEN = "FROZEN"
+    SHUT_DOWN = "SHUT DOWN"
+
+
+class Outcome(str, enum.Enum):
+    COMPLETED = "completed"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+    FROZEN = "frozen"
+    SHUT_DOWN = "shut_down"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self is Outcome.COMPLETED else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One analysis result that explains itself."""
+
+    metric: str            # error_rate | p95_latency | health
+    result: str            # pass | fail | no_data
+    value: float | None
+    threshold: float | None
+    samples: int
+    baseline: float | None = None
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "result": self.result, "value": self.value,
+                "threshold": self.threshold, "samples": self.samples,
+                "baseline": self.baseline, "detail": self.detail}
+
+    def describe(self) -> str:
+        def fmt(v: float | None) -> str:
+            if v is None:
+                return "n/a"
+            if self.metric == "error_rate":
+                return f"{v:.2f}%"
+            if self.metric == "p95_latency":
+                return f"{v * 1000:.0f}ms"
+            return f"{v:g}"
+        text = (f"{self.metric} {self.result.upper()}: {fmt(self.value)} "
+                f"(limit {fmt(self.threshold)}, {self.samples} samples, old release {fmt(self.baseline)})")
+        return text + (f" - {self.detail}" if self.detail else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    ts: float
+    rollout: str
+    seq: int
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "ts": round(self.ts, 3), "rollout": self.rollout,
+                "seq": self.seq, **self.data}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=False, default=str)

@@ -1,0 +1,225 @@
+"""The durable record of every rollout transition (SQLite in WAL mode), and the fleet lock.
+
+The engine writes each transition here BEFORE the action it announces, so a controller that
+dies at any point can be resumed (``upgrader resume``) without upgrading a host twice or
+skipping one. Writes go through one worker thread so the event loop never blocks on disk.
+The lock is an ``flock`` on a file next to the journal: the kernel drops it when the holder
+dies, so a crashed controller never leaves a stale lock, while its rollout stays "running"
+in the journal until it is resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fcntl
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import PolicyRefused
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollouts (
+    id TEXT PRIMARY KEY,
+    fleet TEXT NOT NULL,
+    fleet_path TEXT,
+    strategy TEXT NOT NULL,
+    current TEXT NOT NULL,
+    target TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    status TEXT NOT NULL,          -- running | completed | rolled_back | failed | frozen | shut_down
+    started REAL NOT NULL,
+    finished REAL,
+    controller TEXT
+);
+CREATE INDEX IF NOT EXISTS rollouts_fleet ON rollouts(fleet, status);
+CREATE TABLE IF NOT EXISTS events (
+    rollout TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (rollout, seq)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRecord:
+    id: str
+    fleet: str
+    fleet_path: str | None
+    strategy: str
+    current: str
+    target: str
+    plan: dict[str, Any]
+    status: str
+    started: float
+    finished: float | None
+    controller: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    seq: int
+    ts: float
+    kind: str
+    data: dict[str, Any]
+
+
+def _private_file(path: Path) -> None:
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+    os.chmod(path, 0o600)
+
+
+class Journal:
+    """A SQLite journal file. Synchronous methods are for front ends (status, resume
+    look-ups); the engine uses the ``a*`` coroutines, which run on one worker thread."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_file(self.path)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                                thread_name_prefix="journal")
+        self._conn: sqlite3.Connection | None = None
+
+    # -- connection (only ever used from the worker thread, or synchronously when idle) --------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(SCHEMA)
+            self._conn = conn
+            for suffix in ("-wal", "-shm"):
+                side = Path(str(self.path) + suffix)
+                if side.exists():
+                    os.chmod(side, 0o600)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def begin(self, *, fleet: str, fleet_path: str | None, strategy: str, current: str,
+              target: str, plan: dict[str, Any], now: float | None = None) -> str:
+        rollout = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self._connect().execute(
+            "INSERT INTO rollouts (id, fleet, fleet_path, strategy, current, target, plan, status,"
+            " started, controller) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (rollout, fleet, fleet_path, strategy, current, target, json.dumps(plan), "running",
+             now if now is not None else time.time(), f"{socket.gethostname()}:{os.getpid()}"))
+        return rollout
+
+    def append(self, rollout: str, seq: int, ts: float, kind: str, data: dict[str, Any]) -> None:
+        self._connect().execute(
+            "INSERT INTO events (rollout, seq, ts, kind, data) VALUES (?,?,?,?,?)",
+            (rollout, seq, ts, kind, json.dumps(data, default=str)))
+
+    def finish(self, rollout: str, status: str, now: float | None = None) -> None:
+        self._connect().execute("UPDATE rollouts SET status=?, finished=? WHERE id=?",
+                                (status, now if now is not None else time.time(), rollout))
+
+    def claim(self, rollout: str) -> None:
+        """Record that this process now drives ``rollout`` (resume)."""
+        self._connect().execute("UPDATE rollouts SET controller=? WHERE id=?",
+                                (f"{socket.gethostname()}:{os.getpid()}", rollout))
+
+    async def abegin(self, **kwargs: Any) -> str:
+        return await self._call(lambda: self.begin(**kwargs))
+
+    async def aappend(self, rollout: str, seq: int, ts: float, kind: str,
+                      data: dict[str, Any]) -> None:
+        await self._call(self.append, rollout, seq, ts, kind, data)
+
+    async def afinish(self, rollout: str, status: str, now: float | None = None) -> None:
+        await self._call(self.finish, rollout, status, now)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def _record(self, row: Iterable[Any]) -> RolloutRecord:
+        (rid, fleet, fleet_path, strategy, current, target, plan, status, started, finished,
+         controller) = row
+        return RolloutRecord(rid, fleet, fleet_path, strategy, current, target, json.loads(plan),
+                             status, started, finished, controller)
+
+    _COLUMNS = ("id, fleet, fleet_path, strategy, current, target, plan, status, started, "
+                "finished, controller")
+
+    def unfinished(self, fleet: str) -> RolloutRecord | None:
+        row = self._connect().execute(
+            f"SELECT {self._COLUMNS} FROM rollouts WHERE fleet=? AND status='running' "
+            "ORDER BY started DESC LIMIT 1", (fleet,)).fetchone()
+        return self._record(row) if row else None
+
+    def latest(self, fleet: str) -> RolloutRecord | None:
+        row = self._connect().execute(
+            f"SELECT {self._COLUMNS} FROM rollouts WHERE fleet=? ORDER BY started DESC LIMIT 1",
+            (fleet,)).fetchone()
+        return self._record(row) if row else None
+
+    def get(self, rollout: str) -> RolloutRecord | None:
+        row = self._connect().execute(f"SELECT {self._COLUMNS} FROM rollouts WHERE id=?",
+                                      (rollout,)).fetchone()
+        return self._record(row) if row else None
+
+    def entries(self, rollout: str) -> list[JournalEntry]:
+        rows = self._connect().execute(
+            "SELECT seq, ts, kind, data FROM events WHERE rollout=? ORDER BY seq", (rollout,))
+        return [JournalEntry(seq, ts, kind, json.loads(data)) for seq, ts, kind, data in rows]
+
+
+class FleetLock:
+    """One controller per fleet: an exclusive ``flock`` on ``<state_dir>/<fleet>.lock``."""
+
+    def __init__(self, state_dir: str | Path, fleet: str) -> None:
+        self.path = Path(state_dir) / f"{fleet}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "another controller"
+            os.close(fd)
+            raise PolicyRefused(
+                f"fleet is being driven by {holder}; one rollout per fleet at a time") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "FleetLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,192 @@
+"""The library entry point: open a fleet's providers, journal and lock, and drive the engine.
+
+    fleet = upgrader.load_fleet("fleet.toml")
+    async with upgrader.Rollout(fleet) as rollout:
+        task = asyncio.create_task(rollout.run())
+        async for event in rollout.events():
+            ...                       # or rollout.pause(), rollout.abort(rollback=True), ...
+        result = await task
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterable
+
+from .clock import Clock
+from .engine.core import Engine, Providers, RolloutResult
+from .engine.resume import replay
+from .errors import PolicyRefused, UpgraderError
+from .events import Event
+from .journal import FleetLock, Journal
+from .model import Fleet
+from .plan import Gate, Pause, Plan, Verify
+from .providers.base import ProviderContext
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("UPGRADER_STATE_DIR", ".upgrader/state")).expanduser().resolve()
+
+
+def compile_plan(fleet: Fleet) -> Plan:
+    """The strategy of ``fleet`` compiled into a Plan (pure, touches nothing)."""
+    from . import strategies
+
+    return strategies.get(fleet.strategy.kind).compile(fleet, fleet.strategy.params)
+
+
+def compress(fleet: Fleet, plan: Plan, speed: float) -> tuple[Fleet, Plan]:
+    """Divide pauses, verification holds and the analysis interval by ``speed`` (demo,
+    rehearsals). Timeouts are left alone: a real process still needs its real time."""
+    if speed == 1:
+        return fleet, plan
+    steps = []
+    for step in plan.steps:
+        if isinstance(step, Pause) and step.duration is not None:
+            step = dataclasses.replace(step, duration=step.duration / speed)
+        elif isinstance(step, Verify):
+            step = dataclasses.replace(step, for_=step.for_ / speed)
+        steps.append(step)
+    verify = dataclasses.replace(fleet.verify, interval=max(0.25, fleet.verify.interval / speed),
+                                 for_=fleet.verify.for_ / speed)
+    return dataclasses.replace(fleet, verify=verify), dataclasses.replace(plan, steps=tuple(steps))
+
+
+async def open_providers(fleet: Fleet, plugins: Any, state_dir: str | None = None) -> Providers:
+    """Create the fleet's providers through the plugin registry."""
+    opened: list[Any] = []
+    try:
+        transport = plugins.create("transport", fleet.transport,
+                                   ProviderContext(fleet=fleet, state_dir=state_dir))
+        opened.append(transport)
+        context = ProviderContext(fleet=fleet, transport=transport, state_dir=state_dir)
+        balancer = plugins.create("balancer", fleet.balancer, context)
+        opened.append(balancer)
+        health = plugins.create("health", fleet.health, context)
+        opened.append(health)
+        snapshot = plugins.create("snapshot", fleet.snapshot, context) if fleet.snapshot else None
+        notifiers = tuple(plugins.create("notifier", spec, context) for spec in fleet.notifiers)
+    except BaseException:
+        for provider in opened:
+            await provider.aclose()
+        raise
+    return Providers(transport, balancer, health, snapshot, notifiers)
+
+
+class Rollout:
+    """One rollout of one fleet: lock, journal, providers and engine, as an async context."""
+
+    def __init__(self, fleet: Fleet, plan: Plan | None = None, *, plugins: Any = None,
+                 clock: Clock | None = None, state_dir: str | Path | None = None,
+                 recover: bool = False, interactive: bool = False, journal: bool = True,
+                 providers: Providers | None = None,
+                 observers: Iterable[Callable[[Event], None]] = ()) -> None:
+        self.fleet = fleet
+        self.plan = plan
+        self._plugins = plugins
+        self._clock = clock
+        self.state_dir = Path(state_dir) if state_dir else default_state_dir()
+        self._recover = recover
+        self._interactive = interactive
+        self._use_journal = journal
+        self._providers = providers
+        self._own_providers = providers is None
+        self._observers = list(observers)
+        self._lock: FleetLock | None = None
+        self.journal: Journal | None = None
+        self.engine: Engine | None = None
+
+    async def __aenter__(self) -> "Rollout":
+        try:
+            await self._open()
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._close()
+
+    async def _open(self) -> None:
+        resume_state = None
+        if self._use_journal:
+            self._lock = FleetLock(self.state_dir, self.fleet.name)
+            self._lock.acquire()
+            self.journal = Journal(self.state_dir / "journal.sqlite")
+            unfinished = self.journal.unfinished(self.fleet.name)
+            if self._recover:
+                if unfinished is None:
+                    raise UpgraderError(f"fleet {self.fleet.name} has no unfinished rollout "
+                                        "to resume")
+                self.plan = Plan.from_json(unfinished.plan)
+                resume_state = replay(unfinished, self.journal.entries(unfinished.id), self.fleet)
+                self.journal.claim(unfinished.id)
+            elif unfinished is not None:
+                raise PolicyRefused(
+                    f"fleet {self.fleet.name} has an unfinished rollout {unfinished.id} "
+                    f"({unfinished.current} -> {unfinished.target}, started by "
+                    f"{unfinished.controller}); run `upgrader resume` to finish it")
+        elif self._recover:
+            raise UpgraderError("resume needs the journal")
+        if self.plan is None:
+            self.plan = compile_plan(self.fleet)
+        if self._providers is None:
+            if self._plugins is None:
+                from .plugins import Plugins
+
+                self._plugins = Plugins()
+            self._providers = await open_providers(self.fleet, self._plugins, str(self.state_dir))
+        observers = list(self._observers)
+        if self._plugins is not None and hasattr(self._plugins, "emit_event"):
+            observers.append(self._plugins.emit_event)
+        self.engine = Engine(self.fleet, self.plan, self._providers, clock=self._clock,
+                             journal=self.journal, observers=observers,
+                             interactive=self._interactive, resume=resume_state)
+
+    async def _close(self) -> None:
+        if self._providers is not None and self._own_providers:
+            await self._providers.aclose()
+        if self.journal is not None:
+            self.journal.close()
+        if self._lock is not None:
+            self._lock.release()
+
+    # delegation to the engine -----------------------------------------------------------------
+
+    async def run(self) -> RolloutResult:
+        assert self.engine is not None, "use `async with Rollout(...)`"
+        return await self.engine.run()
+
+    def events(self) -> AsyncIterator[Event]:
+        assert self.engine is not None
+        return self.engine.events()
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        assert self.engine is not None
+        return self.engine.subscribe(callback)
+
+    def pause(self) -> None:
+        assert self.engine is not None
+        self.engine.pause()
+
+    def resume(self) -> None:
+        assert self.engine is not None
+        self.engine.resume()
+
+    def promote(self) -> None:
+        assert self.engine is not None
+        self.engine.promote()
+
+    def promote_all(self) -> None:
+        assert self.engine is not None
+        self.engine.promote_all()
+
+    def abort(self, rollback: bool = True) -> None:
+        assert self.engine is not None
+        self.engine.abort(rollback=rollback)
+
+    def snapshot(self) -> dict[str, Any]:
+        assert self.engine is not None
+        return self.engine.snapshot()
