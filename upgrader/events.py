@@ -5,7 +5,7 @@ Kinds (``data`` keys in brackets):
 
 - ``rollout_started`` [rollout, fleet, strategy, current, target, hosts, estimated_s, rollback_estimated_s, resumed]
 - ``state`` [state, reason]                 RUNNING, PAUSED, WAITING, VERIFYING, ROLLING BACK, ...
-- ``step_started`` / ``step_finished`` [index, kind, description]
+- ``step_started`` / ``step_finished`` [index, step, description]
 - ``host_phase`` [host, phase, release, slot, mode]   mode: upgrade | rollback
 - ``host_done`` [host, release, slot, mode]
 - ``host_failed`` [host, error, mode]

@@ -224,7 +224,7 @@ class Engine:
 
     # ------------------------------------------------------------------ events
 
-    async def _emit(self, kind: str, **data: Any) -> Event:
+    async def _emit(self, kind: str, /, **data: Any) -> Event:
         self._seq += 1
         event = Event(kind, self.clock.wall(), self.rollout_id, self._seq, data)
         if self.journal is not None and self.rollout_id:
@@ -397,11 +397,11 @@ class Engine:
                 continue
             await self._checkpoint()
             self.current_step = index
-            await self._emit("step_started", index=index, kind=step.kind,
+            await self._emit("step_started", index=index, step=step.kind,
                              description=describe_step(step))
             await self._run_step(index, step)
             self._done_steps.add(index)
-            await self._emit("step_finished", index=index, kind=step.kind)
+            await self._emit("step_finished", index=index, step=step.kind)
         self.current_step = None
 
     async def _run_step(self, index: int, step: Step) -> None:
@@ -454,10 +454,11 @@ class Engine:
             try:
                 await action(name)
             except UpgraderError as exc:
+                text = describe_error(exc, name)
                 self.hosts[name].phase = HostPhase.FAILED
-                self.hosts[name].error = str(exc)
-                await self._emit("host_failed", host=name, error=str(exc), mode="upgrade")
-                self._fail(f"{name}: {exc}", host=name)
+                self.hosts[name].error = text
+                await self._emit("host_failed", host=name, error=text, mode="upgrade")
+                self._fail(text, host=name)
                 return
             finally:
                 limit.release()
@@ -570,7 +571,7 @@ class Engine:
         backend = self.backend_name(host.name, slot)
         port = self._port(host, slot)
         await self.providers.balancer.set_backend(backend, address=host.address,
-                                                  port=port or 0, pool=release, weight=100,
+                                                  port=port or 80, pool=release, weight=100,
                                                   state=state)
         await self._expect_backend(backend, state=state, pool=release)
 
@@ -997,10 +998,11 @@ class Engine:
                     await self._upgrade_host(name, current, mode="rollback", drain=drain,
                                              slot=None)
                 except UpgraderError as exc:
+                    text = describe_error(exc, name)
                     self.hosts[name].phase = HostPhase.FAILED
-                    self.hosts[name].error = str(exc)
-                    await self._emit("host_failed", host=name, error=str(exc), mode="rollback")
-                    errors.append(f"{name}: {exc}")
+                    self.hosts[name].error = text
+                    await self._emit("host_failed", host=name, error=text, mode="rollback")
+                    errors.append(text)
 
         await asyncio.gather(*(one(n) for n in touched))
         if state.maintenance:
@@ -1107,6 +1109,18 @@ class Engine:
             self._failure = f"{reason}; shut-down incomplete: {'; '.join(errors[:5])}"
             return Outcome.FAILED
         return Outcome.SHUT_DOWN
+
+
+def describe_error(exc: BaseException, host: str | None = None) -> str:
+    """One line naming the host, what failed and the tail of its stderr."""
+    text = str(exc)
+    if host and not text.startswith(host):
+        text = f"{host}: {text}"
+    stderr = getattr(exc, "stderr", "") or ""
+    tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
+    if tail and tail[0] not in text:
+        text += f": {tail[0][-300:]}"
+    return text
 
 
 def _same_routes(seen: RouteTable | None, want: RouteTable | None) -> bool:

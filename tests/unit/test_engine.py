@@ -1,0 +1,320 @@
+"""The engine in virtual time with the no-op providers: every strategy's plan runs, controls
+work, failures roll back, verdicts explain themselves, and a crash resumes without repeating
+or skipping a host."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from upgrader import strategies
+from upgrader.clock import LoopClock, run_virtual
+from upgrader.engine.core import Engine, Providers
+from upgrader.engine.resume import replay
+from upgrader.events import Outcome
+from upgrader.journal import Journal
+from upgrader.model import StrategySpec, Timing, UserGroup, VerifySpec
+from upgrader.plan import estimate
+from upgrader.providers.base import CommandResult
+from upgrader.providers.noop import NoopBalancer, NoopHealthCheck, NoopTransport
+
+DELAY = 5.0   # virtual seconds per host command
+
+
+def fleet_with(fleet_factory, kind, n=10, new=0, slots=False, table=None, verify=None,
+               on_failure="rollback", groups=()):
+    fleet = fleet_factory(n, new=new, slots=slots, groups=groups)
+    module = strategies.get(kind)
+    params = module.parse_params(table, _Where()) if table else module.default_params()
+    verify = verify or VerifySpec(for_=30.0, interval=10.0, no_data="pass", min_requests=10,
+                                  consecutive_failures=2)
+    commands = dataclasses.replace(fleet.commands, current=("current", "{slot}"))
+    return dataclasses.replace(
+        fleet, strategy=StrategySpec(kind, params, on_failure=on_failure), verify=verify,
+        timing=Timing(host_upgrade=3 * DELAY, health_timeout=20.0, drain_timeout=10.0),
+        commands=commands)
+
+
+class _Where:
+    def error(self, key, message):
+        raise AssertionError(f"{key}: {message}")
+
+
+def providers_for(fleet, responder=None):
+    transport = NoopTransport(delay=DELAY, responder=responder)
+    balancer = NoopBalancer()
+    return Providers(transport, balancer, NoopHealthCheck())
+
+
+async def seed_balancer(fleet, balancer):
+    for host in fleet.main_hosts:
+        if host.slots:
+            first, second = list(host.slots)
+            await balancer.set_backend(f"{host.name}@{first}", address=host.address,
+                                       port=host.slots[first], pool=fleet.releases.current)
+        else:
+            await balancer.set_backend(host.name, address=host.address, port=host.port,
+                                       pool=fleet.releases.current)
+
+
+def installs(transport, release=None):
+    return [c.host for c in transport.calls
+            if c.argv[0] == "deploy" and (release is None or c.argv[1] == release)]
+
+
+def run_engine(fleet, providers, *, during=None, journal=None, resume=None, plan=None):
+    async def main():
+        await seed_balancer(fleet, providers.balancer) if resume is None else None
+        compiled = plan or strategies.get(fleet.strategy.kind).compile(fleet, fleet.strategy.params)
+        engine = Engine(fleet, compiled, providers, clock=LoopClock(), journal=journal,
+                        resume=resume)
+        events = []
+        engine.subscribe(events.append)
+        helper = asyncio.ensure_future(during(engine, providers)) if during else None
+        result = await engine.run()
+        if helper:
+            helper.cancel()
+        return engine, result, events
+
+    return run_virtual(main)
+
+
+@pytest.mark.parametrize("kind,kw", [
+    ("rolling", {}), ("canary", {}), ("takedown", {}),
+    ("phased", {"groups": (UserGroup("beta", ("beta",)), UserGroup("some", percent=10.0))}),
+    ("shedding", {"new": 10}), ("bluegreen", {"slots": True}),
+])
+def test_every_strategy_completes_and_installs_each_host_once(fleet_factory, kind, kw):
+    fleet = fleet_with(fleet_factory, kind, **kw)
+    providers = providers_for(fleet)
+    engine, result, events = run_engine(fleet, providers)
+    assert result.outcome is Outcome.COMPLETED, result.error
+    target = fleet.releases.target
+    upgraded = [h.name for h in (fleet.new_hosts if kind == "shedding" else fleet.main_hosts)]
+    assert sorted(installs(providers.transport, target)) == sorted(upgraded)
+    state = asyncio.run(providers.balancer.state())
+    serving = {n: b.pool for n, b in state.backends.items() if b.state == "ready"}
+    assert set(serving.values()) == {target}
+    assert len(serving) == len(upgraded)
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "rollout_started" and kinds[-1] == "rollout_finished"
+
+
+def test_virtual_run_matches_the_plan_estimate(fleet_factory):
+    """The seed's canary schedule over 100 hosts: the engine's virtual clock agrees with
+    the plan's arithmetic (what `upgrader plan` prints)."""
+    fleet = fleet_with(fleet_factory, "canary", n=100)
+    plan = strategies.get("canary").compile(fleet, fleet.strategy.params)
+    expected = estimate(plan, fleet.timing).total_s
+    engine, result, _ = run_engine(fleet, providers_for(fleet), plan=plan)
+    assert result.outcome is Outcome.COMPLETED
+    assert result.duration_s == pytest.approx(expected, rel=0.02)
+
+
+def test_failed_install_rolls_back_every_touched_host(fleet_factory):
+    fleet = fleet_with(fleet_factory, "rolling", table={"batch": [1, 3]})
+    bad = fleet.main_hosts[5].name
+
+    def responder(host, argv):
+        if argv[0] == "deploy" and argv[1] == fleet.releases.target and host.name == bad:
+            return CommandResult(1, "", "disk full")
+        return None
+
+    providers = providers_for(fleet, responder)
+    engine, result, events = run_engine(fleet, providers)
+    assert result.outcome is Outcome.ROLLED_BACK
+    assert bad in result.error and "disk full" in result.error
+    assert set(result.hosts.values()) == {fleet.releases.current}
+    state = asyncio.run(providers.balancer.state())
+    assert all(b.pool == fleet.releases.current for b in state.backends.values()
+               if b.state == "ready")
+    started = next(e for e in events if e.kind == "rollback_started")
+    assert started.data["estimated_s"] > 0
+
+
+def test_bad_release_is_caught_by_analysis_with_an_explained_verdict(fleet_factory):
+    fleet = fleet_with(fleet_factory, "canary", n=20)
+    target = fleet.releases.target
+
+    async def traffic(engine, providers):
+        balancer = providers.balancer
+        while True:
+            await asyncio.sleep(1.0)
+            for name, backend in (await balancer.state()).backends.items():
+                if backend.state == "ready":
+                    bad = backend.pool == target
+                    balancer.record(name, requests=10, errors=3 if bad else 0)
+
+    providers = providers_for(fleet)
+    engine, result, events = run_engine(fleet, providers, during=traffic)
+    assert result.outcome is Outcome.ROLLED_BACK
+    fails = [e.data for e in events if e.kind == "verdict" and e.data["result"] == "fail"]
+    assert fails, "no failing verdict"
+    verdict = fails[-1]
+    assert verdict["metric"] == "error_rate"
+    assert verdict["value"] == pytest.approx(30.0)
+    assert verdict["threshold"] == fleet.verify.error_rate_max
+    assert verdict["baseline"] == 0.0
+    assert verdict["samples"] >= fleet.verify.min_requests
+    assert verdict["consecutive"] == fleet.verify.consecutive_failures
+    # caught on the first canary, before a second host was touched
+    assert installs(providers.transport, target) == [fleet.main_hosts[0].name] or \
+        len(installs(providers.transport, target)) == 1
+    assert set(result.hosts.values()) == {fleet.releases.current}
+
+
+def test_single_blip_does_not_roll_back(fleet_factory):
+    fleet = fleet_with(fleet_factory, "rolling", n=4)
+    target = fleet.releases.target
+
+    async def one_blip(engine, providers):
+        balancer = providers.balancer
+        rounds_on_target = 0
+        while True:
+            await asyncio.sleep(1.0)
+            ready = [(n, b) for n, b in (await balancer.state()).backends.items()
+                     if b.state == "ready"]
+            if any(b.pool == target for _, b in ready):
+                rounds_on_target += 1
+            for name, backend in ready:
+                # one second of errors, well after analysis has a baseline reading
+                blip = backend.pool == target and rounds_on_target == 15
+                balancer.record(name, requests=10, errors=10 if blip else 0)
+
+    engine, result, events = run_engine(fleet, providers_for(fleet), during=one_blip)
+    assert result.outcome is Outcome.COMPLETED
+    assert any(e.kind == "verdict" and e.data["result"] == "fail" for e in events)
+
+
+def test_no_data_policy_fail_is_not_a_silent_pass(fleet_factory):
+    fleet = fleet_with(fleet_factory, "rolling", n=3,
+                       verify=VerifySpec(for_=30.0, interval=10.0, no_data="fail",
+                                         consecutive_failures=2, health=False))
+    engine, result, events = run_engine(fleet, providers_for(fleet))
+    assert result.outcome is Outcome.ROLLED_BACK
+    assert "too little traffic" in result.error
+    assert any(e.kind == "verdict" and e.data["result"] == "no_data" for e in events)
+
+
+def test_controls_pause_promote_promote_all_and_abort(fleet_factory):
+    fleet = fleet_with(fleet_factory, "canary", n=10,
+                       table={"steps": [{"hosts": 1, "pause": "promote"},
+                                        {"hosts": 2, "pause": "1h"},
+                                        {"hosts": "100%"}]})
+    seen = []
+
+    async def operator(engine, providers):
+        while engine.state.value != "WAITING":
+            await asyncio.sleep(1)
+        seen.append(("waiting", engine.state_reason))
+        engine.pause()
+        await asyncio.sleep(100)
+        seen.append(("still", engine.state.value))
+        engine.resume()
+        engine.promote()           # skips the indefinite pause
+        while engine.state_reason != "pause 3600s":
+            await asyncio.sleep(1)
+        engine.promote_all()        # skips the hour and the remaining analysis
+
+    engine, result, events = run_engine(fleet, providers_for(fleet), during=operator)
+    assert result.outcome is Outcome.COMPLETED
+    assert seen[0] == ("waiting", "until promoted")
+    assert result.duration_s < 3600
+    actions = [e.data["action"] for e in events if e.kind == "control"]
+    assert actions[:4] == ["pause", "resume", "promote", "promote_all"]
+
+
+def test_abort_with_rollback_ends_with_target_pool_at_zero(fleet_factory):
+    fleet = fleet_with(fleet_factory, "shedding", n=4, new=4)
+
+    async def operator(engine, providers):
+        while True:
+            state = await providers.balancer.state()
+            if state.split and state.split.get(fleet.releases.target, 0) >= 25:
+                break
+            await asyncio.sleep(1)
+        engine.abort(rollback=True)
+
+    providers = providers_for(fleet)
+    engine, result, events = run_engine(fleet, providers, during=operator)
+    assert result.outcome is Outcome.ROLLED_BACK
+    state = asyncio.run(providers.balancer.state())
+    assert state.split[fleet.releases.target] == 0
+    assert not [b for b in state.backends.values() if b.pool == fleet.releases.target]
+    assert all(result.hosts[h.name] == fleet.releases.current for h in fleet.main_hosts)
+
+
+def test_weight_is_never_set_above_healthy_capacity(fleet_factory):
+    fleet = fleet_with(fleet_factory, "shedding", n=4, new=4)
+    sick = fleet.new_hosts[0]
+
+    async def main():
+        providers = providers_for(fleet)
+        providers.health.set_healthy(sick.name, False)
+        await seed_balancer(fleet, providers.balancer)
+        plan = strategies.get("shedding").compile(fleet, fleet.strategy.params)
+        engine = Engine(fleet, plan, providers, clock=LoopClock())
+        return await engine.run(), providers
+
+    result, providers = run_virtual(main)
+    # the sick host fails its health check while being prepared: the rollout rolls back
+    assert result.outcome is Outcome.ROLLED_BACK
+    assert sick.name in result.error
+
+
+def test_crash_and_resume_installs_each_host_exactly_once(fleet_factory, tmp_path):
+    fleet = fleet_with(fleet_factory, "rolling", n=8, table={"batch": 2})
+    target = fleet.releases.target
+    transport_calls = []
+    installed: dict[str, str] = {}
+    crash_on = fleet.main_hosts[4].name
+
+    def responder(host, argv):
+        if argv[0] == "deploy":
+            installed[host.name] = argv[1]
+        if argv[0] == "current":
+            return CommandResult(0, installed.get(host.name, fleet.releases.current) + "\n")
+        return None
+
+    journal = Journal(tmp_path / "journal.sqlite")
+    balancer = NoopBalancer()
+
+    async def crash_run():
+        transport = NoopTransport(delay=DELAY, responder=responder)
+        providers = Providers(transport, balancer, NoopHealthCheck())
+        await seed_balancer(fleet, balancer)
+        plan = strategies.get("rolling").compile(fleet, fleet.strategy.params)
+        engine = Engine(fleet, plan, providers, clock=LoopClock(), journal=journal)
+        task = asyncio.ensure_future(engine.run())
+        # the controller dies right after the install of `crash_on` ran, before it recorded
+        # anything more: in doubt, half-way through its procedure
+        while crash_on not in installed:
+            await asyncio.sleep(0.5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        transport_calls.extend(transport.calls)
+
+    run_virtual(crash_run)
+    record = journal.unfinished(fleet.name)
+    assert record is not None and record.status == "running"
+    state = replay(record, journal.entries(record.id), fleet)
+    assert crash_on in state.in_doubt
+
+    async def resume_run():
+        transport = NoopTransport(delay=DELAY, responder=responder)
+        providers = Providers(transport, balancer, NoopHealthCheck())
+        from upgrader.plan import Plan
+        engine = Engine(fleet, Plan.from_json(record.plan), providers, clock=LoopClock(),
+                        journal=journal, resume=state)
+        result = await engine.run()
+        transport_calls.extend(transport.calls)
+        return result
+
+    result = run_virtual(resume_run)
+    journal.close()
+    assert result.outcome is Outcome.COMPLETED
+    target_installs = [c.host for c in transport_calls if c.argv[0] == "deploy" and c.argv[1] == target]
+    assert sorted(target_installs) == sorted(h.name for h in fleet.main_hosts)
+    assert set(result.hosts.values()) == {target}

@@ -1,0 +1,305 @@
+"""The ``upgrader`` command line. A front end: parses, displays, forwards controls; the upgrade
+logic lives in the engine. Exit codes: 0 done, 1 rolled back / failed, 2 bad input,
+3 refused by policy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import ConfigError, PolicyRefused, UpgraderError
+from .units import format_duration
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 already; keep its message short
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"upgrader: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import strategies
+
+    names = strategies.names()
+    p = _Parser(prog="upgrader", description="Upgrade live services without taking them down.")
+    p.add_argument("--version", action="version", version=f"upgrader {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def fleet_args(sp: argparse.ArgumentParser, *, strategy: bool = True) -> None:
+        sp.add_argument("fleet", help="fleet file (TOML)")
+        if strategy:
+            sp.add_argument("--strategy", choices=names, help="override the fleet's strategy")
+        sp.add_argument("--state-dir", help="journal and lock folder (default .upgrader/state)")
+
+    run = sub.add_parser("run", help="run a rollout")
+    fleet_args(run)
+    run.add_argument("--headless", action="store_true", help="no TUI: progress on stderr")
+    run.add_argument("--json", action="store_true", help="JSON event lines on stdout")
+    run.add_argument("--speed", type=float, default=1.0,
+                     help="divide pauses and verification holds by this factor")
+
+    plan = sub.add_parser("plan", help="print what a strategy will do and how long it takes")
+    fleet_args(plan)
+    plan.add_argument("--json", action="store_true")
+    plan.add_argument("--all-waves", action="store_true", help="list every wave")
+
+    resume = sub.add_parser("resume", help="finish a rollout whose controller died")
+    fleet_args(resume, strategy=False)
+    resume.add_argument("--headless", action="store_true")
+    resume.add_argument("--json", action="store_true")
+
+    status = sub.add_parser("status", help="the fleet's last rollout, from the journal")
+    fleet_args(status, strategy=False)
+    status.add_argument("--json", action="store_true")
+
+    lab = sub.add_parser("lab", help="a real local fleet: app processes, balancer, traffic")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
+    up = lab_sub.add_parser("up", help="start a lab")
+    up.add_argument("--fleet", help="take the lab layout from this fleet file's [lab] table")
+    up.add_argument("--hosts", type=int, default=8)
+    up.add_argument("--new-hosts", type=int, default=0, help="parallel cluster (shedding)")
+    up.add_argument("--slots", action="store_true", help="two slots per host (blue-green)")
+    up.add_argument("--base-port", type=int, default=None)
+    up.add_argument("--dir", help="lab folder (default .upgrader/lab)")
+    up.add_argument("--rps", type=int, default=100, help="user requests per second (0: none)")
+    for name in ("down", "status"):
+        sp = lab_sub.add_parser(name, help=f"{name} the lab")
+        sp.add_argument("--dir", help="lab folder (default .upgrader/lab)")
+        if name == "status":
+            sp.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser("demo", help="a lab, live traffic and a canary upgrade, no setup")
+    demo.add_argument("--headless", action="store_true")
+    demo.add_argument("--strategy", choices=names, default="canary")
+    demo.add_argument("--hosts", type=int, default=8)
+    demo.add_argument("--bad-release", action="store_true",
+                      help="upgrade to a release that answers 5xx to some requests")
+    demo.add_argument("--speed", type=float, default=1.0, help="compress pauses by this factor")
+    demo.add_argument("--rps", type=int, default=200, help="user requests per second")
+    demo.add_argument("--keep", action="store_true", help="leave the lab folder behind")
+
+    bal = sub.add_parser("balancer", help="the built-in load balancer")
+    bal_sub = bal.add_subparsers(dest="balancer_command", required=True, parser_class=_Parser)
+    serve = bal_sub.add_parser("serve", help="run the balancer (a process of its own)",
+                               add_help=False)
+    serve.add_argument("args", nargs=argparse.REMAINDER)
+
+    sub.add_parser("plugins", help="list plugins and the providers they register")
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["balancer", "serve"]:
+        from .balancer.server import main as serve_main
+
+        return serve_main(argv[2:])
+    args = _parser().parse_args(argv)
+    try:
+        handler = _COMMANDS[args.command]
+        return handler(args)
+    except ConfigError as exc:
+        print(f"upgrader: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except PolicyRefused as exc:
+        print(f"upgrader: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except UpgraderError as exc:
+        print(f"upgrader: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def _plugins() -> Any:
+    from .plugins import Plugins
+
+    return Plugins()
+
+
+def _load(args: argparse.Namespace, plugins: Any) -> Any:
+    from .config import load_fleet
+
+    path = Path(args.fleet)
+    if not path.exists():
+        raise ConfigError("no such fleet file", file=path)
+    return load_fleet(path, registry=plugins, strategy=getattr(args, "strategy", None))
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import estimate, waves
+    from .rollout import compile_plan
+
+    fleet = _load(args, _plugins())
+    plan = compile_plan(fleet)
+    est = estimate(plan, fleet.timing)
+    wave_list = waves(plan, fleet.timing)
+    if args.json:
+        print(json.dumps({
+            "fleet": fleet.name, "strategy": plan.strategy,
+            "current": fleet.releases.current, "target": fleet.releases.target,
+            "hosts": plan.total_hosts, "steps": len(plan.steps),
+            "estimated_s": est.total_s, "rollback_estimated_s": est.rollback_s,
+            "rollback_mode": plan.rollback_mode, "waits_for_promotion": est.waits_for_promotion,
+            "estimated": format_duration(est.total_s), "notes": list(plan.notes),
+            "waves": [{"index": w.index, "hosts": w.hosts, "hosts_done": w.hosts_done,
+                       "blast_radius": w.blast_radius, "pause_s": w.pause,
+                       "start_s": w.start_s, "duration_s": w.duration_s, "label": w.label}
+                      for w in wave_list],
+        }))
+        return EXIT_OK
+    print(f"fleet {fleet.name}: {plan.strategy} {fleet.releases.current} -> "
+          f"{fleet.releases.target} on {plan.total_hosts} hosts, {len(wave_list)} waves")
+    print(f"{'wave':>5}  {'starts':>12}  {'hosts':>6}  {'done':>6}  {'exposed':>8}  "
+          f"{'pause':>8}  what")
+    shown = wave_list if args.all_waves or len(wave_list) <= 30 else \
+        wave_list[:20] + (None,) + wave_list[-5:]
+    for wave in shown:
+        if wave is None:
+            print(f"{'...':>5}  ({len(wave_list) - 25} more waves; --all-waves lists them)")
+            continue
+        pause = "promote" if wave.pause is None else (format_duration(wave.pause) if wave.pause else "-")
+        print(f"{wave.index:>5}  {'+' + format_duration(wave.start_s):>12}  {wave.hosts:>6}  "
+              f"{wave.hosts_done:>6}  {wave.blast_radius:>7.1f}%  {pause:>8}  {wave.label}")
+    print(f"estimated total: {format_duration(est.total_s)}{_human(est.total_s)}"
+          + (f" plus {est.waits_for_promotion} wait(s) until promoted"
+             if est.waits_for_promotion else ""))
+    print(f"roll-back ({plan.rollback_mode}), from the last wave: {format_duration(est.rollback_s)}")
+    for note in plan.notes:
+        print(f"note: {note}")
+    return EXIT_OK
+
+
+def _human(seconds: float) -> str:
+    days = seconds / 86400
+    if 5.5 <= days <= 8.5:
+        return " (about a week)"
+    if days >= 1:
+        return f" (about {days:.0f} days)"
+    return ""
+
+
+def cmd_run(args: argparse.Namespace, *, recover: bool = False) -> int:
+    plugins = _plugins()
+    fleet = _load(args, plugins)
+    if not args.headless:
+        print("upgrader: the TUI is not part of this build yet; running headless",
+              file=sys.stderr)
+    return asyncio.run(_run(fleet, plugins, args, recover=recover))
+
+
+async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: bool) -> int:
+    from .headless import HeadlessDisplay, summary_line
+    from .rollout import Rollout, compile_plan, compress
+
+    plan = None if recover else compile_plan(fleet)
+    speed = getattr(args, "speed", 1.0) or 1.0
+    if plan is not None and speed != 1.0:
+        fleet, plan = compress(fleet, plan, speed)
+    display = HeadlessDisplay(total_hosts=len(fleet.main_hosts), target=fleet.releases.target,
+                              json_out=sys.stdout if args.json else None)
+    async with Rollout(fleet, plan, plugins=plugins, state_dir=args.state_dir,
+                       recover=recover, observers=[display]) as rollout:
+        _forward_signals(rollout)
+        with display:
+            result = await rollout.run()
+    print(summary_line(result, rollout.plan.strategy if rollout.plan else "?"))
+    return result.exit_code
+
+
+def _forward_signals(rollout: Any) -> None:
+    """First Ctrl-C / SIGTERM: abort with roll-back. The journal keeps the rest safe."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, rollout.abort, True)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return cmd_run(args, recover=True)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .journal import Journal
+    from .rollout import default_state_dir
+
+    fleet = _load(args, None)
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    path = state_dir / "journal.sqlite"
+    if not path.exists():
+        print(f"no rollout of {fleet.name} recorded in {state_dir}")
+        return EXIT_OK
+    journal = Journal(path)
+    try:
+        record = journal.latest(fleet.name)
+        if record is None:
+            print(f"no rollout of {fleet.name} recorded in {state_dir}")
+            return EXIT_OK
+        entries = journal.entries(record.id)
+    finally:
+        journal.close()
+    hosts: dict[str, Any] = {}
+    for entry in entries:
+        if entry.kind == "host_done":
+            hosts[entry.data["host"]] = entry.data.get("release")
+    info = {"rollout": record.id, "fleet": record.fleet, "strategy": record.strategy,
+            "current": record.current, "target": record.target, "status": record.status,
+            "started": record.started, "finished": record.finished,
+            "controller": record.controller, "events": len(entries), "hosts_changed": hosts}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"rollout {record.id}: {record.strategy} {record.current} -> {record.target}: "
+              f"{record.status} ({len(entries)} events, {len(hosts)} hosts changed, "
+              f"controller {record.controller})")
+        if record.status == "running":
+            print("unfinished: if its controller is gone, `upgrader resume` finishes it")
+    return EXIT_OK
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from .lab import cli as lab_cli
+
+    return lab_cli.main(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    if not args.headless:
+        print("upgrader: the TUI is not part of this build yet; running headless",
+              file=sys.stderr)
+    return run_demo(args)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    for plugin in _plugins().list_plugins():
+        print(f"{plugin['name']} {plugin.get('version') or ''}".rstrip())
+        for category, names in sorted(plugin.get("providers", {}).items()):
+            print(f"  {category}: {', '.join(names)}")
+    return EXIT_OK
+
+
+_COMMANDS = {"plan": cmd_plan, "run": cmd_run, "resume": cmd_resume, "status": cmd_status,
+             "lab": cmd_lab, "demo": cmd_demo, "plugins": cmd_plugins}
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

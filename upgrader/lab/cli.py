@@ -1,0 +1,71 @@
+"""``upgrader lab up|down|status``: the lab from the command line (a thin front end)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+from .layout import DEFAULT_BASE_PORT, MAX_LAB_HOSTS, LabLayout, default_lab_dir
+from .manager import Lab
+
+
+def _layout_from_args(args: argparse.Namespace) -> LabLayout:
+    if args.fleet:
+        from ..config import load_fleet
+
+        fleet = load_fleet(args.fleet)
+        layout = getattr(fleet, "lab", None)
+        if layout is None:
+            raise ConfigError("the fleet file has no [lab] table", file=args.fleet, key="lab")
+        return layout
+    if not 1 <= args.hosts <= MAX_LAB_HOSTS:
+        raise ConfigError(f"--hosts must be between 1 and {MAX_LAB_HOSTS}, got {args.hosts}",
+                          key="--hosts")
+    if not 0 <= args.new_hosts <= MAX_LAB_HOSTS - args.hosts:
+        raise ConfigError(f"--new-hosts must be between 0 and {MAX_LAB_HOSTS - args.hosts}",
+                          key="--new-hosts")
+    base = args.base_port if args.base_port is not None else DEFAULT_BASE_PORT
+    if not 1024 <= base <= 65535 - 400:
+        raise ConfigError(f"--base-port must be between 1024 and {65535 - 400}", key="--base-port")
+    directory = Path(args.dir).expanduser().resolve() if args.dir else default_lab_dir()
+    return LabLayout(dir=directory, hosts=args.hosts, new_hosts=args.new_hosts,
+                     slots=args.slots, base_port=base)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.lab_command == "up":
+        layout = _layout_from_args(args)
+        lab = Lab(layout)
+        asyncio.run(lab.up(traffic_rps=args.rps))
+        print(f"lab up in {layout.dir}: {layout.hosts} hosts on {layout.base_release}"
+              + (f", {layout.new_hosts} new hosts" if layout.new_hosts else "")
+              + (", two slots each" if layout.slots else ""))
+        print(f"  users:    {layout.balancer_url}  ({args.rps} requests/s of lab traffic)")
+        print(f"  admin:    {layout.admin_url}  (token in {layout.token_file})")
+        print("  next:     upgrader run sample_fleets/canary.toml --headless")
+        return 0
+    directory = Path(args.dir).expanduser().resolve() if args.dir else default_lab_dir()
+    lab = Lab.from_dir(directory)
+    if args.lab_command == "down":
+        stats = asyncio.run(lab.down())
+        print(f"lab down; traffic: {stats.get('requests', 0)} requests, "
+              f"{stats.get('failed', 0)} failed, {stats.get('maintenance', 0)} maintenance")
+        return 0
+    status = asyncio.run(lab.status())
+    if getattr(args, "json", False):
+        print(json.dumps(status, default=str))
+        return 0
+    print(f"lab in {status['dir']}: balancer {'up' if status['balancer'].get('up') else 'down'}, "
+          f"traffic {'on' if status['traffic']['running'] else 'off'}")
+    for host in status["hosts"]:
+        print(f"  {host['name']:<8} {host['cluster']:<5} "
+              f"{'running' if host['running'] else 'stopped':<8} {host['version'] or '-':<14} "
+              f"installs {host['installs']}")
+    stats = status["traffic"]["stats"]
+    if stats:
+        print(f"  traffic: {stats.get('requests', 0)} requests, {stats.get('failed', 0)} failed, "
+              f"{stats.get('maintenance', 0)} maintenance")
+    return 0
