@@ -8,7 +8,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:  # the lab layout imports this module; only type checkers follow this edge
+    from .lab.layout import LabLayout
 
 #: Template placeholders every host command may use (besides the host's own ``vars``).
 TEMPLATE_FIELDS = ("release", "host", "address", "port", "slot", "previous")
@@ -124,6 +127,8 @@ class Fleet:
     group_header: str = "X-User-Group"
     user_header: str = "X-User"
     source: Path | None = None
+    #: the lab this fleet runs in, when the fleet file has a ``[lab]`` table
+    lab: LabLayout | None = None
 
     def host(self, name: str) -> Host:
         for host in self.hosts:

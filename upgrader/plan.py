@@ -60,13 +60,16 @@ class SetTraffic:
 class Route:
     """Group routing: requests of ``groups`` go to the target pool; others to ``default``.
 
-    ``default=None`` clears routing (every backend serves everyone).
+    ``default=None`` clears routing (every backend serves everyone). ``share``: percent of
+    users the routed groups cover at least (their cohorts), None when unknown; display only
+    (blast radius).
     """
 
     kind: ClassVar[str] = "route"
     groups: tuple[str, ...]
     default: str | None = "current"
     wave: int = 0
+    share: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,11 +235,9 @@ def step_duration(step: Step, timing: Timing, system_test_s: float = SYSTEM_TEST
         if n == 0:
             return 0.0
         interval = getattr(step, "start_interval", 0.0)
-        parallel = step.max_parallel or n
+        parallel = min(n, step.max_parallel or n)
         if interval > 0:
-            # hosts start one every `interval`, each taking host_upgrade, at most `parallel` at once
-            batches = math.ceil(n / parallel)
-            return max((n - 1) * interval + timing.host_upgrade, batches * timing.host_upgrade)
+            return _paced_duration(n, parallel, interval, timing.host_upgrade)
         return math.ceil(n / parallel) * timing.host_upgrade
     if isinstance(step, Verify):
         return step.for_
@@ -249,6 +250,21 @@ def step_duration(step: Step, timing: Timing, system_test_s: float = SYSTEM_TEST
     if isinstance(step, TurnDown):
         return timing.drain_timeout if step.hosts else 0.0
     return 0.0
+
+
+def _paced_duration(n: int, parallel: int, interval: float, host_s: float) -> float:
+    """Hosts start ``interval`` seconds after the previous start, and only while fewer than
+    ``parallel`` are in flight: start_k = max(start_(k-1) + interval, start_(k-parallel) + host_s).
+    """
+    if parallel >= n:
+        return (n - 1) * interval + host_s
+    starts: list[float] = []
+    for k in range(n):
+        start = 0.0 if k == 0 else starts[k - 1] + interval
+        if k >= parallel:
+            start = max(start, starts[k - parallel] + host_s)
+        starts.append(start)
+    return starts[-1] + host_s
 
 
 def estimate(plan: Plan, timing: Timing) -> Estimate:
@@ -279,7 +295,15 @@ def estimate(plan: Plan, timing: Timing) -> Estimate:
 
 
 def waves(plan: Plan, timing: Timing) -> tuple[Wave, ...]:
-    """Group the steps by their ``wave`` number for display."""
+    """Group the steps by their ``wave`` number for display.
+
+    Blast radius is the percent of users (requests) the target release may reach after the
+    wave: the share of upgraded (or swapped) hosts while every host serves everyone; the
+    target pool's weight once traffic is split by weight (shedding); the routed groups' share
+    while group routing is on (phased: ``Route.share``, a lower bound; when unknown, the
+    target pool's share of the hosts, which is sized to carry the groups); 0 % in maintenance. Prepared idle slots and hosts of a pool that
+    gets no traffic do not count.
+    """
     est = estimate(plan, timing)
     result: list[Wave] = []
     by_wave: dict[int, list[int]] = {}
@@ -288,6 +312,11 @@ def waves(plan: Plan, timing: Timing) -> tuple[Wave, ...]:
     done = 0
     exposure = 0.0
     total = max(1, plan.total_hosts)
+    mode = "hosts"            # hosts | traffic | route | maintenance
+
+    def by_hosts() -> float:
+        return 100.0 * min(done, total) / total
+
     for index in sorted(by_wave):
         idxs = by_wave[index]
         touched = 0
@@ -298,25 +327,48 @@ def waves(plan: Plan, timing: Timing) -> tuple[Wave, ...]:
             if isinstance(step, UpgradeHosts):
                 touched += len(step.hosts)
                 done += len(step.hosts)
-                exposure = max(exposure, 100.0 * done / total)
+                if mode == "hosts":
+                    exposure = max(exposure, by_hosts())
                 labels.append(f"upgrade {len(step.hosts)}")
             elif isinstance(step, PrepareSlots):
                 touched += len(step.hosts)
                 labels.append(f"prepare {len(step.hosts)} idle slots")
             elif isinstance(step, SwapSlots):
+                touched += len(step.hosts)
                 done += len(step.hosts)
-                exposure = max(exposure, 100.0 * done / total)
+                if mode == "hosts":
+                    exposure = by_hosts()
                 labels.append(f"swap {len(step.hosts)}")
             elif isinstance(step, SetTraffic):
-                weights = dict(step.weights)
-                exposure = float(weights.get("target", 0.0))
+                mode = "traffic"
+                exposure = float(dict(step.weights).get("target", 0.0))
                 labels.append(f"traffic {exposure:g}% to target")
             elif isinstance(step, Route):
-                labels.append("route " + (", ".join(step.groups) if step.groups else "everyone"))
+                if step.default is None and not step.groups:
+                    # admitted groups stay exposed; everyone else now reaches upgraded hosts
+                    mode = "hosts"
+                    exposure = max(exposure, by_hosts())
+                    labels.append("route everyone")
+                elif not step.groups:
+                    mode = "route"
+                    exposure = 0.0
+                    labels.append("route nobody to target")
+                else:
+                    mode = "route"
+                    if step.share is not None:
+                        exposure = max(exposure, step.share)
+                        share = f" (at least {step.share:g}% of users)"
+                    else:
+                        # a named group's size is unknown: the target pool is sized to carry
+                        # the admitted groups, so its share of the hosts is the estimate
+                        exposure = max(exposure, by_hosts())
+                        share = " (share of users unknown: estimated by capacity)"
+                    labels.append("route " + ", ".join(step.groups) + share)
             elif isinstance(step, Pause):
-                pause = step.duration if pause is not None else None
-                if step.duration is None:
+                if step.duration is None or pause is None:
                     pause = None
+                else:
+                    pause += step.duration
                 labels.append("pause until promoted" if step.duration is None else "pause")
             elif isinstance(step, Verify):
                 labels.append("verify")
@@ -324,8 +376,10 @@ def waves(plan: Plan, timing: Timing) -> tuple[Wave, ...]:
                 labels.append(step.gate.replace("_", " "))
             elif isinstance(step, Maintenance):
                 labels.append("maintenance on" if step.on else "maintenance off")
-                exposure = 0.0 if step.on else 100.0 * done / total
+                mode = "maintenance" if step.on else "hosts"
+                exposure = 0.0 if step.on else by_hosts()
             elif isinstance(step, TurnDown):
+                touched += len(step.hosts)
                 labels.append(f"turn down {len(step.hosts)}")
         start = est.step_starts[idxs[0]]
         end = est.step_starts[idxs[-1]] + step_duration(plan.steps[idxs[-1]], timing)

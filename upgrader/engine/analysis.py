@@ -24,8 +24,10 @@ def _delta(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
             before = BackendStats(0, 0, tuple(0 for _ in LATENCY_BUCKETS))
         requests += now.requests - before.requests
         errors += now.errors - before.errors
-        for i, (a, b) in enumerate(zip(now.latency_buckets, before.latency_buckets)):
-            buckets[i] += max(0, a - b)
+        if now.latency_buckets != before.latency_buckets:
+            for i, (a, b) in enumerate(zip(now.latency_buckets, before.latency_buckets)):
+                if a > b:
+                    buckets[i] += a - b
     return requests, errors, buckets
 
 

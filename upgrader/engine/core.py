@@ -124,6 +124,10 @@ class Engine:
         self._hosts_done: dict[int, set[str]] = {}
         self._in_doubt: dict[str, str] = {}
         self._turned_down: set[str] = set()
+        #: backends in service on the target release, kept in step with every balancer change
+        #: the engine makes (read back and asserted), so analysis costs O(pools), not O(hosts)
+        self._serving_target: set[str] = set()
+        self._maintenance_on = False
         # controls
         self._running = asyncio.Event()
         self._running.set()
@@ -314,6 +318,11 @@ class Engine:
                          current=self.fleet.releases.current, target=self.fleet.releases.target,
                          hosts=len(self.fleet.hosts), estimated_s=est.total_s,
                          rollback_estimated_s=est.rollback_s, resumed=self._resume is not None)
+        state = await self.providers.balancer.state()
+        target = self.fleet.releases.target
+        self._serving_target = {n for n, b in state.backends.items()
+                                if b.pool == target and b.state == "ready"}
+        self._maintenance_on = state.maintenance
         if any(isinstance(s, (PrepareSlots, SwapSlots)) for s in self.plan.steps):
             await self._discover_slots()
         await self._set_state(RolloutState.RUNNING)
@@ -535,13 +544,32 @@ class Engine:
         state = await self._backend(backend)
         if state is None or state.state != "ready":
             return
-        await balancer.set_backend_state(backend, "drain")
-        await self._expect_backend(backend, state="drain")
+        await self._set_backend_state(backend, "drain")
         left = await balancer.wait_drained(backend, self.fleet.timing.drain_timeout)
         if left:
             await self._emit("log", level="warning",
                              message=f"{name}: {left} requests still in flight after "
                                      f"{self.fleet.timing.drain_timeout:g}s drain")
+
+    def _track(self, backend: str, pool: str | None, state: str | None) -> None:
+        if pool == self.fleet.releases.target and state == "ready":
+            self._serving_target.add(backend)
+        else:
+            self._serving_target.discard(backend)
+
+    async def _set_backend_state(self, backend: str, state: str) -> None:
+        """Change a backend's state, read it back, keep the engine's index in step."""
+        await self.providers.balancer.set_backend_state(backend, state)
+        seen = await self._backend(backend)
+        if seen is None or seen.state != state:
+            raise BalancerError(f"backend {backend} reads back "
+                                f"{seen.state if seen else 'absent'!r}, expected {state!r}")
+        self._track(backend, seen.pool, seen.state)
+
+    async def _remove_backend(self, backend: str) -> None:
+        await self.providers.balancer.remove_backend(backend)
+        await self._expect_backend(backend, absent=True)
+        self._track(backend, None, None)
 
     async def _backend(self, backend: str) -> BackendState | None:
         getter = getattr(self.providers.balancer, "backend_state", None)
@@ -574,6 +602,7 @@ class Engine:
                                                   port=port or 80, pool=release, weight=100,
                                                   state=state)
         await self._expect_backend(backend, state=state, pool=release)
+        self._track(backend, release, state)
 
     async def _upgrade_host(self, name: str, release: str, *, mode: str, drain: bool,
                             slot: str | None = None) -> None:
@@ -672,12 +701,10 @@ class Engine:
         if await self._backend(new_backend) is None:
             await self._enable(host, new, release, state="ready")
         else:
-            await balancer.set_backend_state(new_backend, "ready")
-            await self._expect_backend(new_backend, state="ready")
+            await self._set_backend_state(new_backend, "ready")
         old_backend = self.backend_name(name, old)
         if await self._backend(old_backend) is not None:
-            await balancer.set_backend_state(old_backend, "drain" if not back else "maint")
-            await self._expect_backend(old_backend, state="drain" if not back else "maint")
+            await self._set_backend_state(old_backend, "drain" if not back else "maint")
         self._live_slot[name] = new
         status = self.hosts[name]
         status.slot = new
@@ -694,8 +721,7 @@ class Engine:
         await self._host_phase(name, HostPhase.STOPPING, release, None, "turn_down")
         await self._command(host, "stop", release, None)
         if await self._backend(name) is not None:
-            await self.providers.balancer.remove_backend(name)
-            await self._expect_backend(name, absent=True)
+            await self._remove_backend(name)
         self._turned_down.add(name)
         self.hosts[name].phase = HostPhase.OUT_OF_SERVICE
         self.hosts[name].release = None
@@ -768,6 +794,7 @@ class Engine:
         state = await self.providers.balancer.state()
         if state.maintenance != on:
             raise BalancerError(f"maintenance reads back {state.maintenance}, expected {on}")
+        self._maintenance_on = on
         await self._emit_traffic(state)
 
     async def _emit_traffic(self, state: Any = None) -> None:
@@ -877,17 +904,21 @@ class Engine:
             if self._promote_all or self.state in (RolloutState.ROLLING_BACK,) or self._failure:
                 previous = None
                 continue
+            if self._maintenance_on or not self._serving_target:
+                previous = None
+                continue
             try:
-                state = await balancer.state()
-                if state.maintenance:
-                    previous = None
-                    continue
-                new = [n for n, b in state.backends.items() if b.pool == target and b.state == "ready"]
-                if not new:
-                    previous = None
-                    continue
-                old = [n for n, b in state.backends.items() if b.pool == current and b.state == "ready"]
-                stats = await balancer.stats()
+                pool_stats = getattr(balancer, "pool_stats", None)
+                if pool_stats is not None:
+                    stats = await pool_stats()
+                    new, old = [target], [current]
+                else:
+                    state = await balancer.state()
+                    new = [n for n, b in state.backends.items()
+                           if b.pool == target and b.state == "ready"]
+                    old = [n for n, b in state.backends.items()
+                           if b.pool == current and b.state == "ready"]
+                    stats = await balancer.stats()
             except ProviderError as exc:
                 await self._emit("log", level="warning", message=f"analysis: {exc}")
                 continue
@@ -896,7 +927,7 @@ class Engine:
                 verdicts = analyze(previous, stats, new, old, spec)
             previous = stats
             if spec.health:
-                verdicts.append(await self._health_round(new))
+                verdicts.append(await self._health_round(sorted(self._serving_target)))
             if not verdicts:
                 continue
             self._analysis_rounds += 1
@@ -987,7 +1018,7 @@ class Engine:
         ready_old = sum(1 for b in state.backends.values() if b.pool == current and b.state == "ready")
         for name, backend in state.backends.items():
             if backend.pool == target and backend.state == "ready" and ready_old >= need:
-                await balancer.set_backend_state(name, "drain")
+                await self._set_backend_state(name, "drain")
         await self._emit_traffic()
         drain = not state.maintenance
         limit = asyncio.Semaphore(max(1, self.plan.rollback_parallel))
@@ -1022,8 +1053,7 @@ class Engine:
                 backend = self.backend_name(name, idle)
                 seen = await self._backend(backend)
                 if seen is not None and seen.state != "maint":
-                    await self.providers.balancer.set_backend_state(backend, "maint")
-                    await self._expect_backend(backend, state="maint")
+                    await self._set_backend_state(backend, "maint")
                 if seen is not None or self.hosts[name].phase != HostPhase.PENDING:
                     await self._command(host, "stop", self.fleet.releases.target, idle)
                 self.hosts[name].release = self.fleet.releases.current
@@ -1048,7 +1078,7 @@ class Engine:
             try:
                 if await self._backend(name) is not None:
                     await self._drain(name, name)
-                    await self.providers.balancer.remove_backend(name)
+                    await self._remove_backend(name)
                 await self._command(host, "stop", self.fleet.releases.target, None)
                 self.hosts[name].release = None
                 self.hosts[name].phase = HostPhase.OUT_OF_SERVICE
@@ -1091,8 +1121,7 @@ class Engine:
                 try:
                     await self._drain(name, name)
                     await self._command(host, "stop", target, None)
-                    await self.providers.balancer.set_backend_state(name, "maint")
-                    await self._expect_backend(name, state="maint")
+                    await self._set_backend_state(name, "maint")
                     self.hosts[name].phase = HostPhase.OUT_OF_SERVICE
                     in_service -= 1
                     await self._emit("host_done", host=name, release=target, slot=None,

@@ -158,6 +158,12 @@ class Balancer(Protocol):
 
     async def aclose(self) -> None: ...
 
+    # Optional, for big fleets (the engine uses them when a balancer has them):
+    #   async def backend_state(self, name: str) -> BackendState | None
+    #       one backend without reading the whole table
+    #   async def pool_stats(self) -> Mapping[str, BackendStats]
+    #       cumulative counters per pool, credited when each request was served
+
 
 # --------------------------------------------------------------------------------------------
 # Health checks, snapshots, notifiers

@@ -1,0 +1,793 @@
+"""The built-in L7 load balancer: an aiohttp reverse proxy with weights, drain, group and cohort
+routing, maintenance mode, per-backend stats, and a token-protected JSON admin API.
+
+It runs as a process of its own (``python -m upgrader.balancer`` or ``upgrader balancer
+serve``) so users' traffic goes on if the controller dies. See docs/BALANCER.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Mapping
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..hashing import in_percent
+from ..providers.base import BACKEND_STATES, LATENCY_BUCKETS
+
+log = logging.getLogger("upgrader.balancer")
+
+MAX_WEIGHT = 256
+#: how long a backend that refused a connection is skipped while others can serve
+PASSIVE_DOWN_SECONDS = 2.0
+MAX_RETRIES = 2
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+DRAIN_POLL_SECONDS = 0.02
+MAX_DRAIN_WAIT = 3600.0
+PROXY_SHUTDOWN_SECONDS = 5.0
+ADMIN_SHUTDOWN_SECONDS = 0.5
+
+# RFC 9110 7.6.1, plus the proxy headers a client must not be able to forge through us
+_HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+_REQUEST_DROP = _HOP_BY_HOP | {"content-length"}
+_RESPONSE_DROP = _HOP_BY_HOP | {"content-length", "date", "server"}
+
+# Failures where the backend never saw the request: safe to retry for every method.
+_CONNECT_FAILURES: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
+)
+# Failures before any response, after the request may have been sent: retry idempotent only.
+_EARLY_FAILURES: tuple[type[BaseException], ...] = (
+    aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# The table
+
+
+@dataclass(slots=True, eq=False)
+class Backend:
+    name: str
+    address: str
+    port: int
+    pool: str
+    weight: int
+    state: str
+    base_url: str = ""
+    inflight: int = 0
+    requests: int = 0
+    errors: int = 0
+    connect_failures: int = 0
+    latency: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    down_until: float = 0.0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.base_url = _base_url(self.address, self.port)
+        self.idle.set()
+
+    def reset_stats(self) -> None:
+        self.requests = self.errors = self.connect_failures = 0
+        self.latency = [0] * len(LATENCY_BUCKETS)
+        self.down_until = 0.0
+
+    def record(self, latency: float, error: bool) -> None:
+        self.requests += 1
+        if error:
+            self.errors += 1
+        self.latency[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
+
+    def public(self) -> dict[str, Any]:
+        return {"address": self.address, "port": self.port, "pool": self.pool,
+                "weight": self.weight, "state": self.state, "inflight": self.inflight}
+
+
+def _base_url(address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Routes:
+    groups: Mapping[str, str]
+    cohorts: tuple[tuple[str, float, str], ...]       # (name, percent, pool)
+    default: str | None
+    group_header: str = "X-User-Group"
+    user_header: str = "X-User"
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "groups": dict(self.groups),
+            "cohorts": [{"name": n, "percent": p, "pool": pool} for n, p, pool in self.cohorts],
+            "default": self.default,
+            "group_header": self.group_header,
+            "user_header": self.user_header,
+        }
+
+
+@dataclass(slots=True)
+class Counters:
+    maintenance_responses: int = 0
+    no_backend: int = 0
+    fallbacks: int = 0
+    retries: int = 0
+
+
+class Table:
+    """Backends, split, routes and maintenance; candidate lists are rebuilt on every admin
+    change so that choosing a backend is one dict look-up and one weighted draw."""
+
+    def __init__(self) -> None:
+        self.backends: dict[str, Backend] = {}
+        self.split: dict[str, float] | None = None
+        self.routes: Routes | None = None
+        self.maintenance = False
+        self.retry_after = 60
+        self.counters = Counters()
+        self._by_pool: dict[str, list[Backend]] = {}
+        self._all: list[Backend] = []
+        self._split_pools: list[str] = []
+        self._split_weights: list[float] = []
+
+    def rebuild(self) -> None:
+        by_pool: dict[str, list[Backend]] = {}
+        every: list[Backend] = []
+        for backend in self.backends.values():
+            if backend.state == "ready" and backend.weight > 0:
+                by_pool.setdefault(backend.pool, []).append(backend)
+                every.append(backend)
+        self._by_pool, self._all = by_pool, every
+        pools = [(p, w) for p, w in (self.split or {}).items() if w > 0]
+        self._split_pools = [p for p, _ in pools]
+        self._split_weights = [w for _, w in pools]
+
+    # -- selection
+
+    def choose_pool(self, request: web.BaseRequest) -> str | None:
+        routes = self.routes
+        if routes is not None:
+            headers = request.headers
+            # request.cookies parses the Cookie header: only when the header did not answer
+            group = headers.get(routes.group_header) or request.cookies.get("group")
+            if group and group in routes.groups:
+                return routes.groups[group]
+            if routes.cohorts:
+                user = headers.get(routes.user_header) or request.cookies.get("user")
+                if user:
+                    for _name, percent, pool in routes.cohorts:
+                        if in_percent(user, percent):
+                            return pool
+            if routes.default is not None:
+                return routes.default
+        if self._split_pools:
+            return random.choices(self._split_pools, self._split_weights)[0]
+        return None
+
+    def choose_backend(self, pool: str | None, exclude: tuple[Backend, ...] = ()) -> Backend | None:
+        """A weighted draw among the pool's candidates (or all of them if ``pool`` is None);
+        falls back to any ready backend, counting a fallback. None: nothing is ready."""
+        if pool is not None:
+            chosen = _draw(self._by_pool.get(pool, ()), exclude)
+            if chosen is not None:
+                return chosen
+            if not exclude:
+                # a retry that widens its search is counted as a retry, not a fallback
+                if not self._all:
+                    return None
+                self.counters.fallbacks += 1
+        return _draw(self._all, exclude)
+
+
+def _draw(candidates: list[Backend] | tuple[()], exclude: tuple[Backend, ...]) -> Backend | None:
+    now = time.monotonic()
+    usable: list[Backend] = []
+    suspect: list[Backend] = []
+    for backend in candidates:
+        if backend in exclude:
+            continue
+        (suspect if backend.down_until > now else usable).append(backend)
+    # a backend that just refused a connection is skipped only while another can serve
+    pick_from = usable or suspect
+    if not pick_from:
+        return None
+    if len(pick_from) == 1:
+        return pick_from[0]
+    total = 0
+    for backend in pick_from:
+        total += backend.weight
+    point = random.random() * total
+    for backend in pick_from:
+        point -= backend.weight
+        if point < 0:
+            return backend
+    return pick_from[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# The proxy
+
+
+class Proxy:
+    def __init__(self, table: Table, *, connect_timeout: float, backend_timeout: float) -> None:
+        self.table = table
+        self.connect_timeout = connect_timeout
+        self.backend_timeout = backend_timeout
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=30,
+                                         ttl_dns_cache=60)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=self.backend_timeout,
+                                          sock_connect=self.connect_timeout),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        table = self.table
+        if table.maintenance:
+            table.counters.maintenance_responses += 1
+            return web.Response(status=503, text="Service under maintenance, retry later.\n",
+                                headers={"Retry-After": str(table.retry_after)})
+
+        pool = table.choose_pool(request)
+        backend = table.choose_backend(pool)
+        if backend is None:
+            table.counters.no_backend += 1
+            return web.Response(status=503, text="No backend available.\n")
+
+        body = await request.read()
+        headers = _forward_headers(request)
+        url = request.rel_url
+        method = request.method
+        idempotent = method in IDEMPOTENT_METHODS
+        tried: tuple[Backend, ...] = ()
+        assert self.session is not None
+        while True:
+            tried += (backend,)
+            backend.inflight += 1
+            backend.idle.clear()
+            started = time.monotonic()
+            answered = False
+            try:
+                async with self.session.request(
+                    method, backend.base_url + str(url), headers=headers,
+                    data=body or None, allow_redirects=False,
+                    skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+                ) as resp:
+                    answered = True
+                    payload = await resp.read()
+                    elapsed = time.monotonic() - started
+                    backend.record(elapsed, resp.status >= 500)
+                    return _response(resp, payload, backend.name, method)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes an answer
+                elapsed = time.monotonic() - started
+                never_sent = isinstance(exc, _CONNECT_FAILURES)
+                if never_sent:
+                    backend.connect_failures += 1
+                    backend.down_until = time.monotonic() + PASSIVE_DOWN_SECONDS
+                retryable = never_sent or (
+                    idempotent and not answered and isinstance(exc, _EARLY_FAILURES))
+                if retryable and len(tried) <= MAX_RETRIES:
+                    retry_with = table.choose_backend(pool, tried)
+                    if retry_with is not None:
+                        table.counters.retries += 1
+                        backend = retry_with
+                        continue
+                backend.record(elapsed, True)
+                if isinstance(exc, asyncio.TimeoutError):
+                    return _error(504, "Backend timed out.", backend.name)
+                log.debug("backend %s failed: %r", backend.name, exc)
+                return _error(502, "Bad gateway.", backend.name)
+            finally:
+                backend.inflight -= 1
+                if backend.inflight == 0:
+                    backend.idle.set()
+
+
+def _forward_headers(request: web.Request) -> CIMultiDict[str]:
+    incoming = request.headers
+    drop = _REQUEST_DROP
+    connection = incoming.get("Connection")
+    if connection:
+        drop = drop | {token.strip().lower() for token in connection.split(",")}
+    headers: CIMultiDict[str] = CIMultiDict()
+    for key, value in incoming.items():
+        if key.lower() not in drop:
+            headers.add(key, value)
+    peer = request.remote or ""
+    previous = incoming.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
+    headers["X-Forwarded-Proto"] = request.scheme
+    return headers
+
+
+def _response(resp: aiohttp.ClientResponse, payload: bytes, backend: str,
+              method: str) -> web.Response:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for key, value in resp.headers.items():
+        if key.lower() not in _RESPONSE_DROP:
+            headers.add(key, value)
+    headers["X-Upgrader-Backend"] = backend
+    if method == "HEAD" and "Content-Length" in resp.headers:
+        headers["Content-Length"] = resp.headers["Content-Length"]
+    return web.Response(status=resp.status, reason=resp.reason, body=payload or None,
+                        headers=headers)
+
+
+def _error(status: int, text: str, backend: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n",
+                        headers={"X-Upgrader-Backend": backend})
+
+
+# --------------------------------------------------------------------------------------------
+# The admin API
+
+
+class BadRequest(Exception):
+    """A body or parameter that does not validate: answered 400 with the message."""
+
+
+def _json_error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+def _auth_middleware(token: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+    expected = ("Bearer " + token).encode() if token else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if expected is not None:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return _json_error(401, "missing or wrong bearer token",
+                                   **{"WWW-Authenticate": "Bearer"})
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return _json_error(400, str(exc))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _json_error(exc.status, exc.reason)
+
+    return middleware
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    return data
+
+
+def _only(data: Mapping[str, Any], allowed: set[str], where: str = "body") -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown key(s) in {where}: {', '.join(unknown)}"
+                         f" (allowed: {', '.join(sorted(allowed))})")
+
+
+def _string(data: Mapping[str, Any], key: str, where: str = "") -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{where}{key} must be a non-empty string")
+    return value
+
+
+def _integer(value: Any, key: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{key} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise BadRequest(f"{key} must be in {low}..{high}, got {value}")
+    return value
+
+
+def _percent(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRequest(f"{key} must be a number, got {value!r}")
+    if not 0 <= value <= 100:
+        raise BadRequest(f"{key} must be in 0..100, got {value}")
+    return float(value)
+
+
+def _state(value: Any) -> str:
+    if value not in BACKEND_STATES:
+        raise BadRequest(f"state must be one of {', '.join(BACKEND_STATES)}, got {value!r}")
+    return value
+
+
+class Admin:
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/admin/state", self.get_state),
+            web.put("/admin/backends/{name}", self.put_backend),
+            web.delete("/admin/backends/{name}", self.delete_backend),
+            web.post("/admin/backends/{name}/state", self.post_backend_state),
+            web.get("/admin/backends/{name}/drained", self.get_drained),
+            web.put("/admin/split", self.put_split),
+            web.put("/admin/routes", self.put_routes),
+            web.put("/admin/maintenance", self.put_maintenance),
+            web.get("/admin/stats", self.get_stats),
+        ]
+
+    def _backend(self, request: web.Request) -> Backend:
+        name = request.match_info["name"]
+        backend = self.table.backends.get(name)
+        if backend is None:
+            raise web.HTTPNotFound(reason=f"unknown backend {name!r}")
+        return backend
+
+    def _state_json(self) -> dict[str, Any]:
+        table = self.table
+        return {
+            "backends": {name: b.public() for name, b in table.backends.items()},
+            "split": dict(table.split) if table.split is not None else None,
+            "routes": table.routes.public() if table.routes is not None else None,
+            "maintenance": table.maintenance,
+            "retry_after": table.retry_after,
+        }
+
+    async def get_state(self, request: web.Request) -> web.Response:
+        return web.json_response(self._state_json())
+
+    async def put_backend(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        data = await _body(request)
+        _only(data, {"address", "port", "pool", "weight", "state"})
+        address = _string(data, "address")
+        port = _integer(data.get("port"), "port", 1, 65535)
+        pool = _string(data, "pool")
+        weight = _integer(data.get("weight", 100), "weight", 0, MAX_WEIGHT)
+        state = _state(data.get("state", "ready"))
+        table = self.table
+        backend = table.backends.get(name)
+        if backend is None:
+            backend = Backend(name, address, port, pool, weight, state)
+            table.backends[name] = backend
+        else:
+            if (backend.address, backend.port) != (address, port):
+                backend.address, backend.port = address, port
+                backend.base_url = _base_url(address, port)
+                backend.reset_stats()
+            backend.pool, backend.weight, backend.state = pool, weight, state
+        table.rebuild()
+        log.info("backend %s = %s:%d pool=%s weight=%d state=%s",
+                 name, address, port, pool, weight, state)
+        return web.json_response({"backend": name, **backend.public()})
+
+    async def delete_backend(self, request: web.Request) -> web.Response:
+        backend = self._backend(request)
+        del self.table.backends[backend.name]
+        self.table.rebuild()
+        log.info("backend %s removed", backend.name)
+        return web.json_response({"removed": backend.name})
+
+    async def post_backend_state(self, request: web.Request) -> web.Response:
+        backend = self._backend(request)
+        data = await _body(request)
+        _only(data, {"state", "pool"})
+        state = _state(data.get("state"))
+        pool = data.get("pool")
+        if pool is not None and (not isinstance(pool, str) or not pool):
+            raise BadRequest("pool must be a non-empty string or null")
+        backend.state = state
+        if pool is not None:
+            backend.pool = pool
+        self.table.rebuild()
+        log.info("backend %s state=%s pool=%s", backend.name, state, backend.pool)
+        return web.json_response({"backend": backend.name, **backend.public()})
+
+    async def get_drained(self, request: web.Request) -> web.Response:
+        backend = self._backend(request)
+        raw = request.query.get("timeout", "0")
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise BadRequest(f"timeout must be a number of seconds, got {raw!r}") from None
+        if not math.isfinite(timeout) or timeout < 0:
+            raise BadRequest(f"timeout must be >= 0, got {raw!r}")
+        timeout = min(timeout, MAX_DRAIN_WAIT)
+        if backend.inflight > 0 and timeout > 0:
+            try:
+                await asyncio.wait_for(backend.idle.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return web.json_response({"inflight": backend.inflight})
+
+    async def put_split(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        _only(data, {"weights"})
+        if "weights" not in data:
+            raise BadRequest("weights is required (an object pool -> percent, or null)")
+        weights = data["weights"]
+        if weights is None:
+            split = None
+        else:
+            if not isinstance(weights, dict):
+                raise BadRequest("weights must be an object pool -> percent, or null")
+            split = {}
+            for pool, value in weights.items():
+                if not pool:
+                    raise BadRequest("weights: a pool name must be non-empty")
+                split[pool] = _percent(value, f"weights[{pool!r}]")
+            total = sum(split.values())
+            if total > 100.0 + 1e-6:
+                raise BadRequest(f"weights must sum to at most 100, got {total:g}")
+        self.table.split = split
+        self.table.rebuild()
+        log.info("split = %s", split)
+        return web.json_response({"split": split})
+
+    async def put_routes(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        _only(data, {"routes"})
+        if "routes" not in data:
+            raise BadRequest("routes is required (an object, or null)")
+        raw = data["routes"]
+        routes = None if raw is None else _parse_routes(raw)
+        self.table.routes = routes
+        self.table.rebuild()
+        log.info("routes = %s", routes)
+        return web.json_response({"routes": routes.public() if routes else None})
+
+    async def put_maintenance(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        _only(data, {"on", "retry_after"})
+        on = data.get("on")
+        if not isinstance(on, bool):
+            raise BadRequest("on must be true or false")
+        retry_after = _integer(data.get("retry_after", self.table.retry_after),
+                               "retry_after", 0, 86400)
+        self.table.maintenance, self.table.retry_after = on, retry_after
+        log.info("maintenance = %s (retry after %ds)", on, retry_after)
+        return web.json_response({"maintenance": on, "retry_after": retry_after})
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        table = self.table
+        counters = table.counters
+        return web.json_response({
+            "backends": {
+                name: {"requests": b.requests, "errors": b.errors,
+                       "latency_buckets": list(b.latency), "inflight": b.inflight,
+                       "connect_failures": b.connect_failures}
+                for name, b in table.backends.items()
+            },
+            "latency_bounds": [b if math.isfinite(b) else None for b in LATENCY_BUCKETS],
+            "maintenance_responses": counters.maintenance_responses,
+            "no_backend": counters.no_backend,
+            "fallbacks": counters.fallbacks,
+            "retries": counters.retries,
+        })
+
+
+def _parse_routes(raw: Any) -> Routes:
+    if not isinstance(raw, dict):
+        raise BadRequest("routes must be an object or null")
+    _only(raw, {"groups", "cohorts", "default", "group_header", "user_header"}, "routes")
+    groups = raw.get("groups") or {}
+    if not isinstance(groups, dict):
+        raise BadRequest("routes.groups must be an object group -> pool")
+    for group, pool in groups.items():
+        if not group or not isinstance(pool, str) or not pool:
+            raise BadRequest(f"routes.groups[{group!r}] must name a pool (non-empty string)")
+    cohorts_raw = raw.get("cohorts") or []
+    if not isinstance(cohorts_raw, list):
+        raise BadRequest("routes.cohorts must be a list of {name, percent, pool}")
+    cohorts = []
+    for index, item in enumerate(cohorts_raw):
+        where = f"routes.cohorts[{index}]."
+        if not isinstance(item, dict):
+            raise BadRequest(f"routes.cohorts[{index}] must be an object {{name, percent, pool}}")
+        _only(item, {"name", "percent", "pool"}, f"routes.cohorts[{index}]")
+        cohorts.append((_string(item, "name", where),
+                        _percent(item.get("percent"), where + "percent"),
+                        _string(item, "pool", where)))
+    default = raw.get("default")
+    if default is not None and (not isinstance(default, str) or not default):
+        raise BadRequest("routes.default must be a pool name or null")
+    headers = {}
+    for key, fallback in (("group_header", "X-User-Group"), ("user_header", "X-User")):
+        value = raw.get(key, fallback)
+        if not isinstance(value, str) or not value or not value.isascii() or ":" in value:
+            raise BadRequest(f"routes.{key} must be a header name")
+        headers[key] = value
+    return Routes(groups=dict(groups), cohorts=tuple(cohorts), default=default, **headers)
+
+
+# --------------------------------------------------------------------------------------------
+# Process
+
+
+def _parse_address(text: str, option: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{option}: expected HOST:PORT, got {text!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"{option}: bad port in {text!r}") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{option}: port out of range in {text!r}")
+    return host, number
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def read_token(path: str | None) -> str:
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return ""
+
+
+def write_ready_file(path: str, data: Mapping[str, Any]) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".ready-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(dict(data), handle)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="upgrader balancer serve",
+        description="The built-in L7 load balancer: a reverse proxy with an admin API.")
+    parser.add_argument("--listen", required=True, metavar="HOST:PORT",
+                        help="where users connect (port 0: pick a free port)")
+    parser.add_argument("--admin", required=True, metavar="HOST:PORT",
+                        help="where the admin API listens (keep it on loopback)")
+    parser.add_argument("--token-file", metavar="PATH",
+                        help="file holding the admin bearer token (required off loopback)")
+    parser.add_argument("--ready-file", metavar="PATH",
+                        help='written once listening: {"pid", "listen_port", "admin_port"}')
+    parser.add_argument("--connect-timeout", type=float, default=3.0, metavar="S",
+                        help="seconds to connect to a backend (default 3)")
+    parser.add_argument("--backend-timeout", type=float, default=60.0, metavar="S",
+                        help="seconds for a backend to answer in full (default 60)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser
+
+
+async def serve(listen_sock: socket.socket, admin_sock: socket.socket, token: str,
+                ready_file: str | None, *, connect_timeout: float = 3.0,
+                backend_timeout: float = 60.0) -> None:
+    table = Table()
+    proxy = Proxy(table, connect_timeout=connect_timeout, backend_timeout=backend_timeout)
+    await proxy.start()
+
+    proxy_app = web.Application(client_max_size=64 * 1024 * 1024)
+    proxy_app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    admin_app = web.Application(middlewares=[_auth_middleware(token or None)])
+    admin_app.add_routes(Admin(table).routes())
+
+    proxy_runner = web.AppRunner(proxy_app, access_log=None,
+                                 shutdown_timeout=PROXY_SHUTDOWN_SECONDS)
+    admin_runner = web.AppRunner(admin_app, access_log=None,
+                                 shutdown_timeout=ADMIN_SHUTDOWN_SECONDS)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await proxy_runner.setup()
+        await admin_runner.setup()
+        await web.SockSite(proxy_runner, listen_sock, backlog=1024).start()
+        await web.SockSite(admin_runner, admin_sock).start()
+        listen_port = listen_sock.getsockname()[1]
+        admin_port = admin_sock.getsockname()[1]
+        if ready_file:
+            await asyncio.to_thread(write_ready_file, ready_file, {
+                "pid": os.getpid(), "listen_port": listen_port, "admin_port": admin_port})
+        log.info("balancer listening on port %d, admin on port %d", listen_port, admin_port)
+        await stop.wait()
+        log.info("stopping: finishing requests in flight (at most %gs)", PROXY_SHUTDOWN_SECONDS)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await asyncio.gather(proxy_runner.cleanup(), admin_runner.cleanup(),
+                             return_exceptions=True)
+        await proxy.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s balancer %(levelname)s %(message)s")
+    try:
+        listen = _parse_address(args.listen, "--listen")
+        admin = _parse_address(args.admin, "--admin")
+    except ValueError as exc:
+        print(f"upgrader balancer: {exc}", file=sys.stderr)
+        return 2
+    try:
+        token = read_token(args.token_file)
+    except OSError as exc:
+        print(f"upgrader balancer: cannot read --token-file: {exc.strerror}", file=sys.stderr)
+        return 2
+    if not token:
+        if not is_loopback(admin[0]):
+            print(f"upgrader balancer: refusing to serve the admin API on {admin[0]} without a "
+                  "token: --token-file is missing or empty", file=sys.stderr)
+            return 2
+        log.warning("no admin token (--token-file missing or empty): the admin API on "
+                    "loopback accepts every local client")
+    try:
+        listen_sock = _bind(*listen)
+    except OSError as exc:
+        print(f"upgrader balancer: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        admin_sock = _bind(*admin)
+    except OSError as exc:
+        listen_sock.close()
+        print(f"upgrader balancer: cannot listen on {args.admin}: {exc}", file=sys.stderr)
+        return 1
+    asyncio.run(serve(listen_sock, admin_sock, token, args.ready_file,
+                      connect_timeout=args.connect_timeout,
+                      backend_timeout=args.backend_timeout))
+    return 0

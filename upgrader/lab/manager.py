@@ -1,0 +1,529 @@
+"""Start, inspect and stop a lab: a real local fleet of app processes (installed through
+``upgrader.lab.hostctl``, exactly as the engine installs them), the built-in balancer in
+front of them and a traffic generator playing the users.
+
+Every part is a process of its own, in a session of its own: if the caller dies, the fleet
+serves and the users keep sending. ``lab.json`` in the lab dir records the pids, so any later
+process can reattach with :meth:`Lab.from_dir`.
+
+API (all I/O off the event loop): ``await up()``, ``await status()``, ``await down()`` are
+async (asyncio subprocesses for hostctl, aiohttp for HTTP, ``asyncio.to_thread`` for file and
+process work); ``installs(host)``, ``traffic_stats()``, ``read_state()`` and ``is_running()``
+are plain methods that read small local files (call them through ``asyncio.to_thread`` from a
+loop that must never block, e.g. a TUI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+import secrets
+import shutil
+import socket
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import UpgraderError
+from ..model import Host
+from . import hostctl
+from .layout import LabLayout
+
+STATE_VERSION = 1
+BALANCER_MODULE = "upgrader.balancer"
+TRAFFIC_MODULE = "upgrader.lab.traffic"
+BALANCER_READY_TIMEOUT = 15.0
+TRAFFIC_READY_TIMEOUT = 10.0
+HOSTCTL_TIMEOUT = 30.0
+PARALLEL_HOSTS = 8
+PORT_SPAN = 400
+
+
+class Lab:
+    """A local fleet described by a :class:`LabLayout`."""
+
+    def __init__(self, layout: LabLayout) -> None:
+        self.layout = layout
+
+    # ----------------------------------------------------------------------------------------
+    # paths and state
+
+    @property
+    def dir(self) -> Path:
+        return self.layout.dir
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def balancer_ready_file(self) -> Path:
+        return self.dir / "run" / "balancer.ready"
+
+    @property
+    def hosts(self) -> tuple[Host, ...]:
+        return self.layout.host_objects()
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise UpgraderError(f"no host {name!r} in the lab at {self.dir}")
+
+    def slots_of(self, host: Host) -> dict[str, int]:
+        """slot -> port: ``{"default": port}``, or the blue/green slots."""
+        return dict(host.slots) if host.slots else {"default": host.port or 0}
+
+    def serving_slot(self) -> str:
+        """The slot a main host serves from at first."""
+        return "blue" if self.layout.slots else "default"
+
+    @classmethod
+    def from_dir(cls, path: str | Path | None = None) -> "Lab":
+        """Reattach to the lab whose ``lab.json`` is in ``path`` (default: the lab dir)."""
+        from .layout import default_lab_dir
+
+        directory = Path(path).expanduser().resolve() if path else default_lab_dir()
+        state_file = directory / "lab.json"
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UpgraderError(f"no lab in {directory} (no lab.json): run `upgrader lab up`"
+                                ) from None
+        except (OSError, ValueError) as exc:
+            raise UpgraderError(f"cannot read {state_file}: {exc}") from None
+        fields = state.get("layout") or {}
+        try:
+            layout = LabLayout(dir=directory, hosts=int(fields["hosts"]),
+                               new_hosts=int(fields.get("new_hosts", 0)),
+                               slots=bool(fields.get("slots", False)),
+                               base_port=int(fields["base_port"]),
+                               base_release=str(fields["base_release"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UpgraderError(f"{state_file}: bad layout: {exc}") from None
+        return cls(layout)
+
+    def read_state(self) -> dict | None:
+        """lab.json, or None when there is none (or it is unreadable)."""
+        try:
+            return json.loads(self.layout.state_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def _write_state(self, state: dict) -> None:
+        hostctl.write_atomic(self.layout.state_file, json.dumps(state, indent=2) + "\n")
+
+    def running_pids(self) -> dict[str, int]:
+        """Live processes of this lab: ``balancer``, ``traffic`` and ``<host>/<slot>``."""
+        found: dict[str, int] = {}
+        state = self.read_state() or {}
+        pids = state.get("pids") or {}
+        if hostctl.pid_matches(pids.get("balancer"), BALANCER_MODULE):
+            found["balancer"] = pids["balancer"]
+        if hostctl.pid_matches(pids.get("traffic"), TRAFFIC_MODULE):
+            found["traffic"] = pids["traffic"]
+        for host in self.hosts:
+            root = self.layout.host_root(host.name)
+            for slot in self._slots_with_pidfiles(root):
+                pid = hostctl.running_pid(root, slot)
+                if pid is not None:
+                    found[f"{host.name}/{slot}"] = pid
+        return found
+
+    def is_running(self) -> bool:
+        return bool(self.running_pids())
+
+    @staticmethod
+    def _slots_with_pidfiles(root: Path) -> list[str]:
+        try:
+            return sorted(p.stem for p in (root / "run").glob("*.pid"))
+        except OSError:
+            return []
+
+    def installs(self, host: str) -> list[dict]:
+        """The install records of ``host`` (installs.log), oldest first."""
+        self.host(host)
+        return hostctl.read_installs(self.layout.host_root(host))
+
+    def traffic_stats(self) -> dict:
+        """The traffic generator's latest stats ({} before it first wrote them)."""
+        try:
+            return json.loads(self.layout.traffic_stats_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    # ----------------------------------------------------------------------------------------
+    # up
+
+    async def up(self, traffic_rps: int = 200, users: int = 500) -> dict:
+        """Start the lab; return what lab.json now holds. Raises UpgraderError if a lab runs
+        in this dir, a port is taken, or a part fails to start (what started is stopped)."""
+        if traffic_rps < 0 or users <= 0:
+            raise UpgraderError("traffic_rps must be >= 0 and users > 0")
+        running = await asyncio.to_thread(self.running_pids)
+        if running:
+            listed = ", ".join(f"{name} (pid {pid})" for name, pid in sorted(running.items()))
+            raise UpgraderError(f"a lab is already running in {self.dir}: {listed}; "
+                                "stop it first (`upgrader lab down`)")
+        await asyncio.to_thread(self._prepare_dirs)
+        busy = await asyncio.to_thread(self._busy_ports)
+        if busy:
+            raise UpgraderError(
+                f"ports in use: {', '.join(map(str, busy[:10]))}"
+                f"{' …' if len(busy) > 10 else ''}; pick another base port")
+
+        layout = self.layout
+        state: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "dir": str(self.dir),
+            "layout": {k: v for k, v in asdict(layout).items() if k != "dir"},
+            "started_ts": time.time(),
+            "running": True,
+            "pids": {"balancer": None, "traffic": None, "hosts": {}},
+            "urls": {"balancer": layout.balancer_url, "admin": layout.admin_url},
+            "token_file": str(layout.token_file),
+            "stats_file": str(layout.traffic_stats_file),
+            "logs_dir": str(self.logs_dir),
+            "traffic": {"rps": traffic_rps, "users": users},
+        }
+        await asyncio.to_thread(self._write_state, state)
+        try:
+            await self._up_hosts(state)
+            await asyncio.to_thread(self._write_state, state)
+            await self._up_balancer(state)
+            await asyncio.to_thread(self._write_state, state)
+            await self._register_backends()
+            if traffic_rps > 0:
+                await self._up_traffic(state, traffic_rps, users)
+            await asyncio.to_thread(self._write_state, state)
+        except BaseException:
+            # stop what started, by the pids known in memory (lab.json may lag behind)
+            await asyncio.shield(self._teardown(state))
+            state["running"] = False
+            state["stopped_ts"] = time.time()
+            await asyncio.to_thread(self._write_state, state)
+            raise
+        return state
+
+    def _prepare_dirs(self) -> None:
+        """A fresh lab: the hosts of a stopped lab, its stats and ready file are removed."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.dir / "hosts", ignore_errors=True)
+        for stale in (self.layout.traffic_stats_file, self.balancer_ready_file):
+            try:
+                stale.unlink()
+            except FileNotFoundError:
+                pass
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "run").mkdir(parents=True, exist_ok=True)
+        for host in self.hosts:
+            self.layout.host_root(host.name).mkdir(parents=True, exist_ok=True)
+
+    def _lab_ports(self) -> list[int]:
+        ports = [self.layout.balancer_port, self.layout.admin_port]
+        for host in self.hosts:
+            ports.extend(self.slots_of(host).values())
+        return ports
+
+    def _busy_ports(self) -> list[int]:
+        return [port for port in self._lab_ports() if not port_free(port)]
+
+    def _render(self, template: Sequence[str], host: Host, slot: str, port: int,
+                release: str = "") -> list[str]:
+        values = {"root": str(self.layout.host_root(host.name)), "slot": slot,
+                  "port": str(port), "release": release, "address": host.address,
+                  "host": host.name, "previous": ""}
+        return [part.format_map(values) for part in template]
+
+    async def _hostctl(self, template: Sequence[str] | None, host: Host, slot: str, port: int,
+                       release: str = "") -> str:
+        """Run one hostctl command (the argv the engine runs) and return its stdout."""
+        assert template is not None
+        argv = self._render(template, host, slot, port, release)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=hostctl.child_env())
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), HOSTCTL_TIMEOUT)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            proc.kill()
+            await proc.wait()
+            raise
+        if proc.returncode != 0:
+            raise UpgraderError(f"{host.name}/{slot}: {argv[3]} failed "
+                                f"(exit {proc.returncode}): {err.decode(errors='replace').strip()}")
+        return out.decode(errors="replace")
+
+    async def _up_hosts(self, state: dict) -> None:
+        commands = self.layout.commands()
+        slot = self.serving_slot()
+        release = self.layout.base_release
+        limit = asyncio.Semaphore(PARALLEL_HOSTS)
+
+        async def one(host: Host) -> None:
+            port = self.slots_of(host)[slot]
+            async with limit:
+                await self._hostctl(commands.install, host, slot, port, release)
+                await self._hostctl(commands.start, host, slot, port)
+            pid = await asyncio.to_thread(hostctl.read_pid, self.layout.host_root(host.name),
+                                          slot)
+            state["pids"]["hosts"][host.name] = {slot: pid}
+
+        results = await asyncio.gather(*(one(h) for h in self.hosts if h.cluster == "main"),
+                                       return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    async def _up_balancer(self, state: dict) -> None:
+        layout = self.layout
+        token = secrets.token_urlsafe(32)
+        await asyncio.to_thread(hostctl.write_atomic, layout.token_file, token + "\n", 0o600)
+        ready = self.balancer_ready_file
+        argv = [sys.executable, "-m", BALANCER_MODULE,
+                "--listen", f"127.0.0.1:{layout.balancer_port}",
+                "--admin", f"127.0.0.1:{layout.admin_port}",
+                "--token-file", str(layout.token_file), "--ready-file", str(ready)]
+        log = self.logs_dir / "balancer.log"
+        proc = await asyncio.to_thread(hostctl.spawn_detached, argv, log)
+        state["pids"]["balancer"] = proc.pid
+        deadline = time.monotonic() + BALANCER_READY_TIMEOUT
+        while True:
+            if ready.exists():
+                try:
+                    info = json.loads(await asyncio.to_thread(ready.read_text))
+                    state["balancer"] = info
+                    return
+                except ValueError:
+                    pass  # being written
+            status = proc.poll()
+            if status is not None:
+                tail = await asyncio.to_thread(hostctl.log_tail, log)
+                raise UpgraderError(f"the balancer exited with status {status}:\n{tail}")
+            if time.monotonic() > deadline:
+                tail = await asyncio.to_thread(hostctl.log_tail, log)
+                raise UpgraderError(f"the balancer did not get ready within "
+                                    f"{BALANCER_READY_TIMEOUT:g} s:\n{tail}")
+            await asyncio.sleep(0.02)
+
+    def _balancer_client(self):
+        try:
+            from ..providers.builtin_balancer import BuiltinBalancer
+        except ImportError as exc:
+            raise UpgraderError(f"the built-in balancer client is not available: {exc}"
+                                ) from exc
+        token = self.layout.token_file.read_text(encoding="utf-8").strip()
+        return BuiltinBalancer(self.layout.admin_url, token)
+
+    def backend_name(self, host: Host, slot: str) -> str:
+        """The balancer backend of a host slot: ``web-01``, or ``web-01@blue`` with slots."""
+        return host.name if slot == "default" else f"{host.name}@{slot}"
+
+    async def _register_backends(self) -> None:
+        slot = self.serving_slot()
+        client = await asyncio.to_thread(self._balancer_client)
+        try:
+            for host in self.hosts:
+                if host.cluster != "main":
+                    continue
+                await client.set_backend(self.backend_name(host, slot), address=host.address,
+                                         port=self.slots_of(host)[slot],
+                                         pool=self.layout.base_release, weight=100,
+                                         state="ready")
+        finally:
+            await client.aclose()
+
+    async def _up_traffic(self, state: dict, rps: int, users: int) -> None:
+        stats = self.layout.traffic_stats_file
+        argv = [sys.executable, "-m", TRAFFIC_MODULE, "--url", self.layout.balancer_url + "/",
+                "--rps", str(rps), "--users", str(users), "--stats", str(stats)]
+        log = self.logs_dir / "traffic.log"
+        proc = await asyncio.to_thread(hostctl.spawn_detached, argv, log)
+        state["pids"]["traffic"] = proc.pid
+        deadline = time.monotonic() + TRAFFIC_READY_TIMEOUT
+        while not stats.exists():
+            status = proc.poll()
+            if status is not None:
+                tail = await asyncio.to_thread(hostctl.log_tail, log)
+                raise UpgraderError(f"the traffic generator exited with status {status}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise UpgraderError("the traffic generator wrote no stats within "
+                                    f"{TRAFFIC_READY_TIMEOUT:g} s")
+            await asyncio.sleep(0.02)
+
+    # ----------------------------------------------------------------------------------------
+    # status
+
+    async def status(self) -> dict:
+        """What runs now: hosts (per slot: pid, installed and served release), balancer,
+        traffic stats."""
+        state = await asyncio.to_thread(self.read_state) or {}
+        files = await asyncio.to_thread(self._file_status, state)
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=1.0)
+        async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
+            async def served(port: int) -> str | None:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                        await resp.read()
+                        return resp.headers.get("X-Version")
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                    return None
+
+            probes = []
+            for host in files["hosts"]:
+                for slot_info in host["slots"].values():
+                    if slot_info["running"]:
+                        probes.append((slot_info, served(slot_info["port"])))
+            versions = await asyncio.gather(*(p for _, p in probes))
+            for (slot_info, _), version in zip(probes, versions):
+                slot_info["version"] = version
+        for host in files["hosts"]:
+            live = [s for s in host["slots"].values() if s["running"]]
+            host["running"] = bool(live)
+            host["version"] = next((s["version"] for s in live if s["version"]), None)
+
+        balancer = files["balancer"]
+        if balancer["running"]:
+            balancer["up"] = await asyncio.to_thread(hostctl.port_open, self.layout.admin_port)
+            if balancer["up"]:
+                try:
+                    client = await asyncio.to_thread(self._balancer_client)
+                    try:
+                        balancer["state"] = plain(await asyncio.wait_for(client.state(), 2.0))
+                    finally:
+                        await client.aclose()
+                except Exception as exc:  # status is best effort: report, do not fail
+                    balancer["error"] = f"{type(exc).__name__}: {exc}"
+        files["running"] = (balancer["running"] or files["traffic"]["running"]
+                            or any(h["running"] for h in files["hosts"]))
+        return files
+
+    def _file_status(self, state: dict) -> dict:
+        pids = state.get("pids") or {}
+        hosts = []
+        for host in self.hosts:
+            root = self.layout.host_root(host.name)
+            slots = {}
+            for slot, port in self.slots_of(host).items():
+                pid = hostctl.running_pid(root, slot)
+                slots[slot] = {"port": port, "pid": pid, "running": pid is not None,
+                               "current": hostctl.current_release(root, slot),
+                               "version": None}
+            hosts.append({"name": host.name, "cluster": host.cluster, "port": host.port,
+                          "root": str(root), "slots": slots,
+                          "installs": len(hostctl.read_installs(root))})
+        balancer_pid = pids.get("balancer")
+        traffic_pid = pids.get("traffic")
+        return {
+            "dir": str(self.dir),
+            "layout": {k: v for k, v in asdict(self.layout).items() if k != "dir"},
+            "started_ts": state.get("started_ts"),
+            "hosts": hosts,
+            "balancer": {"pid": balancer_pid, "url": self.layout.balancer_url,
+                         "admin_url": self.layout.admin_url,
+                         "running": hostctl.pid_matches(balancer_pid, BALANCER_MODULE),
+                         "up": False},
+            "traffic": {"pid": traffic_pid,
+                        "running": hostctl.pid_matches(traffic_pid, TRAFFIC_MODULE),
+                        "stats": self.traffic_stats()},
+        }
+
+    # ----------------------------------------------------------------------------------------
+    # down
+
+    async def down(self) -> dict:
+        """Stop traffic (it writes its final stats), every host slot, then the balancer.
+        Idempotent. Returns the final traffic stats ({} if there never was traffic)."""
+        await self._teardown()
+        state = await asyncio.to_thread(self.read_state)
+        if state is not None and state.get("running", True):
+            state["running"] = False
+            state["stopped_ts"] = time.time()
+            await asyncio.to_thread(self._write_state, state)
+        return await asyncio.to_thread(self.traffic_stats)
+
+    async def _teardown(self, state: dict | None = None) -> None:
+        if state is None:
+            state = await asyncio.to_thread(self.read_state) or {}
+        pids = state.get("pids") or {}
+        traffic = pids.get("traffic")
+        if hostctl.pid_matches(traffic, TRAFFIC_MODULE):
+            await asyncio.to_thread(hostctl.terminate, traffic, 5.0)
+        await self._stop_hosts()
+        balancer = pids.get("balancer")
+        if hostctl.pid_matches(balancer, BALANCER_MODULE):
+            await asyncio.to_thread(hostctl.terminate, balancer, 10.0)
+
+    async def _stop_hosts(self) -> None:
+        commands = self.layout.commands()
+        limit = asyncio.Semaphore(PARALLEL_HOSTS * 2)
+
+        async def one(host: Host, slot: str, port: int) -> None:
+            async with limit:
+                await self._hostctl(commands.stop, host, slot, port)
+
+        jobs = []
+        for host in self.hosts:
+            root = self.layout.host_root(host.name)
+            ports = self.slots_of(host)
+            for slot in await asyncio.to_thread(self._slots_with_pidfiles, root):
+                jobs.append(one(host, slot, ports.get(slot, host.port or 0)))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+
+def plain(value: Any) -> Any:
+    """Dataclasses, mappings and tuples as JSON-ready dicts and lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# ports
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if a server could listen on ``port`` now (checked the way servers bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 49152
+    return low
+
+
+def free_base_port(span: int = PORT_SPAN, attempts: int = 200,
+                   low: int = 20000, high: int = 60000) -> int:
+    """A random base port B such that B..B+span are free, below the ephemeral range when it
+    leaves room (so outgoing connections do not take a lab port)."""
+    ceiling = min(high, _ephemeral_low()) - span - 1
+    if ceiling <= low:
+        ceiling = high - span - 1
+    rng = random.SystemRandom()
+    for _ in range(attempts):
+        base = rng.randrange(low, ceiling)
+        if all(port_free(p) for p in range(base, base + span + 1)):
+            return base
+    raise UpgraderError(f"found no {span + 1} free consecutive ports in {low}-{high}")
