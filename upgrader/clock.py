@@ -1,7 +1,6 @@
 """Time, injected. The engine never calls ``time`` or ``asyncio.sleep`` directly.
 
 - :class:`SystemClock`: real time.
-- :class:`ScaledClock`: real time with waits compressed by a factor (``--speed``).
 - :func:`run_virtual`: runs a coroutine on an event loop whose time is virtual: whenever the
   loop would wait for a timer, time jumps to it at once. Every ``asyncio.sleep`` and
   ``asyncio.wait_for`` inside runs in virtual time, so a week-long canary plays in milliseconds.
@@ -37,26 +36,6 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
-
-
-class ScaledClock:
-    """Engine time runs ``speed`` times faster than real time (pauses and holds compress)."""
-
-    def __init__(self, speed: float = 1.0) -> None:
-        if speed <= 0:
-            raise ValueError("speed must be > 0")
-        self.speed = speed
-        self._origin = time.monotonic()
-        self._wall_origin = time.time()
-
-    def monotonic(self) -> float:
-        return self._origin + (time.monotonic() - self._origin) * self.speed
-
-    def wall(self) -> float:
-        return self._wall_origin + (time.monotonic() - self._origin) * self.speed
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds) / self.speed)
 
 
 class LoopClock:

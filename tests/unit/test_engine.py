@@ -321,3 +321,100 @@ def test_crash_and_resume_installs_each_host_exactly_once(fleet_factory, tmp_pat
     target_installs = [h for h, release in install_record if release == target]
     assert sorted(target_installs) == sorted(h.name for h in fleet.main_hosts)
     assert set(result.hosts.values()) == {target}
+
+
+def _failing_install(fleet, host_index):
+    bad = fleet.main_hosts[host_index].name
+
+    def responder(host, argv):
+        if argv[0] == "deploy" and argv[1] == fleet.releases.target and host.name == bad:
+            return CommandResult(1, "", "no space left on device")
+        return None
+
+    return bad, responder
+
+
+def test_on_failure_freeze_halts_without_rolling_back(fleet_factory):
+    fleet = fleet_with(fleet_factory, "rolling", n=6, on_failure="freeze")
+    bad, responder = _failing_install(fleet, 3)
+    engine, result, events = run_engine(fleet, providers_for(fleet, responder))
+    assert result.outcome is Outcome.FROZEN
+    assert not any(e.kind == "rollback_started" for e in events)
+    assert [result.hosts[h.name] for h in fleet.main_hosts[:3]] == [fleet.releases.target] * 3
+    assert "no space left on device" in result.error
+
+
+def test_on_failure_shutdown_takes_upgraded_hosts_out_while_capacity_allows(fleet_factory):
+    fleet = fleet_with(fleet_factory, "rolling", n=6, on_failure="shutdown")
+    fleet = dataclasses.replace(fleet, strategy=dataclasses.replace(fleet.strategy,
+                                                                    min_capacity=50.0))
+    bad, responder = _failing_install(fleet, 3)
+    providers = providers_for(fleet, responder)
+    engine, result, events = run_engine(fleet, providers)
+    assert result.outcome is Outcome.SHUT_DOWN
+    state = asyncio.run(providers.balancer.state())
+    ready = [n for n, b in state.backends.items() if b.state == "ready"]
+    # 6 hosts, at least 50 % must keep serving: three upgraded hosts go out of service,
+    # the failed one is rolled back
+    assert len(ready) >= 3
+    assert all(state.backends[n].pool == fleet.releases.current for n in ready)
+    assert sum(1 for b in state.backends.values() if b.state == "maint") >= 1
+
+
+def test_on_failure_pause_waits_for_the_operator_then_rolls_back_on_abort(fleet_factory):
+    fleet = fleet_with(fleet_factory, "rolling", n=6, on_failure="pause")
+    bad, responder = _failing_install(fleet, 2)
+    seen = []
+
+    async def operator(engine, providers):
+        while engine.state.value != "PAUSED":
+            await asyncio.sleep(1)
+        seen.append(engine.state_reason)
+        await asyncio.sleep(600)          # nobody hurries an operator
+        engine.abort(rollback=True)
+
+    async def main():
+        providers = providers_for(fleet, responder)
+        await seed_balancer(fleet, providers.balancer)
+        plan = strategies.get("rolling").compile(fleet, fleet.strategy.params)
+        engine = Engine(fleet, plan, providers, clock=LoopClock(), interactive=True)
+        helper = asyncio.ensure_future(operator(engine, providers))
+        result = await engine.run()
+        helper.cancel()
+        return result
+
+    result = run_virtual(main)
+    assert seen and bad in seen[0]
+    assert result.outcome is Outcome.ROLLED_BACK
+    assert set(result.hosts.values()) == {fleet.releases.current}
+
+
+def test_snapshot_is_taken_before_upgrade_and_restored_on_roll_back(fleet_factory):
+    from upgrader.providers.noop import NoopSnapshot
+
+    fleet = fleet_with(fleet_factory, "rolling", n=4)
+    bad, responder = _failing_install(fleet, 2)
+    providers = providers_for(fleet, responder)
+    providers.snapshot = NoopSnapshot()
+    engine, result, events = run_engine(fleet, providers)
+    assert result.outcome is Outcome.ROLLED_BACK
+    taken = {e.data["host"] for e in events if e.kind == "snapshot_taken"}
+    assert taken == {h.name for h in fleet.main_hosts[:3]}
+    # the roll-back restored snapshots instead of reinstalling the old release
+    assert installs(providers.transport, fleet.releases.current) == []
+
+
+def test_one_rollout_per_fleet(fleet_factory, tmp_path):
+    from upgrader.errors import PolicyRefused
+    from upgrader.rollout import Rollout
+
+    fleet = fleet_with(fleet_factory, "rolling", n=2)
+
+    async def main():
+        first = Rollout(fleet, state_dir=tmp_path, providers=providers_for(fleet))
+        async with first:
+            second = Rollout(fleet, state_dir=tmp_path, providers=providers_for(fleet))
+            with pytest.raises(PolicyRefused, match="one rollout per fleet"):
+                await second.__aenter__()
+
+    asyncio.run(main())

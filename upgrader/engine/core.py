@@ -347,7 +347,6 @@ class Engine:
                 return Outcome.FROZEN
             policy = self.fleet.strategy.on_failure
             reason = self._failure or "failed"
-            await self._emit("log", level="error", message=f"rollout failed: {reason}")
             if policy == "rollback":
                 return await self._rollback(reason)
             if policy == "shutdown":
@@ -836,12 +835,12 @@ class Engine:
                 raise exc
         if failures:
             name, exc = failures[0]
-            detail = getattr(exc, "stderr", "") or str(exc)
+            detail = describe_error(exc, name)
             await self._emit("verdict", metric="system_test", result="fail",
                              value=float(len(failures)), threshold=0.0, samples=len(hosts),
-                             baseline=None, detail=f"{name}: {detail.strip()[-300:]}")
+                             baseline=None, detail=detail[-500:])
             raise RolloutFailed(f"{step.gate} failed on {len(failures)} of {len(hosts)} hosts "
-                                f"(first: {name}: {str(exc).strip()[-300:]})")
+                                f"(first: {detail[-500:]})")
         await self._emit("verdict", metric="system_test", result="pass", value=0.0,
                          threshold=0.0, samples=len(hosts), baseline=None, detail="")
 
