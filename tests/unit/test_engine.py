@@ -247,21 +247,27 @@ def test_abort_with_rollback_ends_with_target_pool_at_zero(fleet_factory):
 
 
 def test_weight_is_never_set_above_healthy_capacity(fleet_factory):
-    fleet = fleet_with(fleet_factory, "shedding", n=4, new=4)
-    sick = fleet.new_hosts[0]
+    """Three of four new hosts fall sick after they were prepared: the split may give the new
+    cluster 25 % (what one healthy host of four carries), never 50 %."""
+    fleet = fleet_with(fleet_factory, "shedding", n=4, new=4,
+                       verify=VerifySpec(for_=30.0, interval=10.0, no_data="pass",
+                                         health=False))
+    target = fleet.releases.target
 
-    async def main():
-        providers = providers_for(fleet)
-        providers.health.set_healthy(sick.name, False)
-        await seed_balancer(fleet, providers.balancer)
-        plan = strategies.get("shedding").compile(fleet, fleet.strategy.params)
-        engine = Engine(fleet, plan, providers, clock=LoopClock())
-        return await engine.run(), providers
+    async def sicken(engine, providers):
+        while sum(1 for e in engine.history if e.kind == "host_done") < 4:
+            await asyncio.sleep(1)
+        for host in fleet.new_hosts[1:]:
+            providers.health.set_healthy(host.name, False)
 
-    result, providers = run_virtual(main)
-    # the sick host fails its health check while being prepared: the rollout rolls back
+    providers = providers_for(fleet)
+    engine, result, events = run_engine(fleet, providers, during=sicken)
     assert result.outcome is Outcome.ROLLED_BACK
-    assert sick.name in result.error
+    assert "refusing to send 50% of traffic" in result.error
+    assert "25.0% of the fleet's capacity" in result.error
+    splits = [op[1] for op in providers.balancer.operations if op[0] == "set_split" and op[1]]
+    assert max(split.get(target, 0) for split in splits) == 25
+    assert splits[-1][target] == 0
 
 
 def test_crash_and_resume_installs_each_host_exactly_once(fleet_factory, tmp_path):

@@ -735,14 +735,24 @@ class Engine:
                 "target": self.fleet.releases.target}.get(symbolic, symbolic)
 
     async def _healthy_share(self, pool: str) -> float:
-        """Percent of the fleet's nominal capacity that ``pool`` can take now."""
+        """Percent of the fleet's nominal capacity that ``pool`` can take now: its backends in
+        service that pass a health check now, against the size of the serving cluster."""
         state = await self.providers.balancer.state()
-        healthy = sum(1 for b in state.backends.values()
-                      if b.pool == pool and b.state == "ready" and b.weight > 0
-                      and self.hosts.get(b.name.split("@")[0], HostStatus("", None)).healthy
-                      is not False)
+        members = [b for b in state.backends.values()
+                   if b.pool == pool and b.state == "ready" and b.weight > 0]
+
+        async def healthy(backend: BackendState) -> bool:
+            name, _, slot = backend.name.partition("@")
+            host = self._hosts_by_name.get(name)
+            if host is None:
+                return True
+            result = await self.providers.health.check(host, port=self._port(host, slot or None))
+            self.hosts[name].healthy = result.ok
+            return result.ok
+
+        results = await asyncio.gather(*(healthy(b) for b in members))
         nominal = max(1, len(self.fleet.main_hosts))
-        return min(100.0, 100.0 * healthy / nominal)
+        return min(100.0, 100.0 * sum(results) / nominal)
 
     async def _set_traffic(self, weights: Mapping[str, float], *, check_capacity: bool = True) -> None:
         resolved = {self._pool(k) or k: float(v) for k, v in weights.items()}
