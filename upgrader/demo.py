@@ -69,7 +69,7 @@ dir = "{lab_dir}"
 error_rate_max = "2%"
 min_requests = 5
 consecutive_failures = 2
-interval = "2s"
+interval = "1s"
 for = "6s"
 no_data = "wait"
 

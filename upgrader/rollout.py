@@ -38,8 +38,9 @@ def compile_plan(fleet: Fleet) -> Plan:
 
 
 def compress(fleet: Fleet, plan: Plan, speed: float) -> tuple[Fleet, Plan]:
-    """Divide pauses, verification holds and the analysis interval by ``speed`` (demo,
-    rehearsals). Timeouts are left alone: a real process still needs its real time."""
+    """Divide pauses and verification holds by ``speed`` (demo, rehearsals). The analysis
+    interval is left alone (a shorter window judges fewer requests), and so are timeouts:
+    a real process still needs its real time."""
     if speed == 1:
         return fleet, plan
     steps = []
@@ -49,8 +50,7 @@ def compress(fleet: Fleet, plan: Plan, speed: float) -> tuple[Fleet, Plan]:
         elif isinstance(step, Verify):
             step = dataclasses.replace(step, for_=step.for_ / speed)
         steps.append(step)
-    verify = dataclasses.replace(fleet.verify, interval=max(0.25, fleet.verify.interval / speed),
-                                 for_=fleet.verify.for_ / speed)
+    verify = dataclasses.replace(fleet.verify, for_=fleet.verify.for_ / speed)
     return dataclasses.replace(fleet, verify=verify), dataclasses.replace(plan, steps=tuple(steps))
 
 
