@@ -13,6 +13,7 @@ Kinds (``data`` keys in brackets):
 - ``traffic`` [split, routes, maintenance, backends]     read back after every balancer change
 - ``verdict`` [metric, result, value, threshold, samples, baseline, consecutive, limit, detail]
 - ``analysis_failed`` [metric, detail]
+- ``metrics`` [interval_s, pools, hosts]   traffic per pool and per host: requests, rps, error_rate, p95
 - ``control`` [action, actor]                pause, resume, promote, promote_all, abort
 - ``rollback_started`` [reason, hosts, estimated_s]
 - ``rollout_finished`` [outcome, hosts, duration_s, error]

@@ -82,7 +82,8 @@ class Rollout:
                  clock: Clock | None = None, state_dir: str | Path | None = None,
                  recover: bool = False, interactive: bool = False, journal: bool = True,
                  providers: Providers | None = None,
-                 observers: Iterable[Callable[[Event], None]] = ()) -> None:
+                 observers: Iterable[Callable[[Event], None]] = (),
+                 metrics_interval: float | None = 1.0) -> None:
         self.fleet = fleet
         self.plan = plan
         self._plugins = plugins
@@ -94,6 +95,7 @@ class Rollout:
         self._providers = providers
         self._own_providers = providers is None
         self._observers = list(observers)
+        self._metrics_interval = metrics_interval
         self._lock: FleetLock | None = None
         self.journal: Journal | None = None
         self.engine: Engine | None = None
@@ -143,7 +145,8 @@ class Rollout:
             observers.append(self._plugins.emit_event)
         self.engine = Engine(self.fleet, self.plan, self._providers, clock=self._clock,
                              journal=self.journal, observers=observers,
-                             interactive=self._interactive, resume=resume_state)
+                             interactive=self._interactive, resume=resume_state,
+                             metrics_interval=self._metrics_interval)
 
     async def _close(self) -> None:
         if self._providers is not None and self._own_providers:

@@ -424,3 +424,49 @@ def test_one_rollout_per_fleet(fleet_factory, tmp_path):
                 await second.__aenter__()
 
     asyncio.run(main())
+
+
+def test_metrics_and_snapshot_feed_front_ends(fleet_factory):
+    fleet = fleet_with(fleet_factory, "canary", n=6,
+                       table={"steps": [{"hosts": 1, "pause": "5m"}, {"hosts": "100%"}]})
+    target = fleet.releases.target
+    snapshots = []
+
+    async def traffic(engine, providers):
+        while True:
+            await asyncio.sleep(1.0)
+            for name, backend in (await providers.balancer.state()).backends.items():
+                if backend.state == "ready":
+                    providers.balancer.record(name, requests=20,
+                                              latencies=[0.004] * 20)
+            if engine.state.value == "WAITING" and not snapshots:
+                snapshots.append(engine.snapshot())
+
+    async def main():
+        providers = providers_for(fleet)
+        await seed_balancer(fleet, providers.balancer)
+        plan = strategies.get("canary").compile(fleet, fleet.strategy.params)
+        engine = Engine(fleet, plan, providers, clock=LoopClock(), metrics_interval=5.0)
+        events = []
+        engine.subscribe(events.append)
+        helper = asyncio.ensure_future(traffic(engine, providers))
+        result = await engine.run()
+        helper.cancel()
+        return result, events
+
+    result, events = run_virtual(main)
+    assert result.outcome is Outcome.COMPLETED
+    metrics = [e.data for e in events if e.kind == "metrics"]
+    assert metrics
+    # during the canary's pause: one host of six on the target release
+    during_pause = [m for m in metrics if (m["pools"].get(target) or {}).get("rps") == 20.0
+                    and m["pools"]["1.0.0"]["rps"] == 100.0]
+    assert len(during_pause) >= 50, [m["pools"] for m in metrics]    # 5 minutes / 5 s
+    figures = during_pause[-1]
+    assert figures["pools"][target]["p95"] == 0.005
+    assert figures["pools"][target]["error_rate"] == 0.0
+    assert len(figures["hosts"]) == 6
+    snap = snapshots[0]
+    assert snap["state"] == "WAITING" and 0 < snap["wait_remaining_s"] <= 300
+    assert snap["plan"][0]["description"].startswith("upgrade 1 host")
+    assert 0 in snap["done_steps"]

@@ -80,3 +80,13 @@ def health_verdict(results: Mapping[str, bool]) -> Verdict:
     return Verdict("health", "fail" if bad else ("pass" if results else "no_data"),
                    float(len(bad)), 0.0, len(results), None,
                    ("unhealthy: " + ", ".join(bad[:10])) if bad else "")
+
+
+def traffic_figures(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
+                    names: Iterable[str], seconds: float) -> dict[str, float | int | None]:
+    """Requests per second, error percent and p95 of ``names`` over one interval."""
+    requests, errors, buckets = _delta(prev, cur, names)
+    return {"requests": requests,
+            "rps": round(requests / seconds, 2) if seconds > 0 else None,
+            "error_rate": round(100.0 * errors / requests, 3) if requests else None,
+            "p95": percentile(buckets, 0.95)}

@@ -27,11 +27,13 @@ from ..plan import (Gate, Maintenance, Pause, Plan, PrepareSlots, Route, SetTraf
                     SwapSlots, TurnDown, UpgradeHosts, Verify, estimate, step_duration)
 from ..providers.base import (Balancer, BackendState, Cohort, HealthCheck, Notifier,
                               RouteTable, SnapshotProvider, Transport)
-from .analysis import analyze, health_verdict
+from .analysis import analyze, health_verdict, traffic_figures
 
 log = logging.getLogger("upgrader.engine")
 
 DEFAULT_SLOT = "default"
+#: observations, not transitions: front ends get them, the journal does not
+_NOT_JOURNALED = frozenset({"metrics"})
 
 
 @dataclass
@@ -94,7 +96,8 @@ class Engine:
                  clock: Clock | None = None, journal: Journal | None = None,
                  observers: Iterable[Callable[[Event], None]] = (),
                  interactive: bool = False, resume: ResumeState | None = None,
-                 history: int = 2000) -> None:
+                 history: int = 2000, metrics_interval: float | None = None,
+                 host_metrics_limit: int = 2000) -> None:
         self.fleet = fleet
         self.plan = plan
         self.providers = providers
@@ -141,6 +144,12 @@ class Engine:
         self._analysis_enabled = False
         self._notify_tasks: set[asyncio.Task[None]] = set()
         self._started = 0.0
+        #: seconds between ``metrics`` events for front ends (None: none)
+        self.metrics_interval = metrics_interval
+        self.host_metrics_limit = host_metrics_limit
+        self.last_metrics: dict[str, Any] = {}
+        self.last_traffic: dict[str, Any] = {}
+        self._wait_deadline: float | None = None
         if resume:
             self._done_steps = set(resume.done_steps)
             self._hosts_done = {k: set(v) for k, v in resume.hosts_done.items()}
@@ -224,6 +233,16 @@ class Engine:
             "hosts": {n: {"release": s.release, "phase": s.phase.value, "slot": s.slot,
                           "healthy": s.healthy, "error": s.error} for n, s in self.hosts.items()},
             "verdicts": {m: v.to_json() for m, v in self.last_verdicts.items()},
+            "plan": [{"index": i, "step": s.kind, "wave": s.wave,
+                      "description": describe_step(s),
+                      "duration_s": step_duration(s, self.fleet.timing)}
+                     for i, s in enumerate(self.plan.steps)],
+            "done_steps": sorted(self._done_steps),
+            "wait_remaining_s": (max(0.0, self._wait_deadline - self.clock.monotonic())
+                                 if self._wait_deadline is not None else None),
+            "traffic": self.last_traffic,
+            "metrics": self.last_metrics,
+            "rollback_estimated_s": est.rollback_s,
         }
 
     # ------------------------------------------------------------------ events
@@ -231,7 +250,7 @@ class Engine:
     async def _emit(self, kind: str, /, **data: Any) -> Event:
         self._seq += 1
         event = Event(kind, self.clock.wall(), self.rollout_id, self._seq, data)
-        if self.journal is not None and self.rollout_id:
+        if self.journal is not None and self.rollout_id and kind not in _NOT_JOURNALED:
             await self.journal.aappend(self.rollout_id, event.seq, event.ts, kind, dict(data))
         self.history.append(event)
         for callback in list(self._observers):
@@ -272,7 +291,10 @@ class Engine:
         result's ``outcome`` says how it ended."""
         self._started = self.clock.monotonic()
         await self._begin()
-        analyzer = asyncio.get_running_loop().create_task(self._analyzer())
+        loop = asyncio.get_running_loop()
+        background = [loop.create_task(self._analyzer())]
+        if self.metrics_interval:
+            background.append(loop.create_task(self._monitor()))
         error: str | None = None
         try:
             outcome = await self._drive()
@@ -281,8 +303,9 @@ class Engine:
             error = f"{type(exc).__name__}: {exc}"
             outcome = Outcome.FAILED
         finally:
-            analyzer.cancel()
-            await asyncio.gather(analyzer, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
         error = error or self._failure
         final_state = {Outcome.COMPLETED: RolloutState.COMPLETED,
                        Outcome.ROLLED_BACK: RolloutState.ROLLED_BACK,
@@ -392,9 +415,13 @@ class Engine:
         sleeper = asyncio.ensure_future(self.clock.sleep(seconds)) if seconds is not None else None
         if sleeper is not None:
             waiters.append(sleeper)
+        if skippable and seconds is not None:
+            self._wait_deadline = self.clock.monotonic() + seconds
         try:
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if skippable:
+                self._wait_deadline = None
             for waiter in waiters:
                 waiter.cancel()
         return sleeper is None or sleeper not in done
@@ -816,8 +843,10 @@ class Engine:
         if state.routes is not None:
             routes = {"groups": dict(state.routes.groups), "default": state.routes.default,
                       "cohorts": [[c.name, c.percent, p] for c, p in state.routes.cohorts]}
-        await self._emit("traffic", split=dict(state.split) if state.split else None,
-                         routes=routes, maintenance=state.maintenance, ready_by_pool=pools)
+        self.last_traffic = {"split": dict(state.split) if state.split else None,
+                             "routes": routes, "maintenance": state.maintenance,
+                             "ready_by_pool": pools}
+        await self._emit("traffic", **self.last_traffic)
 
     # ------------------------------------------------------------------ gates and holds
 
@@ -942,6 +971,46 @@ class Engine:
             self._analysis_rounds += 1
             for verdict in verdicts:
                 await self._judge(verdict)
+
+    async def _monitor(self) -> None:
+        """Traffic figures for front ends: per pool always, per host for fleets up to
+        ``host_metrics_limit`` backends. Read-only; never judges."""
+        balancer = self.providers.balancer
+        previous: Mapping[str, Any] | None = None
+        previous_pools: Mapping[str, Any] | None = None
+        before = self.clock.monotonic()
+        while True:
+            await self.clock.sleep(self.metrics_interval or 1.0)
+            now = self.clock.monotonic()
+            seconds = now - before
+            before = now
+            try:
+                state = await balancer.state()
+                per_host = len(state.backends) <= self.host_metrics_limit
+                stats = await balancer.stats() if per_host else None
+                pool_stats = getattr(balancer, "pool_stats", None)
+                pools_now = await pool_stats() if pool_stats is not None else None
+            except ProviderError:
+                previous = previous_pools = None
+                continue
+            members: dict[str, list[str]] = {}
+            for name, backend in state.backends.items():
+                members.setdefault(backend.pool, []).append(name)
+            pools: dict[str, Any] = {}
+            hosts: dict[str, Any] = {}
+            if pools_now is not None and previous_pools is not None:
+                pools = {p: traffic_figures(previous_pools, pools_now, [p], seconds)
+                         for p in pools_now}
+            if stats is not None and previous is not None:
+                hosts = {n: traffic_figures(previous, stats, [n], seconds) for n in stats}
+                if not pools:
+                    pools = {p: traffic_figures(previous, stats, names, seconds)
+                             for p, names in members.items()}
+            previous, previous_pools = stats, pools_now
+            if pools or hosts:
+                self.last_metrics = {"interval_s": round(seconds, 3), "pools": pools,
+                                     "hosts": hosts}
+                await self._emit("metrics", **self.last_metrics)
 
     async def _health_round(self, backends: list[str]) -> Verdict:
         async def one(backend: str) -> tuple[str, bool]:
