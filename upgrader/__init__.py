@@ -17,13 +17,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = [
-    "Clock", "ConfigError", "Engine", "Event", "Fleet", "Outcome", "Plan", "PolicyRefused",
+    "Clock", "ConfigError", "Engine", "Event", "Fleet", "LoopClock", "Outcome", "Plan",
+    "PolicyRefused", "Providers",
     "Rollout", "RolloutFailed", "RolloutResult", "SystemClock", "UpgraderError", "Verdict",
     "compile_plan", "estimate", "load_fleet", "loads_fleet", "run_virtual", "__version__",
 ]
 
 _LAZY = {
     "Clock": "upgrader.clock", "SystemClock": "upgrader.clock", "run_virtual": "upgrader.clock",
+    "LoopClock": "upgrader.clock", "Providers": "upgrader.engine.core",
     "ConfigError": "upgrader.errors", "PolicyRefused": "upgrader.errors",
     "RolloutFailed": "upgrader.errors", "UpgraderError": "upgrader.errors",
     "Engine": "upgrader.engine.core", "RolloutResult": "upgrader.engine.core",

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="JSON event lines on stdout")
     run.add_argument("--speed", type=float, default=1.0,
                      help="divide pauses and verification holds by this factor")
+    run.add_argument("--detach", action="store_true",
+                     help="run in a controller process of its own; follow it with `upgrader attach`")
+    run.add_argument("--control", action="store_true", help=argparse.SUPPRESS)
 
     plan = sub.add_parser("plan", help="print what a strategy will do and how long it takes")
     fleet_args(plan)
@@ -54,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     fleet_args(resume, strategy=False)
     resume.add_argument("--headless", action="store_true")
     resume.add_argument("--json", action="store_true")
+    resume.add_argument("--detach", action="store_true")
+    resume.add_argument("--control", action="store_true", help=argparse.SUPPRESS)
+
+    attach = sub.add_parser("attach", help="watch and steer a running (detached) rollout")
+    fleet_args(attach, strategy=False)
+    attach.add_argument("--headless", action="store_true")
+    attach.add_argument("--json", action="store_true")
+    attach.add_argument("--timeout", type=float, default=10.0)
 
     status = sub.add_parser("status", help="the fleet's last rollout, from the journal")
     fleet_args(status, strategy=False)
@@ -197,11 +208,90 @@ def _human(seconds: float) -> str:
 
 def cmd_run(args: argparse.Namespace, *, recover: bool = False) -> int:
     plugins = _plugins()
-    fleet = _load(args, plugins)
-    if not args.headless:
-        print("upgrader: the TUI is not part of this build yet; running headless",
-              file=sys.stderr)
+    fleet = _load(args, plugins)        # bad input fails here (exit 2), before anything starts
+    if getattr(args, "detach", False) or (not args.headless and not args.control):
+        # the engine runs in a controller process of its own, so the rollout outlives this
+        # terminal; without --detach the TUI attaches to it at once
+        code = _detach(args, fleet, recover=recover)
+        if code != EXIT_OK or args.detach:
+            return code
+        args.timeout = 15.0
+        return cmd_attach(args, fleet=fleet)
     return asyncio.run(_run(fleet, plugins, args, recover=recover))
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    from .rollout import default_state_dir
+
+    return Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
+
+
+def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
+    from .control.controller import connect, start_detached
+
+    state_dir = _state_dir(args)
+    argv = ["resume" if recover else "run", str(Path(args.fleet).resolve()), "--headless",
+            "--control", "--state-dir", str(state_dir)]
+    if getattr(args, "strategy", None):
+        argv += ["--strategy", args.strategy]
+    if getattr(args, "speed", 1.0) != 1.0:
+        argv += ["--speed", str(args.speed)]
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / f"{fleet.name}.controller.log"
+    pid = start_detached(argv, log_path=log_path)
+
+    async def check() -> None:
+        await (await connect(state_dir, fleet.name, timeout=15, pid=pid)).aclose()
+
+    try:
+        asyncio.run(check())
+    except UpgraderError as exc:
+        print(f"upgrader: {exc}; see {log_path}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"rollout of {fleet.name} runs in controller pid {pid} (log {log_path}); "
+          f"follow it with: upgrader attach {args.fleet}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_attach(args: argparse.Namespace, *, fleet: Any = None) -> int:
+    fleet = fleet or _load(args, None)
+    return asyncio.run(_attach(fleet, _state_dir(args), args))
+
+
+async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
+    from .control.controller import connect
+    from .events import Outcome
+
+    remote = await connect(state_dir, fleet.name, timeout=getattr(args, "timeout", 10.0))
+    try:
+        if args.headless:
+            from .headless import HeadlessDisplay
+
+            display = HeadlessDisplay(total_hosts=len(fleet.main_hosts),
+                                      target=fleet.releases.target,
+                                      json_out=sys.stdout if args.json else None)
+            with display:
+                for event in list(remote.history):
+                    display(event)
+                remote.subscribe(display)
+                finished = await remote.wait_finished()
+            return Outcome(finished["outcome"]).exit_code
+        from .tui.app import make_app
+
+        app = make_app(remote, title=f"{fleet.name}", on_quit=lambda choice: choice)
+        choice = await app.run_async()
+        if choice == "abort":
+            remote.abort(rollback=True)
+            finished = await remote.wait_finished()
+            return Outcome(finished["outcome"]).exit_code
+        if remote.finished:
+            finished = await remote.wait_finished()
+            return Outcome(finished["outcome"]).exit_code
+        print(f"the rollout goes on; attach again with: upgrader attach {args.fleet}",
+              file=sys.stderr)
+        return EXIT_OK
+    finally:
+        await remote.aclose()
 
 
 async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: bool) -> int:
@@ -214,11 +304,19 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
         fleet, plan = compress(fleet, plan, speed)
     display = HeadlessDisplay(total_hosts=len(fleet.main_hosts), target=fleet.releases.target,
                               json_out=sys.stdout if args.json else None)
+    # a controller serves the control API: on_failure = "pause" can wait for an operator
+    interactive = bool(getattr(args, "control", False))
     async with Rollout(fleet, plan, plugins=plugins, state_dir=args.state_dir,
-                       recover=recover, observers=[display]) as rollout:
+                       recover=recover, observers=[display],
+                       interactive=interactive) as rollout:
         _forward_signals(rollout)
         with display:
-            result = await rollout.run()
+            if getattr(args, "control", False):
+                from .control.controller import serve_rollout
+
+                result = await serve_rollout(rollout)
+            else:
+                result = await rollout.run()
     print(summary_line(result, rollout.plan.strategy if rollout.plan else "?"))
     return result.exit_code
 
@@ -299,6 +397,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"plan": cmd_plan, "run": cmd_run, "resume": cmd_resume, "status": cmd_status,
+             "attach": cmd_attach,
              "lab": cmd_lab, "demo": cmd_demo, "plugins": cmd_plugins}
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,8 +2,10 @@
 
     UpgraderError
     ├── ConfigError            bad input: file, key path, line  (CLI exit 2)
+    │   └── PluginError        a plugin is broken (upgrader.plugins)
     ├── ProviderError          a provider could not do its job
     │   ├── TransportError     command on a host failed (host, argv, exit status, stderr)
+    │   │   └── CommandTimeout a command ran past its timeout (also a TimeoutError)
     │   ├── BalancerError      the balancer refused or did not read back as set
     │   ├── HealthCheckFailed  a host did not become healthy
     │   └── SnapshotError

@@ -1,21 +1,25 @@
 """Events: what the engine announces, to the journal, front ends, plugins and notifiers.
 
 An event is plain data with a ``kind`` and a flat ``data`` mapping of JSON values.
-Kinds (``data`` keys in brackets):
+Kinds (``data`` keys in brackets; every event also has kind, ts, rollout and seq):
 
-- ``rollout_started`` [rollout, fleet, strategy, current, target, hosts, estimated_s, rollback_estimated_s, resumed]
+- ``rollout_started`` [fleet, strategy, current, target, hosts, estimated_s, rollback_estimated_s, resumed]
 - ``state`` [state, reason]                 RUNNING, PAUSED, WAITING, VERIFYING, ROLLING BACK, ...
-- ``step_started`` / ``step_finished`` [index, step, description]
-- ``host_phase`` [host, phase, release, slot, mode]   mode: upgrade | rollback
-- ``host_done`` [host, release, slot, mode]
+- ``step_started`` [index, step, description]; ``step_finished`` [index, step]
+- ``pause_started`` [index, duration]       duration None: until promoted
+- ``slots`` [live, original]                blue-green: each host's live slot at the start
+- ``host_phase`` [host, phase, release, slot, mode]   mode: upgrade | rollback | turn_down
+- ``host_done`` [host, release, slot, mode]  mode: upgrade | rollback | prepare | swap | turn_down | shutdown
 - ``host_failed`` [host, error, mode]
 - ``snapshot_taken`` [host, snapshot]
-- ``traffic`` [split, routes, maintenance, backends]     read back after every balancer change
-- ``verdict`` [metric, result, value, threshold, samples, baseline, consecutive, limit, detail]
+- ``traffic`` [split, routes, maintenance, ready_by_pool]   read back after every balancer change
+- ``verdict`` [metric, result, value, threshold, samples, baseline, detail, consecutive, limit]
+  (system-test verdicts have no consecutive/limit)
 - ``analysis_failed`` [metric, detail]
 - ``metrics`` [interval_s, pools, hosts]   traffic per pool and per host: requests, rps, error_rate, p95
-- ``control`` [action, actor]                pause, resume, promote, promote_all, abort
-- ``rollback_started`` [reason, hosts, estimated_s]
+  (not journaled)
+- ``control`` [action] (+ rollback for abort)   pause, resume, promote, promote_all, abort
+- ``rollback_started`` [reason, hosts, estimated_s, mode]
 - ``rollout_finished`` [outcome, hosts, duration_s, error]
 - ``log`` [level, message]
 """

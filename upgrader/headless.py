@@ -75,8 +75,8 @@ class HeadlessDisplay:
         elif kind == "verdict":
             if data["result"] != "pass":
                 self.line(f"analysis {data['metric']}: {data['result']} value={_fmt(data)} "
-                          f"limit={data.get('threshold')} samples={data['samples']} "
-                          f"old={data.get('baseline')} ({data.get('consecutive', 0)}/"
+                          f"limit={_fmt(data, 'threshold')} samples={data['samples']} "
+                          f"old={_fmt(data, 'baseline')} ({data.get('consecutive', 0)}/"
                           f"{data.get('limit', '-')}) {data.get('detail', '')}", "yellow")
         elif kind == "analysis_failed":
             self.line(data["detail"], "bold red")
@@ -92,8 +92,8 @@ class HeadlessDisplay:
                       + (f": {data['error']}" if data.get("error") else ""), style)
 
 
-def _fmt(data: dict[str, Any]) -> str:
-    value = data.get("value")
+def _fmt(data: dict[str, Any], key: str = "value") -> str:
+    value = data.get(key)
     if value is None:
         return "n/a"
     if data["metric"] == "error_rate":

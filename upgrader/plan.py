@@ -154,7 +154,7 @@ class Plan:
     total_hosts: int
     #: hosts the roll-back may touch at once (the plan's largest batch by default)
     rollback_parallel: int = 1
-    #: how roll-back works for this strategy: reinstall | swap | traffic | restore
+    #: how roll-back works for this strategy: reinstall | swap | traffic
     rollback_mode: str = "reinstall"
     notes: tuple[str, ...] = ()
 

@@ -195,10 +195,13 @@ class Engine:
         self._observers.append(callback)
         return lambda: self._observers.remove(callback)
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Every event from now on, until the rollout finishes."""
+    def events(self) -> AsyncIterator[Event]:
+        """Every event from the moment of this call on, until the rollout finishes."""
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._queues.append(queue)
+        return self._drain_queue(queue)
+
+    async def _drain_queue(self, queue: "asyncio.Queue[Event | None]") -> AsyncIterator[Event]:
         try:
             while True:
                 event = await queue.get()
@@ -290,13 +293,14 @@ class Engine:
         """Run (or resume) the rollout to its end. Never raises for a failed rollout: the
         result's ``outcome`` says how it ended."""
         self._started = self.clock.monotonic()
-        await self._begin()
         loop = asyncio.get_running_loop()
-        background = [loop.create_task(self._analyzer())]
-        if self.metrics_interval:
-            background.append(loop.create_task(self._monitor()))
+        background: list[asyncio.Task[None]] = []
         error: str | None = None
         try:
+            await self._begin()
+            background.append(loop.create_task(self._analyzer()))
+            if self.metrics_interval:
+                background.append(loop.create_task(self._monitor()))
             outcome = await self._drive()
         except Exception as exc:   # a bug or an unexpected provider failure in a roll-back
             log.exception("rollout failed")
