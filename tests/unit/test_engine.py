@@ -470,3 +470,27 @@ def test_metrics_and_snapshot_feed_front_ends(fleet_factory):
     assert snap["state"] == "WAITING" and 0 < snap["wait_remaining_s"] <= 300
     assert snap["plan"][0]["description"].startswith("upgrade 1 host")
     assert 0 in snap["done_steps"]
+
+
+def test_pause_during_a_wait_shows_paused_at_once_and_holds_the_next_step(fleet_factory):
+    fleet = fleet_with(fleet_factory, "canary", n=4,
+                       table={"steps": [{"hosts": 1, "pause": "2m"}, {"hosts": "100%"}]})
+    seen = []
+
+    async def operator(engine, providers):
+        while engine.state.value != "WAITING":
+            await asyncio.sleep(1)
+        engine.pause()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        seen.append(engine.state.value)
+        await asyncio.sleep(600)      # far past the 2 minute pause: still held
+        seen.append((engine.state.value, engine.snapshot()["hosts_on_target"]))
+        engine.resume()
+
+    engine, result, events = run_engine(fleet, providers_for(fleet), during=operator)
+    assert result.outcome is Outcome.COMPLETED
+    assert seen[0] == "PAUSED"
+    assert seen[1] == ("PAUSED", 1)
+    states = [e.data["state"] for e in events if e.kind == "state"]
+    assert states[states.index("PAUSED") + 1] == "WAITING"

@@ -140,6 +140,7 @@ class Engine:
         self._abort_rollback: bool | None = None
         self._failure: str | None = None
         self._failed_host: str | None = None
+        self._before_pause: tuple[RolloutState, str] | None = None
         self._analysis_rounds = 0
         self._analysis_enabled = False
         self._notify_tasks: set[asyncio.Task[None]] = set()
@@ -164,13 +165,21 @@ class Engine:
     # ------------------------------------------------------------------ controls (front ends)
 
     def pause(self) -> None:
-        if self.state in (RolloutState.RUNNING, RolloutState.WAITING, RolloutState.VERIFYING):
+        """Stop before the next action. Actions under way (a host's procedure) finish; a
+        timed pause or hold keeps counting, but the rollout goes no further until resumed."""
+        if (self._running.is_set() and self.state in
+                (RolloutState.RUNNING, RolloutState.WAITING, RolloutState.VERIFYING)):
             self._running.clear()
+            self._before_pause = (self.state, self.state_reason)
+            self._spawn(self._set_state(RolloutState.PAUSED, "paused by operator"))
             self._control("pause")
 
     def resume(self) -> None:
         if not self._running.is_set() or self._failure:
             self._running.set()
+            before, self._before_pause = self._before_pause, None
+            if before is not None and self.state is RolloutState.PAUSED:
+                self._spawn(self._set_state(*before))
             self._control("resume")
 
     def promote(self) -> None:
@@ -212,7 +221,10 @@ class Engine:
             self._queues.remove(queue)
 
     def _control(self, action: str, **data: Any) -> None:
-        task = asyncio.get_running_loop().create_task(self._emit("control", action=action, **data))
+        self._spawn(self._emit("control", action=action, **data))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._notify_tasks.add(task)
         task.add_done_callback(self._notify_tasks.discard)
 
@@ -404,12 +416,9 @@ class Engine:
         if self._interrupt.is_set():
             raise _Interrupted
         if not self._running.is_set():
-            previous = (self.state, self.state_reason)
-            await self._set_state(RolloutState.PAUSED, "paused by operator")
             await self._running.wait()
             if self._interrupt.is_set():
                 raise _Interrupted
-            await self._set_state(*previous)
 
     async def _wait(self, seconds: float | None, *, skippable: bool) -> bool:
         """Wait up to ``seconds`` (None: forever). True if skipped or interrupted early."""
