@@ -288,6 +288,12 @@ class Engine:
             log.exception("notifier failed")
 
     async def _set_state(self, state: RolloutState, reason: str = "") -> None:
+        if (self._before_pause is not None and not self._running.is_set()
+                and state in (RolloutState.RUNNING, RolloutState.WAITING,
+                              RolloutState.VERIFYING)):
+            # paused by the operator: stay PAUSED, and return to this state on resume
+            self._before_pause = (state, reason)
+            return
         if state != self.state or reason != self.state_reason:
             self.state, self.state_reason = state, reason
             await self._emit("state", state=state.value, reason=reason)
