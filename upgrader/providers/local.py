@@ -10,6 +10,7 @@ stdout still returns as soon as the command itself exits.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shlex
 import signal
@@ -86,6 +87,29 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_controller(controller: int) -> None:  # pragma: no cover - in the child
+    """In the child, before exec: if the controller dies, the command dies with it.
+
+    A command still running when its controller is killed would otherwise go on in its own
+    session, and finish (say, switch a release) after ``upgrader resume`` has asked the host
+    what it runs: the host would be installed twice, or changed behind a roll-back. Daemons a
+    command starts (``start`` of a service) do not inherit this and keep running.
+    """
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != controller:   # the controller died before prctl took effect
+            os._exit(137)
+    except (OSError, AttributeError):
+        pass
+
 class LocalTransport:
     """Runs each command as a local subprocess, at most ``max_parallel`` at a time."""
 
@@ -153,7 +177,8 @@ class LocalTransport:
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=files[0], stderr=files[1],
-                    env=env, cwd=cwd, start_new_session=True)
+                    env=env, cwd=cwd, start_new_session=True,
+                    preexec_fn=functools.partial(_die_with_controller, os.getpid()))
             except OSError as exc:
                 await asyncio.to_thread(_read_outputs, files)
                 raise TransportError(
