@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true")
 
     demo = sub.add_parser("demo", help="a lab, live traffic and a canary upgrade, no setup")
-    demo.add_argument("--headless", action="store_true")
+    demo.add_argument("--headless", action="store_true",
+                      help="no TUI: progress on stderr, one JSON summary line on stdout")
     demo.add_argument("--strategy", choices=names, default="canary")
     demo.add_argument("--hosts", type=int, default=8)
     demo.add_argument("--bad-release", action="store_true",
@@ -388,9 +389,6 @@ def cmd_lab(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    if not args.headless:
-        print("upgrader: the TUI is not part of this build yet; running headless",
-              file=sys.stderr)
     return run_demo(args)
 
 

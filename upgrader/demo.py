@@ -116,6 +116,18 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0 if summary["outcome"] == "completed" else 1
 
 
+async def _run_with_tui(rollout: Any, title: str) -> Any:
+    """The TUI on the in-process engine, in the same event loop. Quitting a live demo rolls
+    it back (the demo's lab goes away with it, so there is nothing to hand over)."""
+    from .tui import make_app
+
+    task = asyncio.get_running_loop().create_task(rollout.run())
+    await make_app(rollout.engine, title=title).run_async()
+    if not task.done():
+        rollout.abort(rollback=True)
+    return await task
+
+
 async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     from .config import loads_fleet
     from .headless import HeadlessDisplay
@@ -131,7 +143,8 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     plan = compile_plan(fleet)
     fleet, plan = compress(fleet, plan, args.speed)
     lab = Lab(fleet.lab)
-    display = HeadlessDisplay(total_hosts=len(fleet.main_hosts), target=fleet.releases.target)
+    display = HeadlessDisplay(total_hosts=len(fleet.main_hosts), target=fleet.releases.target,
+                              quiet=not args.headless)
     display.line(f"demo: {len(fleet.main_hosts)} hosts on 1.0.0 behind the built-in balancer, "
                  f"{args.rps} user requests/s; {args.strategy} upgrade to "
                  f"{fleet.releases.target} (lab in {lab_dir})", "bold")
@@ -140,12 +153,15 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
         await lab.up(traffic_rps=args.rps)
         await _traffic_flowing(lab)
         async with Rollout(fleet, plan, plugins=plugins, state_dir=lab_dir / "state",
-                           observers=[display]) as rollout:
-            from .cli import _forward_signals
+                           observers=[display], interactive=not args.headless) as rollout:
+            if not args.headless:
+                result = await _run_with_tui(rollout, f"demo: {args.strategy}")
+            else:
+                from .cli import _forward_signals
 
-            _forward_signals(rollout)
-            with display:
-                result = await rollout.run()
+                _forward_signals(rollout)
+                with display:
+                    result = await rollout.run()
         await asyncio.sleep(1.0)     # users keep being served after the rollout
     finally:
         stats = await lab.down()

@@ -1,0 +1,221 @@
+"""The upgrader TUI: watches a rollout through a ``RolloutHandle`` and steers it.
+
+The handle's events go to an :class:`~upgrader.tui.messages.EventFeed`; a tick, ten times a
+second, applies what came to the :class:`~upgrader.tui.view.RolloutView` (re-reading the
+handle's snapshot after state changes and every few seconds) and posts one update to each
+screen. Controls are method calls on the handle; the app decides nothing about the upgrade.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable
+
+from rich.text import Text
+from textual.app import App
+from textual.binding import Binding
+
+from ..control.handle import RolloutHandle
+from .messages import EventDescriber, EventFeed, RolloutUpdated
+from .screens import HelpScreen, LogScreen, MainScreen, QuitDialog, RollbackDialog
+from .view import MOVING_STATES, RolloutView, as_clock, fmt_duration
+
+#: seconds between screen updates (at most ten a second, never one per event)
+TICK_S = 0.1
+#: seconds between snapshot reads while nothing tells the app to read one sooner
+RESYNC_S = 2.0
+
+QuitHook = Callable[[str], Any]
+
+
+class UpgraderApp(App[str]):
+    """Returns (``run()``/``run_async()``) "abort", "detach" or "quit" (None if killed)."""
+
+    CSS_PATH = "app.tcss"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [Binding("ctrl+q", "request_quit", "Quit", show=False, priority=True)]
+
+    def __init__(self, handle: RolloutHandle, *, title: str | None = None,
+                 on_quit: QuitHook | None = None, clock: Any = None) -> None:
+        super().__init__()
+        self.handle = handle
+        self.on_quit = on_quit
+        self.clock = as_clock(clock)
+        self.view = RolloutView(self.clock)
+        self.feed = EventFeed()
+        self.describer = EventDescriber()
+        #: notable lines so far (the main screen's event log starts with them)
+        self.recent_lines: deque[Text] = deque(maxlen=300)
+        self._title = title
+        self.title = title or "upgrader"
+        self._unsubscribe: Callable[[], None] | None = None
+        self._snapshot_failed = False
+
+    @property
+    def detachable(self) -> bool:
+        """Whether quitting may leave the rollout running: ``on_quit`` is given (a remote
+        handle) and does not say otherwise with ``on_quit.detachable = False``."""
+        return self.on_quit is not None and bool(getattr(self.on_quit, "detachable", True))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_mount(self) -> None:
+        self._connect()
+        self.title = self._title or f"upgrader · {self.view.fleet or 'rollout'}"
+        self.push_screen(MainScreen())
+        self.set_interval(TICK_S, self._tick)
+
+    def _connect(self) -> None:
+        # the snapshot first (it lays out the fleet in order), then the history, then the
+        # snapshot again: it is newer than any event
+        self.view.load_snapshot(self.handle.snapshot())
+        for event in list(self.handle.history):
+            self.feed(event)
+        # nothing runs between reading the history and subscribing: no event falls between
+        self._unsubscribe = self.handle.subscribe(self.feed)
+        batch = self.feed.take()
+        if batch is not None:
+            self.view.apply(batch)
+            self.recent_lines.extend(self.describer.lines(batch, self.view))
+        self.view.load_snapshot(self.handle.snapshot())
+
+    def on_unmount(self) -> None:
+        if self._unsubscribe is not None:
+            try:
+                self._unsubscribe()
+            except ValueError:   # already unsubscribed
+                pass
+            self._unsubscribe = None
+
+    def _tick(self) -> None:
+        view = self.view
+        batch = self.feed.take()
+        changed: set[str] = set()
+        lines: list[Text] = []
+        if batch is not None:
+            changed = view.apply(batch)
+            lines = self.describer.lines(batch, view)
+            self.recent_lines.extend(lines)
+        synced = False
+        if (batch is not None and batch.needs_sync) or (
+                not view.is_finished and self.clock() - view.synced_at >= RESYNC_S):
+            snapshot = self._snapshot()
+            if snapshot is not None:
+                changed |= view.load_snapshot(snapshot)
+                synced = True
+        if batch is None and not synced and view.state not in MOVING_STATES:
+            return
+        events = batch.log if batch is not None else []
+        for screen in self.screen_stack:
+            if getattr(screen, "WANTS_UPDATES", False):
+                screen.post_message(RolloutUpdated(view, set(changed), synced, list(lines),
+                                                   list(events)))
+
+    def _snapshot(self) -> dict[str, Any] | None:
+        try:
+            return self.handle.snapshot()
+        except Exception as exc:      # a remote handle that lost its controller, say
+            self.view.synced_at = self.clock()     # try again in RESYNC_S, not every tick
+            if not self._snapshot_failed:
+                self._snapshot_failed = True
+                self.notify(f"cannot read the rollout's status: {exc}", severity="error")
+            return None
+
+    # ------------------------------------------------------------------ controls
+
+    def _control(self, name: str, done: str, **kwargs: Any) -> bool:
+        """Call a control of the handle; say what happened (a failure too)."""
+        try:
+            getattr(self.handle, name)(**kwargs)
+        except Exception as exc:
+            self.notify(f"{name.replace('_', ' ')} failed: {exc}", severity="error")
+            return False
+        self.notify(done, severity="warning" if name == "abort" else "information")
+        return True
+
+    def action_toggle_pause(self) -> None:
+        if self.view.is_finished:
+            self.notify(f"the rollout is {self.view.state}", severity="warning")
+        elif self.view.is_paused:
+            self._control("resume", "resume")
+        else:
+            self._control("pause", "pause requested: the rollout holds at the next step "
+                                   "boundary")
+
+    def action_promote(self) -> None:
+        self._control("promote", "promote: the current pause or hold ends now")
+
+    def action_promote_all(self) -> None:
+        self._control("promote_all", "promote all: every remaining pause and analysis is "
+                                     "skipped")
+
+    def action_rollback(self) -> None:
+        if self.view.is_finished:
+            self.notify(f"the rollout is {self.view.state}: nothing to roll back",
+                        severity="warning")
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._control("abort", "roll-back requested", rollback=True)
+
+        self.push_screen(RollbackDialog(self.rollback_text), confirmed)
+
+    def rollback_text(self) -> str:
+        view = self.view
+        busy = view.busy_hosts()
+        moving = f", and {busy} host(s) are in the middle of their procedure" if busy else ""
+        estimate = fmt_duration(view.rollback_estimated_s)
+        return (f"Roll back {view.fleet} from {view.target} to {view.current}?\n\n"
+                f"{view.on_target} host(s) run {view.target}{moving}. The rollout stops, and "
+                f"they return to {view.current}, with no pauses and no analysis on the way.\n\n"
+                f"Expected to take about {estimate} at most (the plan's roll-back estimate).")
+
+    def action_log(self) -> None:
+        if not isinstance(self.screen, LogScreen):
+            self.push_screen(LogScreen())
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_flags(self) -> None:
+        self.notify("flags: not available yet")
+
+    def action_request_quit(self) -> None:
+        if self.view.is_finished:
+            self._leave("quit")
+            return
+        if isinstance(self.screen, QuitDialog):
+            return
+
+        def chosen(choice: str | None) -> None:
+            if choice == "abort" and not self._control("abort", "roll-back requested",
+                                                       rollback=True):
+                return
+            if choice in ("abort", "detach"):
+                self._leave(choice)
+
+        self.push_screen(QuitDialog(state=self.view.state, detachable=self.detachable), chosen)
+
+    async def action_quit(self) -> None:
+        self.action_request_quit()
+
+    def _leave(self, choice: str) -> None:
+        if self.on_quit is not None:
+            self.on_quit(choice)
+        self.exit(choice)
+
+
+def make_app(handle: RolloutHandle, *, title: str | None = None,
+             on_quit: QuitHook | None = None, clock: Any = None) -> UpgraderApp:
+    """The TUI on ``handle`` (an in-process ``Engine`` or a remote rollout).
+
+    :param title: the terminal title (default: "upgrader · FLEET").
+    :param on_quit: called with "abort", "detach" or "quit" when the operator leaves; giving
+        it offers "Leave it running" when quitting a live rollout (a remote, detachable
+        handle), unless it has ``detachable = False``.
+    :param clock: monotonic seconds for the displayed times: a callable, an
+        ``upgrader.clock.Clock``, or None for ``time.monotonic`` (tests freeze it).
+    """
+    return UpgraderApp(handle, title=title, on_quit=on_quit, clock=clock)

@@ -1,0 +1,68 @@
+"""The main screen: header, fleet table, steps and progress, traffic chart, verdicts, events."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from ..messages import RolloutUpdated
+from ..widgets import (EventLog, FleetTable, RolloutHeader, StepsPanel, TrafficChart,
+                       VerdictPanel)
+
+if TYPE_CHECKING:
+    from ..app import UpgraderApp
+
+#: the keys of the main screen; the help screen lists them from here
+KEYS = [
+    Binding("space", "app.toggle_pause", "Pause/Resume"),
+    Binding("p", "app.promote", "Promote"),
+    Binding("P,shift+p", "app.promote_all", "Promote all", key_display="P"),
+    Binding("r", "app.rollback", "Roll back"),
+    Binding("l", "app.log", "Log"),
+    Binding("f", "app.flags", "Flags"),
+    Binding("question_mark", "app.help", "Help", key_display="?"),
+    Binding("q", "app.request_quit", "Quit"),
+]
+
+
+class MainScreen(Screen[None]):
+    WANTS_UPDATES = True
+    BINDINGS = KEYS
+
+    def compose(self) -> ComposeResult:
+        yield RolloutHeader(id="header")
+        with Horizontal(id="body"):
+            yield FleetTable(id="fleet")
+            with Vertical(id="side"):
+                yield StepsPanel(id="steps")
+                yield TrafficChart(id="traffic")
+                yield VerdictPanel(id="verdict")
+        yield EventLog(id="events")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        app = cast("UpgraderApp", self.app)
+        self.query_one("#steps", StepsPanel).border_title = "Steps"
+        self.query_one("#traffic", TrafficChart).border_title = "Traffic"
+        self.query_one("#events", EventLog).border_title = "Events"
+        self.query_one("#events", EventLog).add_lines(app.recent_lines)
+        self._show(RolloutUpdated(app.view, synced=True))
+        self.query_one(FleetTable).focus()
+
+    def on_rollout_updated(self, message: RolloutUpdated) -> None:
+        self._show(message)
+
+    def _show(self, message: RolloutUpdated) -> None:
+        view = message.view
+        self.query_one(RolloutHeader).show(view)
+        self.query_one(FleetTable).show(view, message.changed, message.synced)
+        self.query_one(StepsPanel).show(view)
+        self.query_one(TrafficChart).show(view)
+        self.query_one(VerdictPanel).show(view)
+        if message.lines:
+            self.query_one(EventLog).add_lines(message.lines)
