@@ -365,7 +365,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for entry in entries:
         if entry.kind == "host_done":
             hosts[entry.data["host"]] = entry.data.get("release")
-    info = {"rollout": record.id, "fleet": record.fleet, "strategy": record.strategy,
+    holder = _lock_holder(state_dir, fleet.name) if record.status == "running" else None
+    info = {"rollout": record.id, "driven_by": holder, "fleet": record.fleet, "strategy": record.strategy,
             "current": record.current, "target": record.target, "status": record.status,
             "started": record.started, "finished": record.finished,
             "controller": record.controller, "events": len(entries), "hosts_changed": hosts}
@@ -376,8 +377,26 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{record.status} ({len(entries)} events, {len(hosts)} hosts changed, "
               f"controller {record.controller})")
         if record.status == "running":
-            print("unfinished: if its controller is gone, `upgrader resume` finishes it")
+            holder = _lock_holder(state_dir, fleet.name)
+            if holder:
+                print(f"running: driven by {holder}; follow it with `upgrader attach {args.fleet}`")
+            else:
+                print(f"unfinished and no controller drives it: `upgrader resume {args.fleet}` "
+                      "finishes it")
     return EXIT_OK
+
+
+def _lock_holder(state_dir: Path, fleet_name: str) -> str | None:
+    """Who holds the fleet's lock now (None: nobody: a controller that died leaves none)."""
+    from .journal import FleetLock
+
+    lock = FleetLock(state_dir, fleet_name)
+    try:
+        lock.acquire()
+    except PolicyRefused:
+        return lock.path.read_text(errors="replace").strip() or "another controller"
+    lock.release()
+    return None
 
 
 def cmd_lab(args: argparse.Namespace) -> int:

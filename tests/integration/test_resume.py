@@ -360,8 +360,10 @@ def test_sigkilled_controller_resumes_without_repeating_or_skipping_a_host(lab_f
     text = cli("status", str(lab_fleet.fleet), "--state-dir", str(lab_fleet.state_dir))
     assert text.returncode == 0
     assert "running" in text.stdout and "unfinished" in text.stdout
+    assert "no controller drives it" in text.stdout and "upgrader resume" in text.stdout
     status = lab_fleet.status()
     assert status["status"] == "running" and status["finished"] is None
+    assert status["driven_by"] is None
     assert status["rollout"] == event["rollout"]
 
     # 4. resume finishes it
@@ -464,6 +466,8 @@ def test_second_controller_of_a_fleet_is_refused_and_told_who_holds_it(tmp_path)
         assert "Traceback" not in second.stderr
         # the refused controller touched nothing: the first one still waits
         assert first.proc.poll() is None
+        held = json.loads(cli("status", str(fleet), "--state-dir", str(state), "--json").stdout)
+        assert held["status"] == "running" and f"pid {first.proc.pid}" in held["driven_by"]
 
         # Ctrl-C (SIGTERM) on the first: abort with roll-back, exit 1, lock released
         first.proc.send_signal(signal.SIGTERM)
