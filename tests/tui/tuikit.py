@@ -388,7 +388,9 @@ def scenario(kind: str) -> FakeHandle:
         done_steps=sorted(done), wait_remaining_s=wait_remaining,
         traffic={"split": None, "routes": None, "maintenance": False,
                  "ready_by_pool": {current: 12 - on_target, target: on_target}},
-        metrics=dict(last_metrics))
+        metrics=dict(last_metrics),
+        # as the engine computes it: the touched hosts, one at a time (rollback_parallel 1)
+        rollback_now_s=on_target * fleet.timing.host_upgrade)
     return FakeHandle(snap, events)
 
 

@@ -258,7 +258,17 @@ class Engine:
             "traffic": self.last_traffic,
             "metrics": self.last_metrics,
             "rollback_estimated_s": est.rollback_s,
+            "rollback_now_s": self._rollback_estimate(len(self._touched())),
         }
+
+    def _rollback_estimate(self, touched: int) -> float:
+        """Expected seconds to roll back ``touched`` hosts now (no pauses, no analysis)."""
+        timing = self.fleet.timing
+        if self.plan.rollback_mode in ("swap", "traffic"):
+            return estimate(self.plan, timing).rollback_s
+        if touched == 0:
+            return 0.0
+        return math.ceil(touched / max(1, self.plan.rollback_parallel)) * timing.host_upgrade
 
     # ------------------------------------------------------------------ events
 
@@ -1079,10 +1089,9 @@ class Engine:
         timing = self.fleet.timing
         mode = self.plan.rollback_mode
         touched = self._touched()
-        est = estimate(self.plan, timing)
         await self._set_state(RolloutState.ROLLING_BACK, reason)
         await self._emit("rollback_started", reason=reason, hosts=touched,
-                         estimated_s=est.rollback_s, mode=mode)
+                         estimated_s=self._rollback_estimate(len(touched)), mode=mode)
         errors: list[str] = []
         try:
             if mode == "swap":

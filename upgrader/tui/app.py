@@ -165,11 +165,16 @@ class UpgraderApp(App[str]):
         view = self.view
         busy = view.busy_hosts()
         moving = f", and {busy} host(s) are in the middle of their procedure" if busy else ""
-        estimate = fmt_duration(view.rollback_estimated_s)
+        if view.rollback_now_s is not None:
+            expected = (f"Expected to take about {fmt_duration(view.rollback_now_s)} "
+                        "for the hosts touched so far.")
+        else:
+            expected = (f"Expected to take about {fmt_duration(view.rollback_estimated_s)} "
+                        "at most (the plan's roll-back estimate).")
         return (f"Roll back {view.fleet} from {view.target} to {view.current}?\n\n"
                 f"{view.on_target} host(s) run {view.target}{moving}. The rollout stops, and "
                 f"they return to {view.current}, with no pauses and no analysis on the way.\n\n"
-                f"Expected to take about {estimate} at most (the plan's roll-back estimate).")
+                + expected)
 
     def action_log(self) -> None:
         if not isinstance(self.screen, LogScreen):

@@ -107,6 +107,8 @@ class RolloutView:
         self.estimated_s: float | None = None
         self.remaining_s: float | None = None
         self.rollback_estimated_s: float | None = None
+        #: expected roll-back time for the hosts touched so far (None: not known)
+        self.rollback_now_s: float | None = None
         self.elapsed_s = 0.0
         self.wait_remaining_s: float | None = None
         self.synced_at = self.wait_synced_at = clock()
@@ -207,6 +209,7 @@ class RolloutView:
         self.estimated_s = snap.get("estimated_s", self.estimated_s)
         self.remaining_s = snap.get("remaining_s", self.remaining_s)
         self.rollback_estimated_s = snap.get("rollback_estimated_s", self.rollback_estimated_s)
+        self.rollback_now_s = snap.get("rollback_now_s", self.rollback_now_s)
         self.elapsed_s = float(snap.get("elapsed_s") or 0.0)
         self.wait_remaining_s = snap.get("wait_remaining_s")
         self.synced_at = self.wait_synced_at = self.clock()
