@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from pathlib import Path
@@ -116,15 +117,17 @@ class Rollout:
         if self._use_journal:
             self._lock = FleetLock(self.state_dir, self.fleet.name)
             self._lock.acquire()
-            self.journal = Journal(self.state_dir / "journal.sqlite")
-            unfinished = self.journal.unfinished(self.fleet.name)
+            self.journal = journal = Journal(self.state_dir / "journal.sqlite")
+            # disk work off the event loop (a long journal can take a moment to read)
+            unfinished = await asyncio.to_thread(journal.unfinished, self.fleet.name)
             if self._recover:
                 if unfinished is None:
                     raise UpgraderError(f"fleet {self.fleet.name} has no unfinished rollout "
                                         "to resume")
                 self.plan = Plan.from_json(unfinished.plan)
-                resume_state = replay(unfinished, self.journal.entries(unfinished.id), self.fleet)
-                self.journal.claim(unfinished.id)
+                entries = await asyncio.to_thread(journal.entries, unfinished.id)
+                resume_state = replay(unfinished, entries, self.fleet)
+                await asyncio.to_thread(journal.claim, unfinished.id)
             elif unfinished is not None:
                 raise PolicyRefused(
                     f"fleet {self.fleet.name} has an unfinished rollout {unfinished.id} "
