@@ -122,9 +122,11 @@ async def _run_with_tui(rollout: Any, title: str) -> Any:
     from .tui import make_app
 
     task = asyncio.get_running_loop().create_task(rollout.run())
-    await make_app(rollout.engine, title=title).run_async()
-    if not task.done():
-        rollout.abort(rollback=True)
+    try:
+        await make_app(rollout.engine, title=title).run_async()
+    finally:
+        if not task.done():
+            rollout.abort(rollback=True)
     return await task
 
 

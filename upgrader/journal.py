@@ -110,10 +110,10 @@ class Journal:
         return self._conn
 
     def close(self) -> None:
+        self._executor.shutdown(wait=True)      # pending writes land before the connection goes
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        self._executor.shutdown(wait=True)
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()

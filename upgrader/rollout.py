@@ -124,6 +124,13 @@ class Rollout:
                 if unfinished is None:
                     raise UpgraderError(f"fleet {self.fleet.name} has no unfinished rollout "
                                         "to resume")
+                if (unfinished.current, unfinished.target) != (
+                        self.fleet.releases.current, self.fleet.releases.target):
+                    raise PolicyRefused(
+                        f"the unfinished rollout {unfinished.id} goes {unfinished.current} -> "
+                        f"{unfinished.target}, but the fleet file now says "
+                        f"{self.fleet.releases.current} -> {self.fleet.releases.target}; put "
+                        "the releases back to resume it")
                 self.plan = Plan.from_json(unfinished.plan)
                 entries = await asyncio.to_thread(journal.entries, unfinished.id)
                 resume_state = replay(unfinished, entries, self.fleet)
@@ -152,12 +159,16 @@ class Rollout:
                              metrics_interval=self._metrics_interval)
 
     async def _close(self) -> None:
-        if self._providers is not None and self._own_providers:
-            await self._providers.aclose()
-        if self.journal is not None:
-            self.journal.close()
-        if self._lock is not None:
-            self._lock.release()
+        try:
+            if self._providers is not None and self._own_providers:
+                await self._providers.aclose()
+        finally:
+            try:
+                if self.journal is not None:
+                    self.journal.close()
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
 
     # delegation to the engine -----------------------------------------------------------------
 

@@ -495,3 +495,118 @@ def test_pause_during_a_wait_shows_paused_at_once_and_holds_the_next_step(fleet_
     states = [e.data["state"] for e in events if e.kind == "state"]
     # the 2 minute wait ended while paused: resuming goes on with the next step
     assert states[states.index("PAUSED") + 1] == "RUNNING"
+
+
+def test_analysis_failure_during_an_operator_pause_acts_at_once(fleet_factory):
+    fleet = fleet_with(fleet_factory, "canary", n=6,
+                       table={"steps": [{"hosts": 1, "pause": "promote"}, {"hosts": "100%"}]})
+    target = fleet.releases.target
+    marks = {}
+
+    async def scenario(engine, providers):
+        while engine.state.value != "WAITING":
+            await asyncio.sleep(1)
+        engine.pause()
+        marks["paused_at"] = asyncio.get_running_loop().time()
+        while True:       # now the canary goes bad while the operator is away
+            await asyncio.sleep(1.0)
+            for name, backend in (await providers.balancer.state()).backends.items():
+                if backend.state == "ready":
+                    providers.balancer.record(name, requests=20,
+                                              errors=10 if backend.pool == target else 0)
+            if engine.state.value == "ROLLING BACK" and "rollback_at" not in marks:
+                marks["rollback_at"] = asyncio.get_running_loop().time()
+
+    engine, result, events = run_engine(fleet, providers_for(fleet), during=scenario)
+    assert result.outcome is Outcome.ROLLED_BACK
+    assert marks["rollback_at"] - marks["paused_at"] < 60     # not held until a resume
+
+
+def test_analysis_that_cannot_run_is_no_data_never_a_pass(fleet_factory):
+    fleet = fleet_with(fleet_factory, "rolling", n=3,
+                       verify=VerifySpec(for_=30.0, interval=10.0, no_data="fail",
+                                         min_requests=0, consecutive_failures=2))
+    providers = providers_for(fleet)
+
+    real_check = providers.health.check
+    calls = []
+
+    async def breaks_after_the_upgrade(host, *, port=None):
+        calls.append(host.name)
+        if len(calls) > 1:       # the upgrade's own check passed; analysis then breaks
+            raise RuntimeError("health endpoint exploded")
+        return await real_check(host, port=port)
+
+    providers.health.check = breaks_after_the_upgrade
+    engine, result, events = run_engine(fleet, providers)
+    assert result.outcome is Outcome.FAILED or result.outcome is Outcome.ROLLED_BACK
+    assert result.outcome is not Outcome.COMPLETED
+    assert any(e.kind == "verdict" and e.data["result"] == "no_data"
+               and "could not run" in e.data["detail"] for e in events)
+
+
+def test_pause_then_resume_at_once_leaves_no_stale_paused_state(fleet_factory):
+    fleet = fleet_with(fleet_factory, "canary", n=4,
+                       table={"steps": [{"hosts": 1, "pause": "promote"}, {"hosts": "100%"}]})
+    seen = []
+
+    async def operator(engine, providers):
+        while engine.state.value != "WAITING":
+            await asyncio.sleep(1)
+        engine.pause()
+        engine.resume()
+        seen.append(engine.state.value)
+        engine.pause()                      # still honoured
+        seen.append(engine.state.value)
+        engine.resume()
+        engine.promote()
+
+    engine, result, events = run_engine(fleet, providers_for(fleet), during=operator)
+    assert result.outcome is Outcome.COMPLETED
+    assert seen == ["WAITING", "PAUSED"]
+
+
+def test_shedding_roll_back_after_resume_brings_the_turned_down_cluster_back(fleet_factory,
+                                                                             tmp_path):
+    """Crash after the old cluster was turned down; resume; abort: the old hosts are
+    started again and take the traffic back (never a split to an empty pool)."""
+    fleet = fleet_with(fleet_factory, "shedding", n=3, new=3)
+    journal = Journal(tmp_path / "journal.sqlite")
+    balancer = NoopBalancer()
+
+    async def crash_after_turn_down():
+        providers = Providers(NoopTransport(delay=DELAY), balancer, NoopHealthCheck())
+        await seed_balancer(fleet, balancer)
+        plan = strategies.get("shedding").compile(fleet, fleet.strategy.params)
+        engine = Engine(fleet, plan, providers, clock=LoopClock(), journal=journal)
+        task = asyncio.ensure_future(engine.run())
+
+        def crash(event):       # the controller dies right after the last turn-down
+            if event.kind == "host_done" and event.data["mode"] == "turn_down" and \
+                    sum(1 for e in engine.history if e.kind == "host_done"
+                        and e.data["mode"] == "turn_down") == 3:
+                task.cancel()
+
+        engine.subscribe(crash)
+        await asyncio.gather(task, return_exceptions=True)
+
+    run_virtual(crash_after_turn_down)
+    record = journal.unfinished(fleet.name)
+    state = replay(record, journal.entries(record.id), fleet)
+    assert state.turned_down == {h.name for h in fleet.main_hosts}
+
+    async def resume_and_abort():
+        from upgrader.plan import Plan
+        providers = Providers(NoopTransport(delay=DELAY), balancer, NoopHealthCheck())
+        engine = Engine(fleet, Plan.from_json(record.plan), providers, clock=LoopClock(),
+                        journal=journal, resume=state)
+        engine.abort(rollback=True)
+        return await engine.run()
+
+    result = run_virtual(resume_and_abort)
+    journal.close()
+    assert result.outcome is Outcome.ROLLED_BACK, result.error
+    final = asyncio.run(balancer.state())
+    ready = {n: b.pool for n, b in final.backends.items() if b.state == "ready"}
+    assert ready == {h.name: fleet.releases.current for h in fleet.main_hosts}
+    assert final.split[fleet.releases.current] == 100

@@ -54,7 +54,7 @@ def analyze(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
     o_req, o_err, o_buckets = _delta(prev, cur, old)
     baseline_rate = 100.0 * o_err / o_req if o_req else None
     verdicts = []
-    if n_req < spec.min_requests:
+    if n_req < spec.min_requests or n_req == 0:
         detail = f"too little traffic: {n_req} requests < min_requests {spec.min_requests}"
         verdicts.append(Verdict("error_rate", "no_data", 100.0 * n_err / n_req if n_req else None,
                                 spec.error_rate_max, n_req, baseline_rate, detail))

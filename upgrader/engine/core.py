@@ -77,6 +77,9 @@ class ResumeState:
     hosts_done: dict[int, set[str]] = field(default_factory=dict)     # step -> hosts done
     releases: dict[str, str | None] = field(default_factory=dict)
     in_doubt: dict[str, str] = field(default_factory=dict)            # host -> last phase
+    #: host -> the release its interrupted procedure was heading for
+    in_doubt_release: dict[str, str | None] = field(default_factory=dict)
+    turned_down: set[str] = field(default_factory=set)
     live_slots: dict[str, str] = field(default_factory=dict)
     original_slots: dict[str, str] = field(default_factory=dict)
     snapshots: dict[str, str] = field(default_factory=dict)
@@ -126,6 +129,7 @@ class Engine:
         self._done_steps: set[int] = set()
         self._hosts_done: dict[int, set[str]] = {}
         self._in_doubt: dict[str, str] = {}
+        self._in_doubt_release: dict[str, str | None] = {}
         self._turned_down: set[str] = set()
         #: backends in service on the target release, kept in step with every balancer change
         #: the engine makes (read back and asserted), so analysis costs O(pools), not O(hosts)
@@ -142,6 +146,8 @@ class Engine:
         self._failed_host: str | None = None
         self._before_pause: tuple[RolloutState, str] | None = None
         self._analysis_rounds = 0
+        #: traffic verdicts that passed (for no_data = "wait": health alone is not traffic)
+        self._traffic_passes = 0
         self._analysis_enabled = False
         self._notify_tasks: set[asyncio.Task[None]] = set()
         self._started = 0.0
@@ -158,6 +164,8 @@ class Engine:
                 if name in self.hosts:
                     self.hosts[name].release = release
             self._in_doubt = dict(resume.in_doubt)
+            self._in_doubt_release = dict(resume.in_doubt_release)
+            self._turned_down = set(resume.turned_down)
             self._live_slot = dict(resume.live_slots)
             self._original_slot = dict(resume.original_slots)
             self._snapshots = dict(resume.snapshots)
@@ -171,7 +179,7 @@ class Engine:
                 (RolloutState.RUNNING, RolloutState.WAITING, RolloutState.VERIFYING)):
             self._running.clear()
             self._before_pause = (self.state, self.state_reason)
-            self._spawn(self._set_state(RolloutState.PAUSED, "paused by operator"))
+            self._state_now(RolloutState.PAUSED, "paused by operator")
             self._control("pause")
 
     def resume(self) -> None:
@@ -179,7 +187,7 @@ class Engine:
             self._running.set()
             before, self._before_pause = self._before_pause, None
             if before is not None and self.state is RolloutState.PAUSED:
-                self._spawn(self._set_state(*before))
+                self._state_now(*before)
             self._control("resume")
 
     def promote(self) -> None:
@@ -219,6 +227,11 @@ class Engine:
                 yield event
         finally:
             self._queues.remove(queue)
+
+    def _state_now(self, state: RolloutState, reason: str) -> None:
+        """Change the state at once (controls run outside the engine's task); announce it."""
+        self.state, self.state_reason = state, reason
+        self._spawn(self._emit("state", state=state.value, reason=reason))
 
     def _control(self, action: str, **data: Any) -> None:
         self._spawn(self._emit("control", action=action, **data))
@@ -426,6 +439,9 @@ class Engine:
             self._failure = reason
             self._failed_host = host
         self._interrupt.set()
+        # an operator's pause must not hold back the failure policy
+        self._before_pause = None
+        self._running.set()
 
     async def _checkpoint(self) -> None:
         """Between actions: stop if interrupted; wait while paused."""
@@ -517,7 +533,7 @@ class Engine:
         async def run_one(name: str) -> None:
             try:
                 await action(name)
-            except UpgraderError as exc:
+            except Exception as exc:    # a provider's own bug counts as a failed host too
                 text = describe_error(exc, name)
                 self.hosts[name].phase = HostPhase.FAILED
                 self.hosts[name].error = text
@@ -597,9 +613,10 @@ class Engine:
     async def _drain(self, name: str, backend: str) -> None:
         balancer = self.providers.balancer
         state = await self._backend(backend)
-        if state is None or state.state != "ready":
+        if state is None or state.state == "maint":
             return
-        await self._set_backend_state(backend, "drain")
+        if state.state == "ready":
+            await self._set_backend_state(backend, "drain")
         left = await balancer.wait_drained(backend, self.fleet.timing.drain_timeout)
         if left:
             await self._emit("log", level="warning",
@@ -667,6 +684,8 @@ class Engine:
         status.error = None
         backend = self.backend_name(name, slot)
         in_doubt = self._in_doubt.pop(name, None)
+        if self._in_doubt_release.pop(name, release) != release:
+            in_doubt = None      # interrupted on its way to another release: redo it all
         if mode == "upgrade" and self.providers.snapshot is not None and name not in self._snapshots:
             await self._host_phase(name, HostPhase.SNAPSHOT, release, slot, mode)
             snapshot_id = await self.providers.snapshot.create(host, f"pre-{release}")
@@ -759,7 +778,8 @@ class Engine:
             await self._set_backend_state(new_backend, "ready")
         old_backend = self.backend_name(name, old)
         if await self._backend(old_backend) is not None:
-            await self._set_backend_state(old_backend, "drain" if not back else "maint")
+            # the old slot drains (swap back: the bad slot's requests finish, then maint)
+            await self._set_backend_state(old_backend, "drain")
         self._live_slot[name] = new
         status = self.hosts[name]
         status.slot = new
@@ -813,8 +833,9 @@ class Engine:
     async def _set_traffic(self, weights: Mapping[str, float], *, check_capacity: bool = True) -> None:
         resolved = {self._pool(k) or k: float(v) for k, v in weights.items()}
         if check_capacity:
+            before = (await self.providers.balancer.state()).split or {}
             for pool, weight in resolved.items():
-                if weight <= 0:
+                if weight <= 0 or weight <= before.get(pool, 0.0):
                     continue
                 share = await self._healthy_share(pool)
                 if weight > share + 1e-9:
@@ -918,6 +939,7 @@ class Engine:
         self._skip.clear()
         await self._set_state(RolloutState.VERIFYING, f"for {step.for_:g}s")
         rounds = self._analysis_rounds
+        passes = self._traffic_passes
         skipped = await self._wait(step.for_, skippable=True)
         if self._interrupt.is_set():
             raise _Interrupted
@@ -932,12 +954,15 @@ class Engine:
             waited += interval / 4
         if self._interrupt.is_set():
             raise _Interrupted
-        if self.fleet.verify.no_data == "wait":
+        if self._analysis_rounds <= rounds and self.fleet.verify.no_data == "fail":
+            raise RolloutFailed(f"verification: no analysis round ran in "
+                                f"{step.for_ + waited:g}s (no data; no_data = fail)")
+        if self.fleet.verify.no_data == "wait" and not self._target_at_zero():
             limit = self.clock.monotonic() + 3 * max(step.for_, interval)
-            while not self._had_pass and self.clock.monotonic() < limit:
+            while self._traffic_passes <= passes and self.clock.monotonic() < limit:
                 if await self._wait(interval / 2, skippable=True):
                     return
-            if not self._had_pass:
+            if self._traffic_passes <= passes:
                 raise RolloutFailed("verification saw no traffic to judge (no_data = wait)")
 
     async def _pause_step(self, index: int, step: Pause) -> None:
@@ -958,7 +983,6 @@ class Engine:
 
     # ------------------------------------------------------------------ analysis
 
-    _had_pass = False
 
     async def _analyzer(self) -> None:
         spec = self.fleet.verify
@@ -990,11 +1014,16 @@ class Engine:
                 await self._emit("log", level="warning", message=f"analysis: {exc}")
                 continue
             verdicts: list[Verdict] = []
-            if previous is not None:
-                verdicts = analyze(previous, stats, new, old, spec)
-            previous = stats
-            if spec.health:
-                verdicts.append(await self._health_round(sorted(self._serving_target)))
+            try:
+                if previous is not None and not self._target_at_zero():
+                    verdicts = analyze(previous, stats, new, old, spec)
+                previous = stats
+                if spec.health:
+                    verdicts.append(await self._health_round(sorted(self._serving_target)))
+            except Exception as exc:   # analysis that cannot run is "no data", never a pass
+                previous = None
+                verdicts = [Verdict("analysis", "no_data", None, None, 0, None,
+                                    f"analysis could not run: {type(exc).__name__}: {exc}")]
             if not verdicts:
                 continue
             self._analysis_rounds += 1
@@ -1041,6 +1070,12 @@ class Engine:
                                      "hosts": hosts}
                 await self._emit("metrics", **self.last_metrics)
 
+    def _target_at_zero(self) -> bool:
+        """The target pool is deliberately getting no traffic (shedding before its first
+        step): only health can be judged, not traffic."""
+        split = self.last_traffic.get("split") if self.last_traffic else None
+        return bool(split) and not split.get(self.fleet.releases.target, 0)
+
     async def _health_round(self, backends: list[str]) -> Verdict:
         async def one(backend: str) -> tuple[str, bool]:
             name, _, slot = backend.partition("@")
@@ -1061,7 +1096,8 @@ class Engine:
             count += 1
         elif verdict.result == "pass" or (verdict.result == "no_data" and spec.no_data == "pass"):
             count = 0
-            self._had_pass = True
+            if verdict.result == "pass" and verdict.metric != "health":
+                self._traffic_passes += 1
         self._consecutive[verdict.metric] = count
         self.last_verdicts[verdict.metric] = verdict
         await self._emit("verdict", **verdict.to_json(), consecutive=count,
@@ -1134,7 +1170,7 @@ class Engine:
                 try:
                     await self._upgrade_host(name, current, mode="rollback", drain=drain,
                                              slot=None)
-                except UpgraderError as exc:
+                except Exception as exc:
                     text = describe_error(exc, name)
                     self.hosts[name].phase = HostPhase.FAILED
                     self.hosts[name].error = text
@@ -1159,6 +1195,7 @@ class Engine:
                 backend = self.backend_name(name, idle)
                 seen = await self._backend(backend)
                 if seen is not None and seen.state != "maint":
+                    await self._drain(name, backend)       # let its requests finish first
                     await self._set_backend_state(backend, "maint")
                 if seen is not None or self.hosts[name].phase != HostPhase.PENDING:
                     await self._command(host, "stop", self.fleet.releases.target, idle)
@@ -1174,8 +1211,14 @@ class Engine:
         for name in sorted(self._turned_down):
             try:
                 await self._upgrade_host(name, current, mode="rollback", drain=False)
-            except UpgraderError as exc:
-                errors.append(f"{name}: {exc}")
+            except Exception as exc:
+                errors.append(describe_error(exc, name))
+        share = await self._healthy_share(self.fleet.releases.current)
+        if share <= 0:
+            # nowhere to send the users: keep the new cluster serving rather than nothing
+            errors.append(f"the old cluster has no healthy host to take the traffic back "
+                          f"(pool {current} at {share:.0f}% of capacity)")
+            return
         await self._set_traffic({"current": 100.0, "target": 0.0}, check_capacity=False)
         for host in self.fleet.new_hosts:
             name = host.name
@@ -1212,7 +1255,15 @@ class Engine:
 
     async def _shutdown(self, reason: str) -> Outcome:
         """Take upgraded hosts out of service while capacity allows; roll back the rest."""
+        if self.plan.rollback_mode != "reinstall":
+            # a swap or a traffic move IS taking the new release out of service, at once
+            return await self._rollback(reason)
         self._interrupt.clear()
+        self._running.set()
+        # journaled like a roll-back, so a crash now resumes by rolling back, never forward
+        await self._emit("rollback_started", reason=reason, hosts=self._touched(),
+                         estimated_s=self._rollback_estimate(len(self._touched())),
+                         mode="shutdown")
         target = self.fleet.releases.target
         main = self.fleet.main_hosts
         need = math.ceil(len(main) * self.fleet.strategy.min_capacity / 100.0)

@@ -20,6 +20,7 @@ def replay(record: RolloutRecord, entries: Iterable[JournalEntry], fleet: Fleet)
                       for h in fleet.hosts}
     current_step: int | None = None
     last_phase: dict[str, str] = {}
+    heading: dict[str, str | None] = {}
     for entry in entries:
         data = entry.data
         state.seq = max(state.seq, entry.seq)
@@ -34,10 +35,15 @@ def replay(record: RolloutRecord, entries: Iterable[JournalEntry], fleet: Fleet)
             state.pause_started[data["index"]] = entry.ts
         elif kind == "host_phase":
             last_phase[data["host"]] = data["phase"]
+            heading[data["host"]] = data.get("release")
         elif kind == "host_done":
             host = data["host"]
             last_phase.pop(host, None)
             mode = data.get("mode")
+            if mode == "turn_down":
+                state.turned_down.add(host)
+            elif mode in ("upgrade", "rollback") and host in state.turned_down:
+                state.turned_down.discard(host)
             if mode in ("upgrade", "rollback", "swap", "turn_down"):
                 state.releases[host] = data.get("release")
             if mode == "swap" or (mode == "rollback" and data.get("slot")):
@@ -55,4 +61,5 @@ def replay(record: RolloutRecord, entries: Iterable[JournalEntry], fleet: Fleet)
             state.rolling_back = True
             state.rollback_reason = data.get("reason", "")
     state.in_doubt = dict(last_phase)
+    state.in_doubt_release = {host: heading.get(host) for host in last_phase}
     return state
