@@ -105,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("args", nargs=argparse.REMAINDER)
 
     sub.add_parser("plugins", help="list plugins and the providers they register")
+
+    from .flags.cli import add_flags_parser
+
+    add_flags_parser(sub)
     return p
 
 
@@ -411,6 +415,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_flags(args: argparse.Namespace) -> int:
+    from .flags.cli import main as flags_main
+
+    return flags_main(args)
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     for plugin in _plugins().list_plugins():
         print(f"{plugin['name']} {plugin.get('version') or ''}".rstrip())
@@ -420,7 +430,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"plan": cmd_plan, "run": cmd_run, "resume": cmd_resume, "status": cmd_status,
-             "attach": cmd_attach,
+             "attach": cmd_attach, "flags": cmd_flags,
              "lab": cmd_lab, "demo": cmd_demo, "plugins": cmd_plugins}
 
 if __name__ == "__main__":  # pragma: no cover

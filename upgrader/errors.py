@@ -9,6 +9,7 @@
     │   ├── BalancerError      the balancer refused or did not read back as set
     │   ├── HealthCheckFailed  a host did not become healthy
     │   └── SnapshotError
+    ├── StoreError             a flag store could not be opened, read or written
     ├── PolicyRefused          a policy (deploy window, fleet lock) refused the rollout (exit 3)
     └── RolloutFailed          the rollout ended without reaching its target (exit 1)
 
@@ -91,6 +92,16 @@ class HealthCheckFailed(ProviderError):
 
 class SnapshotError(ProviderError):
     """A snapshot could not be taken, restored or deleted."""
+
+
+class StoreError(UpgraderError):
+    """A flag store (SQLite file, PostgreSQL database) could not be opened, read or written.
+    A change refused because it is invalid is a ConfigError instead, and changes nothing."""
+
+    def __init__(self, message: str, *, store: str | None = None) -> None:
+        self.message = message
+        self.store = store
+        super().__init__(f"{store}: {message}" if store else message)
 
 
 class PolicyRefused(UpgraderError):

@@ -65,7 +65,7 @@ def allowed(module: str, rules: tuple[str, ...]) -> bool:
 
 
 U = "upgrader."
-LEAVES = ("errors", "events", "units", "hashing", "clock", "hookspecs", "model")
+LEAVES = ("errors", "events", "units", "hashing", "clock", "hookspecs", "model", "tomlsource")
 #: module (or package) -> the upgrader modules it may import
 RULES: dict[str, tuple[str, ...]] = {
     **{leaf: () for leaf in LEAVES},
@@ -75,6 +75,8 @@ RULES: dict[str, tuple[str, ...]] = {
     "engine": ("clock", "errors", "events", "journal", "model", "plan", "providers.base",
                "engine"),
     "balancer": ("hashing", "providers.base", "balancer"),
+    # feature flags: beside the engine, on the shared leaves only
+    "flags": ("errors", "hashing", "tomlsource", "units", "flags"),
 }
 FRONT_ENDS = ("cli", "headless", "demo", "lab.cli", "tui")
 

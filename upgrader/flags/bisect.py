@@ -1,0 +1,458 @@
+"""Flag bisection: which of many recently enabled flags breaks a test.
+
+``find_culprits`` is the pure search (binary search for one culprit, delta debugging for a
+combination that fails only together); ``upgrader flags bisect`` runs a real test command
+against a scratch copy of the flag set with each subset of the candidates turned on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+EXIT_FOUND = 0
+EXIT_NOTHING = 1
+EXIT_BAD_INPUT = 2
+
+#: the environment variables a test command reads to find the flags it runs with
+STORE_VARIABLE = "UPGRADER_FLAG_STORE"
+ENV_VARIABLE = "UPGRADER_FLAG_ENV"
+
+
+# --------------------------------------------------------------------------------------------
+# The pure search
+
+
+class Outcome(enum.Enum):
+    CULPRIT = "culprit"                      # one flag on is enough to fail
+    COMBINATION = "combination"              # these flags fail together, no fewer
+    FAILS_WITHOUT_FLAGS = "fails-without-flags"  # the test fails with every candidate off
+    PASSES_WITH_ALL = "passes-with-all"      # the test passes with every candidate on
+    NO_CANDIDATES = "no-candidates"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One run of the test: which candidates were on, and whether it passed."""
+
+    number: int
+    on: frozenset[str]
+    passed: bool
+    phase: str          # "bisect", "verify", "baseline" or "minimize"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    culprits: tuple[str, ...]   # in candidate order; empty unless CULPRIT / COMBINATION
+    runs: int
+    steps: tuple[Step, ...]
+
+    @property
+    def found(self) -> bool:
+        return self.outcome in (Outcome.CULPRIT, Outcome.COMBINATION)
+
+
+class _Runner:
+    """Runs the test at most once per distinct set of flags and records every run."""
+
+    def __init__(self, test: Callable[[frozenset[str]], bool],
+                 on_step: Callable[[Step], None] | None) -> None:
+        self._test = test
+        self._on_step = on_step
+        self.seen: dict[frozenset[str], bool] = {}
+        self.steps: list[Step] = []
+
+    def passes(self, on: Iterable[str], phase: str) -> bool:
+        key = frozenset(on)
+        if key not in self.seen:
+            passed = bool(self._test(key))
+            self.seen[key] = passed
+            step = Step(len(self.steps) + 1, key, passed, phase)
+            self.steps.append(step)
+            if self._on_step is not None:
+                self._on_step(step)
+        return self.seen[key]
+
+    def fails(self, on: Iterable[str], phase: str) -> bool:
+        return not self.passes(on, phase)
+
+    @property
+    def any_passed(self) -> bool:
+        return any(self.seen.values())
+
+
+def find_culprits(candidates: Iterable[str], test: Callable[[frozenset[str]], bool], *,
+                  on_step: Callable[[Step], None] | None = None) -> Result:
+    """Find the flag (or the smallest combination of flags) that makes ``test`` fail.
+
+    ``test(on)`` runs the test with exactly the candidates in ``on`` turned on (the other
+    candidates off) and returns True when it passes. Like delta debugging, the search assumes
+    that turning more flags on never repairs a failure (monotonicity).
+
+    1. Binary search for a single culprit: turn half of the suspects on; if that fails the
+       culprit is in that half, else it is taken to be in the other half. The last suspect is
+       proven by a run with only it on (at most ceil(log2 n) + 1 runs: 7 for 64 flags).
+    2. If no single flag fails on its own, the flags fail only together: the test must fail
+       with all of them on (else there is nothing to find), and delta debugging shrinks that
+       set to a 1-minimal failing combination (turning off any one of its flags makes the test
+       pass) by binary reduction: about k * log2(n) runs for k flags that fail together.
+    3. The baseline with no candidate on is run only when no run has passed yet: a passing
+       run with some flags on implies (by monotonicity) that none on passes too.
+
+    ``on_step`` sees each run as it happens. No configuration is run twice.
+    """
+    order = list(dict.fromkeys(candidates))
+    runner = _Runner(test, on_step)
+    if not order:
+        return Result(Outcome.NO_CANDIDATES, (), 0, ())
+
+    def finish(outcome: Outcome, culprits: Sequence[str] = ()) -> Result:
+        if outcome in (Outcome.CULPRIT, Outcome.COMBINATION) and not runner.any_passed \
+                and runner.fails((), "baseline"):
+            outcome, culprits = Outcome.FAILS_WITHOUT_FLAGS, ()
+        rank = {key: i for i, key in enumerate(order)}
+        return Result(outcome, tuple(sorted(culprits, key=rank.__getitem__)),
+                      len(runner.steps), tuple(runner.steps))
+
+    suspect = _bisect(order, runner)
+    if suspect is not None:
+        return finish(Outcome.CULPRIT, [suspect])
+    if runner.passes(order, "baseline"):
+        return finish(Outcome.PASSES_WITH_ALL)
+    combination = _minimize(order, runner)
+    if len(combination) == 1:
+        return finish(Outcome.CULPRIT, combination)
+    return finish(Outcome.COMBINATION, combination)
+
+
+def _bisect(order: list[str], runner: _Runner) -> str | None:
+    """A flag that fails on its own, found by halving; None when the halving leads nowhere
+    (no single flag fails alone: a combination, or nothing fails at all)."""
+    suspects = order
+    while len(suspects) > 1:
+        half = suspects[: len(suspects) // 2]
+        suspects = half if runner.fails(half, "bisect") else suspects[len(half):]
+    (last,) = suspects
+    return last if runner.fails([last], "verify") else None
+
+
+def _minimize(failing: list[str], runner: _Runner) -> list[str]:
+    """A 1-minimal failing subset of ``failing`` (which fails), by binary reduction: binary
+    search for the shortest failing prefix; its last flag is needed, so keep it and search
+    the flags before it again, until the kept flags fail on their own. k flags cost about
+    k * log2(n) runs (ddmin's splitting and complements took 2-3x more on 16-64 flags)."""
+    needed: list[str] = []
+    rest = list(failing)           # needed + rest fails
+    while not runner.fails(needed, "minimize"):
+        low, high = 1, len(rest)   # the shortest prefix of rest that fails with needed
+        while low < high:
+            middle = (low + high) // 2
+            if runner.fails(needed + rest[:middle], "minimize"):
+                high = middle
+            else:
+                low = middle + 1
+        needed.append(rest[low - 1])
+        rest = rest[:low - 1]
+    return needed
+
+
+# --------------------------------------------------------------------------------------------
+# `upgrader flags bisect`
+
+
+def add_bisect_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "bisect", help="find the flag (or combination of flags) that breaks a test",
+        description="Run a test command with subsets of the candidate flags on (the others "
+                    "off) and find the flag that makes it fail by binary search, or the "
+                    "smallest combination that fails only together (delta debugging). The "
+                    "test sees the flag store in $UPGRADER_FLAG_STORE and the environment in "
+                    "$UPGRADER_FLAG_ENV; it runs against a scratch copy unless --live. "
+                    "Exit 0: found; 1: nothing to find; 2: bad input.")
+    parser.add_argument("--test", required=True, metavar="CMD",
+                        help="the test command (split like a shell would; exit 0 = pass)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--flags", metavar="A,B,C", help="the candidate flags")
+    which.add_argument("--changed-since", metavar="T",
+                       help="the flags enabled in the environment since T (from the audit): "
+                            "an ISO time like 2026-11-29T08:00 or an age like 2h, 3d")
+    parser.add_argument("--live", action="store_true",
+                        help="flip the flags in the real store (restored afterwards) instead "
+                             "of a scratch copy: for tests that read a running service")
+    parser.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="seconds one test run may take (a run past it counts as a fail)")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="show the test's own output")
+    from .cli import add_common_arguments
+
+    add_common_arguments(parser, changes=True)
+    parser.set_defaults(func=bisect_command, flags_handler=bisect_command)
+    return parser
+
+
+def bisect_command(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from .store import default_store_spec
+
+    out = sys.stdout
+    try:
+        argv = shlex.split(args.test)
+    except ValueError as exc:
+        print(f"upgrader flags bisect: --test: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not argv:
+        print("upgrader flags bisect: --test is empty", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    store_spec, env = args.store or default_store_spec(), args.env
+    try:
+        with FlagSandbox(store_spec, env, live=args.live, actor=getattr(args, "actor", None),
+                         reason=getattr(args, "reason", "") or "") as sandbox:
+            if args.flags is not None:
+                candidates = list(dict.fromkeys(key.strip() for key in args.flags.split(",")
+                                                if key.strip()))
+                if not candidates:
+                    print("upgrader flags bisect: --flags names no flag", file=sys.stderr)
+                    return EXIT_BAD_INPUT
+                sandbox.check_known(candidates)
+            else:
+                since = parse_since(args.changed_since)
+                candidates = sandbox.enabled_since(since)
+                print(f"flags enabled in {env} since {since.isoformat(timespec='seconds')}: "
+                      f"{', '.join(candidates) or '(none)'}", file=out)
+                if not candidates:
+                    print("nothing to find: no flag was turned on since then", file=out)
+                    return EXIT_NOTHING
+            where = "the LIVE store" if args.live else "a scratch copy of the flag set"
+            print(f"bisecting {len(candidates)} flag(s) in {env} on {where}; "
+                  f"test: {shlex.join(argv)}", file=out, flush=True)
+            runner = TestCommand(argv, sandbox, candidates, timeout=args.timeout,
+                                 verbose=args.verbose)
+            result = find_culprits(candidates, runner,
+                                   on_step=lambda step: print_step(step, candidates, runner,
+                                                                   out))
+    except ConfigError as exc:
+        print(f"upgrader flags bisect: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print_result(result, len(candidates), out)
+    return EXIT_FOUND if result.found else EXIT_NOTHING
+
+
+def print_step(step: Step, candidates: Sequence[str], runner: TestCommand, out: Any) -> None:
+    on = [key for key in candidates if key in step.on]
+    off = [key for key in candidates if key not in step.on]
+    if len(on) <= 8:
+        which = ", ".join(on) or "(none)"
+    elif len(off) <= 8:
+        which = "all but " + ", ".join(off) if off else "all"
+    else:
+        which = f"{', '.join(on[:6])}, ... ({len(on)} flags)"
+    verdict = "pass" if step.passed else "FAIL"
+    detail = runner.last_detail
+    print(f"step {step.number:>2} [{step.phase}] {len(on)}/{len(candidates)} on: {which}"
+          f" -> {verdict}{f' ({detail})' if detail else ''}", file=out, flush=True)
+
+
+def print_result(result: Result, total: int, out: Any) -> None:
+    runs = f"{result.runs} run{'s' if result.runs != 1 else ''}"
+    if result.outcome is Outcome.CULPRIT:
+        print(f"culprit: {result.culprits[0]} (the test fails with only it on; {runs} for "
+              f"{total} flags)", file=out)
+    elif result.outcome is Outcome.COMBINATION:
+        print(f"failing combination: {', '.join(result.culprits)} (the test fails with all "
+              f"of them on and passes with any one of them off; {runs} for {total} flags)",
+              file=out)
+    elif result.outcome is Outcome.PASSES_WITH_ALL:
+        print(f"nothing to find: the test passes with all {total} flags on ({runs})", file=out)
+    elif result.outcome is Outcome.FAILS_WITHOUT_FLAGS:
+        print(f"nothing to find: the test fails with none of the flags on ({runs}); "
+              "the cause is elsewhere", file=out)
+    else:
+        print("nothing to find: no candidate flags", file=out)
+
+
+class TestCommand:
+    """The test as ``find_culprits`` sees it: set the flags, run the command, exit 0 = pass."""
+
+    __test__ = False   # not a pytest test class
+
+    def __init__(self, argv: list[str], sandbox: FlagSandbox, candidates: list[str], *,
+                 timeout: float | None = None, verbose: bool = False) -> None:
+        self.argv = argv
+        self.sandbox = sandbox
+        self.candidates = candidates
+        self.timeout = timeout
+        self.verbose = verbose
+        self.last_detail = ""
+
+    def __call__(self, on: frozenset[str]) -> bool:
+        self.sandbox.set_flags({key: key in on for key in self.candidates})
+        env = dict(os.environ)
+        env[STORE_VARIABLE] = self.sandbox.spec
+        env[ENV_VARIABLE] = self.sandbox.environment
+        started = time.monotonic()
+        capture = None if self.verbose else subprocess.DEVNULL
+        try:
+            done = subprocess.run(self.argv, env=env, stdout=capture, stderr=capture,
+                                  stdin=subprocess.DEVNULL, timeout=self.timeout, check=False)
+        except OSError as exc:          # no such program, not executable
+            from ..errors import ConfigError
+
+            raise ConfigError(f"cannot run the test: {exc.strerror or exc}: {self.argv[0]}",
+                              key="--test") from exc
+        except subprocess.TimeoutExpired:
+            self.last_detail = f"timed out after {self.timeout:g}s"
+            return False
+        took = time.monotonic() - started
+        self.last_detail = f"exit {done.returncode}, {took:.1f}s"
+        return done.returncode == 0
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``2026-11-29T08:00[:00][+01:00]``, ``2026-11-29`` or an age like ``90m``/``2h``/``3d``
+    -> an aware datetime (naive times are UTC). ConfigError when it is neither."""
+    from ..errors import ConfigError
+    from ..units import parse_duration
+
+    now = now or datetime.now(timezone.utc)
+    value = text.strip()
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            return now - timedelta(seconds=parse_duration(value))
+        except ValueError:
+            raise ConfigError(f"--changed-since: expected an ISO time (2026-11-29T08:00) or "
+                              f"an age (2h, 3d), got {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+class FlagSandbox:
+    """Where bisection flips flags: a scratch SQLite copy of the store's flag set (default),
+    or the live store itself (``live``), whose candidates get their states back at the end."""
+
+    def __init__(self, store_spec: str, environment: str, *, live: bool = False,
+                 actor: str | None = None, reason: str = "") -> None:
+        self.source_spec = store_spec
+        self.actor = actor
+        self.reason = reason
+        self.environment = environment
+        self.live = live
+        self.spec = store_spec
+        self._source: Any = None
+        self._store: Any = None
+        self._scratch_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._original: dict[str, bool] = {}
+        self._touched: set[str] = set()
+        self._step = 0
+
+    def __enter__(self) -> FlagSandbox:
+        from .edit import check_environment
+        from .store import open_store, redact
+
+        self._source = open_store(self.source_spec)
+        try:
+            flagset = self._source.load()
+            check_environment(flagset, self.environment)
+            self._original = {key: flag.env(self.environment).enabled
+                              for key, flag in flagset.flags.items()}
+            if self.live:
+                self._store = self._source
+            else:
+                self._scratch_dir = tempfile.TemporaryDirectory(prefix="upgrader-bisect-")
+                self.spec = str(Path(self._scratch_dir.name) / "flags.sqlite")
+                self._store = open_store(self.spec)
+                self._store.replace(flagset, actor=self.actor,
+                                    reason=f"upgrader flags bisect: scratch copy of "
+                                           f"{redact(self.source_spec)}")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.live and self._touched and self._store is not None:
+                restore = {key: self._original[key] for key in self._touched}
+                self._write(restore, "upgrader flags bisect: restoring the flags as they were")
+                self._touched.clear()
+        finally:
+            if self._store is not None and self._store is not self._source:
+                self._store.close()
+            if self._source is not None:
+                self._source.close()
+            self._store = self._source = None
+            if self._scratch_dir is not None:
+                self._scratch_dir.cleanup()
+                self._scratch_dir = None
+
+    def check_known(self, keys: Sequence[str]) -> None:
+        from .edit import get_flag
+
+        flagset = self._store.load()
+        for key in keys:
+            get_flag(flagset, key)
+
+    def set_flags(self, states: dict[str, bool]) -> None:
+        """Turn each flag of ``states`` on or off in the environment, in one change."""
+        self._step += 1
+        self._touched.update(states)
+        self._write(states, f"upgrader flags bisect: step {self._step}")
+
+    def _write(self, states: dict[str, bool], reason: str) -> None:
+        from .edit import set_enabled
+
+        def apply(flagset: Any) -> Any:
+            for key, on in states.items():
+                if flagset.flags[key].env(self.environment).enabled != on:
+                    flagset = set_enabled(flagset, key, self.environment, on)
+            return flagset
+
+        if self.reason:
+            reason = f"{reason}: {self.reason}"
+        self._store.change(apply, action="bisect", actor=self.actor, reason=reason)
+
+    def enabled_since(self, since: datetime) -> list[str]:
+        """Flags enabled in the environment at or after ``since`` (from the audit trail) and
+        still on now, in the flag set's order."""
+        enabled: set[str] = set()
+        for entry in self._source.history(limit=1_000_000):
+            if _parse_ts(entry.ts) < since:
+                break            # newest first: the rest is older
+            if entry.action == "bisect":
+                continue         # our own flips (a --live run), restored afterwards
+            if entry.flag is not None and _turned_on(entry, self.environment):
+                enabled.add(entry.flag)
+        flagset = self._store.load()
+        return [key for key, flag in flagset.flags.items()
+                if key in enabled and flag.env(self.environment).enabled]
+
+
+def _parse_ts(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _turned_on(entry: Any, environment: str) -> bool:
+    """Did this audit entry turn its flag on in ``environment``?"""
+    if entry.action in ("enable", "disable"):
+        return entry.environment == environment and bool(entry.new) and not bool(entry.old)
+
+    def enabled(definition: Any) -> bool:
+        if not isinstance(definition, dict):
+            return False
+        env = (definition.get("environments") or {}).get(environment) or {}
+        return bool(env.get("enabled"))
+
+    return enabled(entry.new) and not enabled(entry.old)
