@@ -22,6 +22,7 @@ from .model import (
     TEMPLATE_FIELDS,
     Commands,
     Fleet,
+    FlagsSpec,
     Host,
     ProviderSpec,
     Releases,
@@ -172,7 +173,7 @@ class _StrategyWhere:
 
 _TOP_KEYS = ("fleet", "release", "commands", "transport", "balancer", "health", "snapshot",
              "notifiers", "verify", "timing", "strategy", "groups", "routing", "hosts",
-             "defaults", "lab")
+             "defaults", "lab", "flags")
 _FLEET_KEYS = ("name", "environment")
 _RELEASE_KEYS = ("current", "target")
 _COMMAND_KEYS = ("install", "start", "stop", "system_test", "current", "pre_release_test")
@@ -342,7 +343,10 @@ class _Loader:
                               what="release")
         target = self.string(release_table, ("release",), "target", pattern=_RELEASE_RE,
                              what="release")
-        if current == target:
+        raw_strategy = data.get("strategy")
+        kind = strategy_override or (raw_strategy.get("kind")
+                                     if isinstance(raw_strategy, dict) else None)
+        if current == target and kind != "feature":
             self.error(("release", "target"),
                        f"the target release is the current release ({target!r}): nothing to do")
 
@@ -376,6 +380,18 @@ class _Loader:
         user_header = self.string(routing, ("routing",), "user_header", "X-User",
                                   pattern=_HEADER_RE, what="HTTP header name")
         strategy = self.strategy(data, strategy_override)
+        flags = None
+        if "flags" in data:
+            table = self.table(data["flags"], ("flags",), ("store", "environment"), "[flags]")
+            store = self.string(table, ("flags",), "store", what="flag store")
+            if "://" not in store:
+                # like [lab] dir and `upgrader flags --store`: relative to the working folder
+                store = str(Path(store).expanduser().resolve())
+            flags = FlagsSpec(store=store, environment=self.string(
+                table, ("flags",), "environment", environment, pattern=_NAME_RE,
+                what="environment name"))
+        if strategy.kind == "feature" and flags is None:
+            self.error(("flags",), "a feature roll-out needs a [flags] table naming the store")
 
         source = self.source
         return Fleet(
@@ -397,6 +413,7 @@ class _Loader:
             user_header=user_header,
             source=None if source == "<string>" else Path(source),
             lab=lab,
+            flags=flags,
         )
 
     def lab(self, value: Any, current: str) -> LabLayout:

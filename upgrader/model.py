@@ -108,6 +108,14 @@ class StrategySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class FlagsSpec:
+    """Where the fleet's feature flags live, for rollouts that switch flags."""
+
+    store: str                     # a SQLite file path or a postgresql:// URL
+    environment: str = "production"
+
+
+@dataclass(frozen=True, slots=True)
 class Fleet:
     name: str
     hosts: tuple[Host, ...]
@@ -129,6 +137,7 @@ class Fleet:
     source: Path | None = None
     #: the lab this fleet runs in, when the fleet file has a ``[lab]`` table
     lab: LabLayout | None = None
+    flags: FlagsSpec | None = None
 
     def host(self, name: str) -> Host:
         for host in self.hosts:

@@ -124,12 +124,23 @@ class TurnDown:
     wave: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SetFlag:
+    """Turn a feature flag on for ``percent`` of users (None: everyone), or off."""
+
+    kind: ClassVar[str] = "set_flag"
+    key: str
+    on: bool = True
+    percent: float | None = None
+    wave: int = 0
+
+
 Step = Union[UpgradeHosts, PrepareSlots, SwapSlots, SetTraffic, Route, Verify, Pause, Gate,
-             Maintenance, TurnDown]
+             Maintenance, TurnDown, SetFlag]
 STEP_TYPES: dict[str, type] = {
     cls.kind: cls
     for cls in (UpgradeHosts, PrepareSlots, SwapSlots, SetTraffic, Route, Verify, Pause, Gate,
-                Maintenance, TurnDown)
+                Maintenance, TurnDown, SetFlag)
 }
 
 
@@ -154,7 +165,7 @@ class Plan:
     total_hosts: int
     #: hosts the roll-back may touch at once (the plan's largest batch by default)
     rollback_parallel: int = 1
-    #: how roll-back works for this strategy: reinstall | swap | traffic
+    #: how roll-back works for this strategy: reinstall | swap | traffic | flag
     rollback_mode: str = "reinstall"
     notes: tuple[str, ...] = ()
 
@@ -282,6 +293,9 @@ def estimate(plan: Plan, timing: Timing) -> Estimate:
         if isinstance(step, Pause) and step.duration is None:
             indefinite += 1
     upgraded = sum(1 for _ in plan.upgraded_hosts())
+    if plan.rollback_mode == "flag":
+        return Estimate(total_s=t, rollback_s=SWAP_ESTIMATE_S, step_starts=tuple(starts),
+                        waits_for_promotion=indefinite)
     if plan.rollback_mode in ("swap", "traffic"):
         rollback = SWAP_ESTIMATE_S
         if plan.rollback_mode == "traffic":
@@ -378,6 +392,13 @@ def waves(plan: Plan, timing: Timing) -> tuple[Wave, ...]:
                 labels.append("maintenance on" if step.on else "maintenance off")
                 mode = "maintenance" if step.on else "hosts"
                 exposure = 0.0 if step.on else by_hosts()
+            elif isinstance(step, SetFlag):
+                if step.on:
+                    exposure = 100.0 if step.percent is None else float(step.percent)
+                    labels.append(f"flag {step.key} on for {exposure:g}%")
+                else:
+                    exposure = 0.0
+                    labels.append(f"flag {step.key} off")
             elif isinstance(step, TurnDown):
                 touched += len(step.hosts)
                 labels.append(f"turn down {len(step.hosts)}")

@@ -69,11 +69,17 @@ async def open_providers(fleet: Fleet, plugins: Any, state_dir: str | None = Non
         opened.append(health)
         snapshot = plugins.create("snapshot", fleet.snapshot, context) if fleet.snapshot else None
         notifiers = tuple(plugins.create("notifier", spec, context) for spec in fleet.notifiers)
+        flags = None
+        if fleet.flags is not None:
+            from .flags.switch import StoreFlagSwitch
+
+            flags = StoreFlagSwitch(fleet.flags.store, fleet.flags.environment)
+            opened.append(flags)
     except BaseException:
         for provider in opened:
             await provider.aclose()
         raise
-    return Providers(transport, balancer, health, snapshot, notifiers)
+    return Providers(transport, balancer, health, snapshot, notifiers, flags)
 
 
 class Rollout:

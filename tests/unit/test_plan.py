@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from upgrader import strategies
 from upgrader.model import Timing
 from upgrader.plan import (STEP_TYPES, Gate, Maintenance, Pause, Plan, PrepareSlots, Route,
-                           SetTraffic, SwapSlots, TurnDown, UpgradeHosts, Verify, dumps,
+                           SetFlag, SetTraffic, SwapSlots, TurnDown, UpgradeHosts, Verify, dumps,
                            estimate, step_duration, step_from_json, step_to_json, waves)
 
 H = Timing(host_upgrade=10.0, drain_timeout=5.0)
@@ -143,6 +143,7 @@ EVERY_STEP = (
     Gate("system_test", hosts=("a",), slots=True, wave=7),
     Maintenance(on=True, retry_after=120, wave=8),
     TurnDown(("o",), wave=9),
+    SetFlag("new-checkout", on=True, percent=5.0, wave=10),
 )
 
 
@@ -164,7 +165,7 @@ def test_plan_json_round_trip_and_stable_text():
     assert dumps(plan) == dumps(Plan.from_json(plan.to_json()))
 
 
-@pytest.mark.parametrize("name", strategies.names())
+@pytest.mark.parametrize("name", strategies.HOST_STRATEGIES)
 def test_strategy_plans_round_trip(name, fleet_factory):
     module = strategies.get(name)
     fleet = fleet_factory(20, new=20 if name == "shedding" else 0, slots=name == "bluegreen",

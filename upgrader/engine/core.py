@@ -23,10 +23,10 @@ from ..errors import (BalancerError, HealthCheckFailed, ProviderError, RolloutFa
 from ..events import Event, Outcome, RolloutState, Verdict
 from ..journal import Journal
 from ..model import Fleet, Host, HostPhase, HostStatus
-from ..plan import (Gate, Maintenance, Pause, Plan, PrepareSlots, Route, SetTraffic, Step,
-                    SwapSlots, TurnDown, UpgradeHosts, Verify, estimate, step_duration)
-from ..providers.base import (Balancer, BackendState, Cohort, HealthCheck, Notifier,
-                              RouteTable, SnapshotProvider, Transport)
+from ..plan import (Gate, Maintenance, Pause, Plan, PrepareSlots, Route, SetFlag, SetTraffic,
+                    Step, SwapSlots, TurnDown, UpgradeHosts, Verify, estimate, step_duration)
+from ..providers.base import (Balancer, BackendState, Cohort, FlagSwitch, HealthCheck,
+                              Notifier, RouteTable, SnapshotProvider, Transport)
 from .analysis import analyze, health_verdict, traffic_figures
 
 log = logging.getLogger("upgrader.engine")
@@ -43,10 +43,11 @@ class Providers:
     health: HealthCheck
     snapshot: SnapshotProvider | None = None
     notifiers: tuple[Notifier, ...] = ()
+    flags: FlagSwitch | None = None
 
     async def aclose(self) -> None:
         for provider in (self.transport, self.balancer, self.health, self.snapshot,
-                         *self.notifiers):
+                         self.flags, *self.notifiers):
             if provider is not None:
                 try:
                     await provider.aclose()
@@ -80,6 +81,7 @@ class ResumeState:
     #: host -> the release its interrupted procedure was heading for
     in_doubt_release: dict[str, str | None] = field(default_factory=dict)
     turned_down: set[str] = field(default_factory=set)
+    flags_on: set[str] = field(default_factory=set)
     live_slots: dict[str, str] = field(default_factory=dict)
     original_slots: dict[str, str] = field(default_factory=dict)
     snapshots: dict[str, str] = field(default_factory=dict)
@@ -134,6 +136,8 @@ class Engine:
         #: backends in service on the target release, kept in step with every balancer change
         #: the engine makes (read back and asserted), so analysis costs O(pools), not O(hosts)
         self._serving_target: set[str] = set()
+        #: flags this rollout turned on (a feature roll-out's analysis and roll-back)
+        self._flags_on: set[str] = set()
         self._maintenance_on = False
         # controls
         self._running = asyncio.Event()
@@ -166,6 +170,7 @@ class Engine:
             self._in_doubt = dict(resume.in_doubt)
             self._in_doubt_release = dict(resume.in_doubt_release)
             self._turned_down = set(resume.turned_down)
+            self._flags_on = set(resume.flags_on)
             self._live_slot = dict(resume.live_slots)
             self._original_slot = dict(resume.original_slots)
             self._snapshots = dict(resume.snapshots)
@@ -277,7 +282,7 @@ class Engine:
     def _rollback_estimate(self, touched: int) -> float:
         """Expected seconds to roll back ``touched`` hosts now (no pauses, no analysis)."""
         timing = self.fleet.timing
-        if self.plan.rollback_mode in ("swap", "traffic"):
+        if self.plan.rollback_mode in ("swap", "traffic", "flag"):
             return estimate(self.plan, timing).rollback_s
         if touched == 0:
             return 0.0
@@ -508,6 +513,8 @@ class Engine:
             await self._maintenance(step.on, step.retry_after)
         elif isinstance(step, Gate):
             await self._gate(step)
+        elif isinstance(step, SetFlag):
+            await self._set_flag(step.key, on=step.on, percent=step.percent)
         else:  # pragma: no cover - a new step kind without an engine branch is a bug
             raise RolloutFailed(f"engine cannot run step kind {step.kind!r}")
 
@@ -898,6 +905,21 @@ class Engine:
                              "ready_by_pool": pools}
         await self._emit("traffic", **self.last_traffic)
 
+    async def _set_flag(self, key: str, *, on: bool, percent: float | None) -> None:
+        switch = self.providers.flags
+        if switch is None:
+            raise RolloutFailed(f"step needs flag {key!r} but the fleet has no [flags] store")
+        await switch.set_flag(key, on=on, percent=percent,
+                              reason=f"rollout {self.rollout_id}")
+        seen = await switch.flag_state(key)
+        if bool(seen.get("on")) != on or (on and percent is not None
+                                         and seen.get("percent") not in (None, percent)):
+            raise RolloutFailed(f"flag {key} reads back {seen}, expected on={on} "
+                                f"percent={percent}")
+        if on:
+            self._flags_on.add(key)
+        await self._emit("flag", key=key, on=on, percent=percent)
+
     # ------------------------------------------------------------------ gates and holds
 
     async def _gate(self, step: Gate) -> None:
@@ -995,12 +1017,20 @@ class Engine:
             if self._promote_all or self.state in (RolloutState.ROLLING_BACK,) or self._failure:
                 previous = None
                 continue
-            if self._maintenance_on or not self._serving_target:
+            flag_mode = self.plan.rollback_mode == "flag"
+            if self._maintenance_on or not (self._serving_target or
+                                            (flag_mode and self._flags_on)):
                 previous = None
                 continue
             try:
                 pool_stats = getattr(balancer, "pool_stats", None)
-                if pool_stats is not None:
+                if flag_mode:
+                    # a feature goes on across the fleet: judge all traffic (no old pool)
+                    state = await balancer.state()
+                    new = [n for n, b in state.backends.items() if b.state == "ready"]
+                    old = []
+                    stats = await balancer.stats()
+                elif pool_stats is not None:
                     stats = await pool_stats()
                     new, old = [target], [current]
                 else:
@@ -1018,7 +1048,7 @@ class Engine:
                 if previous is not None and not self._target_at_zero():
                     verdicts = analyze(previous, stats, new, old, spec)
                 previous = stats
-                if spec.health:
+                if spec.health and self._serving_target:
                     verdicts.append(await self._health_round(sorted(self._serving_target)))
             except Exception as exc:   # analysis that cannot run is "no data", never a pass
                 previous = None
@@ -1130,7 +1160,10 @@ class Engine:
                          estimated_s=self._rollback_estimate(len(touched)), mode=mode)
         errors: list[str] = []
         try:
-            if mode == "swap":
+            if mode == "flag":
+                for key in sorted(self._flags_on):
+                    await self._set_flag(key, on=False, percent=None)
+            elif mode == "swap":
                 await self._rollback_slots(errors)
             elif mode == "traffic":
                 await self._rollback_traffic(errors)
@@ -1239,6 +1272,8 @@ class Engine:
 
     async def _assert_rolled_back(self) -> None:
         """An abort ends with the target pool at 0 % and drained."""
+        if self.plan.rollback_mode == "flag":
+            return      # no release changed; each flag read back off as it was turned off
         target = self.fleet.releases.target
         state = await self.providers.balancer.state()
         serving = [n for n, b in state.backends.items() if b.pool == target and b.state == "ready"]

@@ -57,6 +57,11 @@ def replay(record: RolloutRecord, entries: Iterable[JournalEntry], fleet: Fleet)
                 state.original_slots.setdefault(host, slot)
         elif kind == "snapshot_taken":
             state.snapshots[data["host"]] = data["snapshot"]
+        elif kind == "flag":
+            if data.get("on"):
+                state.flags_on.add(data["key"])
+            else:
+                state.flags_on.discard(data["key"])
         elif kind == "rollback_started":
             state.rolling_back = True
             state.rollback_reason = data.get("reason", "")

@@ -196,6 +196,20 @@ class SnapshotProvider(Protocol):
 
 
 @runtime_checkable
+class FlagSwitch(Protocol):
+    """Feature flags as a rollout step sees them (``upgrader.flags.switch`` over a store)."""
+
+    async def set_flag(self, key: str, *, on: bool, percent: float | None = None,
+                       reason: str = "") -> None:
+        """Turn ``key`` on (for ``percent`` of users when given) or off; audited."""
+
+    async def flag_state(self, key: str) -> dict[str, Any]:
+        """``{"on": bool, "percent": float | None}`` as the store has it now."""
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
 class Notifier(Protocol):
     async def notify(self, event: Any) -> None: ...
 

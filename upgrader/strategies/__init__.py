@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import bluegreen, canary, phased, rolling, shedding, takedown
+from . import bluegreen, canary, feature, phased, rolling, shedding, takedown
 
 STRATEGIES: dict[str, ModuleType] = {
     module.NAME: module
-    for module in (takedown, rolling, canary, phased, shedding, bluegreen)
+    for module in (takedown, rolling, canary, phased, shedding, bluegreen, feature)
 }
+
+
+#: the six that upgrade hosts, in the seed's order; ``feature`` switches a flag instead
+HOST_STRATEGIES: tuple[str, ...] = ("takedown", "rolling", "canary", "phased", "shedding",
+                                    "bluegreen")
 
 
 def get(name: str) -> ModuleType:
@@ -26,4 +31,4 @@ def names() -> tuple[str, ...]:
     return tuple(STRATEGIES)
 
 
-__all__ = ["STRATEGIES", "get", "names"]
+__all__ = ["HOST_STRATEGIES", "STRATEGIES", "get", "names"]

@@ -9,7 +9,7 @@ screen. Controls are method calls on the handle; the app decides nothing about t
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.text import Text
 from textual.app import App
@@ -17,8 +17,12 @@ from textual.binding import Binding
 
 from ..control.handle import RolloutHandle
 from .messages import EventDescriber, EventFeed, RolloutUpdated
-from .screens import HelpScreen, LogScreen, MainScreen, QuitDialog, RollbackDialog
+from .screens import (FlagsScreen, HelpScreen, LogScreen, MainScreen, QuitDialog,
+                      RollbackDialog)
 from .view import MOVING_STATES, RolloutView, as_clock, fmt_duration
+
+if TYPE_CHECKING:
+    from ..flags.store import FlagStore
 
 #: seconds between screen updates (at most ten a second, never one per event)
 TICK_S = 0.1
@@ -36,9 +40,12 @@ class UpgraderApp(App[str]):
     BINDINGS = [Binding("ctrl+q", "request_quit", "Quit", show=False, priority=True)]
 
     def __init__(self, handle: RolloutHandle, *, title: str | None = None,
-                 on_quit: QuitHook | None = None, clock: Any = None) -> None:
+                 on_quit: QuitHook | None = None, clock: Any = None,
+                 flags: FlagStore | None = None) -> None:
         super().__init__()
         self.handle = handle
+        #: the flag store the flags screen (``f``) shows and changes, if any
+        self.flag_store = flags
         self.on_quit = on_quit
         self.clock = as_clock(clock)
         self.view = RolloutView(self.clock)
@@ -185,7 +192,10 @@ class UpgraderApp(App[str]):
             self.push_screen(HelpScreen())
 
     def action_flags(self) -> None:
-        self.notify("flags: not available yet")
+        if self.flag_store is None:
+            self.notify("flags: no flag store: pass --flags-store", severity="warning")
+        elif not isinstance(self.screen, FlagsScreen):
+            self.push_screen(FlagsScreen(self.flag_store))
 
     def action_request_quit(self) -> None:
         if self.view.is_finished:
@@ -213,7 +223,8 @@ class UpgraderApp(App[str]):
 
 
 def make_app(handle: RolloutHandle, *, title: str | None = None,
-             on_quit: QuitHook | None = None, clock: Any = None) -> UpgraderApp:
+             on_quit: QuitHook | None = None, clock: Any = None,
+             flags: FlagStore | None = None) -> UpgraderApp:
     """The TUI on ``handle`` (an in-process ``Engine`` or a remote rollout).
 
     :param title: the terminal title (default: "upgrader · FLEET").
@@ -222,5 +233,7 @@ def make_app(handle: RolloutHandle, *, title: str | None = None,
         handle), unless it has ``detachable = False``.
     :param clock: monotonic seconds for the displayed times: a callable, an
         ``upgrader.clock.Clock``, or None for ``time.monotonic`` (tests freeze it).
+    :param flags: a :class:`~upgrader.flags.store.FlagStore`: ``f`` opens the flags screen
+        on it (without one, ``f`` says how to give one). The app does not close it.
     """
-    return UpgraderApp(handle, title=title, on_quit=on_quit, clock=clock)
+    return UpgraderApp(handle, title=title, on_quit=on_quit, clock=clock, flags=flags)

@@ -1,0 +1,41 @@
+"""The flag switch a rollout uses (``upgrader.providers.base.FlagSwitch``) over a flag store:
+a feature roll-out step turns a flag on for a share of users, a failed verification turns it
+off. Every change goes through the store, so it is audited like any other."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .store import default_actor, open_store
+
+
+class StoreFlagSwitch:
+    def __init__(self, store_spec: str, environment: str, *, actor: str | None = None) -> None:
+        self.environment = environment
+        self.actor = actor or f"{default_actor()} (rollout)"
+        self._store = open_store(store_spec)
+
+    async def set_flag(self, key: str, *, on: bool, percent: float | None = None,
+                       reason: str = "") -> None:
+        def change() -> None:
+            if on and percent is not None:
+                self._store.set_rollout(key, self.environment, percent, actor=self.actor,
+                                        reason=reason)
+            self._store.set_enabled(key, self.environment, on, actor=self.actor, reason=reason)
+
+        await asyncio.to_thread(change)
+
+    async def flag_state(self, key: str) -> dict[str, Any]:
+        def read() -> dict[str, Any]:
+            flag = self._store.load().flags.get(key)
+            if flag is None:
+                return {"on": False, "percent": None, "missing": True}
+            env = flag.env(self.environment)
+            percents = [r.percent for r in env.rules if r.percent is not None]
+            return {"on": env.enabled, "percent": percents[0] if len(percents) == 1 else None}
+
+        return await asyncio.to_thread(read)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._store.close)
