@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     attach.add_argument("--headless", action="store_true")
     attach.add_argument("--json", action="store_true")
     attach.add_argument("--timeout", type=float, default=10.0)
+    for sp in (run, attach):
+        sp.add_argument("--flags-store", help="flag store for the TUI's flags screen (default: "
+                                              "the fleet's [flags] store, else "
+                                              ".upgrader/flags.sqlite when it exists)")
 
     status = sub.add_parser("status", help="the fleet's last rollout, from the journal")
     fleet_args(status, strategy=False)
@@ -97,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=1.0, help="compress pauses by this factor")
     demo.add_argument("--rps", type=int, default=200, help="user requests per second")
     demo.add_argument("--keep", action="store_true", help="leave the lab folder behind")
+    demo.add_argument("--flags-store", help="flag store for the TUI's flags screen")
 
     bal = sub.add_parser("balancer", help="the built-in load balancer")
     bal_sub = bal.add_subparsers(dest="balancer_command", required=True, parser_class=_Parser)
@@ -264,6 +269,20 @@ def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
     return EXIT_OK
 
 
+def _open_flag_store(spec: str | None, fleet: Any = None) -> Any:
+    """The flag store the TUI's flags screen shows, or None when there is none to show."""
+    from .flags.store import default_store_spec, open_store
+
+    if spec is None and fleet is not None and fleet.flags is not None:
+        spec = fleet.flags.store
+    if spec is None:
+        default = default_store_spec()
+        if "://" not in default and not Path(default).exists():
+            return None
+        spec = default
+    return open_store(spec)
+
+
 def cmd_attach(args: argparse.Namespace, *, fleet: Any = None) -> int:
     fleet = fleet or _load(args, None)
     return asyncio.run(_attach(fleet, _state_dir(args), args))
@@ -289,8 +308,14 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
             return Outcome(finished["outcome"]).exit_code
         from .tui.app import make_app
 
-        app = make_app(remote, title=f"{fleet.name}", on_quit=lambda choice: choice)
-        choice = await app.run_async()
+        flag_store = _open_flag_store(getattr(args, "flags_store", None), fleet)
+        try:
+            app = make_app(remote, title=f"{fleet.name}", on_quit=lambda choice: choice,
+                           flags=flag_store)
+            choice = await app.run_async()
+        finally:
+            if flag_store is not None:
+                flag_store.close()
         if choice == "abort":
             remote.abort(rollback=True)
             finished = await remote.wait_finished()

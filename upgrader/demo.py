@@ -116,17 +116,22 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0 if summary["outcome"] == "completed" else 1
 
 
-async def _run_with_tui(rollout: Any, title: str) -> Any:
+async def _run_with_tui(rollout: Any, title: str, flags_store: str | None = None) -> Any:
     """The TUI on the in-process engine, in the same event loop. Quitting a live demo rolls
     it back (the demo's lab goes away with it, so there is nothing to hand over)."""
     from .tui import make_app
 
+    from .cli import _open_flag_store
+
+    flag_store = _open_flag_store(flags_store)
     task = asyncio.get_running_loop().create_task(rollout.run())
     try:
-        await make_app(rollout.engine, title=title).run_async()
+        await make_app(rollout.engine, title=title, flags=flag_store).run_async()
     finally:
         if not task.done():
             rollout.abort(rollback=True)
+        if flag_store is not None:
+            flag_store.close()
     return await task
 
 
@@ -157,7 +162,8 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
         async with Rollout(fleet, plan, plugins=plugins, state_dir=lab_dir / "state",
                            observers=[display], interactive=not args.headless) as rollout:
             if not args.headless:
-                result = await _run_with_tui(rollout, f"demo: {args.strategy}")
+                result = await _run_with_tui(rollout, f"demo: {args.strategy}",
+                                             getattr(args, "flags_store", None))
             else:
                 from .cli import _forward_signals
 

@@ -213,14 +213,15 @@ def test_q_on_a_finished_rollout_quits():
     assert app.return_value == "quit" and choices == ["quit"]
 
 
-def test_f_says_flags_are_not_there_yet():
+def test_f_without_a_flag_store_says_how_to_give_one():
     fleet = canary_fleet(4, HOLD)
 
     async def scenario(live, app, pilot):
         await ShownStates(app).wait_for(pilot, "WAITING")
         await pilot.press("f")
-        await wait_until(pilot, lambda: any("flags: not available yet" in str(n.message)
-                                            for n in app._notifications), "the notification")
+        await wait_until(pilot, lambda: any("no flag store: pass --flags-store"
+                                            in str(n.message) for n in app._notifications),
+                         "the notification")
         assert isinstance(app.screen, MainScreen)
 
     run_live(fleet, scenario)

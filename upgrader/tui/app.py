@@ -193,7 +193,8 @@ class UpgraderApp(App[str]):
 
     def action_flags(self) -> None:
         if self.flag_store is None:
-            self.notify("flags: no flag store: pass --flags-store", severity="warning")
+            self.notify("flags: no flag store: pass --flags-store "
+                        "(or import one: upgrader flags import FILE)", severity="warning")
         elif not isinstance(self.screen, FlagsScreen):
             self.push_screen(FlagsScreen(self.flag_store))
 

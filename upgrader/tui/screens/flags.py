@@ -299,7 +299,7 @@ def parse_percent(text: str) -> float:
         raise ValueError(f"expected a percentage like 25 or 12.5, got {text!r}") from None
 
 
-class PercentDialog(ModalScreen["float | None"]):
+class PercentDialog(ModalScreen[float | None]):
     """Asks for an exact roll-out percentage; dismissed with the number or None."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
@@ -370,6 +370,7 @@ class FlagsScreen(Screen[None]):
         self._columns: tuple[Any, ...] = ()
         self._wake: asyncio.Event | None = None
         self._read_failed = False
+        self._last_bug = ""
 
     def compose(self) -> ComposeResult:
         yield RolloutHeader(id="flags-rollout")
@@ -404,7 +405,12 @@ class FlagsScreen(Screen[None]):
         assert self._wake is not None
         while True:
             self._wake.clear()
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception as exc:      # noqa: BLE001 - a bug must not end the app
+                if repr(exc) != self._last_bug:       # once, not every POLL_S
+                    self._last_bug = repr(exc)
+                    self.app.notify(f"flags screen: {exc!r}", severity="error", timeout=10)
             try:
                 await asyncio.wait_for(self._wake.wait(), POLL_S)
             except asyncio.TimeoutError:
@@ -627,7 +633,7 @@ class FlagsScreen(Screen[None]):
             return
         try:
             await asyncio.to_thread(edit.set_rollout, flagset, key, env, percent)
-        except ConfigError as exc:
+        except Exception as exc:          # noqa: BLE001 - ConfigError, or anything else
             self.notify(f"{key}: not changed: {exc}", severity="error", timeout=10)
             return
         flag = flagset.flags[key]
@@ -644,27 +650,32 @@ class FlagsScreen(Screen[None]):
              key: str) -> None:
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self._apply(change, done, key)
+                # an app worker: the change is reported even if this screen closes meanwhile
+                self.app.run_worker(self._apply(change, done, key), group="flags-change")
 
         self.app.push_screen(FlagChangeDialog(title, text), confirmed)
 
-    @work(group="flags-change")
     async def _apply(self, change: Callable[[], int], done: str, key: str) -> None:
-        before = self.version
+        store, app = self.store, self.app
+
+        def run() -> tuple[int, int]:
+            before = store.version()
+            return before, change()
+
         try:
-            version = await asyncio.to_thread(change)
+            before, version = await asyncio.to_thread(run)
         except ConfigError as exc:
-            self.notify(f"{key}: not changed: {exc}", severity="error", timeout=10)
+            app.notify(f"{key}: not changed: {exc}", severity="error", timeout=10)
             return
         except StoreError as exc:
-            self.notify(f"{key}: the store failed: {exc}", severity="error", timeout=10)
+            app.notify(f"{key}: the store failed: {exc}", severity="error", timeout=10)
             return
         except Exception as exc:      # noqa: BLE001 - whatever it is, say it
-            self.notify(f"{key}: change failed: {exc}", severity="error", timeout=10)
+            app.notify(f"{key}: change failed: {exc}", severity="error", timeout=10)
             return
         if version == before:
-            self.notify(f"{done} (already so: nothing changed)")
+            app.notify(f"{done} (already so: nothing changed)")
         else:
-            self.notify(f"{done} (version {version})")
+            app.notify(f"{done} (version {version})")
         if self._wake is not None:
             self._wake.set()

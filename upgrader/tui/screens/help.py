@@ -16,9 +16,8 @@ KEY_HELP = [
     ("P", "promote all: skip every remaining pause and analysis"),
     ("r", "roll back (asks first, and says what will happen and how long it takes)"),
     ("l", "the full event log"),
-    ("f", "feature flags: each flag's state in every environment, with its history; "
-          "e picks the environment, space turns the selected flag on/off there, +/- or % "
-          "change its roll-out percentage (each change asks first; needs a flag store)"),
+    ("f", "feature flags in every environment: turn one on/off, change its roll-out "
+          "(asks first), see its history"),
     ("?", "this help"),
     ("q", "quit: asks whether to roll back or leave the rollout running if it is not over"),
     ("up/down, pgup/pgdn", "move through the fleet table"),
