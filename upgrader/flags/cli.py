@@ -15,6 +15,8 @@ does not exist yet is skipped; a module that fails to import for another reason 
 
 from __future__ import annotations
 
+from .describe import targeting
+
 import argparse
 import importlib
 import json
@@ -174,23 +176,7 @@ def _json(value: Any) -> str:
 
 
 def _summary(flag: Any, environment: str) -> str:
-    config = flag.env(environment)
-    parts = []
-    if flag.prerequisites:
-        parts.append("needs " + ", ".join(f"{p.flag}={p.variant}" for p in flag.prerequisites))
-    targets = sum(len(users) for users in config.targets.values())
-    if targets:
-        parts.append(f"{targets} target{'s' if targets != 1 else ''}")
-    for index, rule in enumerate(config.rules):
-        name = rule.name or f"rules[{index}]"
-        if rule.percent is not None:
-            parts.append(f"{name}: {rule.percent:g} % {rule.variant}")
-        elif rule.rollout:
-            parts.append(f"{name}: " + "/".join(f"{s.weight:g} {s.variant}"
-                                                for s in rule.rollout))
-        else:
-            parts.append(f"{name}: {rule.variant}")
-    return "; ".join(parts) or "-"
+    return targeting(flag, environment) or "-"
 
 
 def _table(rows: list[list[str]]) -> str:

@@ -27,6 +27,7 @@ from textual.widgets import Button, DataTable, Footer, Input, Static
 
 from ...errors import ConfigError, StoreError
 from ...flags import edit
+from ...flags.describe import targeting, true_variant
 from ...flags.model import Flag, FlagSet
 from ...flags.store import AuditEntry, FlagStore, default_actor, redact
 from ..messages import RolloutUpdated
@@ -74,35 +75,11 @@ def _variant(flag: Flag, name: str) -> str:
     return f"'{name}'"
 
 
-def _true_variant(flag: Flag) -> str | None:
-    trues = [name for name, value in flag.variants.items() if value is True]
-    return trues[0] if len(trues) == 1 else None
-
-
 def percent_rules(flag: Flag, environment: str) -> list[int]:
     """Indexes of the flag's rules with a ``percent`` in ``environment``."""
     return [i for i, rule in enumerate(flag.env(environment).rules) if rule.percent is not None]
 
 
-def targeting(flag: Flag, environment: str) -> str:
-    """What decides who gets what when the flag is on: prerequisites, targets, rules."""
-    config = flag.env(environment)
-    parts = []
-    if flag.prerequisites:
-        parts.append("needs " + ", ".join(f"{p.flag}={p.variant}" for p in flag.prerequisites))
-    targets = sum(len(users) for users in config.targets.values())
-    if targets:
-        parts.append(f"{targets} target{'s' if targets != 1 else ''}")
-    for index, rule in enumerate(config.rules):
-        name = rule.name or f"rules[{index}]"
-        if rule.percent is not None:
-            parts.append(f"{name}: {rule.percent:g} % {rule.variant or _true_variant(flag)}")
-        elif rule.rollout:
-            parts.append(f"{name}: " + "/".join(f"{s.weight:g} {s.variant}"
-                                                for s in rule.rollout))
-        else:
-            parts.append(f"{name}: {rule.variant}")
-    return "; ".join(parts)
 
 
 def state_cell(flag: Flag, environment: str, selected: bool = False) -> Text:
@@ -181,12 +158,12 @@ def rollout_text(flag: Flag, environment: str, old: float | None, new: float) ->
     if found:
         rule = config.rules[found[0]]
         name = rule.name or f"rules[{found[0]}]"
-        variant = rule.variant or _true_variant(flag) or "?"
+        variant = rule.variant or true_variant(flag) or "?"
         text = (f"set the roll-out of {key} in {environment} to {fmt_pct(new)} "
                 f"(now {fmt_pct(old)}): rule {name} serves variant '{variant}' to "
                 f"{fmt_pct(new)} of the users it matches")
     else:
-        variant = _true_variant(flag) or "?"
+        variant = true_variant(flag) or "?"
         text = (f"start a roll-out of {key} in {environment} at {fmt_pct(new)}: a new rule "
                 f"'rollout' serves variant '{variant}' to {fmt_pct(new)} of the users its "
                 f"other rules do not serve")
