@@ -132,6 +132,7 @@ class SetFlag:
     key: str
     on: bool = True
     percent: float | None = None
+    groups: tuple[str, ...] = ()      # users of these groups get it (before any percentage)
     wave: int = 0
 
 
@@ -393,7 +394,9 @@ def waves(plan: Plan, timing: Timing) -> tuple[Wave, ...]:
                 mode = "maintenance" if step.on else "hosts"
                 exposure = 0.0 if step.on else by_hosts()
             elif isinstance(step, SetFlag):
-                if step.on:
+                if step.on and step.groups and step.percent is None:
+                    labels.append(f"flag {step.key} on for {', '.join(step.groups)}")
+                elif step.on:
                     exposure = 100.0 if step.percent is None else float(step.percent)
                     labels.append(f"flag {step.key} on for {exposure:g}%")
                 else:

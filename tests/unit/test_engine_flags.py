@@ -146,3 +146,30 @@ def test_feature_plan_shows_the_share_of_users_per_wave(fleet_factory, store_spe
     plan = strategies.get("feature").compile(fleet, fleet.strategy.params)
     assert [w.blast_radius for w in waves(plan, fleet.timing)] == [1.0, 100.0]
     assert estimate(plan, fleet.timing).rollback_s <= 1.0       # a flag flip
+
+
+def test_group_steps_give_the_feature_to_groups_first(fleet_factory, store_spec):
+    """One-some-many by group: internal users, then beta users, then a share of everyone."""
+    from upgrader.flags.evaluate import compile_flags
+
+    fleet = feature_fleet(fleet_factory, store_spec,
+                          [{"groups": ["internal"]}, {"groups": ["internal", "beta"]},
+                           {"percent": 10}, {"percent": 100}])
+    plan = strategies.get("feature").compile(fleet, fleet.strategy.params)
+    first = plan.steps[0]
+    assert (first.groups, first.percent) == (("internal",), None)
+
+    fleet_two = feature_fleet(fleet_factory, store_spec,
+                              [{"groups": ["internal"]}, {"groups": ["internal", "beta"]},
+                               {"percent": 100}])
+    fleet_two = dataclasses.replace(fleet_two, strategy=dataclasses.replace(
+        fleet_two.strategy, params=dataclasses.replace(
+            fleet_two.strategy.params, steps=fleet_two.strategy.params.steps[:2])))
+    result, engine = run(fleet_two, store_spec, error_share_when_on=0.0)
+    assert result.outcome is Outcome.COMPLETED, result.error
+    with open_store(store_spec) as store:
+        evaluator = compile_flags(store.load(), "production")
+    beta = evaluator.evaluate("new-checkout", {"targetingKey": "u1", "groups": ["beta"]})
+    other = evaluator.evaluate("new-checkout", {"targetingKey": "u2", "groups": ["free"]})
+    assert beta.value is True and beta.rule == "rollout-groups"
+    assert other.value is False

@@ -514,7 +514,8 @@ class Engine:
         elif isinstance(step, Gate):
             await self._gate(step)
         elif isinstance(step, SetFlag):
-            await self._set_flag(step.key, on=step.on, percent=step.percent)
+            await self._set_flag(step.key, on=step.on, percent=step.percent,
+                                 groups=tuple(step.groups))
         else:  # pragma: no cover - a new step kind without an engine branch is a bug
             raise RolloutFailed(f"engine cannot run step kind {step.kind!r}")
 
@@ -905,20 +906,22 @@ class Engine:
                              "ready_by_pool": pools}
         await self._emit("traffic", **self.last_traffic)
 
-    async def _set_flag(self, key: str, *, on: bool, percent: float | None) -> None:
+    async def _set_flag(self, key: str, *, on: bool, percent: float | None,
+                        groups: tuple[str, ...] = ()) -> None:
         switch = self.providers.flags
         if switch is None:
             raise RolloutFailed(f"step needs flag {key!r} but the fleet has no [flags] store")
-        await switch.set_flag(key, on=on, percent=percent,
+        await switch.set_flag(key, on=on, percent=percent, groups=groups,
                               reason=f"rollout {self.rollout_id}")
         seen = await switch.flag_state(key)
         if bool(seen.get("on")) != on or (on and percent is not None
-                                         and seen.get("percent") not in (None, percent)):
+                                         and seen.get("percent") not in (None, percent)) \
+                or (on and groups and sorted(seen.get("groups") or ()) != sorted(groups)):
             raise RolloutFailed(f"flag {key} reads back {seen}, expected on={on} "
                                 f"percent={percent}")
         if on:
             self._flags_on.add(key)
-        await self._emit("flag", key=key, on=on, percent=percent)
+        await self._emit("flag", key=key, on=on, percent=percent, groups=list(groups))
 
     # ------------------------------------------------------------------ gates and holds
 

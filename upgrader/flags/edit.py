@@ -127,6 +127,30 @@ def set_rollout(flagset: FlagSet, key: str, environment: str, percent: float, *,
     return _with_env(flagset, key, environment, rules=new_rules)
 
 
+GROUPS_RULE = "rollout-groups"
+
+
+def set_group_rule(flagset: FlagSet, key: str, environment: str, groups: tuple[str, ...], *,
+                   variant: str | None = None) -> FlagSet:
+    """Serve ``variant`` (default: the true one) to users of ``groups``, through a rule named
+    ``rollout-groups`` placed before every other rule (a phased feature roll-out by group).
+    Empty ``groups`` removes the rule."""
+    flag = get_flag(flagset, key)
+    check_environment(flagset, environment)
+    rules = tuple(r for r in flag.env(environment).rules if r.name != GROUPS_RULE)
+    if not groups:
+        return _with_env(flagset, key, environment, rules=rules)
+    if variant is None:
+        trues = [name for name, value in flag.variants.items() if value is True]
+        if len(trues) != 1:
+            raise ConfigError(f"flag {key!r} is not a boolean flag: say which variant the "
+                              "groups get", key=format_key_path(("flags", key, "variants")))
+        variant = trues[0]
+    _check_variant(flag, variant, environment)
+    rule = Rule(name=GROUPS_RULE, groups=tuple(groups), variant=variant)
+    return _with_env(flagset, key, environment, rules=(rule,) + rules)
+
+
 def _check_variant(flag: Flag, variant: str, environment: str) -> None:
     if variant not in flag.variants:
         message = f"unknown variant {variant!r} of flag {flag.key!r}"

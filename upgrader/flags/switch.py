@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from . import edit
 from .store import default_actor, open_store
 
 
@@ -17,8 +18,13 @@ class StoreFlagSwitch:
         self._store = open_store(store_spec)
 
     async def set_flag(self, key: str, *, on: bool, percent: float | None = None,
-                       reason: str = "") -> None:
+                       groups: tuple[str, ...] = (), reason: str = "") -> None:
         def change() -> None:
+            if on and groups:
+                self._store.change(
+                    lambda flagset: edit.set_group_rule(flagset, key, self.environment,
+                                                        tuple(groups)),
+                    action="groups", actor=self.actor, reason=reason)
             if on and percent is not None:
                 self._store.set_rollout(key, self.environment, percent, actor=self.actor,
                                         reason=reason)
@@ -33,7 +39,9 @@ class StoreFlagSwitch:
                 return {"on": False, "percent": None, "missing": True}
             env = flag.env(self.environment)
             percents = [r.percent for r in env.rules if r.percent is not None]
-            return {"on": env.enabled, "percent": percents[0] if len(percents) == 1 else None}
+            groups = next((list(r.groups) for r in env.rules if r.name == edit.GROUPS_RULE), [])
+            return {"on": env.enabled, "percent": percents[0] if len(percents) == 1 else None,
+                    "groups": groups}
 
         return await asyncio.to_thread(read)
 

@@ -200,11 +200,12 @@ class FlagSwitch(Protocol):
     """Feature flags as a rollout step sees them (``upgrader.flags.switch`` over a store)."""
 
     async def set_flag(self, key: str, *, on: bool, percent: float | None = None,
-                       reason: str = "") -> None:
-        """Turn ``key`` on (for ``percent`` of users when given) or off; audited."""
+                       groups: tuple[str, ...] = (), reason: str = "") -> None:
+        """Turn ``key`` on (for the users of ``groups`` and/or ``percent`` of users when
+        given) or off; audited."""
 
     async def flag_state(self, key: str) -> dict[str, Any]:
-        """``{"on": bool, "percent": float | None}`` as the store has it now."""
+        """``{"on": bool, "percent": float | None, "groups": [...]}`` as stored now."""
 
     async def aclose(self) -> None: ...
 

@@ -17,14 +17,16 @@ NAME = "feature"
 DESCRIPTION = "turn a feature flag on for a growing share of users; roll back = flag off"
 
 KEYS = ("flag", "steps", *c.COMMON_KEYS)
-STEP_KEYS = ("percent", "pause")
+STEP_KEYS = ("percent", "groups", "pause")
 _FLAG_KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 @dataclass(frozen=True, slots=True)
 class FeatureStep:
-    percent: float
+    percent: float | None
     pause: float | None = 0.0
+    #: users of these groups get the feature (one-some-many by risk: internal, beta, ...)
+    groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +63,20 @@ def parse_params(table: dict[str, Any], where: Where) -> FeatureParams:
         for i, item in enumerate(raw):
             key = f"steps[{i}]"
             c.check_table(item, STEP_KEYS, where, prefix=f"{key}.")
-            if "percent" not in item:
-                where.error(key, "each step needs a percent")
-            pct = c.percent(where, f"{key}.percent", item["percent"], allow_zero=False)
-            if pct <= last:
-                where.error(f"{key}.percent", f"percentages must grow: {pct:g}% after {last:g}%")
-            last = pct
+            if "percent" not in item and "groups" not in item:
+                where.error(key, "each step needs a percent or groups")
+            pct = None
+            if "percent" in item:
+                pct = c.percent(where, f"{key}.percent", item["percent"], allow_zero=False)
+                if pct <= last:
+                    where.error(f"{key}.percent",
+                                f"percentages must grow: {pct:g}% after {last:g}%")
+                last = pct
+            groups = c.string_list(where, f"{key}.groups", item["groups"]) \
+                if "groups" in item else ()
             pause = c.pause_value(where, f"{key}.pause", item["pause"]) if "pause" in item \
                 else common.pause
-            parsed.append(FeatureStep(pct, pause))
+            parsed.append(FeatureStep(pct, pause, groups))
         if last != 100:
             where.error(f"steps[{len(raw) - 1}].percent", "the last step must reach 100%")
         steps = tuple(parsed)
@@ -83,12 +90,14 @@ def compile(fleet: Fleet, params: FeatureParams, where: Where | None = None) -> 
     verify_for = c.verify_seconds(fleet, params.verify_for)
     steps: list[Step] = []
     for wave, step in enumerate(params.steps, start=1):
-        steps.append(SetFlag(params.flag, on=True, percent=step.percent, wave=wave))
+        steps.append(SetFlag(params.flag, on=True, percent=step.percent, groups=step.groups,
+                             wave=wave))
         steps.append(Verify(for_=verify_for, wave=wave))
         if step.pause is None or step.pause > 0:
             steps.append(Pause(step.pause, wave=wave))
     return Plan(strategy=NAME, steps=tuple(steps), total_hosts=len(fleet.main_hosts),
                 rollback_parallel=1, rollback_mode="flag",
                 notes=(f"no host changes: flag {params.flag} goes on for "
-                       + ", ".join(f"{s.percent:g}%" for s in params.steps)
+                       + ", ".join(", ".join(s.groups) if s.percent is None else f"{s.percent:g}%"
+                                   for s in params.steps)
                        + " of users; a failed verification turns it off",))
