@@ -65,7 +65,8 @@ def allowed(module: str, rules: tuple[str, ...]) -> bool:
 
 
 U = "upgrader."
-LEAVES = ("errors", "events", "units", "hashing", "clock", "hookspecs", "model", "tomlsource")
+LEAVES = ("errors", "events", "units", "hashing", "clock", "hookspecs", "model", "tomlsource",
+          "addresses")
 #: module (or package) -> the upgrader modules it may import
 RULES: dict[str, tuple[str, ...]] = {
     **{leaf: () for leaf in LEAVES},
@@ -74,9 +75,9 @@ RULES: dict[str, tuple[str, ...]] = {
     "journal": ("errors",),
     "engine": ("clock", "errors", "events", "journal", "model", "plan", "providers.base",
                "engine"),
-    "balancer": ("hashing", "providers.base", "balancer"),
+    "balancer": ("hashing", "addresses", "providers.base", "balancer"),
     # feature flags: beside the engine, on the shared leaves only
-    "flags": ("errors", "hashing", "tomlsource", "units", "flags"),
+    "flags": ("errors", "hashing", "tomlsource", "units", "addresses", "flags"),
 }
 FRONT_ENDS = ("cli", "headless", "demo", "lab.cli", "tui")
 

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import bisect
 import hmac
-import ipaddress
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ..addresses import is_loopback, parse_host_port
 from ..hashing import in_percent
 from ..providers.base import BACKEND_STATES, LATENCY_BUCKETS
 
@@ -633,29 +633,6 @@ def _parse_routes(raw: Any) -> Routes:
 # Process
 
 
-def _parse_address(text: str, option: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{option}: expected HOST:PORT, got {text!r}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"{option}: bad port in {text!r}") from None
-    if not 0 <= number <= 65535:
-        raise ValueError(f"{option}: port out of range in {text!r}")
-    return host, number
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _bind(host: str, port: int) -> socket.socket:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _name, address = infos[0]
@@ -759,8 +736,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s balancer %(levelname)s %(message)s")
     try:
-        listen = _parse_address(args.listen, "--listen")
-        admin = _parse_address(args.admin, "--admin")
+        listen = parse_host_port(args.listen, "--listen")
+        admin = parse_host_port(args.admin, "--admin")
     except ValueError as exc:
         print(f"upgrader balancer: {exc}", file=sys.stderr)
         return 2

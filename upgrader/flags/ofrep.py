@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import signal
@@ -25,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..addresses import is_loopback, parse_host_port
 from .watch import POLL_INTERVAL_S, FlagWatcher
 
 log = logging.getLogger("upgrader.flags.ofrep")
@@ -283,28 +283,6 @@ def _evaluate_all(evaluator: Any, context: Mapping[str, Any]) -> list[tuple[str,
     return [(resolution.key, resolution) for resolution in results]
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8500`` for IPv6) -> (host, port); ValueError when malformed."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"--listen: expected HOST:PORT, got {text!r}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"--listen: bad port in {text!r}") from None
-    if not 0 <= number <= 65535:
-        raise ValueError(f"--listen: port out of range in {text!r}")
-    return host, number
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,7 +296,7 @@ def serve(store_spec: str, env: str, listen: str = DEFAULT_LISTEN, token: str | 
     from ..errors import ConfigError
 
     try:
-        host, port = parse_listen(listen)
+        host, port = parse_host_port(listen, "--listen")
         server = OfrepServer(store_spec, env, host=host, port=port, token=token or None)
     except (ValueError, ConfigError) as exc:
         print(f"upgrader flags serve: {exc}", file=sys.stderr)
