@@ -8,7 +8,6 @@ text; it runs only when an error is raised, so large fleets load in linear time.
 
 from __future__ import annotations
 
-import difflib
 import re
 import string
 import tomllib
@@ -33,6 +32,7 @@ from .model import (
 )
 from .providers.base import ProviderFactory, Setting
 from .tomlsource import (  # noqa: F401  (moved there; still importable from here)
+    did_you_mean,
     Path_,
     _Locator,
     _describe,
@@ -212,10 +212,7 @@ class _Loader:
 
     def unknown_key(self, path: Path_, allowed: Collection[str], where: str) -> NoReturn:
         key = str(path[-1])
-        hint = difflib.get_close_matches(key, allowed, n=1)
-        message = f"unknown key {key!r} in {where}"
-        if hint:
-            message += f" (did you mean {hint[0]!r}?)"
+        message = f"unknown key {key!r} in {where}{did_you_mean(key, allowed)}"
         message += f"; allowed keys: {', '.join(allowed) or '(none)'}"
         self.error(path, message)
 

@@ -351,3 +351,12 @@ describe_value = _describe
 def line_of(text: str, path: Iterable[str | int]) -> int | None:
     """The line (1-based) where ``path`` (or its deepest defined prefix) is defined in ``text``."""
     return _Locator(text).line_of(path)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known``, or ``""``: the hint every
+    "unknown key / flag / variant" error of a file loader carries."""
+    import difflib
+
+    hint = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""

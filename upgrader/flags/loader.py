@@ -9,7 +9,6 @@ flag set back as TOML (``loads(dump(x)) == x``). The format: docs/FLAGS.md.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import tomllib
@@ -20,7 +19,8 @@ import tomli_w
 
 from ..errors import ConfigError
 from ..hashing import BUCKETS, threshold
-from ..tomlsource import Path_, _Locator, describe_value, format_key_path, toml_error_line
+from ..tomlsource import (Path_, _Locator, describe_value, did_you_mean, format_key_path,
+                          toml_error_line)
 from .model import (
     BOOLEAN_VARIANTS,
     DEFAULT_ENVIRONMENTS,
@@ -287,10 +287,7 @@ class _Checker:
                           line=line)
 
     def unknown(self, path: Path_, what: str, name: str, known: Collection[str]) -> NoReturn:
-        message = f"unknown {what} {name!r}"
-        hint = difflib.get_close_matches(name, list(known), n=1)
-        if hint:
-            message += f" (did you mean {hint[0]!r}?)"
+        message = f"unknown {what} {name!r}{did_you_mean(name, known)}"
         message += f"; known: {', '.join(known) or '(none)'}"
         self.error(path, message)
 
@@ -303,10 +300,7 @@ class _Checker:
         if allowed is not None:
             for key in value:
                 if key not in allowed:
-                    hint = difflib.get_close_matches(str(key), allowed, n=1)
-                    message = f"unknown key {key!r} in {where}"
-                    if hint:
-                        message += f" (did you mean {hint[0]!r}?)"
+                    message = f"unknown key {key!r} in {where}{did_you_mean(key, allowed)}"
                     message += f"; allowed keys: {', '.join(allowed)}"
                     self.error(path + (key,), message)
         return value
