@@ -10,6 +10,7 @@
     │   ├── HealthCheckFailed  a host did not become healthy
     │   └── SnapshotError
     ├── StoreError             a flag store could not be opened, read or written
+    ├── SchemaError            a live schema change could not run (another is active, ...)
     ├── PolicyRefused          a policy (deploy window, fleet lock) refused the rollout (exit 3)
     └── RolloutFailed          the rollout ended without reaching its target (exit 1)
 
@@ -102,6 +103,18 @@ class StoreError(UpgraderError):
         self.message = message
         self.store = store
         super().__init__(f"{store}: {message}" if store else message)
+
+
+class SchemaError(UpgraderError):
+    """A live schema change could not start, complete or roll back (another migration is
+    active, the database refused a statement). The database is left as it was."""
+
+    def __init__(self, message: str, *, database: str | None = None,
+                 migration: str | None = None) -> None:
+        self.message = message
+        self.database = database
+        self.migration = migration
+        super().__init__(message)
 
 
 class PolicyRefused(UpgraderError):

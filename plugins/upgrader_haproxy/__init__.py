@@ -1,0 +1,1 @@
+"""upgrader_haproxy: a first-party upgrader plugin (placeholder)."""

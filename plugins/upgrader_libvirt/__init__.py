@@ -1,0 +1,1 @@
+"""upgrader_libvirt: a first-party upgrader plugin (placeholder)."""

@@ -1,0 +1,1 @@
+"""upgrader_ssh: a first-party upgrader plugin (placeholder)."""

@@ -1,0 +1,1 @@
+"""upgrader_webhook: a first-party upgrader plugin (placeholder)."""
