@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError, PolicyRefused, UpgraderError
+from .redact import install_log_redaction, redact_text
 from .units import format_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED = 0, 1, 2, 3
@@ -74,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the fleet's last rollout, from the journal")
     fleet_args(status, strategy=False)
     status.add_argument("--json", action="store_true")
+    for sp in (run, resume, attach, status):
+        sp.add_argument("--state", metavar="URL",
+                        help="postgresql:// URL of a journal and fleet lock shared by every "
+                             "controller (default $UPGRADER_STATE; unset: SQLite in "
+                             "--state-dir); prefer $UPGRADER_STATE or ~/.pgpass for passwords")
 
     lab = sub.add_parser("lab", help="a real local fleet: app processes, balancer, traffic")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
@@ -85,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--base-port", type=int, default=None)
     up.add_argument("--dir", help="lab folder (default .upgrader/lab)")
     up.add_argument("--rps", type=int, default=100, help="user requests per second (0: none)")
+    up.add_argument("--database", metavar="MIGRATION",
+                    help="give the lab a database (app.sqlite in the lab folder) made by this "
+                         "migration; the apps then record visits through their release's views")
     for name in ("down", "status"):
         sp = lab_sub.add_parser(name, help=f"{name} the lab")
         sp.add_argument("--dir", help="lab folder (default .upgrader/lab)")
@@ -130,17 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve_main(argv[2:])
     args = _parser().parse_args(argv)
+    install_log_redaction()
     try:
         handler = _COMMANDS[args.command]
         return handler(args)
     except ConfigError as exc:
-        print(f"upgrader: error: {exc}", file=sys.stderr)
+        print(f"upgrader: error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except PolicyRefused as exc:
-        print(f"upgrader: refused: {exc}", file=sys.stderr)
+        print(f"upgrader: refused: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_REFUSED
     except UpgraderError as exc:
-        print(f"upgrader: {exc}", file=sys.stderr)
+        print(f"upgrader: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
@@ -252,9 +262,19 @@ def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
         argv += ["--strategy", args.strategy]
     if getattr(args, "speed", 1.0) != 1.0:
         argv += ["--speed", str(args.speed)]
-    state_dir.mkdir(parents=True, exist_ok=True)
+    from .journal import ensure_private_dir
+    from .state import STATE_VARIABLE, lock_holder, resolve_state
+
+    state = resolve_state(getattr(args, "state", None))
+    holder = lock_holder(state, state_dir, fleet.name)
+    if holder is not None:      # the controller would be refused: say so here, exit 3
+        raise PolicyRefused(f"fleet {fleet.name} is being driven by {holder['text']}; "
+                            "one controller per fleet at a time")
+    ensure_private_dir(state_dir)
     log_path = state_dir / f"{fleet.name}.controller.log"
-    pid = start_detached(argv, log_path=log_path)
+    # the state URL goes through the environment: a password in argv would show in `ps`
+    env = {**os.environ, STATE_VARIABLE: state} if state else None
+    pid = start_detached(argv, log_path=log_path, env=env)
 
     async def check() -> None:
         await (await connect(state_dir, fleet.name, timeout=15, pid=pid)).aclose()
@@ -292,7 +312,18 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
     from .control.controller import connect
     from .events import Outcome
 
-    remote = await connect(state_dir, fleet.name, timeout=getattr(args, "timeout", 10.0))
+    try:
+        remote = await connect(state_dir, fleet.name, timeout=getattr(args, "timeout", 10.0))
+    except UpgraderError as exc:
+        from .state import lock_holder, resolve_state
+
+        state = resolve_state(getattr(args, "state", None))
+        holder = await asyncio.to_thread(lock_holder, state, state_dir, fleet.name) \
+            if state else None
+        if holder is None:
+            raise
+        raise UpgraderError(f"{exc}; the fleet is driven by {holder['text']}: attach on that "
+                            "machine") from None
     try:
         if args.headless:
             from .headless import HeadlessDisplay
@@ -344,7 +375,7 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
     interactive = bool(getattr(args, "control", False))
     async with Rollout(fleet, plan, plugins=plugins, state_dir=args.state_dir,
                        recover=recover, observers=[display],
-                       interactive=interactive) as rollout:
+                       interactive=interactive, state=getattr(args, "state", None)) as rollout:
         _forward_signals(rollout)
         with display:
             if getattr(args, "control", False):
@@ -353,7 +384,7 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
                 result = await serve_rollout(rollout)
             else:
                 result = await rollout.run()
-    print(summary_line(result, rollout.plan.strategy if rollout.plan else "?"))
+    print(redact_text(summary_line(result, rollout.plan.strategy if rollout.plan else "?")))
     return result.exit_code
 
 
@@ -372,20 +403,21 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .journal import Journal
     from .rollout import default_state_dir
+    from .state import describe_state, journal_exists, lock_holder, open_journal, resolve_state
 
     fleet = _load(args, None)
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    path = state_dir / "journal.sqlite"
-    if not path.exists():
-        print(f"no rollout of {fleet.name} recorded in {state_dir}")
+    state = resolve_state(getattr(args, "state", None))
+    where = describe_state(state, state_dir)
+    if not journal_exists(state, state_dir):
+        print(f"no rollout of {fleet.name} recorded in {where}")
         return EXIT_OK
-    journal = Journal(path)
+    journal = open_journal(state, state_dir)
     try:
         record = journal.latest(fleet.name)
         if record is None:
-            print(f"no rollout of {fleet.name} recorded in {state_dir}")
+            print(f"no rollout of {fleet.name} recorded in {where}")
             return EXIT_OK
         entries = journal.entries(record.id)
     finally:
@@ -394,11 +426,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for entry in entries:
         if entry.kind == "host_done":
             hosts[entry.data["host"]] = entry.data.get("release")
-    holder = _lock_holder(state_dir, fleet.name) if record.status == "running" else None
-    info = {"rollout": record.id, "driven_by": holder, "fleet": record.fleet, "strategy": record.strategy,
+    holder = lock_holder(state, state_dir, fleet.name) if record.status == "running" else None
+    info = {"rollout": record.id, "driven_by": holder["text"] if holder else None,
+            "lock_holder": holder, "fleet": record.fleet, "strategy": record.strategy,
             "current": record.current, "target": record.target, "status": record.status,
             "started": record.started, "finished": record.finished,
-            "controller": record.controller, "events": len(entries), "hosts_changed": hosts}
+            "controller": record.controller, "events": len(entries), "hosts_changed": hosts,
+            "state": where}
     if args.json:
         print(json.dumps(info))
     else:
@@ -406,26 +440,13 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{record.status} ({len(entries)} events, {len(hosts)} hosts changed, "
               f"controller {record.controller})")
         if record.status == "running":
-            holder = _lock_holder(state_dir, fleet.name)
             if holder:
-                print(f"running: driven by {holder}; follow it with `upgrader attach {args.fleet}`")
+                print(f"running: driven by {holder['text']}; follow it with "
+                      f"`upgrader attach {args.fleet}`")
             else:
                 print(f"unfinished and no controller drives it: `upgrader resume {args.fleet}` "
                       "finishes it")
     return EXIT_OK
-
-
-def _lock_holder(state_dir: Path, fleet_name: str) -> str | None:
-    """Who holds the fleet's lock now (None: nobody: a controller that died leaves none)."""
-    from .journal import FleetLock
-
-    lock = FleetLock(state_dir, fleet_name)
-    try:
-        lock.acquire()
-    except PolicyRefused:
-        return lock.path.read_text(errors="replace").strip() or "another controller"
-    lock.release()
-    return None
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -447,10 +468,19 @@ def cmd_flags(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    for plugin in _plugins().list_plugins():
-        print(f"{plugin['name']} {plugin.get('version') or ''}".rstrip())
+    # one line per plugin: its name, the distribution that ships it and its version, where it
+    # came from; then one line per provider it registered, with its description
+    plugins = _plugins()
+    origin = {"builtin": "built in", "entrypoint": "entry point", "registered": "registered"}
+    for plugin in plugins.list_plugins():
+        dist = " ".join(p for p in (plugin.get("dist"), plugin.get("version")) if p)
+        kind = origin.get(plugin.get("kind"), plugin.get("kind") or "")
+        print(f"{plugin['name']}  {dist or 'unknown version'}  ({kind})")
         for category, names in sorted(plugin.get("providers", {}).items()):
-            print(f"  {category}: {', '.join(names)}")
+            for name in names:
+                factory = plugins.lookup(category, name)
+                about = f" - {factory.description}" if factory and factory.description else ""
+                print(f"  {category}: {name}{about}")
     return EXIT_OK
 
 

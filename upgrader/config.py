@@ -22,6 +22,7 @@ from .model import (
     Commands,
     Fleet,
     FlagsSpec,
+    SchemaSpec,
     Host,
     ProviderSpec,
     Releases,
@@ -173,9 +174,9 @@ class _StrategyWhere:
 
 _TOP_KEYS = ("fleet", "release", "commands", "transport", "balancer", "health", "snapshot",
              "notifiers", "verify", "timing", "strategy", "groups", "routing", "hosts",
-             "defaults", "lab", "flags")
+             "defaults", "lab", "flags", "schema", "windows")
 _FLEET_KEYS = ("name", "environment")
-_RELEASE_KEYS = ("current", "target")
+_RELEASE_KEYS = ("current", "target", "migration")
 _COMMAND_KEYS = ("install", "start", "stop", "system_test", "current", "pre_release_test")
 _REQUIRED_COMMANDS = ("install", "start", "stop")
 _VERIFY_KEYS = ("error_rate_max", "p95_latency_max", "min_requests", "consecutive_failures",
@@ -387,8 +388,10 @@ class _Loader:
             flags = FlagsSpec(store=store, environment=self.string(
                 table, ("flags",), "environment", environment, pattern=_NAME_RE,
                 what="environment name"))
+        windows = self.windows(data["windows"]) if "windows" in data else None
         if strategy.kind == "feature" and flags is None:
             self.error(("flags",), "a feature roll-out needs a [flags] table naming the store")
+        schema = self.schema(data, release_table, current, target, lab)
 
         source = self.source
         return Fleet(
@@ -411,7 +414,60 @@ class _Loader:
             source=None if source == "<string>" else Path(source),
             lab=lab,
             flags=flags,
+            windows=windows,
+            schema=schema,
         )
+
+    def schema(self, data: dict[str, Any], release_table: dict[str, Any], current: str,
+               target: str, lab: LabLayout | None) -> SchemaSpec | None:
+        """``[release] migration`` (a file, relative to the fleet file) and ``[schema]
+        database`` (in a lab: the lab's own database by default); the migration is loaded
+        and checked now, so that a bad one stops the rollout before anything changes."""
+        table = self.table(data.get("schema", {}), ("schema",), ("database",), "[schema]")
+        if "migration" not in release_table:
+            if "database" in table:
+                self.error(("schema", "database"), "[schema] database is set but [release] "
+                           "names no migration")
+            return None
+        text = self.string(release_table, ("release",), "migration", what="migration file")
+        if "database" in table:
+            database = self.string(table, ("schema",), "database", what="database")
+        elif lab is not None:
+            database = str(lab.database_file)
+        else:
+            self.error(("schema",), "[release] migration needs a [schema] table with the "
+                       "database it changes (database = a SQLite file or a postgresql:// URL)")
+        if "://" not in database:
+            # like [flags] store: relative to the working folder
+            database = str(Path(database).expanduser().resolve())
+        base = Path(self.source).parent if self.source != "<string>" else Path.cwd()
+        path = (base / Path(text).expanduser()).resolve()
+        if not path.is_file():
+            self.error(("release", "migration"), f"migration file {path} does not exist")
+        from .schema.loader import load_migration
+
+        migration = load_migration(path)   # its own ConfigError names the migration file
+        if migration.release != target:
+            self.error(("release", "migration"),
+                       f"migration {migration.name} creates the views of release "
+                       f"{migration.release!r}, but the target release is {target!r}")
+        if migration.previous is not None and migration.previous != current:
+            self.error(("release", "migration"),
+                       f"migration {migration.name} follows release {migration.previous!r}, "
+                       f"but the current release is {current!r}")
+        return SchemaSpec(database=database, migration=path, migration_name=migration.name)
+
+    def windows(self, value: Any) -> Any:
+        """``[windows]``: deploy windows, checked by :mod:`upgrader.policy`."""
+        from .policy import parse_windows
+
+        loader = self
+
+        class _Where:
+            def error(self, path: Path_, message: str) -> NoReturn:
+                loader.error(("windows",) + tuple(path), message)
+
+        return parse_windows(value, _Where())
 
     def lab(self, value: Any, current: str) -> LabLayout:
         path: Path_ = ("lab",)

@@ -83,6 +83,10 @@ class HeadlessDisplay:
         elif kind == "rollback_started":
             self.line(f"rolling back {len(data['hosts'])} host(s) ({data['mode']}), expected "
                       f"{format_duration(data['estimated_s'])}: {data['reason']}", "bold yellow")
+        elif kind == "schema":
+            if data.get("result") != "begin":
+                self.line(f"schema change {data.get('migration', '')} {data.get('action', '')}: "
+                          f"{data.get('result', '')}", "cyan")
         elif kind == "log":
             if data.get("level") != "info":
                 self.line(data["message"], _STYLE.get(data.get("level", "info"), ""))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:  # the lab layout imports this module; only type checkers follow this edge
     from .lab.layout import LabLayout
+    from .policy import DeployWindows
 
 #: Template placeholders every host command may use (besides the host's own ``vars``).
 TEMPLATE_FIELDS = ("release", "host", "address", "port", "slot", "previous")
@@ -116,6 +117,16 @@ class FlagsSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SchemaSpec:
+    """The live schema change the target release carries (``[release] migration``) and the
+    database it applies to (``[schema] database``)."""
+
+    database: str                  # a SQLite file path or a postgresql:// URL
+    migration: Path                # the migration file
+    migration_name: str            # its name (as the database records it)
+
+
+@dataclass(frozen=True, slots=True)
 class Fleet:
     name: str
     hosts: tuple[Host, ...]
@@ -138,6 +149,9 @@ class Fleet:
     #: the lab this fleet runs in, when the fleet file has a ``[lab]`` table
     lab: LabLayout | None = None
     flags: FlagsSpec | None = None
+    #: deploy windows (``[windows]``): None means always open
+    windows: DeployWindows | None = None
+    schema: SchemaSpec | None = None
 
     def host(self, name: str) -> Host:
         for host in self.hosts:

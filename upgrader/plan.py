@@ -95,7 +95,11 @@ class Gate:
     """A check that must pass before going on.
 
     kinds: ``system_test`` (against ``hosts``, or their prepared slots when ``slots``),
-    ``pre_release_test`` (once, before any host is touched).
+    ``pre_release_test`` (once, before any host is touched), ``schema_start`` (expand the
+    release's live schema change, before any host is touched; ``detail`` names the
+    migration) and ``schema_complete`` (contract it, after the last host is verified;
+    refused while any host still runs the old release), ``deploy_window`` (before each
+    wave: waits until a team is on duty and the wave fits before the window closes).
     """
 
     kind: ClassVar[str] = "gate"
@@ -103,6 +107,7 @@ class Gate:
     hosts: tuple[str, ...] = ()
     slots: bool = False
     wave: int = 0
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +243,25 @@ class Estimate:
 
 SYSTEM_TEST_ESTIMATE_S = 60.0
 SWAP_ESTIMATE_S = 1.0
+#: a schema start or complete (DDL plus a batched backfill: depends on the table sizes)
+SCHEMA_GATE_ESTIMATE_S = 30.0
+
+
+def with_release_gates(plan: Plan, *, pre_release_test: bool = False,
+                       migration: str | None = None) -> Plan:
+    """``plan`` with the gates every strategy shares: the pre-release system test and the
+    schema change's start before any host is touched, its completion after the last step.
+    Pure; the strategies stay unaware of both."""
+    before: list[Step] = []
+    after: list[Step] = []
+    if pre_release_test:
+        before.append(Gate("pre_release_test"))
+    if migration:
+        before.append(Gate("schema_start", detail=migration))
+        after.append(Gate("schema_complete", detail=migration))
+    if not before and not after:
+        return plan
+    return dataclasses.replace(plan, steps=(*before, *plan.steps, *after))
 
 
 def step_duration(step: Step, timing: Timing, system_test_s: float = SYSTEM_TEST_ESTIMATE_S) -> float:
@@ -256,7 +280,9 @@ def step_duration(step: Step, timing: Timing, system_test_s: float = SYSTEM_TEST
     if isinstance(step, Pause):
         return step.duration or 0.0
     if isinstance(step, Gate):
-        return system_test_s
+        if step.gate == "deploy_window":
+            return 0.0      # it only waits; upgrader.policy.calendar places it in time
+        return SCHEMA_GATE_ESTIMATE_S if step.gate.startswith("schema_") else system_test_s
     if isinstance(step, SwapSlots):
         return SWAP_ESTIMATE_S
     if isinstance(step, TurnDown):

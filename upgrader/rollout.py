@@ -21,9 +21,8 @@ from .engine.core import Engine, Providers, RolloutResult
 from .engine.resume import replay
 from .errors import PolicyRefused, UpgraderError
 from .events import Event
-from .journal import FleetLock, Journal
 from .model import Fleet
-from .plan import Gate, Pause, Plan, Verify
+from .plan import Gate, Pause, Plan, Verify, with_release_gates
 from .providers.base import ProviderContext
 
 
@@ -35,7 +34,15 @@ def compile_plan(fleet: Fleet) -> Plan:
     """The strategy of ``fleet`` compiled into a Plan (pure, touches nothing)."""
     from . import strategies
 
-    return strategies.get(fleet.strategy.kind).compile(fleet, fleet.strategy.params)
+    plan = strategies.get(fleet.strategy.kind).compile(fleet, fleet.strategy.params)
+    plan = with_release_gates(
+        plan, pre_release_test=fleet.commands.pre_release_test is not None,
+        migration=fleet.schema.migration_name if fleet.schema is not None else None)
+    if fleet.windows is not None:
+        from .policy import with_window_gates
+
+        plan = with_window_gates(plan)
+    return plan
 
 
 def compress(fleet: Fleet, plan: Plan, speed: float) -> tuple[Fleet, Plan]:
@@ -75,11 +82,29 @@ async def open_providers(fleet: Fleet, plugins: Any, state_dir: str | None = Non
 
             flags = StoreFlagSwitch(fleet.flags.store, fleet.flags.environment)
             opened.append(flags)
+        schema = None
+        if fleet.schema is not None:
+            from .schema.switch import MigrationSwitch
+
+            schema = MigrationSwitch(fleet.schema.database, fleet.schema.migration)
+            opened.append(schema)
     except BaseException:
         for provider in opened:
             await provider.aclose()
         raise
-    return Providers(transport, balancer, health, snapshot, notifiers, flags)
+    return Providers(transport, balancer, health, snapshot, notifiers, flags, schema)
+
+
+def _register_secrets(fleet: Fleet, state: str | None) -> None:
+    """Tell the redaction helper every secret this rollout knows, before anything is logged,
+    emitted or journaled: provider settings, the flag store's and the state's passwords, and
+    secret-named environment variables."""
+    from . import redact
+
+    specs = [fleet.transport, fleet.balancer, fleet.health, fleet.snapshot, *fleet.notifiers]
+    redact.register_all(
+        urls=[state, fleet.flags.store if fleet.flags is not None else None],
+        settings=[spec.settings for spec in specs if spec is not None])
 
 
 class Rollout:
@@ -90,8 +115,14 @@ class Rollout:
                  recover: bool = False, interactive: bool = False, journal: bool = True,
                  providers: Providers | None = None,
                  observers: Iterable[Callable[[Event], None]] = (),
-                 metrics_interval: float | None = 1.0) -> None:
+                 metrics_interval: float | None = 1.0, state: str | None = None) -> None:
+        """:param state: a ``postgresql://`` URL for the journal and the fleet lock, shared by
+            every controller (default ``$UPGRADER_STATE``; unset: SQLite in ``state_dir``).
+            ``state_dir`` still holds this controller's control socket and token."""
+        from .state import resolve_state
+
         self.fleet = fleet
+        self.state = resolve_state(state)
         self.plan = plan
         self._plugins = plugins
         self._clock = clock
@@ -103,8 +134,8 @@ class Rollout:
         self._own_providers = providers is None
         self._observers = list(observers)
         self._metrics_interval = metrics_interval
-        self._lock: FleetLock | None = None
-        self.journal: Journal | None = None
+        self._lock: Any = None
+        self.journal: Any = None
         self.engine: Engine | None = None
 
     async def __aenter__(self) -> "Rollout":
@@ -120,11 +151,21 @@ class Rollout:
 
     async def _open(self) -> None:
         resume_state = None
+        _register_secrets(self.fleet, self.state)
         if self._use_journal:
-            self._lock = FleetLock(self.state_dir, self.fleet.name)
-            self._lock.acquire()
-            self.journal = journal = Journal(self.state_dir / "journal.sqlite")
-            # disk work off the event loop (a long journal can take a moment to read)
+            from .state import fleet_lock, open_journal
+
+            lock = fleet_lock(self.state, self.state_dir, self.fleet.name)
+            try:
+                await asyncio.to_thread(lock.acquire)
+            except PolicyRefused as exc:
+                raise PolicyRefused(await self._with_rollout(str(exc))) from None
+            self._lock = lock
+            # disk and network work off the event loop (a long journal takes a moment to read)
+            self.journal = journal = await asyncio.to_thread(open_journal, self.state,
+                                                             self.state_dir)
+            if hasattr(journal, "fence_with"):
+                journal.fence_with(lock)
             unfinished = await asyncio.to_thread(journal.unfinished, self.fleet.name)
             if self._recover:
                 if unfinished is None:
@@ -164,6 +205,27 @@ class Rollout:
                              interactive=self._interactive, resume=resume_state,
                              metrics_interval=self._metrics_interval)
 
+    async def _with_rollout(self, message: str) -> str:
+        """A lock refusal, plus the rollout the holder drives when the message lacks it."""
+        if ", rollout " in message:
+            return message
+        from .state import journal_exists, open_journal
+
+        try:
+            if not journal_exists(self.state, self.state_dir):
+                return message
+            journal = await asyncio.to_thread(open_journal, self.state, self.state_dir)
+            try:
+                record = await asyncio.to_thread(journal.unfinished, self.fleet.name)
+            finally:
+                journal.close()
+        except UpgraderError:
+            return message
+        if record is None:
+            return message
+        head, sep, tail = message.partition(";")
+        return f"{head}, rollout {record.id}{sep}{tail}"
+
     async def _close(self) -> None:
         try:
             if self._providers is not None and self._own_providers:
@@ -171,10 +233,11 @@ class Rollout:
         finally:
             try:
                 if self.journal is not None:
-                    self.journal.close()
+                    await asyncio.to_thread(self.journal.close)
             finally:
                 if self._lock is not None:
-                    self._lock.release()
+                    await asyncio.to_thread(self._lock.release)
+                    self._lock = None
 
     # delegation to the engine -----------------------------------------------------------------
 

@@ -22,11 +22,12 @@ from ..errors import (BalancerError, HealthCheckFailed, ProviderError, RolloutFa
                       TransportError, UpgraderError)
 from ..events import Event, Outcome, RolloutState, Verdict
 from ..journal import Journal
+from ..redact import redact_data
 from ..model import Fleet, Host, HostPhase, HostStatus
 from ..plan import (Gate, Maintenance, Pause, Plan, PrepareSlots, Route, SetFlag, SetTraffic,
                     Step, SwapSlots, TurnDown, UpgradeHosts, Verify, estimate, step_duration)
 from ..providers.base import (Balancer, BackendState, Cohort, FlagSwitch, HealthCheck,
-                              Notifier, RouteTable, SnapshotProvider, Transport)
+                              Notifier, RouteTable, SchemaSwitch, SnapshotProvider, Transport)
 from .analysis import analyze, health_verdict, traffic_figures
 
 log = logging.getLogger("upgrader.engine")
@@ -44,10 +45,11 @@ class Providers:
     snapshot: SnapshotProvider | None = None
     notifiers: tuple[Notifier, ...] = ()
     flags: FlagSwitch | None = None
+    schema: SchemaSwitch | None = None
 
     async def aclose(self) -> None:
         for provider in (self.transport, self.balancer, self.health, self.snapshot,
-                         self.flags, *self.notifiers):
+                         self.flags, self.schema, *self.notifiers):
             if provider is not None:
                 try:
                     await provider.aclose()
@@ -292,6 +294,8 @@ class Engine:
 
     async def _emit(self, kind: str, /, **data: Any) -> Event:
         self._seq += 1
+        if kind not in _NOT_JOURNALED:      # secrets never reach events or the journal
+            data = redact_data(data)
         event = Event(kind, self.clock.wall(), self.rollout_id, self._seq, data)
         if self.journal is not None and self.rollout_id and kind not in _NOT_JOURNALED:
             await self.journal.aappend(self.rollout_id, event.seq, event.ts, kind, dict(data))
@@ -925,7 +929,54 @@ class Engine:
 
     # ------------------------------------------------------------------ gates and holds
 
+    async def _schema_gate(self, step: Gate) -> None:
+        switch = self.providers.schema
+        if switch is None:
+            raise RolloutFailed(f"step {describe_step(step)} needs the release's database, but "
+                                "the rollout has no schema switch ([schema] database)")
+        if step.gate == "schema_start":
+            await self._set_state(RolloutState.RUNNING, f"schema change {step.detail}: start")
+            await self._emit("schema", migration=step.detail, action="start", result="begin")
+            result = await switch.start()
+        else:
+            old = sorted(n for n, s in self.hosts.items()
+                         if self._hosts_by_name[n].cluster == "main"
+                         and s.release != self.fleet.releases.target)
+            if old:
+                raise RolloutFailed(
+                    f"schema change {step.detail} cannot complete: {len(old)} host(s) still "
+                    f"run a release other than {self.fleet.releases.target} "
+                    f"(first: {old[0]} on {self.hosts[old[0]].release})")
+            await self._set_state(RolloutState.RUNNING, f"schema change {step.detail}: complete")
+            await self._emit("schema", migration=step.detail, action="complete", result="begin")
+            result = await switch.complete()
+        await self._emit("schema", migration=step.detail,
+                         action=step.gate.removeprefix("schema_"), result=result)
+
+    async def _schema_rollback(self, errors: list[str]) -> None:
+        """After the hosts are back on the old release: undo the schema change's start. The
+        switch reads the database's own record, so this is right on a resumed roll-back too
+        (and a no-op when the change never started or was completed)."""
+        switch = self.providers.schema
+        if switch is None or not any(isinstance(s, Gate) and s.gate == "schema_start"
+                                     for s in self.plan.steps):
+            return
+        if errors:
+            errors.append("schema change left started: hosts did not all roll back")
+            return
+        migration = next((s.detail for s in self.plan.steps
+                          if isinstance(s, Gate) and s.gate == "schema_start"), "")
+        await self._emit("schema", migration=migration, action="rollback", result="begin")
+        try:
+            result = await switch.rollback()
+        except UpgraderError as exc:
+            errors.append(f"schema change {migration} roll-back failed: {exc}")
+            return
+        await self._emit("schema", migration=migration, action="rollback", result=result)
+
     async def _gate(self, step: Gate) -> None:
+        if step.gate.startswith("schema_"):
+            return await self._schema_gate(step)
         await self._set_state(RolloutState.VERIFYING, step.gate.replace("_", " "))
         template = (self.fleet.commands.system_test if step.gate == "system_test"
                     else self.fleet.commands.pre_release_test)
@@ -1175,6 +1226,7 @@ class Engine:
             await self._assert_rolled_back()
         except UpgraderError as exc:
             errors.append(str(exc))
+        await self._schema_rollback(errors)
         if errors:
             self._failure = f"{reason}; roll-back incomplete: {'; '.join(errors[:5])}"
             return Outcome.FAILED
@@ -1374,6 +1426,10 @@ def describe_step(step: Step) -> str:
     if isinstance(step, Pause):
         return "pause until promoted" if step.duration is None else f"pause {step.duration:g}s"
     if isinstance(step, Gate):
+        if step.gate == "schema_start":
+            return f"start schema change {step.detail}"
+        if step.gate == "schema_complete":
+            return f"complete schema change {step.detail}"
         return step.gate.replace("_", " ") + (" on idle slots" if step.slots else "")
     if isinstance(step, Maintenance):
         return "maintenance page on" if step.on else "maintenance page off"

@@ -2,6 +2,13 @@
 points to, and misbehaves on purpose when the release name asks for it (see ``variant_of``).
 
 Run as ``python -m upgrader.lab.app --root ROOT --slot SLOT --port PORT --host NAME``.
+
+When the lab has a database (``<lab dir>/app.sqlite``, see :func:`lab_database`), every
+tenth request also records a visit in its ``visits`` table, through the views of the release
+the app runs (``upgrader.schema.connect``), writing the columns its release's schema has:
+``host``, ``version`` and ``path`` (or ``url``, after the lab's migration renames it). A
+write that fails answers 500, so a schema change that breaks a release shows up as failed
+user requests.
 """
 
 from __future__ import annotations
@@ -28,6 +35,61 @@ DEFAULT_SLOW_LATENCY = 0.3
 CRASH_EXIT_STATUS = 3
 #: how long a SIGTERM waits for in-flight requests before closing them
 SHUTDOWN_TIMEOUT = 8.0
+
+
+from .layout import LAB_DATABASE
+
+#: one request in this many writes a visit row
+WRITE_EVERY = 10
+
+
+def lab_database(root: Path) -> Path:
+    """``<lab dir>/app.sqlite`` for a host root ``<lab dir>/hosts/<name>``."""
+    return root.parent.parent / LAB_DATABASE
+
+
+class VisitWriter:
+    """Writes visit rows through the release's views, on a thread of its own (a SQLite
+    connection stays on the thread that made it; a busy database never blocks the loop)."""
+
+    def __init__(self, path: Path, release: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.path = path
+        self.release = release
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visits")
+        self._conn = None
+        self._columns: tuple[str, ...] = ()
+
+    def _open(self):
+        import sqlite3
+
+        if self._conn is None:
+            from ..errors import SchemaError
+            from ..schema import connect
+
+            try:
+                self._conn = connect(self.path, self.release, timeout=10.0)
+            except SchemaError:
+                # no views for this release: the database has never been migrated
+                self._conn = sqlite3.connect(self.path, timeout=10.0)
+            self._conn.execute("PRAGMA busy_timeout = 10000")
+            names = [row[1] for row in self._conn.execute("PRAGMA table_info(visits)")]
+            self._columns = tuple(c for c in ("host", "version", "path", "url") if c in names)
+        return self._conn
+
+    def _write(self, host: str, path: str) -> None:
+        conn = self._open()
+        values = {"host": host, "version": self.release, "path": path, "url": path}
+        cols = self._columns
+        with conn:
+            conn.execute(f"INSERT INTO visits ({', '.join(cols)}) VALUES "
+                         f"({', '.join('?' for _ in cols)})", [values[c] for c in cols])
+
+    async def write(self, host: str, path: str) -> None:
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._write, host, path)
 
 
 def variant_of(release: str) -> str:
@@ -66,7 +128,8 @@ def read_release(root: Path, slot: str) -> dict:
     return {"version": version, "variant": data.get("variant") or variant_of(version)}
 
 
-def make_app(*, host: str, slot: str, version: str, variant: str):
+def make_app(*, host: str, slot: str, version: str, variant: str,
+             database: Path | None = None):
     # imported here, not at module level: hostctl imports this module and must start fast
     import asyncio
 
@@ -74,6 +137,7 @@ def make_app(*, host: str, slot: str, version: str, variant: str):
 
     headers = {"X-Version": version}
     counter = 0
+    writer = VisitWriter(database, version) if database is not None else None
     if variant == "slow":
         slow = _env_seconds("UPGRADER_LAB_SLOW_LATENCY", DEFAULT_SLOW_LATENCY)
         latency = (slow, slow)
@@ -95,6 +159,12 @@ def make_app(*, host: str, slot: str, version: str, variant: str):
         if variant == "errors" and n % 10 < 3:
             return web.json_response({"error": "simulated failure", "host": host,
                                       "version": version}, status=500, headers=headers)
+        if writer is not None and n % WRITE_EVERY == 0:
+            try:
+                await writer.write(host, request.path)
+            except Exception as exc:   # the schema broke this release: users see it
+                return web.json_response({"error": f"database: {exc}", "host": host,
+                                          "version": version}, status=500, headers=headers)
         return web.json_response({"host": host, "version": version, "slot": slot,
                                   "path": request.path}, headers=headers)
 
@@ -120,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from aiohttp import web
 
-    app = make_app(host=args.host, slot=slot, version=version, variant=variant)
+    database = lab_database(args.root.resolve())
+    app = make_app(host=args.host, slot=slot, version=version, variant=variant,
+                   database=database if database.exists() else None)
 
     if variant == "crash":
         crash_after = _env_seconds("UPGRADER_LAB_CRASH_AFTER", DEFAULT_CRASH_AFTER)

@@ -39,12 +39,19 @@ def main(args: argparse.Namespace) -> int:
     if args.lab_command == "up":
         layout = _layout_from_args(args)
         lab = Lab(layout)
-        asyncio.run(lab.up(traffic_rps=args.rps))
+        migration = None
+        if getattr(args, "database", None):
+            from ..schema import load_migration
+
+            migration = load_migration(args.database)   # bad input: exit 2, nothing started
+        asyncio.run(lab.up(traffic_rps=args.rps, database=migration))
         print(f"lab up in {layout.dir}: {layout.hosts} hosts on {layout.base_release}"
               + (f", {layout.new_hosts} new hosts" if layout.new_hosts else "")
               + (", two slots each" if layout.slots else ""))
         print(f"  users:    {layout.balancer_url}  ({args.rps} requests/s of lab traffic)")
         print(f"  admin:    {layout.admin_url}  (token in {layout.token_file})")
+        if migration is not None:
+            print(f"  database: {layout.database_file}  (release {migration.release}'s views)")
         print("  next:     upgrader run sample_fleets/canary.toml --headless")
         return 0
     directory = Path(args.dir).expanduser().resolve() if args.dir else default_lab_dir()

@@ -20,6 +20,8 @@ from ..model import Commands, Host, ProviderSpec
 MAX_LAB_HOSTS = 190
 DEFAULT_BASE_PORT = 18000
 DEFAULT_LAB_DIR = ".upgrader/lab"
+#: the lab's database (upgrader.lab.app writes to it when it exists)
+LAB_DATABASE = "app.sqlite"
 
 
 def default_lab_dir() -> Path:
@@ -50,6 +52,11 @@ class LabLayout:
     @property
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def database_file(self) -> Path:
+        """The lab's SQLite database: the apps record visits in it when it exists."""
+        return self.dir / LAB_DATABASE
 
     @property
     def token_file(self) -> Path:

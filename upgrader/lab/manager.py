@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import json
 import random
+import os
 import secrets
 import shutil
 import socket
@@ -159,9 +160,14 @@ class Lab:
     # ----------------------------------------------------------------------------------------
     # up
 
-    async def up(self, traffic_rps: int = 200, users: int = 500) -> dict:
+    async def up(self, traffic_rps: int = 200, users: int = 500,
+                 database: Any = None) -> dict:
         """Start the lab; return what lab.json now holds. Raises UpgraderError if a lab runs
-        in this dir, a port is taken, or a part fails to start (what started is stopped)."""
+        in this dir, a port is taken, or a part fails to start (what started is stopped).
+
+        ``database``: a :class:`upgrader.schema.Migration` that makes the lab's database
+        (started and completed, so its release's views are live) before the apps start;
+        None: the lab has no database (a stale one is removed)."""
         if traffic_rps < 0 or users <= 0:
             raise UpgraderError("traffic_rps must be >= 0 and users > 0")
         running = await asyncio.to_thread(self.running_pids)
@@ -170,6 +176,7 @@ class Lab:
             raise UpgraderError(f"a lab is already running in {self.dir}: {listed}; "
                                 "stop it first (`upgrader lab down`)")
         await asyncio.to_thread(self._prepare_dirs)
+        await asyncio.to_thread(self._prepare_database, database)
         busy = await asyncio.to_thread(self._busy_ports)
         if busy:
             raise UpgraderError(
@@ -222,6 +229,22 @@ class Lab:
         (self.dir / "run").mkdir(parents=True, exist_ok=True)
         for host in self.hosts:
             self.layout.host_root(host.name).mkdir(parents=True, exist_ok=True)
+
+    def _prepare_database(self, migration: Any) -> None:
+        path = self.layout.database_file
+        for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            try:
+                stale.unlink()
+            except FileNotFoundError:
+                pass
+        if migration is None:
+            return
+        from ..schema import open_backend
+
+        with open_backend(str(path)) as backend:
+            backend.start(migration)
+            backend.complete(migration.name)
+        os.chmod(path, 0o600)
 
     def _lab_ports(self) -> list[int]:
         ports = [self.layout.balancer_port, self.layout.admin_port]

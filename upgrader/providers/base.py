@@ -211,6 +211,29 @@ class FlagSwitch(Protocol):
 
 
 @runtime_checkable
+class SchemaSwitch(Protocol):
+    """The live schema change a release carries, as a rollout sees it
+    (``upgrader.schema.switch`` over a SQLite file or a PostgreSQL database). Each call is
+    idempotent, so that a resumed rollout can repeat the one it was in when it died."""
+
+    async def start(self) -> str:
+        """Expand (create the new release's views beside the old's). Returns what it did:
+        ``started``, ``already started`` or ``already complete``."""
+
+    async def complete(self) -> str:
+        """Contract: ``completed`` or ``already complete``."""
+
+    async def rollback(self) -> str:
+        """Undo ``start``: ``rolled back``, or ``not started`` when there is nothing to undo
+        (a completed migration is never rolled back by a rollout)."""
+
+    async def state(self) -> str | None:
+        """``started`` | ``complete`` | ``rolled_back``, or None when never started."""
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
 class Notifier(Protocol):
     async def notify(self, event: Any) -> None: ...
 

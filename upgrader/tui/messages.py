@@ -303,6 +303,11 @@ class EventDescriber:
             if len(message) > 200:
                 message = message[:197] + "..."
             return Text(message, style=_LEVEL_STYLES.get(data.get("level", "info"), ""))
+        if kind == "schema":
+            if data.get("result") == "begin":
+                return None
+            return Text(f"schema change {data.get('migration', '')} {data.get('action', '')}: "
+                        f"{data.get('result', '')}", style="cyan")
         if kind == "traffic":
             line = describe_traffic(data)
             if line == self._last_traffic:

@@ -1,0 +1,242 @@
+"""Keep secrets out of logs, events and the journal.
+
+Three kinds of secret are replaced by ``***`` wherever text leaves the process through
+upgrader (events, the journal, log records, error messages on stderr, the control API):
+
+- the password part of a URL (``postgresql://user:PASSWORD@host/db``) and ``password=...``
+  in a libpq connection string or a query string (``?token=...``);
+- the value of an ``Authorization`` / ``X-API-Key`` header, and ``Bearer <token>``;
+- known secret values: settings whose names say they are secret (``token``, ``password``,
+  ``secret``, ``api_key``, ...), environment variables with such names (``PGPASSWORD``,
+  ``DEPLOY_TOKEN``) and passwords of configured URLs, registered with :func:`add_secret`
+  when a rollout opens. A command that echoes its ``$DEPLOY_TOKEN`` in an error message is
+  therefore masked too.
+
+A leaf module: it imports nothing from upgrader, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import traceback
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+MASK = "***"
+#: known secret values shorter than this are not registered (masking "1" or "true"
+#: everywhere would garble every message and protect nothing)
+MIN_SECRET_LENGTH = 6
+
+#: a setting or variable whose name has one of these words holds a secret
+_SECRET_WORDS = ("password", "passwd", "pass", "secret", "token", "apikey", "api_key",
+                 "key", "credential", "credentials", "auth", "authorization", "cookie",
+                 "private_key", "access_key", "dsn")
+#: ... unless the name ends like this: it says where the secret is, not what it is
+_POINTER_SUFFIXES = ("_file", "_env", "_path", "_var", "_name", "_id", "_kind", "_url", "_host",
+                     "_port", "_user", "_username", "_sock", "_socket", "_dir", "_mode",
+                     "_type", "_timeout")
+
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):(?P<pw>[^@\s/]*)@")
+_KEYWORD = re.compile(
+    r"(?P<head>\b(?:password|passwd|pwd|token|access_token|api_key|apikey|secret|"
+    r"client_secret|sslpassword)\s*[=:]\s*)(?P<value>'[^']*'|\"[^\"]*\"|[^\s&;,'\"]+)",
+    re.IGNORECASE)
+_HEADER = re.compile(
+    r"(?P<head>\b(?:proxy-)?authorization\s*[:=]\s*(?:(?:bearer|basic|token|digest)\s+)?|"
+    r"\bx-api-key\s*[:=]\s*)(?P<value>[^\s,;'\"}]+)", re.IGNORECASE)
+_BEARER = re.compile(r"(?P<head>\bbearer\s+)(?P<value>[A-Za-z0-9._~+/=-]{8,})",
+                     re.IGNORECASE)
+
+_lock = threading.Lock()
+_secrets: frozenset[str] = frozenset()
+_secret_re: re.Pattern[str] | None = None
+_log_redaction_installed = False
+
+
+def is_secret_name(name: str) -> bool:
+    """True if a setting, header or variable called ``name`` holds a secret value."""
+    lowered = name.lower().replace("-", "_")
+    if lowered.endswith(_POINTER_SUFFIXES):
+        return False
+    words = [w for w in re.split(r"[_.\s]+", lowered) if w]
+    joined = "_".join(words)
+    return any(w in _SECRET_WORDS for w in words) or any(
+        w in joined for w in ("password", "secret", "token", "api_key", "apikey", "private_key",
+                              "access_key", "credential"))
+
+
+def add_secret(value: Any) -> None:
+    """Mask ``value`` from now on wherever upgrader writes text (no-op for short values)."""
+    global _secrets, _secret_re
+    if not isinstance(value, str):
+        return
+    value = value.strip()
+    if len(value) < MIN_SECRET_LENGTH or value in _secrets:
+        return
+    with _lock:
+        secrets = _secrets | {value}
+        ordered = sorted(secrets, key=len, reverse=True)   # longest first: no partial masks
+        _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+        _secrets = frozenset(secrets)
+
+
+def add_url_secret(url: str | None) -> None:
+    """Register the password of ``url`` (if it has one)."""
+    if not url or "://" not in url:
+        return
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return
+    if password:
+        add_secret(password)
+        from urllib.parse import unquote
+
+        add_secret(unquote(password))
+
+
+def add_environment_secrets(environ: Mapping[str, str] | None = None) -> None:
+    """Register the values of environment variables whose names say they are secret."""
+    for name, value in (os.environ if environ is None else environ).items():
+        if is_secret_name(name):
+            add_secret(value)
+
+
+def add_settings_secrets(settings: Mapping[str, Any]) -> None:
+    """Register the secrets in a provider's settings table: secret-named values, secret-named
+    variables of an ``env`` table, the token a ``*_env`` / ``*_file`` setting points at, and
+    URL passwords."""
+    for key, value in settings.items():
+        key = str(key)
+        if isinstance(value, Mapping):
+            for name, item in value.items():
+                if is_secret_name(str(name)) or is_secret_name(key):
+                    add_secret(item)
+                if isinstance(item, str):
+                    add_url_secret(item)
+            continue
+        if isinstance(value, str):
+            add_url_secret(value)
+            lowered = key.lower()
+            if is_secret_name(key):
+                add_secret(value)
+            elif lowered.endswith("_env") and is_secret_name(lowered[:-4]):
+                add_secret(os.environ.get(value, ""))
+            elif lowered.endswith("_file") and is_secret_name(lowered[:-5]):
+                try:
+                    with open(os.path.expanduser(value), encoding="utf-8") as handle:
+                        add_secret(handle.read(4096))
+                except (OSError, UnicodeDecodeError):
+                    pass
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, str):
+                    add_url_secret(item)
+
+
+def known_secret_count() -> int:
+    return len(_secrets)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (other parts kept, for messages)."""
+    if "://" not in url:
+        return redact_text(url)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return redact_text(url)
+    if password is None:
+        return redact_text(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port:
+        host += f":{parts.port}"
+    netloc = f"{parts.username}:{MASK}@{host}" if parts.username else f"{MASK}@{host}"
+    return redact_text(urlunsplit(parts._replace(netloc=netloc)))
+
+
+def redact_text(text: str) -> str:
+    """``text`` with URL passwords, credential headers, ``password=``-style pairs and every
+    registered secret value replaced by ``***``."""
+    if not text:
+        return text
+    pattern = _secret_re
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    if "://" in text:
+        text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
+    if "=" in text or ":" in text:
+        text = _KEYWORD.sub(lambda m: m["head"] + MASK if m["value"] != MASK else m[0], text)
+        text = _HEADER.sub(lambda m: m["head"] + MASK, text)
+    text = _BEARER.sub(lambda m: m["head"] + MASK, text)
+    return text
+
+
+def redact_data(value: Any) -> Any:
+    """``value`` (JSON-like data: dicts, lists, strings) with every string redacted. Keys and
+    non-string values are kept; the input is not changed."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: redact_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_data(v) for v in value) if isinstance(value, list) \
+            else tuple(redact_data(v) for v in value)
+    return value
+
+
+def redact_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A settings table fit to show: secret-named values masked, the rest redacted."""
+    shown: dict[str, Any] = {}
+    for key, value in settings.items():
+        if is_secret_name(str(key)) and value not in ("", None):
+            shown[key] = MASK
+        elif isinstance(value, Mapping):
+            shown[key] = {k: (MASK if is_secret_name(str(k)) else redact_data(v))
+                          for k, v in value.items()}
+        else:
+            shown[key] = redact_data(value)
+    return shown
+
+
+def install_log_redaction() -> None:
+    """Redact every log record created in this process from now on (message, arguments and
+    traceback text). Idempotent."""
+    global _log_redaction_installed
+    with _lock:
+        if _log_redaction_installed:
+            return
+        _log_redaction_installed = True
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:           # a bad format string: leave it to the handler to report
+            return record
+        record.msg, record.args = redact_text(message), ()
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = redact_text("".join(
+                traceback.format_exception(*record.exc_info)).rstrip("\n"))
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
+def register_all(urls: Iterable[str | None] = (), settings: Iterable[Mapping[str, Any]] = ()
+                 ) -> None:
+    """Register environment secrets, URL passwords and settings secrets, and redact logs."""
+    add_environment_secrets()
+    for url in urls:
+        add_url_secret(url)
+    for table in settings:
+        add_settings_secrets(table)
+    install_log_redaction()

@@ -1,0 +1,87 @@
+"""The schema change of a release, as a rollout drives it (:class:`~upgrader.providers.base.
+SchemaSwitch`): start before the first host changes, complete after the last host is
+verified, roll back when the rollout is rolled back.
+
+Every call reads the database's own record of the migration first, so each is idempotent:
+a controller that died half-way through a start (or before journaling it) is resumed by
+calling the same method again. Backends are synchronous; calls run in a worker thread, each
+with a connection of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from ..errors import SchemaError
+from . import open_backend
+from .loader import load_migration
+
+
+class MigrationSwitch:
+    def __init__(self, database: str, migration: str | Path) -> None:
+        self.database = database
+        self.migration = load_migration(migration)
+
+    @property
+    def name(self) -> str:
+        return self.migration.name
+
+    def _state(self, backend: Any) -> str | None:
+        status = backend.status()
+        state = None
+        for name, _release, seen in status.history:
+            if name == self.name:
+                state = seen
+        if status.active == self.name:
+            state = "started"
+        return state
+
+    def _start(self) -> str:
+        with open_backend(self.database) as backend:
+            state = self._state(backend)
+            if state == "started":
+                return "already started"
+            if state == "complete":
+                return "already complete"
+            backend.start(self.migration)
+            return "started"
+
+    def _complete(self) -> str:
+        with open_backend(self.database) as backend:
+            state = self._state(backend)
+            if state == "complete":
+                return "already complete"
+            if state != "started":
+                raise SchemaError(f"migration {self.name} is not started (state: {state}); "
+                                  "cannot complete it", database=backend.url,
+                                  migration=self.name)
+            backend.complete(self.name)
+            return "completed"
+
+    def _rollback(self) -> str:
+        with open_backend(self.database) as backend:
+            if self._state(backend) != "started":
+                return "not started"
+            backend.rollback(self.name)
+            return "rolled back"
+
+    def _read_state(self) -> str | None:
+        with open_backend(self.database) as backend:
+            return self._state(backend)
+
+    async def start(self) -> str:
+        return await asyncio.to_thread(self._start)
+
+    async def complete(self) -> str:
+        return await asyncio.to_thread(self._complete)
+
+    async def rollback(self) -> str:
+        return await asyncio.to_thread(self._rollback)
+
+    async def state(self) -> str | None:
+        return await asyncio.to_thread(self._read_state)
+
+    async def aclose(self) -> None:
+        return None
