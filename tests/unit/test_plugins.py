@@ -177,7 +177,7 @@ def test_hook_register_notifiers(upgrader_plugins, register_temp_plugin):
             register("fakenote", factory, settings=(Setting("room", str, "#ops"),))
 
     register_temp_plugin(Plugin(), name="notes")
-    assert upgrader_plugins.names("notifier") == ["fakenote"]
+    assert "fakenote" in upgrader_plugins.names("notifier")
     notifier = upgrader_plugins.create("notifier", ProviderSpec("fakenote"))
     asyncio.run(notifier.notify(SomethingHappened("x")))
     assert created[0].seen == [SomethingHappened("x")]
@@ -264,6 +264,8 @@ def test_builtin_providers_satisfy_their_protocols(upgrader_plugins):
         for factory in upgrader_plugins.factories(category):
             if (category, factory.name) == ("balancer", "builtin"):
                 continue  # needs a running balancer's admin_url; covered by its own tests
+            if factory.plugin not in DEFAULT_PLUGINS:
+                continue  # first-party plugins (entry points) are covered by their own tests
             spec = ProviderSpec(factory.name, required.get((category, factory.name), {}))
             provider = upgrader_plugins.create(category, spec, context)
             asyncio.run(provider.aclose())
