@@ -1,0 +1,202 @@
+"""``upgrader schema start|complete|rollback|status|plan|check``: live schema changes.
+
+Wiring (upgrader/cli.py): ``add_schema_parser(subparsers)`` adds the ``schema`` command and
+``main(args)`` runs a parsed one. Exit codes: 0 done (``check``: safe), 1 the database
+refused or failed (``check``: it would break the previous release), 2 bad input
+(``ConfigError``: a malformed migration, an unknown table or column); bad input changes
+nothing. ``run(argv)`` parses and runs without the top-level CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from ..errors import ConfigError, UpgraderError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+DB_ENV = "UPGRADER_SCHEMA_DB"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_schema_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``schema`` and its subcommands to an argparse subparsers object."""
+    schema = subparsers.add_parser(
+        "schema", help="live schema changes: a view per release, expand/contract",
+        description="Live schema changes on SQLite and PostgreSQL (docs/SCHEMA.md).")
+    sub = schema.add_subparsers(dest="schema_command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help_text: str, *, db: bool = True,
+                json_flag: bool = False) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=help_text, description=help_text)
+        if db:
+            parser.add_argument("--db", metavar="URL",
+                                help=f"a SQLite file or a postgresql:// URL (default ${DB_ENV})")
+        if json_flag:
+            parser.add_argument("--json", action="store_true", help="print JSON")
+        parser.set_defaults(schema_handler=handler)
+        return parser
+
+    start = command("start", cmd_start, "expand: create the new release's views beside the "
+                                        "old one's, backfill")
+    start.add_argument("migration", metavar="MIGRATION", help="the migration file (TOML)")
+    for name, handler, text in (("complete", cmd_complete, "contract: drop what only the old "
+                                                           "release needed"),
+                                ("rollback", cmd_rollback, "undo start: the database as "
+                                                           "before")):
+        parser = command(name, handler, text)
+        parser.add_argument("migration", metavar="MIGRATION",
+                            help="the migration's name or its file")
+    command("status", cmd_status, "the active migration and the live releases (and how an "
+                                  "application connects to each)", json_flag=True)
+    plan = command("plan", cmd_plan, "the SQL a phase would run, without running it",
+                   json_flag=True)
+    plan.add_argument("migration", metavar="MIGRATION", help="the migration file (TOML)")
+    plan.add_argument("--phase", choices=("start", "complete", "rollback"), default="start")
+    check = command("check", cmd_check, "would the migration break the previous release? "
+                                        "how to split it (expand/contract)", db=False,
+                    json_flag=True)
+    check.add_argument("migration", metavar="MIGRATION", help="the migration file (TOML)")
+    check.add_argument("--views", action="store_true",
+                       help="every client of the previous release reads through its views")
+    return schema
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run a parsed ``upgrader schema ...`` command; the exit code."""
+    handler: Handler = args.schema_handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"upgrader: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except UpgraderError as exc:
+        print(f"upgrader: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def run(argv: Sequence[str]) -> int:
+    """``upgrader schema ARGV...`` without the rest of the CLI (tests, ``python -m``)."""
+    parser = argparse.ArgumentParser(prog="upgrader")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_schema_parser(sub)
+    try:
+        args = parser.parse_args(["schema", *argv])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return main(args)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _db(args: argparse.Namespace) -> str:
+    url = args.db or os.environ.get(DB_ENV)
+    if not url:
+        raise ConfigError(f"no database: pass --db URL (a SQLite file or a postgresql:// URL) "
+                          f"or set ${DB_ENV}")
+    return url
+
+
+def _open(args: argparse.Namespace, *, create: bool = False) -> Any:
+    from . import is_postgres_url, open_backend
+
+    url = _db(args)
+    if is_postgres_url(url):
+        return open_backend(url)
+    from .sqlite import SQLiteBackend
+
+    return SQLiteBackend(url, create=create)
+
+
+def _migration_name(text: str) -> str:
+    """A migration's name, or the name of the migration file ``text`` names."""
+    if text.endswith(".toml") or os.sep in text:
+        from .loader import load_migration
+
+        return load_migration(text).name
+    return text
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from .loader import load_migration
+
+    migration = load_migration(args.migration)
+    with _open(args, create=True) as db:
+        db.start(migration)
+        status = db.status()
+    print(f"started {migration.name}: release {migration.release} is live beside "
+          f"{', '.join(r.release for r in status.live if r.release != migration.release) or 'none'}")
+    return EXIT_OK
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    name = _migration_name(args.migration)
+    with _open(args) as db:
+        db.complete(name)
+    print(f"completed {name}")
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    name = _migration_name(args.migration)
+    with _open(args) as db:
+        db.rollback(name)
+    print(f"rolled back {name}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        status = db.status()
+    if args.json:
+        print(json.dumps({
+            "active": status.active,
+            "live": [{"release": r.release, "connection": r.connection,
+                      "migration": r.migration} for r in status.live],
+            "history": [{"migration": m, "release": r, "state": s}
+                        for m, r, s in status.history],
+            "backfill": {t: {"done": d, "total": n} for t, (d, n) in status.backfill.items()},
+        }, indent=2))
+        return EXIT_OK
+    print(f"active migration: {status.active or 'none'}")
+    for table, (done, total) in status.backfill.items():
+        print(f"  backfill {table}: {done}/{total} rows")
+    print("live releases:" if status.live else "live releases: none (no views: every "
+                                                "connection reads the tables as they are)")
+    for release in status.live:
+        via = f" (from {release.migration})" if release.migration else ""
+        print(f"  {release.release}{via}: {release.connection}")
+    if status.history:
+        print("history:")
+        for name, release, state in status.history:
+            print(f"  {name} -> {release}: {state}")
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .loader import load_migration
+
+    migration = load_migration(args.migration)
+    with _open(args, create=False) as db:
+        statements = db.plan(migration, args.phase)
+    if args.json:
+        print(json.dumps({"migration": migration.name, "phase": args.phase,
+                          "statements": statements}, indent=2))
+    else:
+        for sql in statements:
+            print(sql if sql.startswith("--") else sql.rstrip(";") + ";")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import check_migration
+    from .loader import load_migration
+
+    result = check_migration(load_migration(args.migration), views=args.views)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.text())
+    return result.exit_code
