@@ -1,1 +1,31 @@
-"""upgrader_ssh: a first-party upgrader plugin (placeholder)."""
+"""upgrader_ssh: the ``ssh`` transport of upgrader (asyncssh).
+
+A first-party plugin, loaded exactly as a third party's: through the ``upgrader`` entry point
+``ssh = "upgrader_ssh"``. It uses only the public plugin API (``upgrader.hookspecs``,
+``upgrader.providers.base``, ``upgrader.errors``). Settings, host key policy, ssh config,
+sudo, upload and timeouts: docs/SSH.md.
+
+Fleet file::
+
+    [transport]
+    kind = "ssh"
+    username = "deploy"
+    identity_files = ["~/.ssh/deploy_ed25519"]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from upgrader.hookspecs import hookimpl
+
+from .transport import SETTINGS, SshTransport, Target, remote_command
+
+__all__ = ["SETTINGS", "SshTransport", "Target", "remote_command", "register_transports"]
+
+
+@hookimpl
+def register_transports(register: Any) -> None:
+    register("ssh", SshTransport.from_settings, settings=SETTINGS,
+             description="commands over SSH (asyncssh): known_hosts checked, one reused "
+                         "connection per host, SFTP upload")

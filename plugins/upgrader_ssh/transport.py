@@ -1,0 +1,835 @@
+"""The ``ssh`` transport: host commands over SSH with asyncssh.
+
+One connection per host, opened on first use (a lock per host: concurrent first commands open
+one connection) and reused for every later command as a new session (channel) on it. A
+connection found dropped is opened again, once per command. Sessions are pty-less; a command
+is an argument list, quoted with ``shlex.join`` for the remote login shell and prefixed with
+``exec`` so that the shell is replaced by the command (a signal then reaches the command
+itself). See docs/SSH.md for the settings, the host key policy and what a timeout does to
+the remote process.
+
+Only the public plugin API of upgrader is used: ``upgrader.hookspecs``,
+``upgrader.providers.base`` and ``upgrader.errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import os
+import secrets
+import shlex
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from upgrader.errors import CommandTimeout, ConfigError, TransportError
+from upgrader.providers.base import CommandResult, ProviderContext, Setting
+
+from .hostkeys import HostKeyPolicy, OfferedKey
+
+log = logging.getLogger("upgrader_ssh")
+
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+DEFAULT_CONFIG = "~/.ssh/config"
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("known_hosts", (str, list), DEFAULT_KNOWN_HOSTS,
+            "known_hosts file(s) holding the trusted host keys; trust-on-first-use records "
+            "go to the first"),
+    Setting("trust_on_first_use", bool, False,
+            "accept the key of a host that has no known_hosts entry and record it there "
+            "(a changed key is refused all the same)"),
+    Setting("identity_files", list, [],
+            "private key files to log in with; empty: the ssh config's IdentityFile, else "
+            "~/.ssh/id_*"),
+    Setting("passphrase_env", str, None,
+            "name of an environment variable holding the passphrase of encrypted "
+            "identity files"),
+    Setting("agent", bool, True, "also use the ssh-agent at SSH_AUTH_SOCK (or IdentityAgent)"),
+    Setting("config", str, DEFAULT_CONFIG,
+            "OpenSSH client config file (Host aliases, HostName, User, Port, IdentityFile, "
+            "ProxyJump); \"\" reads none"),
+    Setting("username", str, None,
+            "login user unless the host's vars.ssh_user says otherwise; default: the config's "
+            "User, else the local user"),
+    Setting("port", int, None,
+            "SSH port unless the host's vars.ssh_port says otherwise; default: the config's "
+            "Port, else 22"),
+    Setting("connect_timeout", float, 10.0,
+            "seconds to connect and log in (to each jump host, and then to the host)"),
+    Setting("timeout", float, 300.0,
+            "seconds a command may run before it is signalled and CommandTimeout raised "
+            "(a per-call timeout overrides it)"),
+    Setting("kill_grace", float, 2.0,
+            "seconds between SIGTERM and SIGKILL for a command past its timeout"),
+    Setting("keepalive_interval", float, 15.0,
+            "seconds between keepalives on an idle connection (3 missed: dropped); 0 turns "
+            "them off"),
+    Setting("max_sessions", int, 10,
+            "commands at once on one host's connection (keep it at or below the server's "
+            "MaxSessions, 10 by default)"),
+    Setting("max_parallel", int, 100,
+            "commands (and connection attempts) in flight over all hosts"),
+    Setting("sudo", bool, False,
+            "run every command as root through `sudo -n --` (needs passwordless sudo)"),
+)
+
+#: how many trailing lines of stderr an error message quotes
+STDERR_TAIL_LINES = 5
+#: seconds to wait for a signalled or closed channel to report its end
+CLOSE_WAIT = 1.0
+#: pauses before trying again a session the server refused on a live connection
+REFUSAL_BACKOFF = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _describe_exit(status: int) -> str:
+    if status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+def _tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def _command_text(argv: Sequence[str], limit: int = 200) -> str:
+    text = shlex.join(argv)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _signal_number(name: str) -> int | None:
+    try:
+        return int(signal.Signals["SIG" + name.upper().removeprefix("SIG")])
+    except KeyError:
+        return None
+
+
+def _exc_text(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.Error):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def remote_command(argv: Sequence[str], *, sudo: bool = False) -> str:
+    """The command line sent to the remote login shell.
+
+    ``echo $$`` first: the shell's pid, which is also the command's (``exec`` replaces the
+    shell by the command) and its process group (sshd starts every session in a session of
+    its own), so a timeout can kill the whole group; the transport strips that first line
+    from stdout. Then every argument quoted (``shlex.join``) and ``sudo -n --`` in front when
+    asked."""
+    parts = ["sudo", "-n", "--", *argv] if sudo else list(argv)
+    return "echo $$; exec " + shlex.join(parts)
+
+
+def kill_command(pid: int, signame: str, *, sudo: bool = False) -> str:
+    """Signal the process group ``pid`` leads (the command and every child it did not move
+    to a group of its own)."""
+    parts = ["kill", "-s", signame, "--", f"-{pid}"]
+    return shlex.join(["sudo", "-n", "--", *parts] if sudo else parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a host's commands go: address (or ssh config alias), port and user; None means
+    "as the ssh config (or SSH) decides"."""
+
+    address: str
+    port: int | None
+    username: str | None
+
+    @property
+    def key(self) -> tuple[str, int | None, str | None]:
+        return (self.address, self.port, self.username)
+
+    def label(self) -> str:
+        user = f"{self.username}@" if self.username else ""
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{user}{self.address}{port}"
+
+
+class _Client(asyncssh.SSHClient):
+    """Per connection: consults the host key policy for a key asyncssh does not trust."""
+
+    def __init__(self, policy: HostKeyPolicy) -> None:
+        self.policy = policy
+        self.offered: OfferedKey | None = None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int,
+                                 key: asyncssh.SSHKey) -> bool:
+        try:
+            self.offered = self.policy.consider(host, addr, port, key)
+        except ValueError:          # known_hosts became unreadable: refuse
+            return False
+        return self.offered.recorded
+
+
+class _Session(asyncssh.SSHClientSession[bytes]):
+    """Collects one command's output and how it ended."""
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.stdout: list[bytes] = []
+        self.stderr: list[bytes] = []
+        self.exit_status: int | None = None
+        self.exit_signal: str | None = None
+        self.lost: BaseException | None = None
+        self.done = done
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        (self.stderr if datatype == asyncssh.EXTENDED_DATA_STDERR else self.stdout).append(data)
+
+    def exit_status_received(self, status: int) -> None:
+        self.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str,
+                             lang: str) -> None:
+        self.exit_signal = signal
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def pid(self) -> int | None:
+        """The remote command's pid, from the first line of stdout (see remote_command)."""
+        head = b"".join(self.stdout[:2])[:24]
+        line, newline, _ = head.partition(b"\n")
+        return int(line) if newline and line.isdigit() else None
+
+    def output(self) -> tuple[str, str]:
+        out = b"".join(self.stdout)
+        line, newline, rest = out.partition(b"\n")
+        if newline and line.isdigit():
+            out = rest
+        return (out.decode("utf-8", "replace"), b"".join(self.stderr).decode("utf-8", "replace"))
+
+    def status(self) -> int | None:
+        if self.exit_status is not None:
+            return self.exit_status
+        if self.exit_signal is not None:
+            number = _signal_number(self.exit_signal)
+            return -number if number else 255
+        return None
+
+
+class _Attempt:
+    """One try at opening a channel: ``started`` once the channel opened (from then on its
+    command may run, and the channel is never tried again)."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started = False
+
+
+class _SessionFactory:
+    """Makes the session once the channel opened, and marks the attempt started."""
+
+    def __init__(self, attempt: _Attempt) -> None:
+        self.attempt = attempt
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.session: _Session | None = None
+
+    def __call__(self) -> _Session:
+        self.attempt.started = True
+        self.session = _Session(self.done)
+        return self.session
+
+
+def _dropped(exc: BaseException, conn: asyncssh.SSHClientConnection) -> bool:
+    return (conn.is_closed()
+            or isinstance(exc, (asyncssh.ConnectionLost, asyncssh.DisconnectError,
+                                ConnectionError, BrokenPipeError)))
+
+
+# --------------------------------------------------------------------------------------------
+# the transport
+
+
+class SshTransport:
+    """Runs host commands over SSH: one reused connection per host, at most ``max_sessions``
+    commands at once per host and ``max_parallel`` over all hosts.
+
+    Optional capability beyond the Transport protocol: :meth:`upload` (SFTP).
+    """
+
+    def __init__(self, *, known_hosts: str | Sequence[str] = DEFAULT_KNOWN_HOSTS,
+                 trust_on_first_use: bool = False, identity_files: Sequence[str] = (),
+                 passphrase: str | None = None, agent: bool = True,
+                 config: str | None = DEFAULT_CONFIG, username: str | None = None,
+                 port: int | None = None, connect_timeout: float = 10.0,
+                 timeout: float | None = 300.0, kill_grace: float = 2.0,
+                 keepalive_interval: float = 15.0, max_sessions: int = 10,
+                 max_parallel: int = 100, sudo: bool = False) -> None:
+        for key, value, low in (("max_sessions", max_sessions, 1),
+                                ("max_parallel", max_parallel, 1)):
+            if value < low:
+                raise ConfigError(f"must be at least {low}, got {value}", key=f"transport.{key}")
+        for key, value in (("connect_timeout", connect_timeout), ("timeout", timeout),
+                           ("kill_grace", kill_grace)):
+            if value is not None and value <= 0:
+                raise ConfigError(f"must be above 0 seconds, got {value}",
+                                  key=f"transport.{key}")
+        if keepalive_interval < 0:
+            raise ConfigError(f"must be 0 (off) or more seconds, got {keepalive_interval}",
+                              key="transport.keepalive_interval")
+        if port is not None and not 0 < port < 65536:
+            raise ConfigError(f"not a TCP port: {port}", key="transport.port")
+        paths = [known_hosts] if isinstance(known_hosts, str) else list(known_hosts)
+        if not paths or not all(isinstance(p, str) and p for p in paths):
+            raise ConfigError("a file name or a list of file names", key="transport.known_hosts")
+        if not all(isinstance(p, str) and p for p in identity_files):
+            raise ConfigError("a list of private key file names",
+                              key="transport.identity_files")
+        self.identity_files = [str(Path(p).expanduser()) for p in identity_files]
+        for path in self.identity_files:
+            if not os.path.isfile(path):
+                raise ConfigError(f"no such private key file: {path}",
+                                  key="transport.identity_files")
+        self.config_paths: list[str] = []
+        if config:
+            expanded = str(Path(config).expanduser())
+            if os.path.isfile(expanded):
+                self.config_paths = [expanded]
+            elif config != DEFAULT_CONFIG:
+                raise ConfigError(f"no such ssh config file: {expanded}", key="transport.config")
+        self.host_keys = HostKeyPolicy(paths, trust_on_first_use=trust_on_first_use)
+        self.trust_on_first_use = trust_on_first_use
+        self._passphrase = passphrase           # never logged, never in a message
+        self.agent = agent
+        self.username = username
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.kill_grace = kill_grace
+        self.keepalive_interval = keepalive_interval
+        self.max_sessions = max_sessions
+        self.max_parallel = max_parallel
+        self.sudo = sudo
+        self._parallel = asyncio.Semaphore(max_parallel)
+        self._host_slots: dict[tuple[Any, ...], asyncio.Semaphore] = {}
+        self._locks: dict[tuple[Any, ...], asyncio.Lock] = {}
+        self._links: dict[tuple[Any, ...], asyncssh.SSHClientConnection] = {}
+        self._jumps: dict[tuple[Any, ...], asyncssh.SSHClientConnection] = {}
+        self._keys: list[asyncssh.SSHKeyPair] | None = None
+        self._keys_lock = asyncio.Lock()
+        self._reapers: set[asyncio.Task[None]] = set()
+        self._closed = False
+        #: connections opened so far (first ones and reconnections), jump hosts included
+        self.connections_opened = 0
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any],
+                      context: ProviderContext | None = None) -> "SshTransport":
+        passphrase = None
+        env_name = settings["passphrase_env"]
+        if env_name:
+            passphrase = os.environ.get(env_name)
+            if passphrase is None:
+                raise ConfigError(f"environment variable {env_name} (the identity files' "
+                                  f"passphrase) is not set", key="transport.passphrase_env")
+        return cls(known_hosts=settings["known_hosts"],
+                   trust_on_first_use=settings["trust_on_first_use"],
+                   identity_files=settings["identity_files"], passphrase=passphrase,
+                   agent=settings["agent"], config=settings["config"],
+                   username=settings["username"], port=settings["port"],
+                   connect_timeout=settings["connect_timeout"], timeout=settings["timeout"],
+                   kill_grace=settings["kill_grace"],
+                   keepalive_interval=settings["keepalive_interval"],
+                   max_sessions=settings["max_sessions"],
+                   max_parallel=settings["max_parallel"], sudo=settings["sudo"])
+
+    def __repr__(self) -> str:   # no secrets: the passphrase is left out
+        return (f"SshTransport(known_hosts={self.host_keys.paths!r}, "
+                f"trust_on_first_use={self.trust_on_first_use}, "
+                f"identity_files={self.identity_files!r}, sudo={self.sudo})")
+
+    async def __aenter__(self) -> "SshTransport":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Wait for the kills of cancelled commands, then close every connection (jump hosts
+        last). A command still running is not signalled by sshd when its connection closes
+        (see docs/SSH.md)."""
+        self._closed = True
+        if self._reapers:    # commands being killed after a cancellation: let them finish
+            _, pending = await asyncio.wait(set(self._reapers),
+                                            timeout=self.kill_grace + 3 * CLOSE_WAIT)
+            for task in pending:
+                task.cancel()
+        conns = list(self._links.values())
+        jumps = list(self._jumps.values())
+        self._links.clear()
+        self._jumps.clear()
+        for group in (conns, jumps):
+            for conn in group:
+                conn.close()
+            if group:
+                await asyncio.wait([asyncio.ensure_future(c.wait_closed()) for c in group],
+                                   timeout=5.0)
+
+    # ---------------------------------------------------------------------------------------
+    # addressing
+
+    def target(self, host: Any) -> Target:
+        """Where ``host``'s commands go: ``vars.ssh_host`` (else its address), ``vars.ssh_port``
+        (else the ``port`` setting), ``vars.ssh_user`` (else the ``username`` setting)."""
+        hvars = getattr(host, "vars", None) or {}
+        address = str(hvars.get("ssh_host") or host.address)
+        port: int | None = self.port
+        if hvars.get("ssh_port") not in (None, ""):
+            raw = hvars["ssh_port"]
+            try:
+                port = int(raw)
+                if not 0 < port < 65536:
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise ConfigError(f"host {host.name}: ssh_port must be a TCP port, got {raw!r}",
+                                  key=f"hosts.{host.name}.vars.ssh_port") from None
+        username = str(hvars.get("ssh_user") or "") or self.username
+        return Target(address=address, port=port, username=username)
+
+    # ---------------------------------------------------------------------------------------
+    # connections
+
+    async def _client_keys(self) -> Any:
+        """Identity files, loaded (and decrypted) once; ``()`` lets asyncssh use the config's
+        IdentityFile or the default ~/.ssh/id_* files."""
+        if not self.identity_files:
+            return ()
+        async with self._keys_lock:
+            if self._keys is None:
+                try:
+                    self._keys = await asyncio.to_thread(
+                        asyncssh.load_keypairs, self.identity_files, self._passphrase)
+                except (asyncssh.KeyImportError, OSError, ValueError) as exc:
+                    # the exception text never contains the passphrase or the key itself
+                    raise ConfigError(f"cannot load the identity files "
+                                      f"{', '.join(self.identity_files)}: {_exc_text(exc)}",
+                                      key="transport.identity_files") from None
+            return self._keys
+
+    def _config_lookup(self, address: str, port: int | None,
+                       username: str | None) -> Any:
+        from asyncssh.config import SSHClientConfig
+
+        try:
+            local_user = getpass.getuser()
+        except (KeyError, OSError):  # pragma: no cover - no passwd entry
+            local_user = ""
+        return SSHClientConfig.load(None, self.config_paths, False, False, False, local_user,
+                                    username if username else (), address,
+                                    port if port is not None else ())
+
+    async def _proxy_jump(self, address: str, port: int | None,
+                          username: str | None) -> str | None:
+        """The config's ProxyJump for this destination, or None."""
+        if not self.config_paths:
+            return None
+        config = await asyncio.to_thread(self._config_lookup, address, port, username)
+        jump = config.get("ProxyJump")
+        if not jump or str(jump).lower() == "none":
+            return None
+        return str(jump)
+
+    async def _tunnel(self, spec: str | None,
+                      path: tuple[Any, ...]) -> asyncssh.SSHClientConnection | None:
+        """Open (or reuse) the chain of jump hosts ``user@host:port,...`` with this transport's
+        own host key policy and keys (asyncssh's own ProxyJump would use its defaults)."""
+        if not spec:
+            return None
+        conn: asyncssh.SSHClientConnection | None = None
+        chain: tuple[Any, ...] = ()
+        for hop in spec.split(","):
+            hop = hop.strip().removeprefix("ssh://")
+            username, _, hostport = hop.rpartition("@")
+            host, port = hostport, None
+            if hostport.startswith("["):       # [v6]:port
+                host, _, rest = hostport[1:].partition("]")
+                port = int(rest[1:]) if rest.startswith(":") else None
+            elif hostport.count(":") == 1:
+                host, _, port_text = hostport.partition(":")
+                port = int(port_text)
+            chain = chain + ((host, port, username or None),)
+            jump_target = Target(host, port, username or None)
+            conn = await self._jump(jump_target, chain, conn, path)
+        return conn
+
+    async def _jump(self, target: Target, chain: tuple[Any, ...],
+                    via: asyncssh.SSHClientConnection | None,
+                    path: tuple[Any, ...]) -> asyncssh.SSHClientConnection:
+        if target.key in path:
+            raise TransportError("ProxyJump loops: " + " -> ".join(
+                Target(*k).label() for k in (*path, target.key)))
+        key = ("jump",) + chain
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            conn = self._jumps.get(key)
+            if conn is not None and not conn.is_closed():
+                return conn
+            if via is None:       # the first hop may have a ProxyJump of its own
+                via = await self._tunnel(await self._proxy_jump(
+                    target.address, target.port, target.username), (*path, target.key))
+            conn = await self._connect(target, via, role="jump host ")
+            self._jumps[key] = conn
+            return conn
+
+    async def _connect(self, target: Target, tunnel: asyncssh.SSHClientConnection | None,
+                       role: str = "") -> asyncssh.SSHClientConnection:
+        label = target.label()
+        try:
+            known_hosts = await asyncio.to_thread(self.host_keys.current)
+        except ValueError as exc:
+            raise TransportError(f"cannot verify the host key of {role}{label}: {exc}") from None
+        client = _Client(self.host_keys)
+        options: dict[str, Any] = dict(
+            known_hosts=known_hosts,
+            client_keys=await self._client_keys(),
+            config=self.config_paths,
+            client_factory=lambda: client,
+            tunnel=tunnel,                  # None: no ProxyJump (we resolved it ourselves)
+            connect_timeout=self.connect_timeout,
+            keepalive_interval=self.keepalive_interval,
+            keepalive_count_max=3,
+            x509_trusted_certs=None,
+        )
+        if self._passphrase is not None:
+            options["passphrase"] = self._passphrase
+        if not self.agent:
+            options["agent_path"] = None
+        if target.port is not None:
+            options["port"] = target.port
+        if target.username:
+            options["username"] = target.username
+        self.connections_opened += 1
+        try:
+            conn = await asyncssh.connect(target.address, **options)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise TransportError(self.host_keys.refusal(client.offered, role + label,
+                                                        _exc_text(exc))) from None
+        except asyncssh.KeyExchangeFailed as exc:
+            raise TransportError(self._kex_failure(target, role, exc)) from None
+        except asyncssh.PermissionDenied as exc:
+            raise TransportError(
+                f"{role}{label} refused the login ({_exc_text(exc)}); tried "
+                + (f"the identity files {', '.join(self.identity_files)}"
+                   if self.identity_files else "the ssh config's IdentityFile or ~/.ssh/id_*")
+                + (" and the ssh-agent" if self.agent and os.environ.get("SSH_AUTH_SOCK")
+                   else "")) from None
+        except (TimeoutError, asyncio.TimeoutError):
+            raise TransportError(f"cannot connect to {role}{label}: no answer within "
+                                 f"{self.connect_timeout:g}s (connect_timeout)") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise TransportError(f"cannot connect to {role}{label}: {_exc_text(exc)}") from exc
+        except ValueError as exc:        # asyncssh: bad config values, unknown user...
+            raise TransportError(f"cannot connect to {role}{label}: {exc}") from None
+        if client.offered is not None and client.offered.recorded:
+            try:
+                await asyncio.to_thread(self.host_keys.record, client.offered)
+            except OSError as exc:
+                conn.close()
+                raise TransportError(
+                    f"accepted the host key of {role}{label} on first use but cannot record "
+                    f"it in {self.host_keys.record_path}: {exc.strerror or exc}") from None
+            algorithm = client.offered.key.get_algorithm()
+            log.warning("trusted the host key of %s on first use: %s %s (recorded in %s)",
+                        role + label, algorithm, client.offered.key.get_fingerprint("sha256"),
+                        self.host_keys.record_path)
+        return conn
+
+    def _kex_failure(self, target: Target, role: str, exc: BaseException) -> str:
+        label = role + target.label()
+        try:
+            known = self.host_keys.known_keys(target.address, None, target.port)
+        except ValueError:
+            known = ()
+        if known:
+            types = ", ".join(sorted({k.get_algorithm() for k in known}))
+            return (f"host key of {label} CHANGED: {', '.join(self.host_keys.paths)} trusts "
+                    f"only {types} keys for it and the server offers none of them "
+                    f"({_exc_text(exc)})")
+        return f"cannot agree on algorithms with {label}: {_exc_text(exc)}"
+
+    async def _link(self, target: Target,
+                    stale: asyncssh.SSHClientConnection | None = None) -> asyncssh.SSHClientConnection:
+        """The host's connection: reused, or opened (one at a time per host) when there is
+        none or it dropped."""
+        key = target.key
+        conn = self._links.get(key)
+        if conn is not None and conn is not stale and not conn.is_closed():
+            return conn                                   # the fast path: no lock
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            conn = self._links.get(key)
+            if conn is not None and conn is not stale and not conn.is_closed():
+                return conn
+            if conn is not None:
+                conn.abort()
+                self._links.pop(key, None)
+            if self._closed:
+                raise TransportError("the ssh transport is closed")
+            tunnel = await self._tunnel(
+                await self._proxy_jump(target.address, target.port, target.username),
+                (target.key,))
+            conn = await self._connect(target, tunnel)
+            self._links[key] = conn
+            return conn
+
+    def _slots(self, target: Target) -> asyncio.Semaphore:
+        slots = self._host_slots.get(target.key)
+        if slots is None:
+            slots = self._host_slots[target.key] = asyncio.Semaphore(self.max_sessions)
+        return slots
+
+    # ---------------------------------------------------------------------------------------
+    # commands
+
+    async def run(self, host: Any, argv: Sequence[str], *, timeout: float | None = None,
+                  check: bool = True) -> CommandResult:
+        """Run ``argv`` on ``host`` over its SSH connection.
+
+        :param timeout: seconds (default: the ``timeout`` setting); past it the remote command
+            gets SIGTERM, SIGKILL ``kill_grace`` seconds later, its channel is closed and
+            ``CommandTimeout`` raised.
+        :param check: raise ``TransportError`` on a non-zero exit status.
+        """
+        argv = tuple(argv)
+        if self._closed:
+            raise TransportError("the ssh transport is closed", host=host.name, argv=argv)
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise TransportError(f"a command is a non-empty list of strings, got {list(argv)!r}",
+                                 host=host.name, argv=argv)
+        if any("\0" in a for a in argv):
+            raise TransportError("an argument contains a NUL character, which no command "
+                                 "line can carry", host=host.name, argv=argv)
+        target = self.target(host)
+        command = remote_command(argv, sudo=self.sudo)
+        limit = self.timeout if timeout is None else timeout
+        async with self._slots(target), self._parallel:
+            factory: _SessionFactory | None = None
+
+            async def open_session(conn: asyncssh.SSHClientConnection, attempt: _Attempt) -> Any:
+                nonlocal factory
+                factory = _SessionFactory(attempt)
+                chan, _ = await conn.create_session(factory, command, encoding=None,
+                                                    request_pty=False)
+                return chan
+
+            conn, chan = await self._open_channel(host, target, argv, open_session,
+                                                  f"cannot start {_command_text(argv)}")
+            assert factory is not None and factory.session is not None
+            return await self._finish(host, target, argv, conn, chan, factory.session, limit,
+                                      check)
+
+    async def _open_channel(self, host: Any, target: Target, argv: tuple[str, ...],
+                            opener: Any, what: str) -> tuple[asyncssh.SSHClientConnection, Any]:
+        """Open a channel with ``opener(conn, attempt)`` on the host's connection.
+
+        A channel that never opened is tried again: once on a new connection when the
+        connection turns out to have dropped, and a few times after a short pause when the
+        server refused it on a live connection (sshd frees a closed session's slot a moment
+        after the close, so a burst of commands can briefly see MaxSessions reached). A
+        channel that opened is never tried again: its command may have started.
+        """
+        stale: asyncssh.SSHClientConnection | None = None
+        reconnected = False
+        refusals = 0
+        while True:
+            try:
+                conn = await self._link(target, stale)
+            except TransportError as exc:
+                raise TransportError(exc.message, host=host.name, argv=argv) from exc.__cause__
+            attempt = _Attempt()
+            try:
+                return conn, await opener(conn, attempt)
+            except (asyncssh.Error, OSError) as exc:
+                if not attempt.started:
+                    if _dropped(exc, conn) and not reconnected:
+                        log.info("connection to %s dropped; reconnecting", target.label())
+                        reconnected, stale = True, conn
+                        continue
+                    if (isinstance(exc, asyncssh.ChannelOpenError) and not conn.is_closed()
+                            and refusals < len(REFUSAL_BACKOFF)):
+                        await asyncio.sleep(REFUSAL_BACKOFF[refusals])
+                        refusals += 1
+                        continue
+                refused = isinstance(exc, asyncssh.ChannelOpenError) and not conn.is_closed()
+                raise TransportError(
+                    f"{what} on {target.label()}: {_exc_text(exc)}"
+                    + (f" (the server keeps refusing new sessions: is its MaxSessions below "
+                       f"max_sessions={self.max_sessions}?)" if refused else ""),
+                    host=host.name, argv=argv) from exc
+
+    async def _finish(self, host: Any, target: Target, argv: tuple[str, ...],
+                      conn: asyncssh.SSHClientConnection,
+                      chan: asyncssh.SSHClientChannel[bytes], session: _Session,
+                      limit: float | None, check: bool) -> CommandResult:
+        try:
+            chan.write_eof()        # stdin: nothing (as /dev/null)
+        except (OSError, asyncssh.Error):
+            pass
+        try:
+            done, _ = await asyncio.wait({session.done}, timeout=limit)
+        except asyncio.CancelledError:
+            self._end_in_background(conn, chan, session)
+            raise
+        if not done:
+            how = await self._kill(conn, chan, session)
+            stdout, stderr = session.output()
+            raise CommandTimeout(
+                f"{_command_text(argv)} did not finish within {limit:g}s: {how}",
+                host=host.name, argv=argv, stdout=stdout, stderr=stderr)
+        stdout, stderr = session.output()
+        status = session.status()
+        if status is None:
+            reason = _exc_text(session.lost) if session.lost else "the channel closed"
+            raise TransportError(
+                f"the connection to {target.label()} dropped while {_command_text(argv)} "
+                f"ran ({reason}); whether it finished is unknown",
+                host=host.name, argv=argv, stdout=stdout, stderr=stderr)
+        if check and status != 0:
+            tail = _tail(stderr) or _tail(stdout) or "(no output)"
+            raise TransportError(f"{_command_text(argv)} {_describe_exit(status)}:\n{tail}",
+                                 host=host.name, argv=argv, exit_status=status,
+                                 stdout=stdout, stderr=stderr)
+        return CommandResult(exit_status=status, stdout=stdout, stderr=stderr)
+
+    async def _kill(self, conn: asyncssh.SSHClientConnection,
+                    chan: asyncssh.SSHClientChannel[bytes], session: _Session) -> str:
+        """End a command past its timeout: SIGTERM to its process group, SIGKILL after
+        ``kill_grace``, then close the channel. Returns what happened, for the error message.
+
+        The signals go through a second session on the same connection (``kill -s SIG --
+        -PID``, with sudo when the transport uses it): OpenSSH refuses the protocol's own
+        "signal" request for root logins, and sends it to one process only. When that session
+        cannot be opened, the "signal" request is the fallback.
+        """
+        steps: list[str] = []
+        pid = session.pid()
+        for name, wait in (("TERM", self.kill_grace), ("KILL", CLOSE_WAIT)):
+            sent = False
+            if pid is not None:
+                try:
+                    result = await asyncio.wait_for(
+                        conn.run(kill_command(pid, name, sudo=self.sudo), check=False),
+                        CLOSE_WAIT)
+                    sent = result.exit_status == 0
+                except (asyncssh.Error, OSError, TimeoutError, asyncio.TimeoutError):
+                    pass
+            if not sent:
+                try:
+                    chan.send_signal(name)
+                    sent = True
+                except (OSError, asyncssh.Error):
+                    pass
+            if sent:
+                steps.append(f"SIG{name}")
+            if session.done.done():
+                break
+            done, _ = await asyncio.wait({session.done}, timeout=wait)
+            if done:
+                break
+        what = f"sent {' then '.join(steps)} to its process group" if steps else \
+            "could not signal it"
+        if session.done.done():
+            ended = (f"it was ended by SIG{session.exit_signal}" if session.exit_signal
+                     else f"it exited with status {session.exit_status}"
+                     if session.exit_status is not None else "its channel closed")
+            return f"{what}; {ended}"
+        chan.close()
+        await asyncio.wait({session.done}, timeout=CLOSE_WAIT)
+        return (f"{what} without effect and closed its channel; it may still run on the host")
+
+    def _end_in_background(self, conn: asyncssh.SSHClientConnection,
+                           chan: asyncssh.SSHClientChannel[bytes], session: _Session) -> None:
+        """A cancelled command must not go on unobserved: kill it in a task of its own."""
+        task = asyncio.ensure_future(self._kill(conn, chan, session))
+        self._reapers.add(task)
+        task.add_done_callback(self._reapers.discard)
+
+    # ---------------------------------------------------------------------------------------
+    # upload (optional transport capability)
+
+    async def upload(self, host: Any, local_path: str | os.PathLike[str], remote_path: str,
+                     *, mode: int | None = None, timeout: float | None = None) -> int:
+        """Copy the local file ``local_path`` to ``remote_path`` on ``host`` over SFTP, on the
+        host's connection; return the bytes copied.
+
+        The file is written beside its destination as ``<remote_path>.part-<random>`` and
+        renamed into place, so ``remote_path`` never holds half a file. It is written as
+        the login user (``sudo`` does not apply): upload to a directory that user may write,
+        then move it with a command. ``mode`` (e.g. ``0o644``) is set before the rename.
+
+        Raises ``TransportError`` (``argv`` is ``("upload", local_path, remote_path)``), and
+        ``CommandTimeout`` past ``timeout`` (default: the ``timeout`` setting).
+        """
+        local = os.fspath(local_path)
+        argv = ("upload", local, remote_path)
+        if self._closed:
+            raise TransportError("the ssh transport is closed", host=host.name, argv=argv)
+        try:
+            size = await asyncio.to_thread(lambda: os.stat(local).st_size)
+        except OSError as exc:
+            raise TransportError(f"cannot read {local}: {exc.strerror or exc}",
+                                 host=host.name, argv=argv) from None
+        target = self.target(host)
+        limit = self.timeout if timeout is None else timeout
+        async with self._slots(target), self._parallel:
+            async def open_sftp(conn: asyncssh.SSHClientConnection, attempt: _Attempt) -> Any:
+                return await conn.start_sftp_client()
+
+            _, sftp = await self._open_channel(host, target, argv, open_sftp,
+                                               "cannot open SFTP")
+            try:
+                await asyncio.wait_for(self._put(sftp, local, remote_path, mode), limit)
+            except (TimeoutError, asyncio.TimeoutError):
+                raise CommandTimeout(f"upload of {local} to {target.label()}:{remote_path} "
+                                     f"did not finish within {limit:g}s",
+                                     host=host.name, argv=argv) from None
+            except (asyncssh.Error, OSError) as exc:
+                raise TransportError(f"upload of {local} to {target.label()}:{remote_path} "
+                                     f"failed: {_exc_text(exc)}", host=host.name,
+                                     argv=argv) from exc
+            finally:
+                sftp.exit()
+            return size
+
+    @staticmethod
+    async def _put(sftp: asyncssh.SFTPClient, local: str, remote: str,
+                   mode: int | None) -> None:
+        part = f"{remote}.part-{secrets.token_hex(4)}"
+        try:
+            await sftp.put(local, part)
+            if mode is not None:
+                await sftp.chmod(part, mode)
+            try:
+                await sftp.posix_rename(part, remote)
+            except asyncssh.SFTPOpUnsupported:   # a server without the OpenSSH extension
+                if await sftp.exists(remote):
+                    await sftp.remove(remote)
+                await sftp.rename(part, remote)
+        except BaseException:
+            try:
+                await asyncio.shield(sftp.remove(part))
+            except (asyncssh.Error, OSError, asyncio.CancelledError):
+                pass
+            raise
