@@ -49,11 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--detach", action="store_true",
                      help="run in a controller process of its own; follow it with `upgrader attach`")
     run.add_argument("--control", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--wait", action="store_true",
+                     help="outside the deploy window, wait for the next opening (else exit 3)")
+    run.add_argument("--override-window", metavar="REASON",
+                     help="run outside the deploy window; the reason goes to the journal")
 
     plan = sub.add_parser("plan", help="print what a strategy will do and how long it takes")
     fleet_args(plan)
     plan.add_argument("--json", action="store_true")
     plan.add_argument("--all-waves", action="store_true", help="list every wave")
+    plan.add_argument("--at", metavar="ISO_TIME",
+                      help="start the calendar of waves at this time (default: now)")
 
     resume = sub.add_parser("resume", help="finish a rollout whose controller died")
     fleet_args(resume, strategy=False)
@@ -88,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--hosts", type=int, default=8)
     up.add_argument("--new-hosts", type=int, default=0, help="parallel cluster (shedding)")
     up.add_argument("--slots", action="store_true", help="two slots per host (blue-green)")
+    up.add_argument("--ssh", action="store_true",
+                    help="each host its own sshd (in a network namespace where possible), "
+                         "HAProxy in front: docs/SSHLAB.md")
+    up.add_argument("--network", choices=("auto", "netns", "loopback"), default="auto",
+                    help="SSH lab: hosts in network namespaces, or on 127.x.y.z addresses "
+                         "(auto: namespaces where the machine allows them)")
+    up.add_argument("--subnet", default=None,
+                    help="SSH lab: the hosts' network (default 10.231.0.0/24)")
     up.add_argument("--base-port", type=int, default=None)
     up.add_argument("--dir", help="lab folder (default .upgrader/lab)")
     up.add_argument("--rps", type=int, default=100, help="user requests per second (0: none)")
@@ -123,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     from .flags.cli import add_flags_parser
 
     add_flags_parser(sub)
+
+    from .schema.cli import add_schema_parser
+
+    add_schema_parser(sub)
     return p
 
 
@@ -187,6 +205,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = compile_plan(fleet)
     est = estimate(plan, fleet.timing)
     wave_list = waves(plan, fleet.timing)
+    slots = _plan_calendar(args, fleet, plan)
     if args.json:
         print(json.dumps({
             "fleet": fleet.name, "strategy": plan.strategy,
@@ -195,6 +214,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "estimated_s": est.total_s, "rollback_estimated_s": est.rollback_s,
             "rollback_mode": plan.rollback_mode, "waits_for_promotion": est.waits_for_promotion,
             "estimated": format_duration(est.total_s), "notes": list(plan.notes),
+            "calendar": _calendar_json(fleet, slots),
             "waves": [{"index": w.index, "hosts": w.hosts, "hosts_done": w.hosts_done,
                        "blast_radius": w.blast_radius, "pause_s": w.pause,
                        "start_s": w.start_s, "duration_s": w.duration_s, "label": w.label}
@@ -220,7 +240,105 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"roll-back ({plan.rollback_mode}), from the last wave: {format_duration(est.rollback_s)}")
     for note in plan.notes:
         print(f"note: {note}")
+    _print_calendar(fleet, slots, args.all_waves)
     return EXIT_OK
+
+
+def _plan_calendar(args: argparse.Namespace, fleet: Any, plan: Any) -> Any:
+    """When each wave would run given the deploy windows, from ``--at`` or now (None: the
+    fleet has no windows and no ``--at`` was given)."""
+    from datetime import datetime, timezone
+
+    from .policy import calendar
+
+    if fleet.windows is None and not args.at:
+        return None
+    start = datetime.now(timezone.utc)
+    if args.at:
+        try:
+            start = datetime.fromisoformat(args.at.strip())
+        except ValueError:
+            raise ConfigError(f"expected a time like 2026-03-30T09:00+02:00, got {args.at!r}",
+                              key="--at") from None
+        if start.tzinfo is None:
+            raise ConfigError(f"{args.at!r} has no offset: add one (+02:00, Z)", key="--at")
+    return start, calendar(plan, fleet.timing, fleet.windows, start)
+
+
+def _calendar_json(fleet: Any, slots: Any) -> Any:
+    if slots is None:
+        return None
+    start, rows = slots
+    windows = fleet.windows
+    return {"from": start.isoformat(), "waves": [
+        {"index": r.index, "start": r.start.isoformat() if r.start else None,
+         "end": r.end.isoformat() if r.end else None, "waited_s": r.waited_s,
+         "teams": [t.name for t in windows.on_duty(r.start)] if windows and r.start else []}
+        for r in rows]}
+
+
+def _print_calendar(fleet: Any, slots: Any, all_waves: bool) -> None:
+    from datetime import timezone
+
+    if slots is None:
+        return
+    start, rows = slots
+    windows = fleet.windows
+
+    def when(at: Any) -> str:
+        if at is None:
+            return "no opening"
+        text = at.astimezone(timezone.utc).strftime("%a %Y-%m-%d %H:%M UTC")
+        teams = windows.on_duty(at) if windows is not None else ()
+        if teams:
+            local = at.astimezone(teams[0].zone)
+            text += f" ({local.strftime('%H:%M %Z')} {teams[0].name})"
+        return text
+
+    where = f"deploy windows: {windows.describe()}" if windows is not None else "no deploy windows"
+    if windows is not None and windows.min_remaining:
+        where += f"; a wave leaves {format_duration(windows.min_remaining)} before a window closes"
+    print(f"calendar from {when(start)}, {where}")
+    print(f"{'wave':>5}  {'starts':<46}  {'ends':<46}  waits")
+    shown = list(rows) if all_waves or len(rows) <= 30 else list(rows[:20]) + [None] + \
+        list(rows[-5:])
+    for row in shown:
+        if row is None:
+            print(f"{'...':>5}  ({len(rows) - 25} more waves; --all-waves lists them)")
+            continue
+        waited = format_duration(row.waited_s) if row.waited_s else "-"
+        print(f"{row.index:>5}  {when(row.start):<46}  {when(row.end):<46}  {waited}")
+    ends = [r.end for r in rows if r.end is not None]
+    if rows and len(ends) == len(rows):
+        print(f"finishes {when(ends[-1])}, {format_duration((ends[-1] - start).total_seconds())}"
+              " from the start")
+    elif rows:
+        print("some waves find no opening within the next 400 days (a freeze without end?)")
+
+
+def _check_window(args: argparse.Namespace, fleet: Any, *, recover: bool) -> None:
+    """Outside the deploy window: refuse (exit 3, naming the next opening) unless ``--wait``
+    (the engine pauses until it) or ``--override-window REASON``."""
+    from datetime import datetime, timezone
+
+    from .policy import refusal
+
+    reason = getattr(args, "override_window", None)
+    if reason is not None and not reason.strip():
+        raise ConfigError("--override-window needs a reason", key="--override-window")
+    if fleet.windows is None or recover or reason or getattr(args, "wait", False):
+        return
+    refused = refusal(fleet.windows, datetime.now(timezone.utc))
+    if refused is not None:
+        raise refused
+
+
+def _window_argv(args: argparse.Namespace, *, recover: bool) -> list[str]:
+    """The controller process gets the decision already taken here: it waits, or overrides."""
+    if recover:
+        return []
+    reason = getattr(args, "override_window", None)
+    return ["--wait"] + (["--override-window", reason] if reason else [])
 
 
 def _human(seconds: float) -> str:
@@ -235,6 +353,7 @@ def _human(seconds: float) -> str:
 def cmd_run(args: argparse.Namespace, *, recover: bool = False) -> int:
     plugins = _plugins()
     fleet = _load(args, plugins)        # bad input fails here (exit 2), before anything starts
+    _check_window(args, fleet, recover=recover)
     if getattr(args, "detach", False) or (not args.headless and not args.control):
         # the engine runs in a controller process of its own, so the rollout outlives this
         # terminal; without --detach the TUI attaches to it at once
@@ -262,6 +381,7 @@ def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
         argv += ["--strategy", args.strategy]
     if getattr(args, "speed", 1.0) != 1.0:
         argv += ["--speed", str(args.speed)]
+    argv += _window_argv(args, recover=recover)
     from .journal import ensure_private_dir
     from .state import STATE_VARIABLE, lock_holder, resolve_state
 
@@ -375,7 +495,8 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
     interactive = bool(getattr(args, "control", False))
     async with Rollout(fleet, plan, plugins=plugins, state_dir=args.state_dir,
                        recover=recover, observers=[display],
-                       interactive=interactive, state=getattr(args, "state", None)) as rollout:
+                       interactive=interactive, state=getattr(args, "state", None),
+                       override_window=getattr(args, "override_window", None)) as rollout:
         _forward_signals(rollout)
         with display:
             if getattr(args, "control", False):
@@ -467,6 +588,12 @@ def cmd_flags(args: argparse.Namespace) -> int:
     return flags_main(args)
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .schema.cli import main as schema_main
+
+    return schema_main(args)
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     # one line per plugin: its name, the distribution that ships it and its version, where it
     # came from; then one line per provider it registered, with its description
@@ -485,7 +612,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"plan": cmd_plan, "run": cmd_run, "resume": cmd_resume, "status": cmd_status,
-             "attach": cmd_attach, "flags": cmd_flags,
+             "attach": cmd_attach, "flags": cmd_flags, "schema": cmd_schema,
              "lab": cmd_lab, "demo": cmd_demo, "plugins": cmd_plugins}
 
 if __name__ == "__main__":  # pragma: no cover

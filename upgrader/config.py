@@ -54,6 +54,11 @@ _RELEASE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 #: host names, IPv4 and IPv6 addresses (with a zone id); nothing a shell would interpret
 _ADDRESS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:%-]{0,252}|\[[0-9A-Fa-f:.%A-Za-z]+\]")
 _VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+#: labels: a plain alphabet, no shell syntax (docs/SECURITY.md)
+_LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
+_LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9._:/@+=,-]{1,255}")
+#: C0 controls but tab (line breaks have their own message), DEL and C1 controls
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _HEADER_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
 
 _REQUIRED: Any = object()
@@ -188,7 +193,8 @@ _GROUP_KEYS = ("name", "header_values", "percent", "description")
 _ROUTING_KEYS = ("group_header", "user_header")
 _HOST_KEYS = ("name", "address", "port", "labels", "vars", "cluster", "slots")
 _DEFAULTS_KEYS = ("labels", "vars", "port")
-_LAB_KEYS = ("hosts", "new_hosts", "slots", "base_port", "dir", "base_release")
+_LAB_KEYS = ("hosts", "new_hosts", "slots", "base_port", "dir", "base_release", "ssh",
+             "network", "subnet")
 
 
 class _Loader:
@@ -316,7 +322,24 @@ class _Loader:
                 self.error(path + (key,), f"expected a string, got {_describe(item)}")
             if "\n" in item or "\r" in item:
                 self.error(path + (key,), "a value here may not contain a line break")
+            if _CONTROL_RE.search(item) or _CONTROL_RE.search(key):
+                self.error(path + (key,), "control characters (NUL, escape, ...) are not "
+                                          "allowed here")
         return value
+
+    def labels(self, value: Any, path: Path_) -> dict[str, str]:
+        """Labels select hosts (zones, teams); they are never part of a command, and they show
+        in logs and the TUI, so they are held to a plain alphabet: shell syntax (``;``,
+        ``$( )``, backticks, quotes, spaces) is rejected here rather than quoted later."""
+        table = self.string_map(value, path)
+        for key, item in table.items():
+            if not _LABEL_KEY_RE.fullmatch(key):
+                self.error(path + (key,), f"{key!r} is not a valid label name"
+                                          f" (allowed: {_pattern_words(_LABEL_KEY_RE)})")
+            if item and not _LABEL_VALUE_RE.fullmatch(item):
+                self.error(path + (key,), f"{item!r} is not a valid label value"
+                                          f" (allowed: {_pattern_words(_LABEL_VALUE_RE)})")
+        return table
 
     def array_of_tables(self, data: Mapping[str, Any], key: str) -> list[Any]:
         value = data.get(key, [])
@@ -352,7 +375,10 @@ class _Loader:
         hosts = self.hosts(data, lab)
         commands = self.commands(data, hosts, lab)
 
-        transport = self.provider(data, "transport", "transport", default_kind="local")
+        if "transport" not in data and lab is not None and hasattr(lab, "transport_spec"):
+            transport = lab.transport_spec()     # an SSH lab: the ssh transport, its keys
+        else:
+            transport = self.provider(data, "transport", "transport", default_kind="local")
         if "balancer" in data:
             balancer = self.provider(data, "balancer", "balancer")
         elif lab is not None:
@@ -494,13 +520,32 @@ class _Loader:
                 self.error(path + ("dir",), f"cannot use {dir_text!r} as the lab directory: {exc}")
         base_release = self.string(table, path, "base_release", current, pattern=_RELEASE_RE,
                                    what="release")
+        if self.boolean(table, path, "ssh", False):
+            # hosts with their own sshd, behind HAProxy (upgrader.lab.sshlab)
+            from .lab.sshlab import DEFAULT_SUBNET, NETWORKS, SshLabLayout, parse_subnet
+
+            network = self.string(table, path, "network", "auto")
+            if network not in NETWORKS:
+                self.error(path + ("network",), f"expected one of {', '.join(NETWORKS)}, "
+                                                f"got {network!r}")
+            subnet = self.string(table, path, "subnet", DEFAULT_SUBNET)
+            try:
+                parse_subnet(subnet)
+            except ValueError as exc:
+                self.error(path + ("subnet",), str(exc))
+            return SshLabLayout(dir=lab_dir, hosts=hosts, new_hosts=new_hosts, slots=slots,
+                                base_port=base_port, base_release=base_release,
+                                network=network, subnet=subnet)
+        for key in ("network", "subnet"):
+            if key in table:
+                self.error(path + (key,), f"[lab] {key} is for an SSH lab: add ssh = true")
         return LabLayout(dir=lab_dir, hosts=hosts, new_hosts=new_hosts, slots=slots,
                          base_port=base_port, base_release=base_release)
 
     def hosts(self, data: dict[str, Any], lab: LabLayout | None) -> tuple[Host, ...]:
         defaults = self.table(data.get("defaults", {}), ("defaults",), _DEFAULTS_KEYS,
                               "[defaults]")
-        default_labels = self.string_map(defaults.get("labels", {}), ("defaults", "labels"))
+        default_labels = self.labels(defaults.get("labels", {}), ("defaults", "labels"))
         default_vars = self.string_map(defaults.get("vars", {}), ("defaults", "vars"),
                                        key_pattern=_VAR_RE)
         self.check_var_names(default_vars, ("defaults", "vars"))
@@ -530,7 +575,7 @@ class _Loader:
             address = self.string(table, path, "address", "127.0.0.1", pattern=_ADDRESS_RE,
                                   what="host address")
             port = self.port(table, path, "port")
-            labels = self.string_map(table["labels"], path + ("labels",)) \
+            labels = self.labels(table["labels"], path + ("labels",)) \
                 if "labels" in table else {}
             host_vars = self.string_map(table["vars"], path + ("vars",), key_pattern=_VAR_RE) \
                 if "vars" in table else {}
@@ -800,4 +845,7 @@ def _pattern_words(pattern: re.Pattern[str]) -> str:
         _ADDRESS_RE: "a host name or an IP address",
         _VAR_RE: "a letter or '_', then letters, digits and '_'",
         _HEADER_RE: "an HTTP header name",
+        _LABEL_KEY_RE: "letters, digits, '.', '_', '/' and '-', starting with a letter or "
+                       "digit, at most 63 characters",
+        _LABEL_VALUE_RE: "letters, digits and . _ : / @ + = , -, at most 255 characters",
     }.get(pattern, pattern.pattern)

@@ -78,8 +78,17 @@ class HeadlessDisplay:
                           f"limit={_fmt(data, 'threshold')} samples={data['samples']} "
                           f"old={_fmt(data, 'baseline')} ({data.get('consecutive', 0)}/"
                           f"{data.get('limit', '-')}) {data.get('detail', '')}", "yellow")
+        elif kind == "window_wait":
+            self.line(f"deploy window: {data['reason']}", "yellow")
+        elif kind == "window_opened":
+            self.line("deploy window open: " + (", ".join(data.get("teams") or ())
+                                                or "overridden") + " on duty", "dim")
+        elif kind == "window_override":
+            self.line(f"deploy window overridden: {data['reason']}", "bold yellow")
         elif kind == "analysis_failed":
             self.line(data["detail"], "bold red")
+        elif kind == "reconcile":
+            self.line(f"reconcile: {data['detail']}", "bold yellow")
         elif kind == "rollback_started":
             self.line(f"rolling back {len(data['hosts'])} host(s) ({data['mode']}), expected "
                       f"{format_duration(data['estimated_s'])}: {data['reason']}", "bold yellow")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import PolicyRefused
+from .redact import redact_data
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -74,6 +75,34 @@ class JournalEntry:
     data: dict[str, Any]
 
 
+def ensure_private_dir(path: Path) -> None:
+    """Create the state folder 0700; an existing one of ours loses group and other access
+    (it holds the journal, the lock, the control token and the controller's log)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def holder_text(rollout: str | None = None) -> str:
+    """Who this process is, for the lock holder line: pid, host, user, since when."""
+    text = (f"pid {os.getpid()} on {socket.gethostname()} (user {current_user()}) since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}")
+    return text + (f", rollout {rollout}" if rollout else "")
+
+
+def current_user() -> str:
+    try:
+        import getpass
+
+        return os.environ.get("USER") or getpass.getuser()
+    except Exception:           # no login name (containers without a passwd entry)
+        return f"uid {os.getuid()}"
+
+
 def _private_file(path: Path) -> None:
     if not path.exists():
         fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
@@ -87,7 +116,7 @@ class Journal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.path.parent)
         _private_file(self.path)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                                 thread_name_prefix="journal")
@@ -127,14 +156,15 @@ class Journal:
         self._connect().execute(
             "INSERT INTO rollouts (id, fleet, fleet_path, strategy, current, target, plan, status,"
             " started, controller) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (rollout, fleet, fleet_path, strategy, current, target, json.dumps(plan), "running",
+            (rollout, fleet, fleet_path, strategy, current, target,
+             json.dumps(redact_data(plan)), "running",
              now if now is not None else time.time(), f"{socket.gethostname()}:{os.getpid()}"))
         return rollout
 
     def append(self, rollout: str, seq: int, ts: float, kind: str, data: dict[str, Any]) -> None:
         self._connect().execute(
             "INSERT INTO events (rollout, seq, ts, kind, data) VALUES (?,?,?,?,?)",
-            (rollout, seq, ts, kind, json.dumps(data, default=str)))
+            (rollout, seq, ts, kind, json.dumps(redact_data(data), default=str)))
 
     def finish(self, rollout: str, status: str, now: float | None = None) -> None:
         self._connect().execute("UPDATE rollouts SET status=?, finished=? WHERE id=?",
@@ -197,7 +227,7 @@ class FleetLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -206,9 +236,9 @@ class FleetLock:
             os.close(fd)
             raise PolicyRefused(
                 f"fleet is being driven by {holder}; one rollout per fleet at a time") from None
+        os.fchmod(fd, 0o600)
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        os.write(fd, holder_text().encode())
         self._fd = fd
 
     def release(self) -> None:

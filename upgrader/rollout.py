@@ -115,7 +115,8 @@ class Rollout:
                  recover: bool = False, interactive: bool = False, journal: bool = True,
                  providers: Providers | None = None,
                  observers: Iterable[Callable[[Event], None]] = (),
-                 metrics_interval: float | None = 1.0, state: str | None = None) -> None:
+                 metrics_interval: float | None = 1.0, state: str | None = None,
+                 override_window: str | None = None) -> None:
         """:param state: a ``postgresql://`` URL for the journal and the fleet lock, shared by
             every controller (default ``$UPGRADER_STATE``; unset: SQLite in ``state_dir``).
             ``state_dir`` still holds this controller's control socket and token."""
@@ -134,6 +135,8 @@ class Rollout:
         self._own_providers = providers is None
         self._observers = list(observers)
         self._metrics_interval = metrics_interval
+        #: push outside the fleet's deploy windows, for this reason (journaled)
+        self._override_window = override_window
         self._lock: Any = None
         self.journal: Any = None
         self.engine: Engine | None = None
@@ -203,7 +206,8 @@ class Rollout:
         self.engine = Engine(self.fleet, self.plan, self._providers, clock=self._clock,
                              journal=self.journal, observers=observers,
                              interactive=self._interactive, resume=resume_state,
-                             metrics_interval=self._metrics_interval)
+                             metrics_interval=self._metrics_interval,
+                             override_window=self._override_window)
 
     async def _with_rollout(self, message: str) -> str:
         """A lock refusal, plus the rollout the holder drives when the message lacks it."""
@@ -268,6 +272,11 @@ class Rollout:
     def promote_all(self) -> None:
         assert self.engine is not None
         self.engine.promote_all()
+
+    def override_window(self, reason: str) -> None:
+        """Go on outside the fleet's deploy windows from now on (journaled with ``reason``)."""
+        assert self.engine is not None
+        self.engine.override_window(reason)
 
     def abort(self, rollback: bool = True) -> None:
         assert self.engine is not None

@@ -66,15 +66,17 @@ def allowed(module: str, rules: tuple[str, ...]) -> bool:
 
 U = "upgrader."
 LEAVES = ("errors", "events", "units", "hashing", "clock", "hookspecs", "model", "tomlsource",
-          "addresses")
+          "addresses", "redact")
 #: module (or package) -> the upgrader modules it may import
 RULES: dict[str, tuple[str, ...]] = {
     **{leaf: () for leaf in LEAVES},
     "plan": ("model",),
     "providers.base": ("model",),
-    "journal": ("errors",),
+    "journal": ("errors", "redact"),
     "engine": ("clock", "errors", "events", "journal", "model", "plan", "providers.base",
-               "engine"),
+               "redact", "engine", "policy", "units"),
+    # deploy windows: pure calendar logic the engine asks through WindowPolicy
+    "policy": ("errors", "units", "tomlsource", "plan", "model"),
     "balancer": ("hashing", "addresses", "providers.base", "balancer"),
     # feature flags: beside the engine, on the shared leaves only
     "flags": ("errors", "hashing", "tomlsource", "units", "addresses", "flags"),

@@ -29,6 +29,7 @@ from ..plan import (Gate, Maintenance, Pause, Plan, PrepareSlots, Route, SetFlag
 from ..providers.base import (Balancer, BackendState, Cohort, FlagSwitch, HealthCheck,
                               Notifier, RouteTable, SchemaSwitch, SnapshotProvider, Transport)
 from .analysis import analyze, health_verdict, traffic_figures
+from .windows import WindowGates
 
 log = logging.getLogger("upgrader.engine")
 
@@ -92,19 +93,26 @@ class ResumeState:
     started_wall: float | None = None
     seq: int = 0
     pause_started: dict[int, float] = field(default_factory=dict)
+    #: the last traffic state the journal recorded (a ``traffic`` event's data), for reconcile
+    traffic: dict[str, Any] | None = None
+    #: the step that was started and not finished when the controller died
+    step_in_progress: int | None = None
 
 
 class _Interrupted(Exception):
     """The forward run stopped cooperatively (failure or abort)."""
 
 
-class Engine:
+class Engine(WindowGates):
     def __init__(self, fleet: Fleet, plan: Plan, providers: Providers, *,
                  clock: Clock | None = None, journal: Journal | None = None,
                  observers: Iterable[Callable[[Event], None]] = (),
                  interactive: bool = False, resume: ResumeState | None = None,
                  history: int = 2000, metrics_interval: float | None = None,
-                 host_metrics_limit: int = 2000) -> None:
+                 host_metrics_limit: int = 2000, windows: Any = None,
+                 override_window: str | None = None) -> None:
+        # deploy windows (upgrader.policy.WindowPolicy): the fleet's unless given
+        self._init_windows(fleet.windows if windows is None else windows, override_window)
         self.fleet = fleet
         self.plan = plan
         self.providers = providers
@@ -182,8 +190,8 @@ class Engine:
     def pause(self) -> None:
         """Stop before the next action. Actions under way (a host's procedure) finish; a
         timed pause or hold keeps counting, but the rollout goes no further until resumed."""
-        if (self._running.is_set() and self.state in
-                (RolloutState.RUNNING, RolloutState.WAITING, RolloutState.VERIFYING)):
+        if (self._running.is_set() and (self._window_held or self.state in
+                (RolloutState.RUNNING, RolloutState.WAITING, RolloutState.VERIFYING))):
             self._running.clear()
             self._before_pause = (self.state, self.state_reason)
             self._state_now(RolloutState.PAUSED, "paused by operator")
@@ -395,6 +403,7 @@ class Engine:
                          current=self.fleet.releases.current, target=self.fleet.releases.target,
                          hosts=len(self.fleet.hosts), estimated_s=est.total_s,
                          rollback_estimated_s=est.rollback_s, resumed=self._resume is not None)
+        await self._announce_window_override()
         state = await self.providers.balancer.state()
         target = self.fleet.releases.target
         self._serving_target = {n for n, b in state.backends.items()
@@ -402,7 +411,36 @@ class Engine:
         self._maintenance_on = state.maintenance
         if any(isinstance(s, (PrepareSlots, SwapSlots)) for s in self.plan.steps):
             await self._discover_slots()
+        if self._resume is not None:
+            await self._reconcile(self._resume)
         await self._set_state(RolloutState.RUNNING)
+
+    async def _reconcile(self, resume: ResumeState) -> None:
+        """On resume: compare the journal with the real balancer and hosts, and repair
+        (``upgrader.engine.reconcile``). What cannot be repaired safely pauses an interactive
+        rollout with the reason; otherwise those hosts are re-installed."""
+        from .reconcile import apply, reconcile
+
+        defer = self.interactive and not resume.rolling_back
+        diffs = await reconcile(self, resume, defer_unsafe=defer)
+        unsafe = [d for d in diffs if d.unsafe]
+        if unsafe and defer:
+            reason = ("reconcile: " + "; ".join(d.detail for d in unsafe[:3])
+                      + (f" (and {len(unsafe) - 3} more)" if len(unsafe) > 3 else "")
+                      + ". Resume to re-install, or abort to roll back")
+            self._running.clear()
+            self._before_pause = (RolloutState.RUNNING, "")
+            await self._set_state(RolloutState.PAUSED, reason)
+            await self._running.wait()
+            if not self._interrupt.is_set():
+                balancer = await self.providers.balancer.state()
+                for diff in unsafe:
+                    await apply(self, diff, balancer, rolling_back=False)
+        state = await self.providers.balancer.state()
+        target = self.fleet.releases.target
+        self._serving_target = {n for n, b in state.backends.items()
+                                if b.pool == target and b.state == "ready"}
+        self._maintenance_on = state.maintenance
 
     async def _drive(self) -> Outcome:
         if self._resume is not None and self._resume.rolling_back:
@@ -453,13 +491,17 @@ class Engine:
         self._running.set()
 
     async def _checkpoint(self) -> None:
-        """Between actions: stop if interrupted; wait while paused."""
-        if self._interrupt.is_set():
-            raise _Interrupted
-        if not self._running.is_set():
-            await self._running.wait()
+        """Between actions: stop if interrupted; wait while paused or outside the deploy
+        window."""
+        while True:
             if self._interrupt.is_set():
                 raise _Interrupted
+            if not self._running.is_set():
+                await self._running.wait()
+                if self._interrupt.is_set():
+                    raise _Interrupted
+            if not await self._window_checkpoint():
+                return
 
     async def _wait(self, seconds: float | None, *, skippable: bool) -> bool:
         """Wait up to ``seconds`` (None: forever). True if skipped or interrupted early."""
@@ -760,10 +802,24 @@ class Engine:
         slot = self._idle_slot(host)
         release = self.fleet.releases.target
         mode = "upgrade"
+        # resumed half-way (or found so by reconcile): never install the idle slot twice
+        in_doubt = self._in_doubt.pop(name, None)
+        if self._in_doubt_release.pop(name, release) != release:
+            in_doubt = None
         await self._host_phase(name, HostPhase.STOPPING, release, slot, mode)
         await self._command(host, "stop", release, slot)
+        skip_install = False
+        if in_doubt == HostPhase.INSTALLING.value:
+            skip_install = await self._installed_release(host, slot) == release
+        elif in_doubt in (HostPhase.STARTING.value, HostPhase.CHECKING.value,
+                          HostPhase.ENABLING.value):
+            skip_install = True
         await self._host_phase(name, HostPhase.INSTALLING, release, slot, mode)
-        await self._command(host, "install", release, slot)
+        if skip_install:
+            await self._emit("log", level="info",
+                             message=f"{name}: {release} already installed in {slot} (resumed)")
+        else:
+            await self._command(host, "install", release, slot)
         await self._host_phase(name, HostPhase.STARTING, release, slot, mode)
         await self._command(host, "start", release, slot)
         await self._host_phase(name, HostPhase.CHECKING, release, slot, mode)
@@ -975,6 +1031,8 @@ class Engine:
         await self._emit("schema", migration=migration, action="rollback", result=result)
 
     async def _gate(self, step: Gate) -> None:
+        if step.gate == "deploy_window":
+            return await self._window_gate(self.current_step or 0)
         if step.gate.startswith("schema_"):
             return await self._schema_gate(step)
         await self._set_state(RolloutState.VERIFYING, step.gate.replace("_", " "))

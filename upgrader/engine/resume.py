@@ -31,6 +31,8 @@ def replay(record: RolloutRecord, entries: Iterable[JournalEntry], fleet: Fleet)
             current_step = data["index"]
         elif kind == "step_finished":
             state.done_steps.add(data["index"])
+        elif kind == "traffic":
+            state.traffic = {key: data.get(key) for key in ("split", "routes", "maintenance")}
         elif kind == "pause_started":
             state.pause_started[data["index"]] = entry.ts
         elif kind == "host_phase":
@@ -65,6 +67,8 @@ def replay(record: RolloutRecord, entries: Iterable[JournalEntry], fleet: Fleet)
         elif kind == "rollback_started":
             state.rolling_back = True
             state.rollback_reason = data.get("reason", "")
+    if current_step is not None and current_step not in state.done_steps:
+        state.step_in_progress = current_step
     state.in_doubt = dict(last_phase)
     state.in_doubt_release = {host: heading.get(host) for host in last_phase}
     return state

@@ -183,6 +183,8 @@ class LiveRelease:
     connection: str
     #: the migration that created these views (None: the baseline of the first migration)
     migration: str | None = None
+    #: PostgreSQL: the database URL with ``options=-csearch_path%3D<schema>`` (None: SQLite)
+    url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
