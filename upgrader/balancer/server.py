@@ -693,6 +693,10 @@ def build_parser() -> argparse.ArgumentParser:
 async def serve(listen_sock: socket.socket, admin_sock: socket.socket, token: str,
                 ready_file: str | None, *, connect_timeout: float = 3.0,
                 backend_timeout: float = 60.0) -> None:
+    if not token and not is_loopback(str(admin_sock.getsockname()[0])):
+        # main() checks this too; a library caller of serve() must not get around it
+        raise PermissionError(f"refusing to serve the admin API on "
+                              f"{admin_sock.getsockname()[0]} without a token")
     table = Table()
     proxy = Proxy(table, connect_timeout=connect_timeout, backend_timeout=backend_timeout)
     await proxy.start()

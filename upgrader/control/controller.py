@@ -71,7 +71,7 @@ def _ensure_private_dir(path: Path) -> None:
 def write_token(token_path: str | Path) -> str:
     """A fresh random token in ``token_path`` (0600, replaced atomically); returns it."""
     path = Path(token_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -140,7 +140,7 @@ def start_detached(argv: Sequence[str], *, log_path: str | Path,
     """Start ``python -m upgrader.cli *argv`` in a session of its own, with no terminal:
     stdin from /dev/null, stdout and stderr appended to ``log_path`` (0600). Returns its pid."""
     path = Path(log_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from ..errors import PolicyRefused, UpgraderError
 from ..events import Event
+from ..redact import redact_data
 from .handle import RolloutHandle
 
 log = logging.getLogger("upgrader.control")
@@ -235,7 +236,7 @@ class ControlServer:
     async def _status(self, request: web.Request) -> web.Response:
         history = self.handle.history
         last_seq = history[-1].seq if len(history) else 0
-        return _json_response(200, {**self.handle.snapshot(), "last_seq": last_seq})
+        return _json_response(200, {**redact_data(self.handle.snapshot()), "last_seq": last_seq})
 
     async def _control(self, request: web.Request) -> web.Response:
         action = request.match_info["action"]
