@@ -228,3 +228,35 @@ def test_set_not_null_is_enforced_after_backfill(db):
             [("unknown",), ("unknown",)]
         with pytest.raises(sqlite3.IntegrityError, match="NOT NULL constraint failed"):
             new.execute("INSERT INTO users (name) VALUES ('z')")
+
+
+def test_add_column_with_default_and_up_backfills_the_rows_from_before(tmp_path):
+    """Rows from before start read the column's default until the backfill reaches them; the
+    backfill gives them ``up``, while rows the new release writes keep the default."""
+    from upgrader.schema import connect, open_backend
+    from upgrader.schema.loader import loads
+
+    db = str(tmp_path / "d.sqlite")
+    base = loads('name = "b"\nrelease = "1"\n[[operations]]\nop = "create_table"\n'
+                 'table = "t"\ncolumns = [{name = "id", type = "integer", primary_key = true},'
+                 ' {name = "who", type = "text"}]\n', source="b.toml")
+    change = loads('name = "c"\nrelease = "2"\nprevious = "1"\n[[operations]]\n'
+                   'op = "add_column"\ntable = "t"\n'
+                   'column = {name = "origin", type = "text", default = "\'app\'"}\n'
+                   'up = "who || \'@old\'"\n', source="c.toml")
+    with open_backend(db) as backend:
+        backend.start(base)
+        backend.complete("b")
+    with connect(db, "1") as conn:
+        conn.execute("INSERT INTO t (who) VALUES ('before')")
+    with open_backend(db) as backend:
+        backend.start(change)
+    with connect(db, "1") as old:
+        old.execute("INSERT INTO t (who) VALUES ('old')")
+    with connect(db, "2") as new:
+        new.execute("INSERT INTO t (who) VALUES ('new')")
+    with open_backend(db) as backend:
+        backend.complete("c")
+    with connect(db, "2") as conn:
+        rows = dict(conn.execute("SELECT who, origin FROM t"))
+    assert rows == {"before": "before@old", "old": "old@old", "new": "app"}

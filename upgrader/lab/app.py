@@ -62,18 +62,12 @@ class VisitWriter:
         self._columns: tuple[str, ...] = ()
 
     def _open(self):
-        import sqlite3
-
         if self._conn is None:
-            from ..errors import SchemaError
             from ..schema import connect
 
-            try:
-                self._conn = connect(self.path, self.release, timeout=10.0)
-            except SchemaError:
-                # no views for this release: the database has never been migrated
-                self._conn = sqlite3.connect(self.path, timeout=10.0)
-            self._conn.execute("PRAGMA busy_timeout = 10000")
+            # a release whose views are not live (rolled back, retired) raises SchemaError:
+            # its writes fail, as they would in production
+            self._conn = connect(self.path, self.release, timeout=10.0)
             names = [row[1] for row in self._conn.execute("PRAGMA table_info(visits)")]
             self._columns = tuple(c for c in ("host", "version", "path", "url") if c in names)
         return self._conn
@@ -180,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slot", default="default")
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--host", default="web")
+    parser.add_argument("--bind", default="127.0.0.1",
+                        help="address to listen on (an SSH lab host: its own address)")
     args = parser.parse_args(argv)
     slot = args.slot or "default"
 
@@ -207,11 +203,11 @@ def main(argv: list[str] | None = None) -> int:
 
         app.on_startup.append(schedule_crash)
 
-    print(f"{args.host}/{slot}: serving {version} ({variant}) on 127.0.0.1:{args.port}",
+    print(f"{args.host}/{slot}: serving {version} ({variant}) on {args.bind}:{args.port}",
           file=sys.stderr, flush=True)
     # run_app turns SIGTERM into a graceful stop: close the listener, let in-flight requests
     # finish (up to shutdown_timeout), then exit 0.
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None,
+    web.run_app(app, host=args.bind, port=args.port, print=None, access_log=None,
                 shutdown_timeout=SHUTDOWN_TIMEOUT, handle_signals=True)
     print(f"{args.host}/{slot}: stopped", file=sys.stderr, flush=True)
     return 0

@@ -386,7 +386,10 @@ def _compile_start(conn: sqlite3.Connection, migration: Migration, cat: Catalogu
                 keep_others = False
                 if op.table in old:
                     old[op.table]["writes"][physical] = {"expr": op.up, "source": None}
-                backfill.setdefault(op.table, []).append([physical, op.up])
+                # with a default, rows from before read the default until the backfill
+                # reaches them: it fills those too (see _backfill_sets)
+                backfill.setdefault(op.table, []).append(
+                    [physical, op.up] + ([c.default] if c.default is not None else []))
                 contract.append(["rename_column", op.table, physical, c.name])
         elif isinstance(op, DropColumn):
             need_rowid(i, op.table)
@@ -672,8 +675,7 @@ class SQLiteBackend:
             return self._contract_statements({"contract": plan.contract}, cat)
         out = list(plan.ddl)
         for table, jobs in plan.backfill.items():
-            sets = ", ".join(f"{quote(c)} = CASE WHEN {quote(c)} IS NULL THEN ({up}) ELSE "
-                             f"{quote(c)} END" for c, up in jobs)
+            sets = _backfill_sets(jobs)
             out.append(f"-- backfill in batches of {migration.batch_size} rows, each its own "
                        f"transaction:\nUPDATE {quote(table)} SET {sets} WHERE rowid > :last "
                        f"AND rowid <= :batch_end")
@@ -931,9 +933,17 @@ class SQLiteBackend:
 
 def _backfill_sets(jobs: list[list[str]]) -> str:
     """Fill each new column where it is still NULL (a row a release wrote since start has
-    it already, and recomputing could lose what the new release wrote)."""
-    return ", ".join(f"{quote(c)} = CASE WHEN {quote(c)} IS NULL THEN ({up}) ELSE {quote(c)} "
-                     f"END" for c, up in jobs)
+    it already, and recomputing could lose what the new release wrote). An added column
+    with a default (a third element) reads that default on the rows from before start, so
+    there the default counts as unset too: the backfill only visits rows that existed at
+    start, and a value the new release wrote into one of them that equals the default is
+    recomputed (documented in docs/SCHEMA.md)."""
+    sets = []
+    for job in jobs:
+        column, up = quote(job[0]), job[1]
+        unset = f"{column} IS NULL" + (f" OR {column} IS ({job[2]})" if len(job) > 2 else "")
+        sets.append(f"{column} = CASE WHEN {unset} THEN ({up}) ELSE {column} END")
+    return ", ".join(sets)
 
 
 def _statement_operation(plan: _StartPlan, sql: str) -> int | None:
