@@ -42,6 +42,9 @@ class MigrationSwitch:
         with open_backend(self.database) as backend:
             state = self._state(backend)
             if state == "started":
+                # a controller that died during the backfill: starting the active migration
+                # again resumes its backfill where the last batch ended
+                backend.start(self.migration)
                 return "already started"
             if state == "complete":
                 return "already complete"
