@@ -208,3 +208,81 @@ def test_a_broken_flags_file_is_exit_2_and_the_store_is_unchanged(
                               "--actor", "fuzz", "--reason", "bad input suite")
     assert_bad_input(code, err, file)
     assert store_fingerprint(flag_store) == before
+
+
+# --------------------------------------------------------------------------------------------
+# migration files: `upgrader schema start` leaves the database as it was; a fleet whose
+# release names a broken migration is refused before any provider exists
+
+MIGRATION_SAMPLES = sorted((SAMPLES / "migrations").glob("000*.toml"))
+
+
+def database_fingerprint(path: Path) -> str:
+    with sqlite3.connect(path) as conn:
+        objects = sorted(conn.execute("SELECT type, name, sql FROM sqlite_master"))
+        rows = [(t, conn.execute(f'SELECT * FROM "{t}"').fetchall())
+                for _type, t, _sql in objects if _type == "table"]
+    return hashlib.sha256(repr((objects, rows)).encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def users_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("schema") / "app.sqlite"
+    for argv in (["schema", "start", str(SAMPLES / "migrations" / "0001_users.toml")],
+                 ["schema", "complete", "0001_users"]):
+        assert cli.main([*argv, "--db", str(db)]) == 0
+    return db
+
+
+def broken_migration(data: st.DataObject) -> str:
+    sample = data.draw(st.sampled_from(MIGRATION_SAMPLES[1:]), label="migration")
+    text = sample.read_text(encoding="utf-8")
+    if data.draw(st.booleans(), label="syntax"):
+        return broken_text(data, text)
+    document = tomllib.loads(text)
+    path = data.draw(st.sampled_from(leaf_paths(document)), label="key")
+    set_path(document, path, data.draw(NASTY | st.sampled_from(
+        ["nosuchtable", "nosuchcolumn", "name", "drop_column", "sql", "CAST(x AS nope)"]),
+        label="value"))
+    return tomli_w.dumps(document)
+
+
+@SUITE
+@given(data=st.data())
+def test_a_broken_migration_is_exit_2_and_the_database_is_unchanged(
+        data: st.DataObject, users_db: Path, tmp_path_factory: pytest.TempPathFactory,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    file = tmp_path_factory.mktemp("migration") / "0002_bad.toml"
+    file.write_text(broken_migration(data), encoding="utf-8")
+    before = database_fingerprint(users_db)
+    code, _out, err = run_cli(capsys, "schema", "start", str(file), "--db", str(users_db))
+    if code == 0:      # the mutation happened to be a valid migration: undo it
+        from upgrader.schema import load_migration
+
+        assert cli.main(["schema", "rollback", load_migration(file).name, "--db",
+                         str(users_db)]) == 0
+        capsys.readouterr()
+        assert database_fingerprint(users_db) == before
+        return
+    if code == 1:      # valid file, refused by the database (SchemaError): still unchanged
+        assert "Traceback" not in err
+    else:
+        assert_bad_input(code, err, file)
+    assert database_fingerprint(users_db) == before
+
+
+def test_a_fleet_naming_a_broken_migration_creates_no_provider(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], no_providers: list[tuple]) -> None:
+    migration = tmp_path / "0002.toml"
+    migration.write_text((SAMPLES / "migrations" / "0002_split_name.toml").read_text()
+                         .replace('op = "add_column"', 'op = "add_colum"', 1), encoding="utf-8")
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text((SAMPLES / "rolling.toml").read_text().replace(
+        'target = "1.1.0"', f'target = "1.1.0"\nmigration = "{migration}"') +
+        f'\n[schema]\ndatabase = "{tmp_path / "app.sqlite"}"\n', encoding="utf-8")
+    code, _out, err = run_cli(capsys, "run", "--headless", str(fleet), "--state-dir",
+                              str(tmp_path / "state"))
+    assert_bad_input(code, err, migration)
+    assert "add_colum" in err and "add_column" in err        # the did-you-mean
+    assert no_providers == []
+    assert not (tmp_path / "app.sqlite").exists()

@@ -208,3 +208,38 @@ def test_the_switch_is_idempotent_for_a_resumed_rollout(database):
 async def _twice(switch: MigrationSwitch) -> list[str]:
     return [await switch.start(), await switch.start(), await switch.complete(),
             await switch.complete(), await switch.rollback()]
+
+
+def test_a_failing_pre_release_test_stops_the_rollout_before_any_host(fleet_factory, database):
+    """The pre-release gate: a system test that must pass before any host (or the database)
+    is touched."""
+    db, migration = database
+    before = dump(db)
+    fleet = schema_fleet(fleet_factory, db, migration)
+    fleet = dataclasses.replace(fleet, commands=dataclasses.replace(
+        fleet.commands, pre_release_test=("smoke", "--release", "{release}")))
+    calls: list[tuple[str, tuple]] = []
+
+    def responder(host, argv):
+        calls.append((host.name, argv))
+        if argv[:1] == ("smoke",):
+            return CommandResult(1, stderr="checkout flow broken")
+        return None
+
+    async def main():
+        balancer = NoopBalancer()
+        for host in fleet.main_hosts:
+            await balancer.set_backend(host.name, address=host.address, port=host.port,
+                                       pool=fleet.releases.current)
+        providers = Providers(NoopTransport(responder=responder), balancer, NoopHealthCheck(),
+                              schema=MigrationSwitch(str(db), migration))
+        engine = Engine(fleet, compile_plan(fleet), providers, clock=LoopClock())
+        return await engine.run()
+
+    result = run_virtual(main)
+    assert result.outcome != Outcome.COMPLETED
+    assert "pre_release_test failed" in (result.error or "")
+    assert "checkout flow broken" in (result.error or "")
+    assert calls == [("web-0001", ("smoke", "--release", "1.1.0"))]   # nothing else ran
+    assert migration_state(db, "0002_people_email") is None
+    assert dump(db) == before
