@@ -22,6 +22,8 @@ Kinds (``data`` keys in brackets; every event also has kind, ts, rollout and seq
 - ``rollback_started`` [reason, hosts, estimated_s, mode]
 - ``rollout_finished`` [outcome, hosts, duration_s, error]
 - ``log`` [level, message]
+- ``reconcile`` [about, subject, journal, real, action, detail, (unsafe)]   on resume, one per
+  difference between the journal and the real fleet, before its repair
 - ``window_closed`` [reason, until, teams]   outside the deploy window: PAUSED until ``until``
   (ISO time; None: no opening within 400 days); ``teams`` on duty then
 - ``window_wait`` [reason, until, teams, wave, need_s]   a wave waits (WAITING) for a window

@@ -33,7 +33,7 @@ EVENT_KINDS: frozenset[str] = frozenset({
     "rollout_started", "state", "step_started", "step_finished", "pause_started", "slots",
     "host_phase", "host_done", "host_failed", "snapshot_taken", "traffic", "verdict",
     "analysis_failed", "metrics", "control", "rollback_started", "rollout_finished", "log",
-    "window_closed", "window_wait", "window_opened", "window_override",
+    "window_closed", "window_wait", "window_opened", "window_override", "reconcile",
 })
 
 SETTINGS: tuple[Setting, ...] = (

@@ -115,7 +115,9 @@ class Difference:
     unsafe: bool = False             # cannot be repaired safely: an operator may decide
 
     def to_json(self) -> dict[str, Any]:
-        data = {"kind": self.kind, "subject": self.subject, "journal": self.journal,
+        """The ``reconcile`` event's data (``about``: the difference's kind, as ``kind`` is
+        the event's own)."""
+        data = {"about": self.kind, "subject": self.subject, "journal": self.journal,
                 "real": self.real, "action": self.action, "detail": self.detail}
         if self.unsafe:
             data["unsafe"] = True
