@@ -610,3 +610,38 @@ def test_shedding_roll_back_after_resume_brings_the_turned_down_cluster_back(fle
     ready = {n: b.pool for n, b in final.backends.items() if b.state == "ready"}
     assert ready == {h.name: fleet.releases.current for h in fleet.main_hosts}
     assert final.split[fleet.releases.current] == 100
+
+
+def test_roll_back_takes_a_bad_release_out_of_traffic_as_soon_as_capacity_allows(fleet_factory):
+    """Six hosts on the target when the seventh fails; roll-back goes one host at a time and
+    half the fleet must stay in service. Once three hosts are back on the old release (four
+    serve it), every other target host leaves traffic at once, not one by one at its turn."""
+    fleet = fleet_with(fleet_factory, "rolling", n=8, table={"batch": [1]})
+    target = fleet.releases.target
+    bad = fleet.main_hosts[6].name
+
+    def responder(host, argv):
+        if argv[0] == "deploy" and argv[1] == target and host.name == bad:
+            return CommandResult(1, "", "disk full")
+        return None
+
+    providers = providers_for(fleet, responder)
+    serving_target_at_rollback_start: list[list[str]] = []
+
+    async def watch(engine, providers):
+        def on_event(event):
+            if (event.kind == "host_phase" and event.data.get("mode") == "rollback"
+                    and event.data.get("phase") == "draining"):
+                serving_target_at_rollback_start.append(sorted(
+                    n for n, b in providers.balancer._backends.items()
+                    if b.pool == target and b.state == "ready"))
+        engine.subscribe(on_event)
+
+    engine, result, events = run_engine(fleet, providers, during=watch)
+    assert result.outcome is Outcome.ROLLED_BACK
+    assert engine.plan.rollback_parallel == 1
+    counts = [len(serving) for serving in serving_target_at_rollback_start]
+    # 6 on the target when roll-back begins (only 1 old host ready: no drain up front);
+    # the fourth host to roll back finds no target host serving any more
+    assert counts[0] == 6
+    assert counts[3:] == [0] * len(counts[3:]) and len(counts) >= 6, counts

@@ -1300,14 +1300,27 @@ class Engine(WindowGates):
                 b.pool == current and b.state == "ready" for b in state.backends.values()) else None)
         if state.split:
             await self._set_traffic({"current": 100.0}, check_capacity=False)
-        # take the target release out of traffic at once, as far as capacity allows
+        # take the target release out of traffic at once, as far as capacity allows, and
+        # again each time a host is back on the old release (so a bad release stops
+        # answering users as soon as the old one can carry them)
         main_total = len(self.fleet.main_hosts)
         need = math.ceil(main_total * self.fleet.strategy.min_capacity / 100.0)
-        ready_old = sum(1 for b in state.backends.values() if b.pool == current and b.state == "ready")
-        for name, backend in state.backends.items():
-            if backend.pool == target and backend.state == "ready" and ready_old >= need:
-                await self._set_backend_state(name, "drain")
-        await self._emit_traffic()
+        drain_lock = asyncio.Lock()
+
+        async def drain_target(seen: Any = None) -> None:
+            async with drain_lock:
+                now = seen if seen is not None else await balancer.state()
+                ready_old = sum(1 for b in now.backends.values()
+                                if b.pool == current and b.state == "ready")
+                drained = False
+                for name, backend in now.backends.items():
+                    if backend.pool == target and backend.state == "ready" and ready_old >= need:
+                        await self._set_backend_state(name, "drain")
+                        drained = True
+                if drained or seen is not None:
+                    await self._emit_traffic()
+
+        await drain_target(state)
         drain = not state.maintenance
         limit = asyncio.Semaphore(max(1, self.plan.rollback_parallel))
 
@@ -1316,6 +1329,8 @@ class Engine(WindowGates):
                 try:
                     await self._upgrade_host(name, current, mode="rollback", drain=drain,
                                              slot=None)
+                    if drain:
+                        await drain_target()
                 except Exception as exc:
                     text = describe_error(exc, name)
                     self.hosts[name].phase = HostPhase.FAILED
