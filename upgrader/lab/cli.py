@@ -31,6 +31,20 @@ def _layout_from_args(args: argparse.Namespace) -> LabLayout:
     if not 1024 <= base <= 65535 - 400:
         raise ConfigError(f"--base-port must be between 1024 and {65535 - 400}", key="--base-port")
     directory = Path(args.dir).expanduser().resolve() if args.dir else default_lab_dir()
+    if getattr(args, "ssh", False):
+        from .sshlab import DEFAULT_SUBNET, SshLabLayout, parse_subnet
+
+        subnet = args.subnet or DEFAULT_SUBNET
+        try:
+            parse_subnet(subnet)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="--subnet") from None
+        return SshLabLayout(dir=directory, hosts=args.hosts, new_hosts=args.new_hosts,
+                            slots=args.slots, base_port=base, network=args.network,
+                            subnet=subnet)
+    if getattr(args, "subnet", None) or getattr(args, "network", "auto") != "auto":
+        raise ConfigError("--network and --subnet are for an SSH lab: add --ssh",
+                          key="--network" if args.network != "auto" else "--subnet")
     return LabLayout(dir=directory, hosts=args.hosts, new_hosts=args.new_hosts,
                      slots=args.slots, base_port=base)
 
@@ -38,13 +52,29 @@ def _layout_from_args(args: argparse.Namespace) -> LabLayout:
 def main(args: argparse.Namespace) -> int:
     if args.lab_command == "up":
         layout = _layout_from_args(args)
-        lab = Lab(layout)
+        from .sshlab import SshLabLayout, make_lab
+
+        lab = make_lab(layout)
         migration = None
         if getattr(args, "database", None):
             from ..schema import load_migration
 
             migration = load_migration(args.database)   # bad input: exit 2, nothing started
-        asyncio.run(lab.up(traffic_rps=args.rps, database=migration))
+        state = asyncio.run(lab.up(traffic_rps=args.rps, database=migration))
+        if isinstance(layout, SshLabLayout):
+            hosts = [h for h in layout.host_objects() if h.cluster == "main"]
+            print(f"SSH lab up in {layout.dir}: {layout.hosts} hosts on {layout.base_release}"
+                  + (f", {layout.new_hosts} new hosts" if layout.new_hosts else "")
+                  + (", two slots each" if layout.slots else "")
+                  + (f", each in a network namespace on {layout.subnet}"
+                     if state.get("network") == "netns" else ", on loopback addresses"))
+            print(f"  hosts:    {hosts[0].address} .. {hosts[-1].address}, sshd on port "
+                  f"{layout.ssh_port(1)} ..; known_hosts {layout.known_hosts}")
+            print(f"  users:    {layout.balancer_url}  (HAProxy; {args.rps} requests/s of lab "
+                  "traffic)")
+            print(f"  admin:    {layout.haproxy_site().socket_path}  (HAProxy Runtime API)")
+            print("  next:     upgrader run sample_fleets/ssh-lab.toml --headless")
+            return 0
         print(f"lab up in {layout.dir}: {layout.hosts} hosts on {layout.base_release}"
               + (f", {layout.new_hosts} new hosts" if layout.new_hosts else "")
               + (", two slots each" if layout.slots else ""))
@@ -68,9 +98,14 @@ def main(args: argparse.Namespace) -> int:
     print(f"lab in {status['dir']}: balancer {'up' if status['balancer'].get('up') else 'down'}, "
           f"traffic {'on' if status['traffic']['running'] else 'off'}")
     for host in status["hosts"]:
+        ssh = ""
+        if "ssh" in host:       # an SSH lab: the host's address, its sshd and its link
+            link = {True: "", False: ", link DOWN", None: ""}[host.get("link_up")]
+            ssh = (f"  {host['address']:<15} sshd "
+                   f"{'up' if host['ssh']['running'] else 'DOWN'}{link}")
         print(f"  {host['name']:<8} {host['cluster']:<5} "
               f"{'running' if host['running'] else 'stopped':<8} {host['version'] or '-':<14} "
-              f"installs {host['installs']}")
+              f"installs {host['installs']}{ssh}")
     stats = status["traffic"]["stats"]
     if stats:
         print(f"  traffic: {stats.get('requests', 0)} requests, {stats.get('failed', 0)} failed, "

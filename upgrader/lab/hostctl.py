@@ -295,25 +295,28 @@ def _fsync_dir(path: Path) -> None:
 
 
 def start(root: Path, slot: str, port: int, host: str | None = None,
-          timeout: float = START_TIMEOUT) -> int:
-    """Start the slot's app unless it runs; return its pid once the port accepts connections."""
+          timeout: float = START_TIMEOUT, bind: str = "127.0.0.1") -> int:
+    """Start the slot's app unless it runs; return its pid once the port accepts connections
+    on ``bind`` (the app's listen address)."""
     slot = slot_name(slot)
     log = log_file(root, slot)
     pid = running_pid(root, slot, port)
     if pid is not None:
-        if _wait_port(port, lambda: pid_alive(pid), timeout):
+        if _wait_port(port, lambda: pid_alive(pid), timeout, bind):
             return pid
         raise HostctlError(f"app (pid {pid}) runs but port {port} does not answer\n"
                            + log_tail(log))
     if current_release(root, slot) is None:
         raise HostctlError(f"nothing installed for slot {slot!r} under {root}")
-    if port_open(port):
+    if port_open(port, bind):
         raise HostctlError(f"port {port} is already in use by another process")
     argv = [sys.executable, "-m", APP_MODULE, "--root", str(root), "--slot", slot,
             "--port", str(port), "--host", host or root.name]
+    if bind != "127.0.0.1":
+        argv += ["--bind", bind]
     proc = spawn_detached(argv, log)
     write_atomic(pid_file(root, slot), f"{proc.pid}\n")
-    if _wait_port(port, lambda: proc.poll() is None, timeout):
+    if _wait_port(port, lambda: proc.poll() is None, timeout, bind):
         return proc.pid
     status = proc.poll()
     if status is None:
@@ -325,12 +328,12 @@ def start(root: Path, slot: str, port: int, host: str | None = None,
     raise HostctlError(f"app for slot {slot!r} {reason}; log tail:\n{log_tail(log)}")
 
 
-def _wait_port(port: int, alive, timeout: float) -> bool:
+def _wait_port(port: int, alive, timeout: float, address: str = "127.0.0.1") -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive():
             return False
-        if port_open(port, timeout=0.1):
+        if port_open(port, address, timeout=0.1):
             return True
         time.sleep(POLL_INTERVAL)
     return False
@@ -394,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--release")
     parser.add_argument("--address", default="127.0.0.1")
     parser.add_argument("--host", help="host name the app reports (default: ROOT's name)")
+    parser.add_argument("--bind", default="127.0.0.1",
+                        help="start: the address the app listens on (default 127.0.0.1)")
     return parser
 
 
@@ -414,7 +419,7 @@ def run(args: argparse.Namespace) -> str | None:
         install(root, slot, args.release)
         return None
     if args.command == "start":
-        start(root, slot, args.port, host=args.host)
+        start(root, slot, args.port, host=args.host, bind=args.bind)
         return None
     if args.command == "stop":
         stop(root, slot, args.port)

@@ -98,6 +98,13 @@ class Lab:
         except (OSError, ValueError) as exc:
             raise UpgraderError(f"cannot read {state_file}: {exc}") from None
         fields = state.get("layout") or {}
+        if fields.get("ssh"):
+            from .sshlab import SshLab     # an SSH lab (upgrader.lab.sshlab)
+
+            try:
+                return SshLab.from_fields(directory, fields)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise UpgraderError(f"{state_file}: bad layout: {exc}") from None
         try:
             layout = LabLayout(dir=directory, hosts=int(fields["hosts"]),
                                new_hosts=int(fields.get("new_hosts", 0)),
