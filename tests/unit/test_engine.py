@@ -645,3 +645,33 @@ def test_roll_back_takes_a_bad_release_out_of_traffic_as_soon_as_capacity_allows
     # the fourth host to roll back finds no target host serving any more
     assert counts[0] == 6
     assert counts[3:] == [0] * len(counts[3:]) and len(counts) >= 6, counts
+
+
+def test_roll_back_never_drains_the_last_serving_host(fleet_factory):
+    """Three hosts, batches of 1 then 2; the third host becomes unreachable in the second
+    wave (every command on it fails) while the second goes to the target. Roll-back may do
+    two hosts at once; the unreachable one fails at once, and rolling the other two back
+    together would leave users no server. The second waits until the first is back."""
+    fleet = fleet_with(fleet_factory, "rolling", n=3, table={"batch": [1, 2]})
+    bad = fleet.main_hosts[2].name
+
+    def responder(host, argv):
+        if host.name == bad and argv[0] in ("stop", "deploy", "start"):
+            return CommandResult(255, "", "ssh: connect to host: No route to host")
+        return None
+
+    providers = providers_for(fleet, responder)
+    serving: list[int] = []
+
+    async def watch(engine, providers):
+        def on_event(event):
+            if event.kind in ("host_phase", "host_done", "traffic"):
+                serving.append(sum(1 for b in providers.balancer._backends.values()
+                                   if b.state == "ready" and b.weight > 0))
+        engine.subscribe(on_event)
+
+    engine, result, events = run_engine(fleet, providers, during=watch)
+    assert engine.plan.rollback_parallel == 2
+    assert result.outcome is Outcome.FAILED and bad in result.error    # it stays unreachable
+    assert {result.hosts[h.name] for h in fleet.main_hosts[:2]} == {fleet.releases.current}
+    assert serving and min(serving) >= 1, serving

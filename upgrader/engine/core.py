@@ -1323,10 +1323,28 @@ class Engine(WindowGates):
         await drain_target(state)
         drain = not state.maintenance
         limit = asyncio.Semaphore(max(1, self.plan.rollback_parallel))
+        in_flight: set[str] = set()
+        came_back = asyncio.Condition()
+
+        async def leave_a_server(name: str) -> None:
+            """Never drain the last backend that serves users while another host's roll-back
+            can still bring one back: wait for it instead (the plan's roll-back parallelism
+            knows nothing of hosts a failure took out of service)."""
+            own = self.backend_name(name, None)
+            while True:
+                now = await balancer.state()
+                if any(n != own and b.state == "ready" and b.weight > 0
+                       for n, b in now.backends.items()) or not in_flight:
+                    return
+                async with came_back:
+                    await came_back.wait()
 
         async def one(name: str) -> None:
             async with limit:
                 try:
+                    if drain:
+                        await leave_a_server(name)
+                    in_flight.add(name)
                     await self._upgrade_host(name, current, mode="rollback", drain=drain,
                                              slot=None)
                     if drain:
@@ -1337,6 +1355,10 @@ class Engine(WindowGates):
                     self.hosts[name].error = text
                     await self._emit("host_failed", host=name, error=text, mode="rollback")
                     errors.append(text)
+                finally:
+                    in_flight.discard(name)
+                    async with came_back:
+                        came_back.notify_all()
 
         await asyncio.gather(*(one(n) for n in touched))
         if state.maintenance:
