@@ -325,6 +325,8 @@ class SshTransport:
         self._parallel = asyncio.Semaphore(max_parallel)
         self._host_slots: dict[tuple[Any, ...], asyncio.Semaphore] = {}
         self._locks: dict[tuple[Any, ...], asyncio.Lock] = {}
+        #: one known_hosts read shared by a burst of new connections (bench/fanout.py)
+        self._known_hosts_check: asyncio.Future[Any] | None = None
         self._links: dict[tuple[Any, ...], asyncssh.SSHClientConnection] = {}
         self._jumps: dict[tuple[Any, ...], asyncssh.SSHClientConnection] = {}
         self._keys: list[asyncssh.SSHKeyPair] | None = None
@@ -493,11 +495,22 @@ class SshTransport:
             self._jumps[key] = conn
             return conn
 
+    async def _known_hosts(self) -> Any:
+        """The known_hosts as the file says now, read off the event loop; connections that
+        open while a read is under way share it (a file changed later is seen by the next
+        connection)."""
+        check = self._known_hosts_check
+        if check is None:
+            check = asyncio.ensure_future(asyncio.to_thread(self.host_keys.current))
+            self._known_hosts_check = check
+            check.add_done_callback(lambda _: setattr(self, "_known_hosts_check", None))
+        return await asyncio.shield(check)
+
     async def _connect(self, target: Target, tunnel: asyncssh.SSHClientConnection | None,
                        role: str = "") -> asyncssh.SSHClientConnection:
         label = target.label()
         try:
-            known_hosts = await asyncio.to_thread(self.host_keys.current)
+            known_hosts = await self._known_hosts()
         except ValueError as exc:
             raise TransportError(f"cannot verify the host key of {role}{label}: {exc}") from None
         client = _Client(self.host_keys)
