@@ -160,6 +160,11 @@ class Engine(WindowGates):
         self._failed_host: str | None = None
         self._before_pause: tuple[RolloutState, str] | None = None
         self._analysis_rounds = 0
+        #: when the analyzer's next round is due, whether one is under way, and an event set
+        #: (then replaced) each time a round ends: a hold that ends with a round waits for it
+        self._analysis_due: float | None = None
+        self._analysis_busy = False
+        self._analysis_ended = asyncio.Event()
         #: traffic verdicts that passed (for no_data = "wait": health alone is not traffic)
         self._traffic_passes = 0
         self._analysis_enabled = False
@@ -1067,6 +1072,22 @@ class Engine(WindowGates):
         await self._emit("verdict", metric="system_test", result="pass", value=0.0,
                          threshold=0.0, samples=len(hosts), baseline=None, detail="")
 
+    async def _analysis_at_hold_end(self) -> None:
+        """A round of analysis due at the very instant a hold ends (or under way) judges the
+        end of the hold: wait for its verdict before going on, so that a failure it finds
+        stops the rollout before the next step widens the exposure."""
+        due = self._analysis_due
+        if not (self._analysis_busy or (due is not None and due <= self.clock.monotonic())):
+            return
+        waiters = (asyncio.ensure_future(self._analysis_ended.wait()),
+                   asyncio.ensure_future(self._interrupt.wait()),
+                   asyncio.ensure_future(self.clock.sleep(self.fleet.verify.interval)))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
     async def _verify_step(self, step: Verify) -> None:
         if self._promote_all:
             return
@@ -1075,6 +1096,8 @@ class Engine(WindowGates):
         rounds = self._analysis_rounds
         passes = self._traffic_passes
         skipped = await self._wait(step.for_, skippable=True)
+        if not skipped:
+            await self._analysis_at_hold_end()
         if self._interrupt.is_set():
             raise _Interrupted
         if skipped or self._promote_all:
@@ -1120,57 +1143,72 @@ class Engine(WindowGates):
 
     async def _analyzer(self) -> None:
         spec = self.fleet.verify
+        previous: Mapping[str, Any] | None = None
+        try:
+            while True:
+                self._analysis_due = self.clock.monotonic() + spec.interval
+                await self.clock.sleep(spec.interval)
+                self._analysis_busy = True
+                try:
+                    previous = await self._analysis_round(previous)
+                finally:
+                    self._analysis_busy = False
+                    ended, self._analysis_ended = self._analysis_ended, asyncio.Event()
+                    ended.set()
+        finally:
+            self._analysis_due = None
+
+    async def _analysis_round(self, previous: Mapping[str, Any] | None
+                              ) -> Mapping[str, Any] | None:
+        """One round of analysis; returns the counters the next round compares with."""
+        spec = self.fleet.verify
         target = self.fleet.releases.target
         current = self.fleet.releases.current
         balancer = self.providers.balancer
-        previous: Mapping[str, Any] | None = None
-        while True:
-            await self.clock.sleep(spec.interval)
-            if self._promote_all or self.state in (RolloutState.ROLLING_BACK,) or self._failure:
-                previous = None
-                continue
-            flag_mode = self.plan.rollback_mode == "flag"
-            if self._maintenance_on or not (self._serving_target or
-                                            (flag_mode and self._flags_on)):
-                previous = None
-                continue
-            try:
-                pool_stats = getattr(balancer, "pool_stats", None)
-                if flag_mode:
-                    # a feature goes on across the fleet: judge all traffic (no old pool)
-                    state = await balancer.state()
-                    new = [n for n, b in state.backends.items() if b.state == "ready"]
-                    old = []
-                    stats = await balancer.stats()
-                elif pool_stats is not None:
-                    stats = await pool_stats()
-                    new, old = [target], [current]
-                else:
-                    state = await balancer.state()
-                    new = [n for n, b in state.backends.items()
-                           if b.pool == target and b.state == "ready"]
-                    old = [n for n, b in state.backends.items()
-                           if b.pool == current and b.state == "ready"]
-                    stats = await balancer.stats()
-            except ProviderError as exc:
-                await self._emit("log", level="warning", message=f"analysis: {exc}")
-                continue
-            verdicts: list[Verdict] = []
-            try:
-                if previous is not None and not self._target_at_zero():
-                    verdicts = analyze(previous, stats, new, old, spec)
-                previous = stats
-                if spec.health and self._serving_target:
-                    verdicts.append(await self._health_round(sorted(self._serving_target)))
-            except Exception as exc:   # analysis that cannot run is "no data", never a pass
-                previous = None
-                verdicts = [Verdict("analysis", "no_data", None, None, 0, None,
-                                    f"analysis could not run: {type(exc).__name__}: {exc}")]
-            if not verdicts:
-                continue
-            self._analysis_rounds += 1
-            for verdict in verdicts:
-                await self._judge(verdict)
+        if self._promote_all or self.state in (RolloutState.ROLLING_BACK,) or self._failure:
+            return None
+        flag_mode = self.plan.rollback_mode == "flag"
+        if self._maintenance_on or not (self._serving_target or
+                                        (flag_mode and self._flags_on)):
+            return None
+        try:
+            pool_stats = getattr(balancer, "pool_stats", None)
+            if flag_mode:
+                # a feature goes on across the fleet: judge all traffic (no old pool)
+                state = await balancer.state()
+                new = [n for n, b in state.backends.items() if b.state == "ready"]
+                old = []
+                stats = await balancer.stats()
+            elif pool_stats is not None:
+                stats = await pool_stats()
+                new, old = [target], [current]
+            else:
+                state = await balancer.state()
+                new = [n for n, b in state.backends.items()
+                       if b.pool == target and b.state == "ready"]
+                old = [n for n, b in state.backends.items()
+                       if b.pool == current and b.state == "ready"]
+                stats = await balancer.stats()
+        except ProviderError as exc:
+            await self._emit("log", level="warning", message=f"analysis: {exc}")
+            return previous
+        verdicts: list[Verdict] = []
+        try:
+            if previous is not None and not self._target_at_zero():
+                verdicts = analyze(previous, stats, new, old, spec)
+            previous = stats
+            if spec.health and self._serving_target:
+                verdicts.append(await self._health_round(sorted(self._serving_target)))
+        except Exception as exc:   # analysis that cannot run is "no data", never a pass
+            previous = None
+            verdicts = [Verdict("analysis", "no_data", None, None, 0, None,
+                                f"analysis could not run: {type(exc).__name__}: {exc}")]
+        if not verdicts:
+            return previous
+        self._analysis_rounds += 1
+        for verdict in verdicts:
+            await self._judge(verdict)
+        return previous
 
     async def _monitor(self) -> None:
         """Traffic figures for front ends: per pool always, per host for fleets up to
