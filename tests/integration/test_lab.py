@@ -146,6 +146,24 @@ def test_hostctl_install_start_current_stop_roundtrip(make_host):
     assert all(r["slot"] == "default" and r["ts"] > 0 for r in records)
 
 
+def test_an_app_left_without_its_pid_file_is_found_and_adopted(make_host):
+    """A controller killed while `hostctl start` ran can leave the app running before its
+    pid file was written (seen in crash torture: the next start found the port taken).
+    stop and start find it by its argv instead."""
+    host = make_host()
+    pid = host.install_and_start("1.0.0")
+    (host.root / "run/default.pid").unlink()            # the kill landed before the write
+    host.ok("start")                                      # adopts it: no second app, no error
+    assert hostctl.read_pid(host.root, "default") == pid
+    (host.root / "run/default.pid").unlink()
+    host.ok("stop")                                       # found by argv and stopped
+    assert wait_until(lambda: not hostctl.pid_alive(pid), 10)
+    assert not hostctl.port_open(host.port)
+    host.install_and_start("1.1.0")
+    assert get(host.url)[1]["X-Version"] == "1.1.0"
+    host.ok("stop")
+
+
 def test_hostctl_slots_have_their_own_current_link(make_host):
     blue = make_host("web-01", "blue")
     green = Host(blue.root, free_port(), "green")

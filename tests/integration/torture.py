@@ -445,7 +445,8 @@ class TortureLab:
     def check_completed(self, result: PointResult) -> list[str]:
         problems: list[str] = []
         if result.outcome != "completed":
-            problems.append(f"outcome {result.outcome}")
+            summary = self.controllers[-1].summary or {} if self.controllers else {}
+            problems.append(f"outcome {result.outcome}: {summary.get('error')}")
         hosts = self.serving_hosts()
         self.check_hosts(hosts, self.target, problems)
         lab = self.lab()

@@ -210,12 +210,41 @@ def read_pid(root: Path, slot: str) -> int | None:
 
 
 def running_pid(root: Path, slot: str, port: int | None = None) -> int | None:
-    """The pid of the slot's app if it runs (checked against its argv), else None."""
+    """The pid of the slot's app if it runs (checked against its argv), else None. An app
+    that runs without a pid file (its ``start`` was killed between spawning it and writing
+    the file) is found by its argv and adopted: the pid file is written."""
     pid = read_pid(root, slot)
     needles = [APP_MODULE, "--slot", slot_name(slot)]
     if port is not None:
         needles.append(str(port))
-    return pid if pid_matches(pid, *needles) else None
+    if pid_matches(pid, *needles):
+        return pid
+    found = find_app_pid(root, slot, port)
+    if found is not None:
+        write_atomic(pid_file(root, slot), f"{found}\n")
+    return found
+
+
+def find_app_pid(root: Path, slot: str, port: int | None = None) -> int | None:
+    """The app started for this root and slot (and port), found by its argv in /proc."""
+    def arg(argv: list[str], name: str) -> str | None:
+        return argv[argv.index(name) + 1] if name in argv[:-1] else None
+
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    want = (str(root), slot_name(slot), None if port is None else str(port))
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        argv = pid_cmdline(int(entry))
+        if not argv or APP_MODULE not in argv:
+            continue
+        seen = (arg(argv, "--root"), arg(argv, "--slot"), arg(argv, "--port"))
+        if seen[:2] == want[:2] and (want[2] is None or seen[2] == want[2]):
+            return int(entry)
+    return None
 
 
 def current_release(root: Path, slot: str) -> str | None:
