@@ -29,7 +29,8 @@ from typing import Any
 import asyncssh
 
 from upgrader.errors import CommandTimeout, ConfigError, TransportError
-from upgrader.providers.base import CommandResult, ProviderContext, Setting
+from upgrader.providers.base import (CommandResult, ProviderContext, Setting, command_text,
+                                     describe_exit, output_tail)
 
 from .hostkeys import HostKeyPolicy, OfferedKey
 
@@ -81,7 +82,6 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 #: how many trailing lines of stderr an error message quotes
-STDERR_TAIL_LINES = 5
 #: seconds to wait for a signalled or closed channel to report its end
 CLOSE_WAIT = 1.0
 #: pauses before trying again a session the server refused on a live connection
@@ -90,25 +90,6 @@ REFUSAL_BACKOFF = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 # --------------------------------------------------------------------------------------------
 # small helpers
-
-
-def _describe_exit(status: int) -> str:
-    if status < 0:
-        try:
-            return f"was killed by {signal.Signals(-status).name}"
-        except ValueError:
-            return f"was killed by signal {-status}"
-    return f"exited with status {status}"
-
-
-def _tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
-    kept = [line for line in text.strip().splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])
-
-
-def _command_text(argv: Sequence[str], limit: int = 200) -> str:
-    text = shlex.join(argv)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _signal_number(name: str) -> int | None:
@@ -648,7 +629,7 @@ class SshTransport:
                 return chan
 
             conn, chan = await self._open_channel(host, target, argv, open_session,
-                                                  f"cannot start {_command_text(argv)}")
+                                                  f"cannot start {command_text(argv)}")
             assert factory is not None and factory.session is not None
             return await self._finish(host, target, argv, conn, chan, factory.session, limit,
                                       check)
@@ -709,19 +690,19 @@ class SshTransport:
             how = await self._kill(conn, chan, session)
             stdout, stderr = session.output()
             raise CommandTimeout(
-                f"{_command_text(argv)} did not finish within {limit:g}s: {how}",
+                f"{command_text(argv)} did not finish within {limit:g}s: {how}",
                 host=host.name, argv=argv, stdout=stdout, stderr=stderr)
         stdout, stderr = session.output()
         status = session.status()
         if status is None:
             reason = _exc_text(session.lost) if session.lost else "the channel closed"
             raise TransportError(
-                f"the connection to {target.label()} dropped while {_command_text(argv)} "
+                f"the connection to {target.label()} dropped while {command_text(argv)} "
                 f"ran ({reason}); whether it finished is unknown",
                 host=host.name, argv=argv, stdout=stdout, stderr=stderr)
         if check and status != 0:
-            tail = _tail(stderr) or _tail(stdout) or "(no output)"
-            raise TransportError(f"{_command_text(argv)} {_describe_exit(status)}:\n{tail}",
+            tail = output_tail(stderr) or output_tail(stdout) or "(no output)"
+            raise TransportError(f"{command_text(argv)} {describe_exit(status)}:\n{tail}",
                                  host=host.name, argv=argv, exit_status=status,
                                  stdout=stdout, stderr=stderr)
         return CommandResult(exit_status=status, stdout=stdout, stderr=stderr)

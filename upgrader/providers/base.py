@@ -9,6 +9,8 @@ Settings are declared with :class:`Setting` so that a typo in a fleet file is a
 
 from __future__ import annotations
 
+import shlex
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -60,6 +62,32 @@ class CommandResult:
     exit_status: int
     stdout: str = ""
     stderr: str = ""
+
+
+#: lines of a failed command's output an error message keeps
+OUTPUT_TAIL_LINES = 5
+
+
+def describe_exit(status: int) -> str:
+    """``exited with status 3`` or ``was killed by SIGKILL`` (a negative status: a signal)."""
+    if status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+def output_tail(text: str, lines: int = OUTPUT_TAIL_LINES) -> str:
+    """The last ``lines`` non-blank lines of a command's output (for error messages)."""
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def command_text(argv: Sequence[str], limit: int = 200) -> str:
+    """``argv`` as a shell would read it, cut at ``limit`` characters (for messages)."""
+    text = shlex.join(argv)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @runtime_checkable

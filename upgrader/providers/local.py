@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import shlex
 import signal
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -21,7 +20,8 @@ from typing import IO, Any
 from ..errors import CommandTimeout, ConfigError, TransportError
 from ..hookspecs import hookimpl
 from ..model import Host
-from .base import CommandResult, ProviderContext, Setting
+from .base import (CommandResult, ProviderContext, Setting, command_text, describe_exit,
+                   output_tail)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("max_parallel", int, 32, "commands running at once, over all hosts"),
@@ -34,7 +34,6 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 #: how many trailing lines of stderr an error message quotes
-STDERR_TAIL_LINES = 5
 
 
 def host_fields(host: Host, port: int | None = None) -> dict[str, str]:
@@ -46,23 +45,7 @@ def host_fields(host: Host, port: int | None = None) -> dict[str, str]:
     return fields
 
 
-def _describe_exit(status: int) -> str:
-    if status < 0:
-        try:
-            return f"was killed by {signal.Signals(-status).name}"
-        except ValueError:
-            return f"was killed by signal {-status}"
-    return f"exited with status {status}"
 
-
-def _tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
-    kept = [line for line in text.strip().splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])
-
-
-def _command_text(argv: Sequence[str], limit: int = 200) -> str:
-    text = shlex.join(argv)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _open_outputs() -> tuple[IO[bytes], IO[bytes]]:
@@ -196,7 +179,7 @@ class LocalTransport:
                 await proc.wait()
                 stdout, stderr = await asyncio.to_thread(_read_outputs, files)
                 raise CommandTimeout(
-                    f"{_command_text(argv)} did not finish within {limit:g}s and was killed",
+                    f"{command_text(argv)} did not finish within {limit:g}s and was killed",
                     host=host.name, argv=argv, stdout=stdout, stderr=stderr) from exc
             except BaseException:
                 # cancelled: the command must not go on unobserved
@@ -207,8 +190,8 @@ class LocalTransport:
                 raise
             stdout, stderr = await asyncio.to_thread(_read_outputs, files)
         if check and status != 0:
-            tail = _tail(stderr) or _tail(stdout) or "(no output)"
-            raise TransportError(f"{_command_text(argv)} {_describe_exit(status)}:\n{tail}",
+            tail = output_tail(stderr) or output_tail(stdout) or "(no output)"
+            raise TransportError(f"{command_text(argv)} {describe_exit(status)}:\n{tail}",
                                  host=host.name, argv=argv, exit_status=status,
                                  stdout=stdout, stderr=stderr)
         return CommandResult(exit_status=status, stdout=stdout, stderr=stderr)
