@@ -181,9 +181,10 @@ def test_old_and_new_release_write_through_start_backfill_complete(postgres_url,
                 old.wait_ops(marks[0] + 10)
                 new.wait_ops(marks[1] + 10)
             assert steps >= 15                       # 20,000 rows / (5 x 200)
-            # rows the writers rewrote before the backfill reached them needed none
+            # rows the writers rewrote before the backfill reached them needed none (how
+            # many depends on the writers' speed: 699 in one CI run, so no tight bound)
             done, total = db.status().backfill["accounts"]
-            assert done == total and SEEDED - 500 < total <= SEEDED
+            assert done == total and SEEDED // 2 < total <= SEEDED
             old_result = old.stop()                  # the last old host is gone
             with psycopg.connect(postgres_url) as conn:
                 legacy = dict(conn.execute("SELECT id, legacy FROM accounts").fetchall())
