@@ -4,11 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration bench clean
+.PHONY: demo test test-unit test-integration lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
 	# libvirt-python builds against libvirt's headers: installed when they are there (CI),
 	# otherwise the libvirt plugin's tests skip with that reason
 	if pkg-config --exists libvirt 2>/dev/null; then \
@@ -26,6 +26,10 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff (style, bugs) and mypy (strict on the engine and the plain data)
+	$(VENV)/bin/ruff check upgrader plugins tests bench examples
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) bench/engine.py

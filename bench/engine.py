@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -25,8 +25,16 @@ def one_run(hosts: int) -> dict:
     from upgrader import strategies
     from upgrader.clock import LoopClock, run_virtual
     from upgrader.engine.core import Engine, Providers
-    from upgrader.model import (Commands, Fleet, Host, ProviderSpec, Releases, StrategySpec,
-                                Timing, VerifySpec)
+    from upgrader.model import (
+        Commands,
+        Fleet,
+        Host,
+        ProviderSpec,
+        Releases,
+        StrategySpec,
+        Timing,
+        VerifySpec,
+    )
     from upgrader.providers.noop import NoopBalancer, NoopHealthCheck, NoopTransport
 
     start_cpu = time.process_time()

@@ -179,7 +179,7 @@ class Stopwatch:
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
-    def stop(self) -> "Stopwatch":
+    def stop(self) -> Stopwatch:
         self.seconds = time.perf_counter() - self.wall
         self.cpu_seconds = self._cpu() - self.cpu
         return self
@@ -385,7 +385,7 @@ def worker(tool: str, scenario: str, lab: Path) -> None:
         else:
             raise SystemExit(f"unknown tool {tool}")
         print(json.dumps({"seconds": watch.seconds, "cpu": watch.cpu_seconds, "ok": ok}))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent as a failed trial
+    except Exception as exc:
         print(json.dumps({"seconds": None, "ok": 0, "error": f"{type(exc).__name__}: {exc}"}))
 
 
@@ -434,7 +434,7 @@ def versions() -> str:
     for label, dist in names.items():
         try:
             parts.append(f"{label} {version(dist)}")
-        except Exception:  # noqa: BLE001
+        except Exception:
             parts.append(f"{label} (not installed)")
     ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
     return ", ".join(parts) + f"; {ssh}"

@@ -27,7 +27,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 SIZE = (140, 45)
 #: the first hosts of the table (on screen) carry the probes; the flood spares them
@@ -79,8 +80,16 @@ def make_handle(hosts: int) -> FakeHandle:
     from upgrader import strategies
     from upgrader.engine.core import Engine, Providers
     from upgrader.events import Event
-    from upgrader.model import (Commands, Fleet, Host, ProviderSpec, Releases, StrategySpec,
-                                Timing, VerifySpec)
+    from upgrader.model import (
+        Commands,
+        Fleet,
+        Host,
+        ProviderSpec,
+        Releases,
+        StrategySpec,
+        Timing,
+        VerifySpec,
+    )
     from upgrader.providers.noop import NoopBalancer, NoopHealthCheck, NoopTransport
 
     fleet = Fleet(

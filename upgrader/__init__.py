@@ -17,10 +17,28 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = [
-    "Clock", "ConfigError", "Engine", "Event", "Fleet", "LoopClock", "Outcome", "Plan",
-    "PolicyRefused", "Providers",
-    "Rollout", "RolloutFailed", "RolloutResult", "SystemClock", "UpgraderError", "Verdict",
-    "compile_plan", "estimate", "load_fleet", "loads_fleet", "run_virtual", "__version__",
+    "Clock",
+    "ConfigError",
+    "Engine",
+    "Event",
+    "Fleet",
+    "LoopClock",
+    "Outcome",
+    "Plan",
+    "PolicyRefused",
+    "Providers",
+    "Rollout",
+    "RolloutFailed",
+    "RolloutResult",
+    "SystemClock",
+    "UpgraderError",
+    "Verdict",
+    "__version__",
+    "compile_plan",
+    "estimate",
+    "load_fleet",
+    "loads_fleet",
+    "run_virtual",
 ]
 
 _LAZY = {

@@ -10,8 +10,10 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Sequence
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import ConfigError, PolicyRefused, UpgraderError
 from .redact import install_log_redaction, redact_text
@@ -247,13 +249,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _plan_calendar(args: argparse.Namespace, fleet: Any, plan: Any) -> Any:
     """When each wave would run given the deploy windows, from ``--at`` or now (None: the
     fleet has no windows and no ``--at`` was given)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from .policy import calendar
 
     if fleet.windows is None and not args.at:
         return None
-    start = datetime.now(timezone.utc)
+    start = datetime.now(UTC)
     if args.at:
         try:
             start = datetime.fromisoformat(args.at.strip())
@@ -278,7 +280,6 @@ def _calendar_json(fleet: Any, slots: Any) -> Any:
 
 
 def _print_calendar(fleet: Any, slots: Any, all_waves: bool) -> None:
-    from datetime import timezone
 
     if slots is None:
         return
@@ -288,7 +289,7 @@ def _print_calendar(fleet: Any, slots: Any, all_waves: bool) -> None:
     def when(at: Any) -> str:
         if at is None:
             return "no opening"
-        text = at.astimezone(timezone.utc).strftime("%a %Y-%m-%d %H:%M UTC")
+        text = at.astimezone(UTC).strftime("%a %Y-%m-%d %H:%M UTC")
         teams = windows.on_duty(at) if windows is not None else ()
         if teams:
             local = at.astimezone(teams[0].zone)
@@ -319,7 +320,7 @@ def _print_calendar(fleet: Any, slots: Any, all_waves: bool) -> None:
 def _check_window(args: argparse.Namespace, fleet: Any, *, recover: bool) -> None:
     """Outside the deploy window: refuse (exit 3, naming the next opening) unless ``--wait``
     (the engine pauses until it) or ``--override-window REASON``."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from .policy import refusal
 
@@ -328,7 +329,7 @@ def _check_window(args: argparse.Namespace, fleet: Any, *, recover: bool) -> Non
         raise ConfigError("--override-window needs a reason", key="--override-window")
     if fleet.windows is None or recover or reason or getattr(args, "wait", False):
         return
-    refused = refusal(fleet.windows, datetime.now(timezone.utc))
+    refused = refusal(fleet.windows, datetime.now(UTC))
     if refused is not None:
         raise refused
 

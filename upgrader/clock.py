@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import selectors
 import time
-from typing import Any, Awaitable, Callable, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -58,7 +59,7 @@ class LoopClock:
 
 
 class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
-    def __init__(self, loop_ref: Callable[[], "VirtualTimeLoop"]) -> None:
+    def __init__(self, loop_ref: Callable[[], VirtualTimeLoop]) -> None:
         super().__init__()
         self._loop_ref = loop_ref
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 import string
 import tomllib
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Collection, Iterable, Iterator, Mapping, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from . import units
 from .errors import ConfigError
@@ -20,24 +21,24 @@ from .lab.layout import MAX_LAB_HOSTS, LabLayout, default_lab_dir
 from .model import (
     TEMPLATE_FIELDS,
     Commands,
-    Fleet,
     FlagsSpec,
-    SchemaSpec,
+    Fleet,
     Host,
     ProviderSpec,
     Releases,
+    SchemaSpec,
     StrategySpec,
     Timing,
     UserGroup,
     VerifySpec,
 )
 from .providers.base import ProviderFactory, Setting
-from .tomlsource import (  # noqa: F401  (moved there; still importable from here)
-    did_you_mean,
+from .tomlsource import (
     Path_,
-    _Locator,
     _describe,
+    _Locator,
     _toml_error_line,
+    did_you_mean,
     format_key_path,
     parse_key_path,
 )
@@ -274,7 +275,7 @@ class _Loader:
         kpath = path + (key,)
         if isinstance(value, bool) or not isinstance(value, int):
             self.error(kpath, f"expected an integer, got {_describe(value)}")
-        if minimum is not None and value < minimum or maximum is not None and value > maximum:
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             bounds = (f"between {minimum} and {maximum}" if maximum is not None
                       else f"at least {minimum}")
             self.error(kpath, f"expected an integer {bounds}, got {value}")

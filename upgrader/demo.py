@@ -119,9 +119,8 @@ def run_demo(args: argparse.Namespace) -> int:
 async def _run_with_tui(rollout: Any, title: str, flags_store: str | None = None) -> Any:
     """The TUI on the in-process engine, in the same event loop. Quitting a live demo rolls
     it back (the demo's lab goes away with it, so there is nothing to hand over)."""
-    from .tui import make_app
-
     from .cli import _open_flag_store
+    from .tui import make_app
 
     flag_store = _open_flag_store(flags_store)
     task = asyncio.get_running_loop().create_task(rollout.run())

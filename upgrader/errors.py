@@ -9,8 +9,14 @@
     │   ├── BalancerError      the balancer refused or did not read back as set
     │   ├── HealthCheckFailed  a host did not become healthy
     │   └── SnapshotError
-    ├── StoreError             a flag store could not be opened, read or written
-    ├── SchemaError            a live schema change could not run (another is active, ...)
+    ├── StorageError           a database (SQLite file, PostgreSQL) could not be used
+    │   ├── StoreError         the flag store could not be opened, read or written
+    │   ├── JournalError       the rollout journal / shared state could not be read or written
+    │   └── SchemaError        a live schema change could not run (another is active, ...)
+    ├── ControlError           the control API of a running rollout: not reachable, token
+    │                          refused, a control the controller rejected
+    ├── LabError               the local lab (app hosts, sshd hosts, networks) could not start
+    │                          or stop
     ├── PolicyRefused          a policy (deploy window, fleet lock) refused the rollout (exit 3)
     └── RolloutFailed          the rollout ended without reaching its target (exit 1)
 
@@ -95,26 +101,48 @@ class SnapshotError(ProviderError):
     """A snapshot could not be taken, restored or deleted."""
 
 
-class StoreError(UpgraderError):
+class StorageError(UpgraderError):
+    """A database (a SQLite file, a PostgreSQL server) could not be opened, read or written.
+    ``database`` names it, with any password in a URL masked."""
+
+    def __init__(self, message: str, *, database: str | None = None) -> None:
+        self.message = message
+        self.database = database
+        super().__init__(f"{database}: {message}" if database else message)
+
+
+class StoreError(StorageError):
     """A flag store (SQLite file, PostgreSQL database) could not be opened, read or written.
     A change refused because it is invalid is a ConfigError instead, and changes nothing."""
 
     def __init__(self, message: str, *, store: str | None = None) -> None:
-        self.message = message
         self.store = store
-        super().__init__(f"{store}: {message}" if store else message)
+        super().__init__(message, database=store)
 
 
-class SchemaError(UpgraderError):
+class JournalError(StorageError):
+    """The rollout journal or the shared state (fleet lock) could not be read or written."""
+
+
+class SchemaError(StorageError):
     """A live schema change could not start, complete or roll back (another migration is
     active, the database refused a statement). The database is left as it was."""
 
     def __init__(self, message: str, *, database: str | None = None,
                  migration: str | None = None) -> None:
-        self.message = message
-        self.database = database
         self.migration = migration
         super().__init__(message)
+        self.database = database
+
+
+class ControlError(UpgraderError):
+    """The control API of a running rollout could not be reached, refused the token, or the
+    controller rejected a control."""
+
+
+class LabError(UpgraderError):
+    """The local lab (app hosts, sshd hosts, network namespaces, its balancer) could not be
+    started, reached or stopped."""
 
 
 class PolicyRefused(UpgraderError):

@@ -13,7 +13,7 @@ balancer's phased cohorts. Test vectors: ``tests/data/bucketing_vectors.json``.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 BUCKETS = 10_000
 
@@ -37,7 +37,7 @@ def threshold(percent: float) -> int:
 def bucketer(salt: str = "") -> Callable[[str], int]:
     """``bucket(key, salt)`` for a fixed salt, with the salt's bytes prepared once (hot paths:
     flag evaluation hashes one sticky value per percentage rule)."""
-    prefix = f"{salt}:".encode("utf-8") if salt else b""
+    prefix = f"{salt}:".encode() if salt else b""
     sha256 = hashlib.sha256
     from_bytes = int.from_bytes
 

@@ -33,7 +33,7 @@ class HeadlessDisplay:
                                              state="PENDING")
         self._on_target: set[str] = set()
 
-    def __enter__(self) -> "HeadlessDisplay":
+    def __enter__(self) -> HeadlessDisplay:
         self._progress.start()
         return self
 

@@ -15,7 +15,8 @@ A fleet file names the provider by that name (``kind = "local"``).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

@@ -19,9 +19,10 @@ import socket
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import PolicyRefused
 from .redact import redact_data
@@ -247,7 +248,7 @@ class FleetLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "FleetLock":
+    def __enter__(self) -> FleetLock:
         self.acquire()
         return self
 

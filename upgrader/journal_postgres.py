@@ -24,9 +24,10 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from .errors import PolicyRefused, UpgraderError
 from .journal import JournalEntry, RolloutRecord, current_user
@@ -284,7 +285,7 @@ class PostgresFleetLock:
         finally:
             conn.close()
 
-    def __enter__(self) -> "PostgresFleetLock":
+    def __enter__(self) -> PostgresFleetLock:
         self.acquire()
         return self
 

@@ -6,9 +6,10 @@ Nothing here does I/O. ``upgrader.config`` builds these from TOML; strategies re
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the lab layout imports this module; only type checkers follow this edge
     from .lab.layout import LabLayout

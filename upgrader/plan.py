@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Union
+from typing import Any, ClassVar, Union
 
 from .model import Timing
 
@@ -192,7 +193,7 @@ class Plan:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Plan":
+    def from_json(cls, data: dict[str, Any]) -> Plan:
         return cls(
             strategy=data["strategy"],
             total_hosts=data["total_hosts"],

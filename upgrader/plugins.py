@@ -18,9 +18,9 @@ import logging
 import math
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from collections.abc import Mapping
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pluggy
 

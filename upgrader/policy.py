@@ -23,21 +23,33 @@ Every method takes and returns timezone-aware :class:`datetime` values (returned
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Iterable, NoReturn, Protocol, Sequence
+from typing import Any, NoReturn, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import units
 from .errors import PolicyRefused
 from .tomlsource import Path_, describe_value
 
-__all__ = ["DeployWindows", "Freeze", "Shift", "Team", "WaveSlot", "WindowPolicy",
-           "WindowRefused", "WINDOW_GATE", "calendar", "parse_windows", "refusal",
-           "with_window_gates"]
+__all__ = [
+    "WINDOW_GATE",
+    "DeployWindows",
+    "Freeze",
+    "Shift",
+    "Team",
+    "WaveSlot",
+    "WindowPolicy",
+    "WindowRefused",
+    "calendar",
+    "parse_windows",
+    "refusal",
+    "with_window_gates",
+]
 
-UTC = timezone.utc
+UTC = UTC
 #: the ``Gate.gate`` of a deploy-window gate
 WINDOW_GATE = "deploy_window"
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import Any
 
 from .clock import Clock
 from .engine.core import Engine, Providers, RolloutResult
@@ -22,7 +23,7 @@ from .engine.resume import replay
 from .errors import PolicyRefused, UpgraderError
 from .events import Event
 from .model import Fleet
-from .plan import Gate, Pause, Plan, Verify, with_release_gates
+from .plan import Pause, Plan, Verify, with_release_gates
 from .providers.base import ProviderContext
 
 
@@ -141,7 +142,7 @@ class Rollout:
         self.journal: Any = None
         self.engine: Engine | None = None
 
-    async def __aenter__(self) -> "Rollout":
+    async def __aenter__(self) -> Rollout:
         try:
             await self._open()
         except BaseException:

@@ -18,6 +18,8 @@ from .journal_postgres import (
     PostgresFleetLock,
     PostgresJournal,
     is_postgres_url,
+)
+from .journal_postgres import (
     lock_holder as postgres_lock_holder,
 )
 from .redact import add_url_secret, redact_url

@@ -30,7 +30,7 @@ import pytest
 
 from .plugins import Plugins
 
-__all__ = ["upgrader_plugins", "register_temp_plugin"]
+__all__ = ["register_temp_plugin", "upgrader_plugins"]
 
 
 @pytest.fixture

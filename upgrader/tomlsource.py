@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 import tomllib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["Path_", "describe_value", "format_key_path", "line_of", "parse_key_path",
            "toml_error_line"]

@@ -16,7 +16,8 @@ maps = "/etc/haproxy/upgrader"
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from upgrader.errors import ConfigError
 from upgrader.hookspecs import hookimpl

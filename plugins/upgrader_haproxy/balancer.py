@@ -16,20 +16,32 @@ import json
 import math
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote, unquote
 
 from upgrader.errors import BalancerError
 from upgrader.providers.base import (
-    BACKEND_STATES, LATENCY_BUCKETS, BackendState, BackendStats, BalancerState, Cohort,
+    BACKEND_STATES,
+    LATENCY_BUCKETS,
+    BackendState,
+    BackendStats,
+    BalancerState,
+    Cohort,
     RouteTable,
 )
 
 from .runtime import (
-    RuntimeAPI, ServerRow, check_arg, parse_map, parse_map_list, parse_servers_state,
-    parse_stat, stat_int,
+    RuntimeAPI,
+    ServerRow,
+    check_arg,
+    parse_map,
+    parse_map_list,
+    parse_servers_state,
+    parse_stat,
+    stat_int,
 )
 
 BUCKETS = 10_000                 # split and cohort resolution: 0.01 %
@@ -115,7 +127,7 @@ class Declared:
     baselines: dict[str, tuple[int, int]] = field(default_factory=dict)   # slot -> req, err
 
     @classmethod
-    def parse(cls, entries: list[tuple[str, str]]) -> "Declared":
+    def parse(cls, entries: list[tuple[str, str]]) -> Declared:
         declared = cls()
         for key, value in entries:
             text = unquote(value)
@@ -248,7 +260,7 @@ class HAProxyBalancer:
     def __repr__(self) -> str:
         return f"HAProxyBalancer({self.socket!r}, backend={self.backend!r})"
 
-    async def __aenter__(self) -> "HAProxyBalancer":
+    async def __aenter__(self) -> HAProxyBalancer:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,

@@ -114,7 +114,7 @@ class LibvirtSnapshot:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any],
-                      context: ProviderContext | None = None) -> "LibvirtSnapshot":
+                      context: ProviderContext | None = None) -> LibvirtSnapshot:
         return cls(**settings)
 
     # -- connection ------------------------------------------------------------------------
@@ -169,7 +169,7 @@ class LibvirtSnapshot:
                 self._conn = None
                 try:
                     await asyncio.to_thread(conn.close)
-                except Exception:  # noqa: BLE001 - a dead connection may refuse to close
+                except Exception:
                     pass
             self._conn = await self._thread(host, f"cannot connect to libvirt at {self.uri}",
                                             self._open)
@@ -182,7 +182,7 @@ class LibvirtSnapshot:
         except self.libvirt.libvirtError as exc:
             message = exc.get_error_message() or str(exc)
             raise SnapshotError(f"{what}: {message}", host=host.name) from exc
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise SnapshotError(f"{what}: no answer from libvirt within {self.timeout:g} s "
                                 f"(the call may still complete)", host=host.name) from exc
         except OSError as exc:   # the password file
@@ -277,10 +277,10 @@ class LibvirtSnapshot:
         if conn is not None:
             try:
                 await asyncio.to_thread(conn.close)
-            except Exception:  # noqa: BLE001 - closing must not hide the rollout's outcome
+            except Exception:
                 log.debug("closing the libvirt connection failed", exc_info=True)
 
-    async def __aenter__(self) -> "LibvirtSnapshot":
+    async def __aenter__(self) -> LibvirtSnapshot:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

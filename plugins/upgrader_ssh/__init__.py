@@ -21,7 +21,7 @@ from upgrader.hookspecs import hookimpl
 
 from .transport import SETTINGS, SshTransport, Target, remote_command
 
-__all__ = ["SETTINGS", "SshTransport", "Target", "remote_command", "register_transports"]
+__all__ = ["SETTINGS", "SshTransport", "Target", "register_transports", "remote_command"]
 
 
 @hookimpl

@@ -29,8 +29,14 @@ from typing import Any
 import asyncssh
 
 from upgrader.errors import CommandTimeout, ConfigError, TransportError
-from upgrader.providers.base import (CommandResult, ProviderContext, Setting, command_text,
-                                     describe_exit, output_tail)
+from upgrader.providers.base import (
+    CommandResult,
+    ProviderContext,
+    Setting,
+    command_text,
+    describe_exit,
+    output_tail,
+)
 
 from .hostkeys import HostKeyPolicy, OfferedKey
 
@@ -319,7 +325,7 @@ class SshTransport:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any],
-                      context: ProviderContext | None = None) -> "SshTransport":
+                      context: ProviderContext | None = None) -> SshTransport:
         passphrase = None
         env_name = settings["passphrase_env"]
         if env_name:
@@ -343,7 +349,7 @@ class SshTransport:
                 f"trust_on_first_use={self.trust_on_first_use}, "
                 f"identity_files={self.identity_files!r}, sudo={self.sudo})")
 
-    async def __aenter__(self) -> "SshTransport":
+    async def __aenter__(self) -> SshTransport:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -529,7 +535,7 @@ class SshTransport:
                    if self.identity_files else "the ssh config's IdentityFile or ~/.ssh/id_*")
                 + (" and the ssh-agent" if self.agent and os.environ.get("SSH_AUTH_SOCK")
                    else "")) from None
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise TransportError(f"cannot connect to {role}{label}: no answer within "
                                  f"{self.connect_timeout:g}s (connect_timeout)") from None
         except (OSError, asyncssh.Error) as exc:
@@ -727,7 +733,7 @@ class SshTransport:
                         conn.run(kill_command(pid, name, sudo=self.sudo), check=False),
                         CLOSE_WAIT)
                     sent = result.exit_status == 0
-                except (asyncssh.Error, OSError, TimeoutError, asyncio.TimeoutError):
+                except (asyncssh.Error, OSError, TimeoutError):
                     pass
             if not sent:
                 try:
@@ -795,7 +801,7 @@ class SshTransport:
                                                "cannot open SFTP")
             try:
                 await asyncio.wait_for(self._put(sftp, local, remote_path, mode), limit)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 raise CommandTimeout(f"upload of {local} to {target.label()}:{remote_path} "
                                      f"did not finish within {limit:g}s",
                                      host=host.name, argv=argv) from None

@@ -158,7 +158,7 @@ class WebhookNotifier:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any],
-                      context: ProviderContext | None = None) -> "WebhookNotifier":
+                      context: ProviderContext | None = None) -> WebhookNotifier:
         return cls(**settings)
 
     def __repr__(self) -> str:  # never show headers or the URL's path
@@ -191,7 +191,7 @@ class WebhookNotifier:
         if queue is not None and worker is not None:
             try:
                 await asyncio.wait_for(queue.join(), self.flush_timeout)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 left = queue.qsize() + self._in_flight
                 self._drop(left, f"not sent within flush_timeout ({self.flush_timeout:g} s)")
             worker.cancel()
@@ -200,7 +200,7 @@ class WebhookNotifier:
             await self._session.close()
             self._session = None
 
-    async def __aenter__(self) -> "WebhookNotifier":
+    async def __aenter__(self) -> WebhookNotifier:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -228,7 +228,7 @@ class WebhookNotifier:
             self._in_flight = len(batch)
             try:
                 await self._deliver(batch)
-            except Exception as exc:  # noqa: BLE001 - a notifier bug must not stop the queue
+            except Exception as exc:
                 self._drop(len(batch), f"{type(exc).__name__}")
                 log.debug("webhook %s: unexpected failure", self.where, exc_info=True)
             finally:
@@ -247,7 +247,7 @@ class WebhookNotifier:
             except _Rejected as exc:
                 self._drop(len(batch), f"the endpoint refused them: {exc}")
                 return      # the endpoint is up; retrying the same body will not help
-            except Exception as exc:  # noqa: BLE001 - network, timeout, 5xx
+            except Exception as exc:
                 why = self._describe(exc)
                 log.debug("webhook %s: attempt %d of %d failed: %s", self.where, attempt,
                           attempts, why)

@@ -13,8 +13,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,7 +25,13 @@ from upgrader.errors import BalancerError, ConfigError
 from upgrader.hashing import in_percent
 from upgrader.providers import builtin_balancer
 from upgrader.providers.base import (
-    LATENCY_BUCKETS, Balancer, BalancerState, BackendStats, Cohort, ProviderContext, RouteTable,
+    LATENCY_BUCKETS,
+    BackendStats,
+    Balancer,
+    BalancerState,
+    Cohort,
+    ProviderContext,
+    RouteTable,
 )
 from upgrader.providers.builtin_balancer import BuiltinBalancer, from_settings
 
@@ -42,7 +49,7 @@ class FakeBackend:
     """Answers its own name. ``/hold`` waits until :meth:`release`; ``?status=N`` answers N;
     ``?delay=S`` sleeps first; ``/echo`` answers what it received as JSON."""
 
-    def __init__(self, farm: "BackendFarm", name: str) -> None:
+    def __init__(self, farm: BackendFarm, name: str) -> None:
         self.farm = farm
         self.name = name
         self.port = 0
@@ -94,7 +101,7 @@ class FakeBackend:
 class Dropper:
     """A TCP server that reads the request and closes the connection without answering."""
 
-    def __init__(self, farm: "BackendFarm") -> None:
+    def __init__(self, farm: BackendFarm) -> None:
         self.farm = farm
         self.port = 0
         self.hits = 0
@@ -143,7 +150,7 @@ class BackendFarm:
             backend.release()
             try:
                 backend.stop()
-            except Exception:  # noqa: BLE001 - already stopped by a test
+            except Exception:
                 pass
         for dropper in self.droppers:
             self.call(dropper._stop())

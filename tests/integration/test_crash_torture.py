@@ -17,7 +17,6 @@ import random
 import shutil
 
 import pytest
-
 from torture import PointResult, TortureError, TortureLab, points, seed
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -13,8 +13,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from upgrader.errors import BalancerError, CommandTimeout, ConfigError, SnapshotError, \
-    TransportError
+from upgrader.errors import (
+    BalancerError,
+    CommandTimeout,
+    ConfigError,
+    SnapshotError,
+    TransportError,
+)
 from upgrader.events import Event
 from upgrader.model import Host, ProviderSpec
 from upgrader.plugins import PROTOCOLS

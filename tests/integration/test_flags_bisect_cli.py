@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -120,7 +120,7 @@ def test_changed_since_takes_the_flags_enabled_since_then(tmp_path, script, caps
         store.replace(loads(flags_toml(enabled=False)), actor="test")
         store.set_enabled("feature-00", ENV, True)            # before T: not a candidate
         time.sleep(0.01)
-        since = datetime.now(timezone.utc).isoformat()
+        since = datetime.now(UTC).isoformat()
         time.sleep(0.01)
         for key in ("feature-03", "feature-07", "feature-09", "feature-14"):
             store.set_enabled(key, ENV, True)
@@ -132,7 +132,7 @@ def test_changed_since_takes_the_flags_enabled_since_then(tmp_path, script, caps
     assert "feature-03, feature-07, feature-09" in out
     assert "bisecting 3 flag(s)" in out and "culprit: feature-07" in out
 
-    later = datetime.now(timezone.utc).isoformat()
+    later = datetime.now(UTC).isoformat()
     assert bisect(spec, script, "feature-07", extra=["--changed-since", later]) == 1
     assert "no flag was turned on since then" in capsys.readouterr().out
 

@@ -4,8 +4,8 @@ audit, version bumps, two processes changing one store), plus PostgreSQL's own c
 from __future__ import annotations
 
 import pytest
-
 from flagstore_contract import SAMPLE, StoreContract  # tests/ is on sys.path (conftest.py)
+
 from upgrader.errors import StoreError
 from upgrader.flags.cli import run
 from upgrader.flags.loader import load

@@ -8,8 +8,9 @@ import math
 import socket
 import threading
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -18,12 +19,21 @@ from aiohttp import web
 from upgrader.errors import BalancerError
 from upgrader.hashing import in_percent
 from upgrader.lab.haproxy import (
-    HAProxyProcess, HAProxySite, StaticServer, haproxy_binary, runtime_command,
+    HAProxyProcess,
+    HAProxySite,
+    StaticServer,
+    haproxy_binary,
+    runtime_command,
 )
 from upgrader.model import ProviderSpec
 from upgrader.plugins import Plugins
 from upgrader.providers.base import (
-    LATENCY_BUCKETS, Balancer, BackendStats, Cohort, ProviderContext, RouteTable,
+    LATENCY_BUCKETS,
+    BackendStats,
+    Balancer,
+    Cohort,
+    ProviderContext,
+    RouteTable,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -39,7 +49,7 @@ class Backend:
     """Answers its name. ``/fail`` answers 500; ``/slow?ms=N`` waits N ms; ``/hold`` waits
     until :meth:`release`."""
 
-    def __init__(self, farm: "Farm", name: str) -> None:
+    def __init__(self, farm: Farm, name: str) -> None:
         self.farm, self.name, self.port = farm, name, 0
         self.held = threading.Event()
         self._release: asyncio.Event | None = None
@@ -338,7 +348,7 @@ def test_add_and_delete_servers_of_a_new_cluster(haproxy: HAProxySite, farm: Far
                                                            "show servers state")
             with pytest.raises(BalancerError, match="no backend named"):
                 await lb.remove_backend("web-01@green")
-            assert set((await lb.pool_stats())) == {NEW}
+            assert set(await lb.pool_stats()) == {NEW}
 
     run(scenario)
 

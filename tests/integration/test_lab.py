@@ -287,7 +287,7 @@ class ScriptedServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 kind = server.kind()
                 with server.lock:
                     server.counts[kind] += 1
@@ -322,7 +322,7 @@ class ScriptedServer:
                 return kind
         return self.script[-1][1]
 
-    def __enter__(self) -> "ScriptedServer":
+    def __enter__(self) -> ScriptedServer:
         self.thread.start()
         return self
 
@@ -418,7 +418,7 @@ def _balancer_missing() -> str | None:
 
 def test_free_base_port_leaves_room():
     base = free_base_port()
-    assert 20000 <= base and base + 400 < 65536
+    assert base >= 20000 and base + 400 < 65536
 
 
 @pytest.mark.timeout(120)

@@ -198,7 +198,7 @@ class HealthServer:
         self.headers_seen.append(dict(request.headers))
         return web.Response(status=self.status, text="ok" if self.status == 200 else "down")
 
-    async def __aenter__(self) -> "HealthServer":
+    async def __aenter__(self) -> HealthServer:
         app = web.Application()
         app.router.add_get("/healthz", self.handler)
         self.runner = web.AppRunner(app)

@@ -18,8 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -67,7 +67,7 @@ class Controller:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=env, start_new_session=True)
         self.events: list[dict] = []
-        self.lines: "queue.Queue[str | None]" = queue.Queue()
+        self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, args=(self.proc.stdout, self.lines.put),
                          daemon=True).start()
@@ -371,7 +371,7 @@ def test_sigkilled_controller_resumes_without_repeating_or_skipping_a_host(lab_f
     code, summary = resumed.finish()
     assert code == 0, resumed.err()[-3000:]
     assert summary is not None and summary["outcome"] == "completed"
-    assert summary["hosts"] == {h: "1.1.0" for h in HOSTS}
+    assert summary["hosts"] == dict.fromkeys(HOSTS, "1.1.0")
     started = next(e for e in resumed.events if e["kind"] == "rollout_started")
     assert started["resumed"] is True and started["rollout"] == event["rollout"]
     # neither repeated nor skipped: each host upgraded once over both controllers
@@ -391,8 +391,7 @@ def test_sigkilled_controller_resumes_without_repeating_or_skipping_a_host(lab_f
     result = cli("lab", "status", "--dir", str(lab_fleet.lab_dir), "--json")
     assert result.returncode == 0, result.stderr
     lab_status = json.loads(result.stdout)
-    assert {h["name"]: (h["running"], h["version"]) for h in lab_status["hosts"]} == {
-        h: (True, "1.1.0") for h in HOSTS}
+    assert {h["name"]: (h["running"], h["version"]) for h in lab_status["hosts"]} == dict.fromkeys(HOSTS, (True, "1.1.0"))
     lab = Lab.from_dir(lab_fleet.lab_dir)
     for host in HOSTS:
         releases = [r["release"] for r in lab.installs(host)]

@@ -16,9 +16,19 @@ from pathlib import Path
 import pytest
 
 from upgrader.errors import ConfigError, SchemaError
-from upgrader.schema.model import (AddColumn, AddIndex, ChangeType, Column, CreateTable,
-                                   DropColumn, Migration, RawSQL, RenameColumn, RenameTable,
-                                   SetNotNull)
+from upgrader.schema.model import (
+    AddColumn,
+    AddIndex,
+    ChangeType,
+    Column,
+    CreateTable,
+    DropColumn,
+    Migration,
+    RawSQL,
+    RenameColumn,
+    RenameTable,
+    SetNotNull,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from upgrader.schema.model import (AddColumn, ChangeType, Column, DropColumn, Migration,
-                                   RenameColumn)
+from upgrader.schema.model import AddColumn, ChangeType, Column, DropColumn, Migration, RenameColumn
 
 pytestmark = pytest.mark.integration
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
-import sqlite3
 import stat
 import subprocess
 import sys
 import threading
-import queue
 import time
 from pathlib import Path
 
@@ -89,7 +88,7 @@ on_failure = "rollback"
 
 def open_gate_writer(fifo: Path, alive, timeout: float = TIMEOUT) -> int:
     """Open ``fifo`` for writing; returns once the blocked install opened it to read."""
-    opened: "queue.Queue[int]" = queue.Queue()
+    opened: queue.Queue[int] = queue.Queue()
     threading.Thread(target=lambda: opened.put(os.open(fifo, os.O_WRONLY)), daemon=True).start()
     deadline = time.monotonic() + timeout
     while True:

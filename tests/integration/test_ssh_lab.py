@@ -23,8 +23,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -424,11 +425,11 @@ def test_every_strategy_upgrades_through_haproxy_without_a_failed_request(labs, 
     assert stats["failed"] == 0, stats.get("errors")
     assert_users_served_throughout(run)
     if strategy == "shedding":
-        assert run.result.hosts == {**{h: None for h in HOSTS}, **{h: "1.1.0" for h in NEW_HOSTS}}
+        assert run.result.hosts == {**dict.fromkeys(HOSTS), **dict.fromkeys(NEW_HOSTS, "1.1.0")}
         state = assert_fleet_on(lab, "1.1.0", NEW_HOSTS)
         assert not any(name in state.backends for name in HOSTS)     # turned down, removed
     else:
-        assert run.result.hosts == {h: "1.1.0" for h in HOSTS}
+        assert run.result.hosts == dict.fromkeys(HOSTS, "1.1.0")
         assert_fleet_on(lab, "1.1.0", HOSTS)
     if strategy == "takedown":
         assert stats["maintenance"] > 0, stats          # the maintenance page: not a failure
@@ -445,7 +446,7 @@ def test_bad_release_is_caught_and_rolled_back(labs, request):
     run = run_rollout(lab, fleet_text(lab, "canary", "1.1.0-bad"), speed=2.0)
     record(request, run)
     assert run.result.outcome.value == "rolled_back", run.result.error
-    assert run.result.hosts == {h: "1.0.0" for h in HOSTS}
+    assert run.result.hosts == dict.fromkeys(HOSTS, "1.0.0")
     error = run.result.error or ""
     assert "error_rate FAIL" in error or "system_test failed" in error, error
     assert_fleet_on(lab, "1.0.0", HOSTS)
@@ -532,7 +533,7 @@ def test_network_cut_mid_wave_pauses_then_operator_rolls_back(labs, request):
     paused = [e for e in run.of_kind("state") if e["state"] == "PAUSED"]
     assert "web-02" in paused[0]["reason"], paused
     assert run.result.outcome.value == "rolled_back", run.result.error
-    assert run.result.hosts == {h: "1.0.0" for h in HOSTS}
+    assert run.result.hosts == dict.fromkeys(HOSTS, "1.0.0")
     assert lab.link_up("web-02") is True
     assert_fleet_on(lab, "1.0.0", HOSTS)
     assert run.stats["failed"] == 0, run.stats["errors"]     # web-02 was drained first
@@ -546,7 +547,7 @@ def test_crashing_release_is_named_and_rolled_back(labs, request):
                       speed=1.0)
     record(request, run)
     assert run.result.outcome.value == "rolled_back", run.result.error
-    assert run.result.hosts == {h: "1.0.0" for h in HOSTS}
+    assert run.result.hosts == dict.fromkeys(HOSTS, "1.0.0")
     canary = next(e["host"] for e in run.of_kind("host_done") if e.get("mode") == "upgrade")
     unhealthy = [v for v in run.of_kind("verdict")
                  if v["metric"] == "health" and v["result"] == "fail"]
@@ -563,7 +564,7 @@ def test_crashing_release_is_named_and_rolled_back(labs, request):
 
 
 def test_fleet_file_knows_the_ssh_lab(tmp_path):
-    from upgrader.config import loads_fleet, load_fleet
+    from upgrader.config import load_fleet, loads_fleet
     from upgrader.errors import ConfigError
 
     sample = load_fleet(Path(__file__).resolve().parents[2] / "sample_fleets" / "ssh-lab.toml")

@@ -19,8 +19,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -135,7 +135,7 @@ class Controller:
 
 def open_gate_writer(fifo: Path, controller: Controller, timeout: float = TIMEOUT) -> int:
     """Open ``fifo`` for writing: returns once the blocked install has opened it to read."""
-    opened: "queue.Queue[int]" = queue.Queue()
+    opened: queue.Queue[int] = queue.Queue()
     threading.Thread(target=lambda: opened.put(os.open(fifo, os.O_WRONLY)), daemon=True).start()
     deadline = time.monotonic() + timeout
     while True:

@@ -15,8 +15,16 @@ from upgrader import strategies
 from upgrader.engine.core import Engine
 from upgrader.errors import ConfigError
 from upgrader.events import Event, Outcome
-from upgrader.model import (Commands, Fleet, Host, ProviderSpec, Releases, StrategySpec,
-                            Timing, VerifySpec)
+from upgrader.model import (
+    Commands,
+    Fleet,
+    Host,
+    ProviderSpec,
+    Releases,
+    StrategySpec,
+    Timing,
+    VerifySpec,
+)
 from upgrader.plugins import Plugins
 from upgrader.providers.base import Notifier, ProviderContext
 from upgrader.rollout import open_providers
@@ -43,7 +51,7 @@ class Endpoint:
         status = self.statuses.pop(0) if self.statuses else 200
         return web.Response(status=status)
 
-    async def __aenter__(self) -> "Endpoint":
+    async def __aenter__(self) -> Endpoint:
         app = web.Application()
         app.router.add_post("/{tail:.*}", self.handle)
         self.runner = web.AppRunner(app, access_log=None)

@@ -28,9 +28,9 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from upgrader.journal import Journal
 from upgrader.lab import hostctl
@@ -116,7 +116,7 @@ class Controller:
         self.events: list[dict] = []
         self.summary: dict | None = None
         self.ended = False
-        self.lines: "queue.Queue[str | None]" = queue.Queue()
+        self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, args=(self.proc.stdout, self.lines.put),
                          daemon=True).start()
@@ -143,7 +143,7 @@ class Controller:
     def transitions(self) -> int:
         return sum(1 for e in self.events if e["kind"] in TRANSITIONS)
 
-    def run_to(self, predicate: Callable[[dict, "Controller"], bool],
+    def run_to(self, predicate: Callable[[dict, Controller], bool],
                timeout: float = RUN_TIMEOUT) -> dict | None:
         """Read events until ``predicate`` holds (return that event) or the controller ends
         (return None)."""
@@ -214,8 +214,16 @@ def after_rollback_started(k: int) -> Callable[[dict, Controller], bool]:
 def expected_transitions(fleet_path: Path) -> int:
     """About how many transition events a clean run of the fleet prints (from its plan)."""
     from upgrader.config import load_fleet
-    from upgrader.plan import (Maintenance, Pause, PrepareSlots, Route, SetTraffic, SwapSlots,
-                               TurnDown, UpgradeHosts)
+    from upgrader.plan import (
+        Maintenance,
+        Pause,
+        PrepareSlots,
+        Route,
+        SetTraffic,
+        SwapSlots,
+        TurnDown,
+        UpgradeHosts,
+    )
     from upgrader.rollout import compile_plan
 
     plan = compile_plan(load_fleet(fleet_path))

@@ -5,7 +5,6 @@ a fake handle with a frozen snapshot)."""
 from __future__ import annotations
 
 import pytest
-
 import tuikit
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from tuikit import SIZE, LiveRollout, ShownStates, canary_fleet, wait_until
+
 from upgrader.control.client import RemoteRollout
 from upgrader.control.server import ControlServer
 from upgrader.tui import make_app

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from tuikit import SIZE, big_handle, frozen_app, main_screen, screen_text, wait_until
+
 from upgrader.events import Event
 from upgrader.tui.messages import EventFeed
 from upgrader.tui.view import RolloutView

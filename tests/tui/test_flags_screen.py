@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import DataTable, Input
-
 import tuikit
+from textual.widgets import DataTable, Input
 from tuikit import SIZE, wait_until
+
 from upgrader.errors import ConfigError
 from upgrader.flags import edit
 from upgrader.flags.loader import load

@@ -4,8 +4,8 @@ delays), the engine and the app in one event loop."""
 from __future__ import annotations
 
 from textual.widgets import Button, RichLog, Static
-
 from tuikit import ShownStates, canary_fleet, main_screen, run_live, screen_text, wait_until
+
 from upgrader.providers.base import CommandResult
 from upgrader.tui.screens import HelpScreen, LogScreen, MainScreen, QuitDialog, RollbackDialog
 from upgrader.tui.widgets import FleetTable, StepsPanel, VerdictPanel

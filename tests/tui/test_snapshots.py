@@ -5,7 +5,6 @@ run draws the same screen. Update with ``pytest tests/tui --snapshot-update`` an
 from __future__ import annotations
 
 import pytest
-
 from tuikit import SIZE
 
 

@@ -12,13 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from upgrader import strategies
 from upgrader.engine.core import Engine, Providers
 from upgrader.events import Event
-from upgrader.model import (Commands, Fleet, Host, ProviderSpec, Releases, StrategySpec, Timing,
-                            VerifySpec)
+from upgrader.model import (
+    Commands,
+    Fleet,
+    Host,
+    ProviderSpec,
+    Releases,
+    StrategySpec,
+    Timing,
+    VerifySpec,
+)
 from upgrader.providers.base import CommandResult
 from upgrader.providers.noop import NoopBalancer, NoopHealthCheck, NoopTransport
 from upgrader.tui import UpgraderApp, make_app
@@ -375,7 +384,7 @@ def scenario(kind: str) -> FakeHandle:
             metrics(t)
             emit(t, "state", state="COMPLETED", reason="")
             emit(t, "rollout_finished", outcome="completed",
-                 hosts={n: target for n in hosts}, duration_s=t, error=None)
+                 hosts=dict.fromkeys(hosts, target), duration_s=t, error=None)
             state, reason, step_index, elapsed = "COMPLETED", "", None, t
     on_target = sum(1 for h in hosts.values() if h["release"] == target)
     last_metrics = next(e.data for e in reversed(events) if e.kind == "metrics")

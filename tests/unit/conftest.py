@@ -8,8 +8,17 @@ from typing import NoReturn
 import pytest
 
 from upgrader.errors import ConfigError
-from upgrader.model import (Commands, Fleet, Host, ProviderSpec, Releases, StrategySpec,
-                            UserGroup, VerifySpec, Timing)
+from upgrader.model import (
+    Commands,
+    Fleet,
+    Host,
+    ProviderSpec,
+    Releases,
+    StrategySpec,
+    Timing,
+    UserGroup,
+    VerifySpec,
+)
 
 ZONES = ("a", "b", "c")
 

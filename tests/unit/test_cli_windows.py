@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -97,7 +97,7 @@ def test_run_outside_the_window_exits_3_with_the_next_opening(frozen_fleet):
     assert result.returncode == 3, result.stderr
     err = result.stderr
     assert "Traceback" not in err and err.startswith("upgrader: refused: outside the deploy window")
-    utc_text = opening.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    utc_text = opening.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     local_text = opening.strftime("%Y-%m-%d 00:00 JST Asia/Tokyo, team tokyo")
     assert f"next opening {utc_text}" in err and local_text in err, err
     assert "--wait" in err and "--override-window" in err

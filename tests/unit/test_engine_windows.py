@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from upgrader import strategies
@@ -22,7 +22,7 @@ from upgrader.policy import calendar, parse_windows, with_window_gates
 from upgrader.providers.noop import NoopBalancer, NoopHealthCheck, NoopTransport
 from upgrader.rollout import compile_plan
 
-UTC = timezone.utc
+UTC = UTC
 COMMAND_S = 600.0            # virtual seconds per host command: stop, install, start = 30 min
 
 

@@ -3,7 +3,6 @@ together by delta debugging (binary reduction)."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest

@@ -9,8 +9,8 @@ import sqlite3
 import stat
 
 import pytest
-
 from flagstore_contract import SAMPLE, StoreContract  # tests/ is on sys.path (conftest.py)
+
 from upgrader.errors import ConfigError, StoreError
 from upgrader.flags.loader import load
 from upgrader.flags.store import (

@@ -5,18 +5,21 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from upgrader.errors import ConfigError
 from upgrader.hashing import BUCKETS, bucket
 from upgrader.model import ProviderSpec
 from upgrader.plugins import Plugins
-from upgrader.providers.base import Balancer, ProviderContext
-
+from upgrader.providers.base import Balancer, Cohort, ProviderContext, RouteTable
 from upgrader_haproxy.balancer import (
-    Declared, backend_name, bucket_ranges, cohort_ranges, server_name,
+    Declared,
+    backend_name,
+    bucket_ranges,
+    cohort_ranges,
+    server_name,
 )
-from upgrader.providers.base import Cohort, RouteTable
 
 
 def test_plugins_find_haproxy_under_balancers_through_the_entry_point() -> None:

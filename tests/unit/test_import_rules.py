@@ -69,7 +69,7 @@ LEAVES = ("errors", "events", "units", "hashing", "clock", "hookspecs", "model",
           "addresses", "redact")
 #: module (or package) -> the upgrader modules it may import
 RULES: dict[str, tuple[str, ...]] = {
-    **{leaf: () for leaf in LEAVES},
+    **dict.fromkeys(LEAVES, ()),
     "plan": ("model",),
     "providers.base": ("model",),
     "journal": ("errors", "redact"),

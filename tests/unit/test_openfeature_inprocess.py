@@ -8,24 +8,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 pytest.importorskip("openfeature", reason="openfeature-sdk is not installed: "
                     "pip install -e '.[test]'")
 
-from openfeature import api  # noqa: E402
-from openfeature.evaluation_context import EvaluationContext  # noqa: E402
-from openfeature.event import ProviderEvent  # noqa: E402
-from openfeature.exception import ErrorCode  # noqa: E402
-from openfeature.flag_evaluation import Reason  # noqa: E402
+from openfeature import api
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import ProviderEvent
+from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import Reason
 
-from upgrader.errors import ConfigError  # noqa: E402
-from upgrader.flags.loader import loads  # noqa: E402
-from upgrader.flags.openfeature import UpgraderProvider  # noqa: E402
-from upgrader.flags.store import open_store  # noqa: E402
+from upgrader.errors import ConfigError
+from upgrader.flags.loader import loads
+from upgrader.flags.openfeature import UpgraderProvider
+from upgrader.flags.store import open_store
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,9 +11,27 @@ from hypothesis import strategies as st
 
 from upgrader import strategies
 from upgrader.model import Timing
-from upgrader.plan import (STEP_TYPES, Gate, Maintenance, Pause, Plan, PrepareSlots, Route,
-                           SetFlag, SetTraffic, SwapSlots, TurnDown, UpgradeHosts, Verify, dumps,
-                           estimate, step_duration, step_from_json, step_to_json, waves)
+from upgrader.plan import (
+    STEP_TYPES,
+    Gate,
+    Maintenance,
+    Pause,
+    Plan,
+    PrepareSlots,
+    Route,
+    SetFlag,
+    SetTraffic,
+    SwapSlots,
+    TurnDown,
+    UpgradeHosts,
+    Verify,
+    dumps,
+    estimate,
+    step_duration,
+    step_from_json,
+    step_to_json,
+    waves,
+)
 
 H = Timing(host_upgrade=10.0, drain_timeout=5.0)
 

@@ -4,18 +4,26 @@ handovers."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, NoReturn
 
 import pytest
 
 from upgrader.errors import ConfigError
-from upgrader.plan import Gate, Pause, Plan, UpgradeHosts, Verify, waves
 from upgrader.model import Timing
-from upgrader.policy import (DeployWindows, Team, calendar, local_to_utc, parse_windows, refusal,
-                             with_window_gates, wave_work)
+from upgrader.plan import Gate, Pause, Plan, UpgradeHosts, Verify, waves
+from upgrader.policy import (
+    DeployWindows,
+    Team,
+    calendar,
+    local_to_utc,
+    parse_windows,
+    refusal,
+    wave_work,
+    with_window_gates,
+)
 
-UTC = timezone.utc
+UTC = UTC
 
 
 class PathWhere:

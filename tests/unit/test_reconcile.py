@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-import pytest
-
 from upgrader import strategies
 from upgrader.clock import LoopClock, run_virtual
 from upgrader.engine import reconcile as rc
@@ -283,8 +281,7 @@ def test_resume_repairs_what_changed_behind_the_journals_back(fleet_factory, tmp
     again = [h for h, r in hosts.installs[before:] if r == TARGET]
     assert sorted(again) == sorted([a, d])
     final = asyncio.run(balancer.state())
-    assert {n: (x.pool, x.state) for n, x in final.backends.items()} == {
-        n: (TARGET, "ready") for n in (a, b, c, d)}
+    assert {n: (x.pool, x.state) for n, x in final.backends.items()} == dict.fromkeys((a, b, c, d), (TARGET, "ready"))
 
 
 def test_unknown_release_reinstalls_headless_and_pauses_an_interactive_controller(

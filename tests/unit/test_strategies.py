@@ -14,8 +14,21 @@ from hypothesis import strategies as st
 from upgrader import strategies
 from upgrader.errors import ConfigError
 from upgrader.model import Timing, UserGroup
-from upgrader.plan import (Gate, Maintenance, Pause, Plan, PrepareSlots, Route, SetTraffic,
-                           SwapSlots, TurnDown, UpgradeHosts, Verify, estimate, waves)
+from upgrader.plan import (
+    Gate,
+    Maintenance,
+    Pause,
+    Plan,
+    PrepareSlots,
+    Route,
+    SetTraffic,
+    SwapSlots,
+    TurnDown,
+    UpgradeHosts,
+    Verify,
+    estimate,
+    waves,
+)
 from upgrader.units import format_duration
 
 GROUPS = (UserGroup("staff", header_values=("staff",)), UserGroup("one", percent=0.1),
@@ -76,7 +89,7 @@ def test_registry_has_the_six_strategies_in_the_seeds_order():
                                   "bluegreen")
     for name in strategies.HOST_STRATEGIES:
         module = strategies.get(name)
-        assert module.NAME == name
+        assert name == module.NAME
         assert module.DESCRIPTION
         assert strategies.STRATEGIES[name] is module
 
@@ -92,7 +105,8 @@ def test_empty_table_gives_the_default_params(name, where):
     assert module.parse_params({}, where) == module.default_params()
 
 
-PURE_IMPORTS = {"__future__", "dataclasses", "typing", "math", "types", "upgrader.units",
+PURE_IMPORTS = {"__future__", "collections.abc", "dataclasses", "typing", "math", "types",
+                "upgrader.units",
                 "upgrader.model", "upgrader.plan", "upgrader.errors",
                 "upgrader.strategies", "upgrader.strategies._common",
                 "upgrader.strategies.base"}

@@ -21,9 +21,10 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -288,7 +289,7 @@ class Proxy:
                     elapsed = time.monotonic() - started
                     backend.record(elapsed, resp.status >= 500)
                     return _response(resp, payload, backend.name, method)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes an answer
+            except Exception as exc:
                 elapsed = time.monotonic() - started
                 never_sent = isinstance(exc, _CONNECT_FAILURES)
                 if never_sent:
@@ -525,7 +526,7 @@ class Admin:
         if backend.inflight > 0 and timeout > 0:
             try:
                 await asyncio.wait_for(backend.idle.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return web.json_response({"inflight": backend.inflight})
 

@@ -18,8 +18,9 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 
@@ -91,14 +92,14 @@ class RemoteRollout:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> "RemoteRollout":
+    async def __aenter__(self) -> RemoteRollout:
         await self.connect()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def connect(self, *, timeout: float = 10.0) -> "RemoteRollout":
+    async def connect(self, *, timeout: float = 10.0) -> RemoteRollout:
         """Fetch the status and the history, then follow live events in the background.
 
         Raises ``UpgraderError`` if the controller does not answer or refuses the token."""
@@ -148,7 +149,7 @@ class RemoteRollout:
             worker = self._tasks[-1]
             try:
                 await asyncio.wait_for(asyncio.shield(worker), 5.0)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 pass
         for task in self._tasks:
             task.cancel()
@@ -243,7 +244,7 @@ class RemoteRollout:
             async with session.get(f"{API_PREFIX}/status",
                                    timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 body = await self._json_body(resp)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpgraderError(f"cannot reach the controller at {self.socket_path}: "
                                 f"{_describe(exc)}") from exc
         return body
@@ -254,7 +255,7 @@ class RemoteRollout:
             async with session.post(f"{API_PREFIX}/control/{action}", json=body,
                                     timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 return await self._json_body(resp)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpgraderError(f"{action}: cannot reach the controller at "
                                 f"{self.socket_path}: {_describe(exc)}") from exc
 
@@ -291,7 +292,7 @@ class RemoteRollout:
                     self._lost = exc
                     self._local_log("error", f"control API: {exc}")
                     break
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+                except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
                     reason = _describe(exc)
                 except Exception as exc:              # a bug: say so instead of hanging
                     log.exception("control client failed")

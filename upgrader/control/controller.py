@@ -16,8 +16,9 @@ import secrets
 import stat
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import PolicyRefused, UpgraderError
 from .client import RemoteRollout
@@ -104,8 +105,8 @@ def _remove_token(token_path: Path, token: str) -> None:
         pass
 
 
-async def serve_rollout(rollout: "Rollout", *, linger: float = LINGER_S,
-                        heartbeat: float | None = None) -> "RolloutResult":
+async def serve_rollout(rollout: Rollout, *, linger: float = LINGER_S,
+                        heartbeat: float | None = None) -> RolloutResult:
     """Run an entered ``Rollout`` while serving its control API; return its result.
 
     Writes a fresh token, serves ``rollout.engine`` on the fleet's control socket, runs the

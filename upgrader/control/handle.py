@@ -7,7 +7,8 @@ controller reached through the control API (``upgrader.control.client.RemoteRoll
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from ..events import Event
 

@@ -18,8 +18,9 @@ import logging
 import os
 import socket
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -52,7 +53,7 @@ def _json_response(status: int, body: dict[str, Any]) -> web.Response:
 class _Stream:
     """One client's live event feed: a bounded queue filled by the handle's callback."""
 
-    __slots__ = ("queue", "overflowed")
+    __slots__ = ("overflowed", "queue")
 
     def __init__(self, maxsize: int) -> None:
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=maxsize)
@@ -107,7 +108,7 @@ class ControlServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> "ControlServer":
+    async def __aenter__(self) -> ControlServer:
         await self.start()
         return self
 
@@ -304,7 +305,7 @@ class ControlServer:
                     break
                 try:
                     first = await asyncio.wait_for(stream.queue.get(), self.heartbeat)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await response.write(b'{"kind":"heartbeat"}\n')
                     continue
                 batch = [first]
@@ -354,7 +355,7 @@ async def socket_answers(path: str | Path, timeout: float = 1.0) -> bool:
     """True if something accepts connections on the Unix socket at ``path``."""
     try:
         _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return True     # a listener with a full backlog is still a listener
     except OSError:
         return False

@@ -4,7 +4,7 @@ on the old release, from two readings of the balancer's cumulative counters. Pur
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from ..events import Verdict
 from ..model import VerifySpec

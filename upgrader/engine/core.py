@@ -14,20 +14,51 @@ import asyncio
 import logging
 import math
 from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
 
 from ..clock import Clock, SystemClock
-from ..errors import (BalancerError, HealthCheckFailed, ProviderError, RolloutFailed,
-                      TransportError, UpgraderError)
+from ..errors import (
+    BalancerError,
+    HealthCheckFailed,
+    ProviderError,
+    RolloutFailed,
+    UpgraderError,
+)
 from ..events import Event, Outcome, RolloutState, Verdict
 from ..journal import Journal
-from ..redact import redact_data
 from ..model import Fleet, Host, HostPhase, HostStatus
-from ..plan import (Gate, Maintenance, Pause, Plan, PrepareSlots, Route, SetFlag, SetTraffic,
-                    Step, SwapSlots, TurnDown, UpgradeHosts, Verify, estimate, step_duration)
-from ..providers.base import (Balancer, BackendState, Cohort, FlagSwitch, HealthCheck,
-                              Notifier, RouteTable, SchemaSwitch, SnapshotProvider, Transport)
+from ..plan import (
+    Gate,
+    Maintenance,
+    Pause,
+    Plan,
+    PrepareSlots,
+    Route,
+    SetFlag,
+    SetTraffic,
+    Step,
+    SwapSlots,
+    TurnDown,
+    UpgradeHosts,
+    Verify,
+    estimate,
+    step_duration,
+)
+from ..providers.base import (
+    BackendState,
+    Balancer,
+    Cohort,
+    FlagSwitch,
+    HealthCheck,
+    Notifier,
+    RouteTable,
+    SchemaSwitch,
+    SnapshotProvider,
+    Transport,
+)
+from ..redact import redact_data
 from .analysis import analyze, health_verdict, traffic_figures
 from .windows import WindowGates
 
@@ -238,7 +269,7 @@ class Engine(WindowGates):
         self._queues.append(queue)
         return self._drain_queue(queue)
 
-    async def _drain_queue(self, queue: "asyncio.Queue[Event | None]") -> AsyncIterator[Event]:
+    async def _drain_queue(self, queue: asyncio.Queue[Event | None]) -> AsyncIterator[Event]:
         try:
             while True:
                 event = await queue.get()

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..model import Fleet, Host, HostPhase
 from ..plan import Maintenance, Plan, PrepareSlots, Route, SetTraffic, UpgradeHosts
@@ -161,18 +162,18 @@ def _same(key: str, a: Any, b: Any) -> bool:
     return bool(a) == bool(b)
 
 
-def _done_steps_of(plan: Plan, resume: "ResumeState", host: str) -> tuple[int, ...]:
+def _done_steps_of(plan: Plan, resume: ResumeState, host: str) -> tuple[int, ...]:
     return tuple(sorted(i for i, names in resume.hosts_done.items()
                         if host in names and isinstance(plan.steps[i], (UpgradeHosts,
                                                                          PrepareSlots))))
 
 
-def _prepared(plan: Plan, resume: "ResumeState", host: str) -> tuple[int, ...]:
+def _prepared(plan: Plan, resume: ResumeState, host: str) -> tuple[int, ...]:
     return tuple(sorted(i for i, names in resume.hosts_done.items()
                         if host in names and isinstance(plan.steps[i], PrepareSlots)))
 
 
-def expectations(fleet: Fleet, plan: Plan, resume: "ResumeState", *,
+def expectations(fleet: Fleet, plan: Plan, resume: ResumeState, *,
                  live_slots: Mapping[str, str], original_slots: Mapping[str, str],
                  pending: Mapping[str, Any] | None = None) -> Expectations:
     """What the journal says the fleet looks like now (pure)."""
@@ -350,7 +351,7 @@ def pending_traffic(plan: Plan, step_index: int | None, fleet: Fleet,
 # ---------------------------------------------------------------------------------- I/O part
 
 
-async def read_hosts(engine: "Engine", hosts: Iterable[tuple[Host, str | None]]
+async def read_hosts(engine: Engine, hosts: Iterable[tuple[Host, str | None]]
                      ) -> dict[tuple[str, str | None], Reading]:
     """Each host slot's real release, through the fleet's ``current`` command (bounded
     concurrency). Empty when the fleet has no ``current`` command."""
@@ -379,7 +380,7 @@ async def read_hosts(engine: "Engine", hosts: Iterable[tuple[Host, str | None]]
     return dict(pairs)
 
 
-async def reconcile(engine: "Engine", resume: "ResumeState", *,
+async def reconcile(engine: Engine, resume: ResumeState, *,
                     defer_unsafe: bool = False) -> list[Difference]:
     """Read the real fleet, compare it with the journal, emit a ``reconcile`` event per
     difference and repair it. Returns the differences. With ``defer_unsafe`` the unsafe ones
@@ -415,13 +416,13 @@ async def reconcile(engine: "Engine", resume: "ResumeState", *,
     return diffs
 
 
-def _reopen(engine: "Engine", host: str, steps: Sequence[int]) -> None:
+def _reopen(engine: Engine, host: str, steps: Sequence[int]) -> None:
     for index in steps:
         engine._hosts_done.get(index, set()).discard(host)
         engine._done_steps.discard(index)
 
 
-async def apply(engine: "Engine", diff: Difference, balancer: BalancerState, *,
+async def apply(engine: Engine, diff: Difference, balancer: BalancerState, *,
                 rolling_back: bool = False) -> None:
     """Carry out ``diff``'s repair."""
     name = diff.host
@@ -484,17 +485,17 @@ async def apply(engine: "Engine", diff: Difference, balancer: BalancerState, *,
             await engine._maintenance(bool(diff.journal), retry)
 
 
-def _steps_for(engine: "Engine", host: str) -> tuple[int, ...]:
+def _steps_for(engine: Engine, host: str) -> tuple[int, ...]:
     return tuple(i for i, names in engine._hosts_done.items() if host in names
                  and isinstance(engine.plan.steps[i], (UpgradeHosts, PrepareSlots)))
 
 
-async def _clear_split(engine: "Engine") -> None:
+async def _clear_split(engine: Engine) -> None:
     await engine.providers.balancer.set_split(None)
     await engine._emit_traffic()
 
 
-async def _set_routes(engine: "Engine", journal: Mapping[str, Any] | None) -> None:
+async def _set_routes(engine: Engine, journal: Mapping[str, Any] | None) -> None:
     fleet = engine.fleet
     table = None
     if journal is not None:

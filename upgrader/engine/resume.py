@@ -4,7 +4,7 @@ skips a host. Pure: journal entries in, :class:`ResumeState` out.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..journal import JournalEntry, RolloutRecord
 from ..model import Fleet

@@ -17,7 +17,7 @@ Roll-back never waits for a window: getting back is always allowed.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..events import RolloutState
@@ -57,7 +57,7 @@ class WindowGates:
         return self.windows is not None and self.override_window_reason is None
 
     def _now_utc(self) -> datetime:
-        return datetime.fromtimestamp(self.clock.wall(), timezone.utc)  # type: ignore[attr-defined]
+        return datetime.fromtimestamp(self.clock.wall(), UTC)  # type: ignore[attr-defined]
 
     def _window_open_now(self) -> bool | None:
         return None if self.windows is None else self.windows.is_open(self._now_utc())

@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -325,7 +325,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     from ..errors import ConfigError
     from ..units import parse_duration
 
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     value = text.strip()
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -335,7 +335,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         except ValueError:
             raise ConfigError(f"--changed-since: expected an ISO time (2026-11-29T08:00) or "
                               f"an age (2h, 3d), got {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class FlagSandbox:
@@ -441,7 +441,7 @@ class FlagSandbox:
 
 def _parse_ts(text: str) -> datetime:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _turned_on(entry: Any, environment: str) -> bool:

@@ -15,17 +15,17 @@ does not exist yet is skipped; a module that fails to import for another reason 
 
 from __future__ import annotations
 
-from .describe import targeting
-
 import argparse
 import importlib
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import ConfigError, UpgraderError
+from .describe import targeting
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_ENV = "production"

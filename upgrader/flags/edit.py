@@ -17,8 +17,14 @@ from ..tomlsource import format_key_path
 from .loader import validate
 from .model import Flag, FlagSet, Rule
 
-__all__ = ["get_flag", "check_environment", "rollout_percent", "set_default", "set_enabled",
-           "set_rollout"]
+__all__ = [
+    "check_environment",
+    "get_flag",
+    "rollout_percent",
+    "set_default",
+    "set_enabled",
+    "set_rollout",
+]
 
 ROLLOUT_RULE = "rollout"
 

@@ -13,8 +13,9 @@ import enum
 import hashlib
 import json
 import operator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 from ..hashing import bucketer, threshold
@@ -86,7 +87,7 @@ class Evaluator:
     """Evaluates the flags of one flag set in one environment. Build it with
     :func:`compile_flags`; it is immutable and safe to share between threads."""
 
-    __slots__ = ("flagset", "environment", "version", "etag", "_functions", "_needs_key")
+    __slots__ = ("_functions", "_needs_key", "environment", "etag", "flagset", "version")
 
     def __init__(self, flagset: FlagSet, environment: str) -> None:
         if environment not in flagset.environments:

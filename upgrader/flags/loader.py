@@ -12,15 +12,22 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any, Collection, Mapping, NoReturn
+from typing import Any, NoReturn
 
 import tomli_w
 
 from ..errors import ConfigError
 from ..hashing import BUCKETS, threshold
-from ..tomlsource import (Path_, _Locator, describe_value, did_you_mean, format_key_path,
-                          toml_error_line)
+from ..tomlsource import (
+    Path_,
+    _Locator,
+    describe_value,
+    did_you_mean,
+    format_key_path,
+    toml_error_line,
+)
 from .model import (
     BOOLEAN_VARIANTS,
     DEFAULT_ENVIRONMENTS,

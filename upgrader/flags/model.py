@@ -9,8 +9,9 @@ in :mod:`upgrader.flags.edit`, then validate them (:func:`upgrader.flags.loader.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["BOOLEAN_VARIANTS", "DEFAULT_ENVIRONMENTS", "DEFAULT_STICKINESS", "Condition",
            "EnvConfig", "Flag", "FlagKind", "FlagSet", "Op", "Prerequisite", "Rule", "Split",

@@ -80,7 +80,7 @@ class FlagWatcher:
             try:
                 store, owned = self._open()
                 self._reload(store, store.version())
-            except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
+            except BaseException as exc:
                 self._startup_error = exc
                 return
             finally:
@@ -93,7 +93,7 @@ class FlagWatcher:
                 if close is not None:
                     try:
                         close()
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.debug("closing the flag store failed", exc_info=True)
 
     def _open(self) -> tuple[Any, bool]:
@@ -106,7 +106,7 @@ class FlagWatcher:
     def _poll(self, store: Any) -> None:
         try:
             version = store.version()
-        except Exception as exc:  # noqa: BLE001 - a store hiccup must not kill the watcher
+        except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             if message != self._version_error:
                 log.error("cannot read the flag store's version (keeping the last good flag "
@@ -118,7 +118,7 @@ class FlagWatcher:
             return
         try:
             self._reload(store, version)
-        except Exception as exc:  # noqa: BLE001 - a broken flag set never replaces a good one
+        except Exception as exc:
             self._failed_version = version
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.error("flag set version %s does not load; still serving version %s: %s",
@@ -127,7 +127,7 @@ class FlagWatcher:
         if self._on_change is not None:
             try:
                 self._on_change(self._evaluator)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("flag change callback failed")
 
     def _reload(self, store: Any, version: Any) -> None:

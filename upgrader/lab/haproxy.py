@@ -17,9 +17,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 #: file names of the maps inside the map directory (the plugin's ``maps`` setting)
 MAP_FILES = ("state.map", "groups.map", "cohorts.map", "split.map")
@@ -126,7 +127,7 @@ def render_config(site: HAProxySite) -> str:
         f"    http-request set-var(txn.upg_hash) var(txn.upg_user),sha2(256) "
         f"if {unset} {{ var(txn.upg_user) -m found }}",
         "    http-request set-var(txn.upg_hi) var(txn.upg_hash),bytes(0,4),be2dec(:,4),"
-        f"mod(10000) if {{ var(txn.upg_hash) -m found }}",
+        "mod(10000) if { var(txn.upg_hash) -m found }",
         "    http-request set-var(txn.upg_lo) var(txn.upg_hash),bytes(4,4),be2dec(:,4) "
         "if { var(txn.upg_hash) -m found }",
         f"    http-request set-var(txn.upg_bucket) var(txn.upg_hi),mul({_TWO_POW_32_MOD_10000}),"
@@ -220,7 +221,7 @@ class HAProxyProcess:
             raise RuntimeError(f"haproxy -c refused {self.site.config_path}:\n"
                                f"{result.stdout}{result.stderr}")
 
-    def start(self, timeout: float = READY_TIMEOUT) -> "HAProxyProcess":
+    def start(self, timeout: float = READY_TIMEOUT) -> HAProxyProcess:
         if self.binary is None:
             raise RuntimeError("haproxy is not installed")
         write_files(self.site)
@@ -281,7 +282,7 @@ class HAProxyProcess:
             self._log = None
         return status
 
-    def __enter__(self) -> "HAProxyProcess":
+    def __enter__(self) -> HAProxyProcess:
         return self.start() if self.process is None else self
 
     def __exit__(self, *exc: object) -> None:

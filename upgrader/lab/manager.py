@@ -18,16 +18,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import random
 import os
+import random
 import secrets
 import shutil
 import socket
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import UpgraderError
 from ..model import Host
@@ -84,7 +85,7 @@ class Lab:
         return "blue" if self.layout.slots else "default"
 
     @classmethod
-    def from_dir(cls, path: str | Path | None = None) -> "Lab":
+    def from_dir(cls, path: str | Path | None = None) -> Lab:
         """Reattach to the lab whose ``lab.json`` is in ``path`` (default: the lab dir)."""
         from .layout import default_lab_dir
 
@@ -99,7 +100,7 @@ class Lab:
             raise UpgraderError(f"cannot read {state_file}: {exc}") from None
         fields = state.get("layout") or {}
         if fields.get("ssh"):
-            from .sshlab import SshLab     # an SSH lab (upgrader.lab.sshlab)
+            from .sshlab import SshLab  # an SSH lab (upgrader.lab.sshlab)
 
             try:
                 return SshLab.from_fields(directory, fields)
@@ -279,7 +280,7 @@ class Lab:
             stderr=asyncio.subprocess.PIPE, env=hostctl.child_env())
         try:
             out, err = await asyncio.wait_for(proc.communicate(), HOSTCTL_TIMEOUT)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             proc.kill()
             await proc.wait()
             raise
@@ -402,7 +403,7 @@ class Lab:
                     async with session.get(f"http://127.0.0.1:{port}/") as resp:
                         await resp.read()
                         return resp.headers.get("X-Version")
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                except (TimeoutError, aiohttp.ClientError, OSError):
                     return None
 
             probes = []

@@ -46,9 +46,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 #: where sshd expects its (root-owned) privilege separation directory
 PRIVSEP_DIR = Path("/run/sshd")
@@ -366,7 +366,7 @@ class Sshd:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout: float = START_TIMEOUT) -> "Sshd":
+    def start(self, timeout: float = START_TIMEOUT) -> Sshd:
         """Start the server; return once it listens. Raises :class:`SshdError` with the tail
         of its log when it does not."""
         if self.running:
@@ -451,7 +451,7 @@ class Sshd:
         proc.wait()
         self._proc = None
 
-    def restart(self, *, new_host_key: bool = False, timeout: float = START_TIMEOUT) -> "Sshd":
+    def restart(self, *, new_host_key: bool = False, timeout: float = START_TIMEOUT) -> Sshd:
         """Stop and start again on the same address and port; ``new_host_key`` replaces the
         host key first (a reinstalled host, or a man in the middle)."""
         self.stop()
@@ -465,7 +465,7 @@ class Sshd:
                 self._fixed_port = None
         return self.start(timeout)
 
-    def __enter__(self) -> "Sshd":
+    def __enter__(self) -> Sshd:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

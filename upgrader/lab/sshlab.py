@@ -35,9 +35,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import UpgraderError
 from ..model import Commands, Host, ProviderSpec
@@ -293,7 +294,7 @@ class SshLab(Lab):
         super().__init__(layout)
 
     @classmethod
-    def from_fields(cls, directory: Path, fields: Mapping[str, Any]) -> "SshLab":
+    def from_fields(cls, directory: Path, fields: Mapping[str, Any]) -> SshLab:
         return cls(SshLabLayout(
             dir=directory, hosts=int(fields["hosts"]), new_hosts=int(fields.get("new_hosts", 0)),
             slots=bool(fields.get("slots", False)), base_port=int(fields["base_port"]),
@@ -635,7 +636,7 @@ class SshLab(Lab):
                     async with session.get(f"http://{address}:{port}/") as resp:
                         await resp.read()
                         return resp.headers.get("X-Version")
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                except (TimeoutError, aiohttp.ClientError, OSError):
                     return None
 
             probes = []

@@ -195,7 +195,7 @@ class Generator:
                     outcome, error = "other", f"http_{status}"
         except asyncio.CancelledError:
             raise  # stopped before the outcome was known: not counted at all
-        except asyncio.TimeoutError:
+        except TimeoutError:
             outcome, error = "failed", "timeout"
         except aiohttp.ClientConnectionError as exc:
             outcome, error = "failed", "connection:" + type(exc).__name__
@@ -211,7 +211,7 @@ class Generator:
             await asyncio.to_thread(write_stats, self.stats_file, data)
             try:
                 await asyncio.wait_for(self.stop_event.wait(), WRITE_INTERVAL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def run(self) -> dict:
@@ -251,7 +251,7 @@ class Generator:
                 try:
                     await asyncio.wait_for(self.stop_event.wait(),
                                            max(0.0, next_at - loop.time()))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             if self.inflight:
                 await asyncio.wait(set(self.inflight), timeout=STOP_GRACE)

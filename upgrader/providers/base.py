@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import shlex
 import signal
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..model import Fleet, Host
 
@@ -40,7 +41,7 @@ class ProviderContext:
 
     fleet: Fleet | None = None
     #: the fleet's transport, for providers that act on hosts (command checks, snapshots)
-    transport: "Transport | None" = None
+    transport: Transport | None = None
     state_dir: str | None = None
 
 

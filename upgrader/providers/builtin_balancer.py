@@ -3,11 +3,11 @@ over its JSON admin API. Registered as balancer ``builtin``."""
 
 from __future__ import annotations
 
-import asyncio
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -15,7 +15,13 @@ import aiohttp
 from ..errors import BalancerError, ConfigError
 from ..hookspecs import hookimpl
 from .base import (
-    BalancerState, BackendState, BackendStats, Cohort, ProviderContext, RouteTable, Setting,
+    BackendState,
+    BackendStats,
+    BalancerState,
+    Cohort,
+    ProviderContext,
+    RouteTable,
+    Setting,
 )
 
 SETTINGS: tuple[Setting, ...] = (
@@ -88,7 +94,7 @@ class BuiltinBalancer:
                 if data is None:
                     raise BalancerError(f"{what}: the balancer did not answer JSON")
                 return data
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise BalancerError(f"{what}: no answer from the balancer in time") from exc
         except aiohttp.ClientError as exc:
             raise BalancerError(f"{what}: {type(exc).__name__}: {exc}") from exc

@@ -78,12 +78,12 @@ class HttpHealthCheck:
         self.timeout = timeout
         self.expect_status = frozenset(statuses)
         self.headers = dict(headers or {})
-        self._session: "aiohttp.ClientSession | None" = None
+        self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any],
-                      context: ProviderContext | None = None) -> "HttpHealthCheck":
+                      context: ProviderContext | None = None) -> HttpHealthCheck:
         return cls(path=settings["path"], scheme=settings["scheme"],
                    timeout=settings["timeout"], expect_status=settings["expect_status"],
                    headers=settings["headers"])
@@ -93,7 +93,7 @@ class HttpHealthCheck:
         netloc = _url_host(host.address) + (f":{chosen}" if chosen is not None else "")
         return f"{self.scheme}://{netloc}{self.path}"
 
-    def _get_session(self) -> "aiohttp.ClientSession":
+    def _get_session(self) -> aiohttp.ClientSession:
         import aiohttp  # imported on first use: loading the plugin costs nothing
 
         if self._closed:
@@ -116,7 +116,7 @@ class HttpHealthCheck:
                 body = ""
                 if status not in self.expect_status:
                     body = (await response.content.read(200)).decode("utf-8", "replace").strip()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return HealthResult(False, f"GET {url}: no answer within {self.timeout:g}s")
         except (aiohttp.ClientError, OSError) as exc:
             return HealthResult(False, f"GET {url}: {_short(exc)}")
@@ -130,7 +130,7 @@ class HttpHealthCheck:
             await self._session.close()
             self._session = None
 
-    async def __aenter__(self) -> "HttpHealthCheck":
+    async def __aenter__(self) -> HttpHealthCheck:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -150,7 +150,7 @@ class TcpHealthCheck:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any],
-                      context: ProviderContext | None = None) -> "TcpHealthCheck":
+                      context: ProviderContext | None = None) -> TcpHealthCheck:
         return cls(timeout=settings["timeout"], port=settings["port"])
 
     async def check(self, host: Host, *, port: int | None = None) -> HealthResult:
@@ -161,7 +161,7 @@ class TcpHealthCheck:
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(host.address, chosen), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return HealthResult(False, f"connect {where}: no answer within {self.timeout:g}s")
         except OSError as exc:
             return HealthResult(False, f"connect {where}: {_short(exc)}")
@@ -202,7 +202,7 @@ class CommandHealthCheck:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any],
-                      context: ProviderContext | None = None) -> "CommandHealthCheck":
+                      context: ProviderContext | None = None) -> CommandHealthCheck:
         transport = context.transport if context is not None else None
         return cls(transport, argv=settings["argv"], timeout=settings["timeout"])
 

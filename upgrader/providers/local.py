@@ -20,8 +20,7 @@ from typing import IO, Any
 from ..errors import CommandTimeout, ConfigError, TransportError
 from ..hookspecs import hookimpl
 from ..model import Host
-from .base import (CommandResult, ProviderContext, Setting, command_text, describe_exit,
-                   output_tail)
+from .base import CommandResult, ProviderContext, Setting, command_text, describe_exit, output_tail
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("max_parallel", int, 32, "commands running at once, over all hosts"),
@@ -116,11 +115,11 @@ class LocalTransport:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any],
-                      context: ProviderContext | None = None) -> "LocalTransport":
+                      context: ProviderContext | None = None) -> LocalTransport:
         return cls(max_parallel=settings["max_parallel"], timeout=settings["timeout"],
                    env=settings["env"], cwd=settings["cwd"])
 
-    async def __aenter__(self) -> "LocalTransport":
+    async def __aenter__(self) -> LocalTransport:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

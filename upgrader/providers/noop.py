@@ -75,7 +75,7 @@ class NoopTransport:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any],
-                      context: ProviderContext | None = None) -> "NoopTransport":
+                      context: ProviderContext | None = None) -> NoopTransport:
         return cls(delay=settings["delay"])
 
     async def run(self, host: Host, argv: Sequence[str], *, timeout: float | None = None,
@@ -127,7 +127,7 @@ class NoopBalancer:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any],
-                      context: ProviderContext | None = None) -> "NoopBalancer":
+                      context: ProviderContext | None = None) -> NoopBalancer:
         return cls()
 
     def _get(self, name: str) -> BackendState:
@@ -273,7 +273,7 @@ class NoopHealthCheck:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any],
-                      context: ProviderContext | None = None) -> "NoopHealthCheck":
+                      context: ProviderContext | None = None) -> NoopHealthCheck:
         return cls(delay=settings["delay"])
 
     def set_healthy(self, host_name: str, healthy: bool) -> None:
@@ -301,7 +301,7 @@ class NoopSnapshot:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any],
-                      context: ProviderContext | None = None) -> "NoopSnapshot":
+                      context: ProviderContext | None = None) -> NoopSnapshot:
         return cls(delay=settings["delay"])
 
     def _check(self, host: Host, snapshot_id: str) -> None:

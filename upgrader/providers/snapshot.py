@@ -76,7 +76,7 @@ class DirectorySnapshot:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any],
-                      context: ProviderContext | None = None) -> "DirectorySnapshot":
+                      context: ProviderContext | None = None) -> DirectorySnapshot:
         transport = context.transport if context is not None else None
         return cls(transport, path=settings["path"], keep=settings["keep"],
                    exclude=settings["exclude"], tar=settings["tar"],

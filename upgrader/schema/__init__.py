@@ -14,10 +14,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model import Migration, SchemaBackend, SchemaStatus, LiveRelease
+from .model import LiveRelease, Migration, SchemaBackend, SchemaStatus
 
-__all__ = ["Migration", "SchemaBackend", "SchemaStatus", "LiveRelease", "load_migration",
-           "open_backend", "connect", "is_postgres_url"]
+__all__ = [
+    "LiveRelease",
+    "Migration",
+    "SchemaBackend",
+    "SchemaStatus",
+    "connect",
+    "is_postgres_url",
+    "load_migration",
+    "open_backend",
+]
 
 
 def is_postgres_url(url: str) -> bool:

@@ -12,10 +12,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .loader import op_name
-from .model import (AddColumn, AddIndex, ChangeType, CreateTable, DropColumn, Migration,
-                    Operation, RawSQL, RenameColumn, RenameTable, SetNotNull)
+from .model import (
+    AddColumn,
+    AddIndex,
+    ChangeType,
+    CreateTable,
+    DropColumn,
+    Migration,
+    Operation,
+    RawSQL,
+    RenameColumn,
+    RenameTable,
+    SetNotNull,
+)
 
-__all__ = ["Finding", "CheckResult", "check_migration"]
+__all__ = ["CheckResult", "Finding", "check_migration"]
 
 EXPAND, CONTRACT, UNKNOWN = "expand", "contract", "unknown"
 

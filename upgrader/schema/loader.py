@@ -10,18 +10,44 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Collection, Mapping, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from ..errors import ConfigError
-from ..tomlsource import Path_, _Locator, describe_value, did_you_mean, format_key_path, \
-    toml_error_line
-from .model import (OPERATIONS, NEW_COLUMN_PREFIX, AddColumn, AddIndex, ChangeType, Column,
-                    CreateTable, DropColumn, Migration, Operation, RawSQL, RenameColumn,
-                    RenameTable, SetNotNull)
+from ..tomlsource import (
+    Path_,
+    _Locator,
+    describe_value,
+    did_you_mean,
+    format_key_path,
+    toml_error_line,
+)
+from .model import (
+    NEW_COLUMN_PREFIX,
+    OPERATIONS,
+    AddColumn,
+    AddIndex,
+    ChangeType,
+    Column,
+    CreateTable,
+    DropColumn,
+    Migration,
+    Operation,
+    RawSQL,
+    RenameColumn,
+    RenameTable,
+    SetNotNull,
+)
 
-__all__ = ["Catalogue", "IDENTIFIER_RE", "load_migration", "loads", "op_name",
-           "validate_against"]
+__all__ = [
+    "IDENTIFIER_RE",
+    "Catalogue",
+    "load_migration",
+    "loads",
+    "op_name",
+    "validate_against",
+]
 
 #: table -> its column names, in order
 Catalogue = Mapping[str, Sequence[str]]
@@ -258,9 +284,9 @@ class _Checker:
                 else None
             if not column.nullable and column.default is None and up is None:
                 self.error(p("column") + ("nullable",),
-                           f"a NOT NULL column needs a value for the existing rows and for "
-                           f"the rows the previous release writes: give it a `default` or "
-                           f"an `up` expression")
+                           "a NOT NULL column needs a value for the existing rows and for "
+                           "the rows the previous release writes: give it a `default` or "
+                           "an `up` expression")
             return AddColumn(table, column, up)
         if op == "add_index":
             cols = raw["columns"]

@@ -32,15 +32,30 @@ import hashlib
 import random
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigError, SchemaError
-from .model import (OPERATIONS, AddColumn, AddIndex, ChangeType, Column, CreateTable,
-                    DropColumn, LiveRelease, Migration, RawSQL, RenameColumn, RenameTable,
-                    SchemaStatus, SetNotNull, new_column_name)
+from .model import (
+    OPERATIONS,
+    AddColumn,
+    AddIndex,
+    ChangeType,
+    Column,
+    CreateTable,
+    DropColumn,
+    LiveRelease,
+    Migration,
+    RawSQL,
+    RenameColumn,
+    RenameTable,
+    SchemaStatus,
+    SetNotNull,
+    new_column_name,
+)
 
 #: bookkeeping schema (migrations, live releases, backfill cursors, trigger functions)
 STATE_SCHEMA = "upgrader_schema"
@@ -208,7 +223,7 @@ class _Layout:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "_Layout":
+    def from_json(cls, data: dict[str, Any]) -> _Layout:
         data = dict(data)
         data["pairs"] = [_Pair(**p) for p in data["pairs"]]
         return cls(**data)
@@ -229,7 +244,7 @@ class _Compiler:
     statements of each operation run as soon as they are made (so raw SQL is seen by the
     operations after it); without, they are only collected (``plan``)."""
 
-    def __init__(self, backend: "PostgresBackend", migration: Migration, *,
+    def __init__(self, backend: PostgresBackend, migration: Migration, *,
                  execute: Callable[[int | None, Any], None] | None) -> None:
         from psycopg import sql
 
@@ -784,7 +799,7 @@ class PostgresBackend:
                            (f'"{base_schema}"',))
 
     # ---------------------------------------------------------------- lifecycle
-    def __enter__(self) -> "PostgresBackend":
+    def __enter__(self) -> PostgresBackend:
         return self
 
     def __exit__(self, *exc: Any) -> None:

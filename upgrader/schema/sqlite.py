@@ -25,17 +25,31 @@ import json
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import ConfigError, SchemaError
 from .loader import _operation_error, op_name, validate_against
-from .model import (AddColumn, AddIndex, ChangeType, Column, CreateTable, DropColumn,
-                    LiveRelease, Migration, RawSQL, RenameColumn, RenameTable, SchemaStatus,
-                    SetNotNull, new_column_name)
+from .model import (
+    AddColumn,
+    AddIndex,
+    ChangeType,
+    Column,
+    CreateTable,
+    DropColumn,
+    LiveRelease,
+    Migration,
+    RawSQL,
+    RenameColumn,
+    RenameTable,
+    SchemaStatus,
+    SetNotNull,
+    new_column_name,
+)
 
-__all__ = ["SQLiteBackend", "ReleaseConnection", "connect", "quote", "sqlite_path"]
+__all__ = ["ReleaseConnection", "SQLiteBackend", "connect", "quote", "sqlite_path"]
 
 MIGRATIONS_TABLE = "_upgrader_schema_migrations"
 VIEWS_TABLE = "_upgrader_schema_views"
@@ -522,7 +536,7 @@ class SQLiteBackend:
             raise SchemaError(f"cannot open the SQLite database: {exc}",
                               database=self.url) from exc
 
-    def __enter__(self) -> "SQLiteBackend":
+    def __enter__(self) -> SQLiteBackend:
         return self
 
     def __exit__(self, *exc: Any) -> None:

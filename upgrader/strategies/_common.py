@@ -5,8 +5,9 @@ batching, and the defaults every plan derives from its steps. Pure: no I/O, no c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from .. import units
 from ..errors import ConfigError

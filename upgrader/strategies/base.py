@@ -14,7 +14,7 @@ A strategy module exposes:
 
 from __future__ import annotations
 
-from typing import Any, Protocol, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from ..model import Fleet
 from ..plan import Plan

@@ -9,7 +9,8 @@ screen. Controls are method calls on the handle; the app decides nothing about t
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.app import App
@@ -17,8 +18,7 @@ from textual.binding import Binding
 
 from ..control.handle import RolloutHandle
 from .messages import EventDescriber, EventFeed, RolloutUpdated
-from .screens import (FlagsScreen, HelpScreen, LogScreen, MainScreen, QuitDialog,
-                      RollbackDialog)
+from .screens import FlagsScreen, HelpScreen, LogScreen, MainScreen, QuitDialog, RollbackDialog
 from .view import MOVING_STATES, RolloutView, as_clock, fmt_duration
 
 if TYPE_CHECKING:

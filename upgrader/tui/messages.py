@@ -11,8 +11,9 @@ merge into the newest (``can_replace``).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from rich.text import Text
 from textual.message import Message
@@ -34,9 +35,22 @@ _DONE_PHASE = {"turn_down": "out_of_service", "shutdown": "out_of_service"}
 class Batch:
     """Events received since the last tick, collapsed."""
 
-    __slots__ = ("events", "hosts", "log", "metrics", "series", "count",
-                 "dropped_events", "dropped_log", "needs_sync", "last_ts", "rollout", "max_events",
-                 "max_log", "_runs")
+    __slots__ = (
+        "_runs",
+        "count",
+        "dropped_events",
+        "dropped_log",
+        "events",
+        "hosts",
+        "last_ts",
+        "log",
+        "max_events",
+        "max_log",
+        "metrics",
+        "needs_sync",
+        "rollout",
+        "series",
+    )
 
     def __init__(self, *, bounded: bool = True) -> None:
         #: a batch seeded from the handle's history keeps all of it (the history is bounded)

@@ -5,8 +5,9 @@ engine (snapshot or event), and a periodic snapshot corrects whatever events did
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..events import Event
 from ..units import format_duration
@@ -260,7 +261,7 @@ class RolloutView:
 
     # ------------------------------------------------------------------ events
 
-    def apply(self, batch: "Batch") -> set[str]:
+    def apply(self, batch: Batch) -> set[str]:
         """Apply a batch of events; return the hosts whose row changed."""
         for event in batch.events:
             self._apply_event(event)

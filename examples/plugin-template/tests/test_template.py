@@ -14,8 +14,8 @@ import importlib.metadata
 import json
 
 import pytest
-
 import upgrader_template
+
 from upgrader.errors import ConfigError, TransportError
 from upgrader.model import Host, ProviderSpec
 from upgrader.providers.base import Notifier, ProviderContext, Transport

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.table import Table
 from rich.text import Text
@@ -384,13 +385,13 @@ class FlagsScreen(Screen[None]):
             self._wake.clear()
             try:
                 await self.reload()
-            except Exception as exc:      # noqa: BLE001 - a bug must not end the app
+            except Exception as exc:
                 if repr(exc) != self._last_bug:       # once, not every POLL_S
                     self._last_bug = repr(exc)
                     self.app.notify(f"flags screen: {exc!r}", severity="error", timeout=10)
             try:
                 await asyncio.wait_for(self._wake.wait(), POLL_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def reload(self) -> None:
@@ -610,7 +611,7 @@ class FlagsScreen(Screen[None]):
             return
         try:
             await asyncio.to_thread(edit.set_rollout, flagset, key, env, percent)
-        except Exception as exc:          # noqa: BLE001 - ConfigError, or anything else
+        except Exception as exc:
             self.notify(f"{key}: not changed: {exc}", severity="error", timeout=10)
             return
         flag = flagset.flags[key]
@@ -647,7 +648,7 @@ class FlagsScreen(Screen[None]):
         except StoreError as exc:
             app.notify(f"{key}: the store failed: {exc}", severity="error", timeout=10)
             return
-        except Exception as exc:      # noqa: BLE001 - whatever it is, say it
+        except Exception as exc:
             app.notify(f"{key}: change failed: {exc}", severity="error", timeout=10)
             return
         if version == before:

@@ -11,8 +11,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from ..messages import RolloutUpdated
-from ..widgets import (EventLog, FleetTable, RolloutHeader, StepsPanel, TrafficChart,
-                       VerdictPanel)
+from ..widgets import EventLog, FleetTable, RolloutHeader, StepsPanel, TrafficChart, VerdictPanel
 
 if TYPE_CHECKING:
     from ..app import UpgraderApp

@@ -6,7 +6,7 @@ touches only the rows that changed, so a fleet of 10,000 hosts scrolls as lightl
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from rich.segment import Segment
 from rich.style import Style

@@ -3,7 +3,7 @@ sparkline per series, the two releases of a figure drawn on the same scale."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from rich.text import Text
 from textual.widgets import Static

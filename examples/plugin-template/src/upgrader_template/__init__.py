@@ -57,7 +57,7 @@ class RecordTransport:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any],
-                      context: ProviderContext) -> "RecordTransport":
+                      context: ProviderContext) -> RecordTransport:
         # settings arrive validated, with every default filled in
         return cls(settings["path"], settings["fail_on"])
 
@@ -91,7 +91,7 @@ class RecordTransport:
     async def aclose(self) -> None:
         pass
 
-    async def __aenter__(self) -> "RecordTransport":
+    async def __aenter__(self) -> RecordTransport:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -128,7 +128,7 @@ class JsonlNotifier:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any],
-                      context: ProviderContext) -> "JsonlNotifier":
+                      context: ProviderContext) -> JsonlNotifier:
         return cls(settings["path"], settings["events"])
 
     async def notify(self, event: Any) -> None:
