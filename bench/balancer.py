@@ -78,7 +78,7 @@ class Stack:
         self.urls: dict[str, str] = {}
 
     def spawn(self, argv: list[str], name: str) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "wb")
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 (the child keeps it)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)
         self.procs.append(proc)

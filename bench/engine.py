@@ -10,6 +10,7 @@ Measures CPU seconds and peak RSS of a fresh process per run; reports the median
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -102,7 +103,7 @@ def main() -> None:
     for row in rows:
         print(f"{row['hosts']:>8} {row['cpu_s']:>15.3f} {row['peak_mb']:>9.1f} "
               f"{row['virtual_days']:>13.2f} {1000 * row['cpu_s'] / row['hosts']:>12.3f}")
-    for a, b in zip(rows, rows[1:]):
+    for a, b in itertools.pairwise(rows):
         print(f"growth {a['hosts']} -> {b['hosts']}: x{b['hosts'] / a['hosts']:.0f} hosts, "
               f"x{b['cpu_s'] / a['cpu_s']:.1f} cpu")
 

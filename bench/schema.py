@@ -139,8 +139,10 @@ def throwaway_postgres() -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    run = lambda *argv: subprocess.run([*prefix, *argv], check=True, capture_output=True,
-                                       text=True, timeout=120)
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*prefix, *argv], check=True, capture_output=True, text=True,
+                              timeout=120)
+
     run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync",
         "-E", "UTF8")
     run(f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "log"), "-w", "-t", "60",

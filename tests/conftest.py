@@ -6,7 +6,15 @@ with ``UPGRADER_REQUIRE_INTEGRATION=1`` (CI, `.ci/run`) such a skip is turned in
 
 from __future__ import annotations
 
+import glob
 import os
+import os as _os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
 
 import pytest
 
@@ -28,15 +36,6 @@ def pytest_runtest_makereport(item, call):
 # --------------------------------------------------------------------------------------------
 # PostgreSQL: a throw-away server per test session, on loopback, started from the machine's
 # server binaries (Debian's `postgresql` package; `.ci/run` installs it).
-
-import glob
-import os as _os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
-import uuid
 
 
 def _pg_bindir() -> str | None:
@@ -75,8 +74,10 @@ def postgres_server():
         _os.chown(root, user.pw_uid, user.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
-    run = lambda *argv: subprocess.run([*prefix, *argv], check=True, capture_output=True,
-                                       text=True, timeout=120)
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*prefix, *argv], check=True, capture_output=True, text=True,
+                              timeout=120)
+
     try:
         run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync",
             "-E", "UTF8")

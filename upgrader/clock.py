@@ -58,7 +58,7 @@ class LoopClock:
         await asyncio.sleep(max(0.0, seconds))
 
 
-class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class _VirtualSelector(selectors.DefaultSelector):
     def __init__(self, loop_ref: Callable[[], VirtualTimeLoop]) -> None:
         super().__init__()
         self._loop_ref = loop_ref
@@ -90,7 +90,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         return self._virtual_now
 
-    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Any:
+    def run_in_executor(  # type: ignore[override]  # typeshed's TypeVarTuple signature; same call
+            self, executor: Any, func: Callable[..., Any], *args: Any) -> Any:
         future = super().run_in_executor(executor, func, *args)
         self._in_threads += 1
 

@@ -3,21 +3,23 @@
 An event is plain data with a ``kind`` and a flat ``data`` mapping of JSON values.
 Kinds (``data`` keys in brackets; every event also has kind, ts, rollout and seq):
 
-- ``rollout_started`` [fleet, strategy, current, target, hosts, estimated_s, rollback_estimated_s, resumed]
+- ``rollout_started`` [fleet, strategy, current, target, hosts, estimated_s,
+  rollback_estimated_s, resumed]
 - ``state`` [state, reason]                 RUNNING, PAUSED, WAITING, VERIFYING, ROLLING BACK, ...
 - ``step_started`` [index, step, description]; ``step_finished`` [index, step]
 - ``pause_started`` [index, duration]       duration None: until promoted
 - ``slots`` [live, original]                blue-green: each host's live slot at the start
 - ``host_phase`` [host, phase, release, slot, mode]   mode: upgrade | rollback | turn_down
-- ``host_done`` [host, release, slot, mode]  mode: upgrade | rollback | prepare | swap | turn_down | shutdown
+- ``host_done`` [host, release, slot, mode]  mode: upgrade | rollback | prepare | swap |
+  turn_down | shutdown
 - ``host_failed`` [host, error, mode]
 - ``snapshot_taken`` [host, snapshot]
 - ``traffic`` [split, routes, maintenance, ready_by_pool]   read back after every balancer change
 - ``verdict`` [metric, result, value, threshold, samples, baseline, detail, consecutive, limit]
   (system-test verdicts have no consecutive/limit)
 - ``analysis_failed`` [metric, detail]
-- ``metrics`` [interval_s, pools, hosts]   traffic per pool and per host: requests, rps, error_rate, p95
-  (not journaled)
+- ``metrics`` [interval_s, pools, hosts]   traffic per pool and per host: requests, rps,
+  error_rate, p95 (not journaled)
 - ``control`` [action] (+ rollback for abort)   pause, resume, promote, promote_all, abort
 - ``rollback_started`` [reason, hosts, estimated_s, mode]
 - ``rollout_finished`` [outcome, hosts, duration_s, error]
@@ -93,7 +95,8 @@ class Verdict:
                 return f"{v * 1000:.0f}ms"
             return f"{v:g}"
         text = (f"{self.metric} {self.result.upper()}: {fmt(self.value)} "
-                f"(limit {fmt(self.threshold)}, {self.samples} samples, old release {fmt(self.baseline)})")
+                f"(limit {fmt(self.threshold)}, {self.samples} samples, "
+                f"old release {fmt(self.baseline)})")
         return text + (f" - {self.detail}" if self.detail else "")
 
 

@@ -47,7 +47,7 @@ def format_duration(seconds: float) -> str:
     if seconds < 60:
         text = f"{seconds:.1f}".rstrip("0").rstrip(".")
         return f"{text}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     days, hours = divmod(hours, 24)
     parts = []

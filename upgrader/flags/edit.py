@@ -127,8 +127,8 @@ def set_rollout(flagset: FlagSet, key: str, environment: str, percent: float, *,
                 raise ConfigError(f"flag {key!r} is not a boolean flag: say which variant "
                                   f"the roll-out serves (--variant)", key=where)
             variant = trues[0]
-        names = {r.name for r in rules}
-        name = ROLLOUT_RULE if ROLLOUT_RULE not in names else None
+        rule_names = {r.name for r in rules}
+        name = ROLLOUT_RULE if ROLLOUT_RULE not in rule_names else None
         new_rules = rules + (Rule(name=name, variant=variant, percent=percent),)
     return _with_env(flagset, key, environment, rules=new_rules)
 

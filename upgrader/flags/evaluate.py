@@ -13,9 +13,9 @@ import enum
 import hashlib
 import json
 import operator
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ConfigError
 from ..hashing import bucketer, threshold
@@ -401,7 +401,7 @@ def _groups_test(groups: frozenset[str]) -> Callable[[Mapping[str, Any]], bool]:
             return value in groups
         if type(value) in (list, tuple, set, frozenset):
             try:
-                return not groups.isdisjoint(value)
+                return not groups.isdisjoint(cast("Iterable[object]", value))
             except TypeError:       # an unhashable item: not a group name
                 return False
         return False
@@ -449,9 +449,10 @@ def _scalar_test(op: Op, operand: Any, values: tuple[Any, ...]) -> Callable[[Any
         return lambda value: type(value) in _NUMBER and compare(value, operand)
     if op in (Op.SEMVER_EQ, Op.SEMVER_LT, Op.SEMVER_LTE, Op.SEMVER_GT, Op.SEMVER_GTE):
         target = parse_semver(operand)
-        check = {Op.SEMVER_EQ: lambda k: k == target, Op.SEMVER_LT: lambda k: k < target,
-                 Op.SEMVER_LTE: lambda k: k <= target, Op.SEMVER_GT: lambda k: k > target,
-                 Op.SEMVER_GTE: lambda k: k >= target}[op]
+        check: Callable[[Any], bool] = {
+            Op.SEMVER_EQ: lambda k: k == target, Op.SEMVER_LT: lambda k: k < target,
+            Op.SEMVER_LTE: lambda k: k <= target, Op.SEMVER_GT: lambda k: k > target,
+            Op.SEMVER_GTE: lambda k: k >= target}[op]
 
         def semver(value: Any) -> bool:
             if type(value) is not str:

@@ -14,7 +14,7 @@ A thread polls the store every 200 ms, so a change arrives within a second.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEventDetails
@@ -109,7 +109,7 @@ class UpgraderProvider(AbstractProvider):
                           f"flag {key!r} is {type(value).__name__}, asked for "
                           f"{types[0].__name__}")
         if types == (float, int):
-            value = float(value)
+            value = float(cast("float", value))
         metadata: dict[str, Any] = {}
         if resolution.rule is not None:
             metadata["rule"] = resolution.rule if isinstance(resolution.rule, (str, int, float)) \

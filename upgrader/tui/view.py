@@ -75,7 +75,8 @@ def as_clock(clock: Any) -> Callable[[], float]:
 
         return time.monotonic
     monotonic = getattr(clock, "monotonic", None)
-    return monotonic if callable(monotonic) else clock
+    chosen: Callable[[], float] = monotonic if callable(monotonic) else clock
+    return chosen
 
 
 class RolloutView:

@@ -459,7 +459,7 @@ class FlagsScreen(Screen[None]):
         flagset, env = self.flagset, self.environment
         if flagset is None:
             return
-        table = cast("DataTable[Any]", self.query_one(DataTable))
+        table = self.query_one(DataTable)
         keep = self.selected_key()
         row = table.cursor_row
         columns = (tuple(flagset.environments), env)
@@ -484,7 +484,7 @@ class FlagsScreen(Screen[None]):
                           *(state_cell(flag, name, name == env)
                             for name in flagset.environments),
                           Text(description, style="dim"), key=flag.key)
-        if keep in flagset.flags:
+        if keep is not None and keep in flagset.flags:
             table.move_cursor(row=self._row_keys.index(keep), animate=False)
         elif self._row_keys:
             table.move_cursor(row=min(row, len(self._row_keys) - 1), animate=False)
@@ -522,7 +522,7 @@ class FlagsScreen(Screen[None]):
     # ------------------------------------------------------------------ selection
 
     def selected_key(self) -> str | None:
-        table = cast("DataTable[Any]", self.query_one(DataTable))
+        table = self.query_one(DataTable)
         if not self._row_keys or table.row_count == 0:
             return None
         row = table.cursor_row
@@ -554,7 +554,7 @@ class FlagsScreen(Screen[None]):
         self.environment = envs[(index + 1) % len(envs)]
         self._show_flags()
 
-    def action_toggle(self) -> None:
+    def action_toggle(self) -> None:  # type: ignore[override]  # the screen's own action
         selection = self._selection()
         if selection is None or self.flagset is None:
             return

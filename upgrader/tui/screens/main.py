@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ..app import UpgraderApp
 
 #: the keys of the main screen; the help screen lists them from here
-KEYS = [
+KEYS: list[BindingType] = [
     Binding("space", "app.toggle_pause", "Pause/Resume"),
     Binding("p", "app.promote", "Promote"),
     Binding("P,shift+p", "app.promote_all", "Promote all", key_display="P"),

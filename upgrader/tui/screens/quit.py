@@ -44,7 +44,7 @@ class QuitDialog(ModalScreen[str | None]):
         self.query_one("#cancel", Button).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.action_choose(event.button.id if event.button.id != "cancel" else "")
+        self.action_choose(event.button.id if event.button.id not in ("cancel", None) else "")
 
     def action_choose(self, choice: str) -> None:
         if choice == "detach" and not self.detachable:

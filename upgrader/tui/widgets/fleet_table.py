@@ -110,7 +110,7 @@ class FleetTable(ScrollView, can_focus=True):
             for index in self._visible_changed(changed):
                 self.refresh_line(index + 1)
 
-    def _visible_changed(self, changed: set[str]) -> list[int]:
+    def _visible_changed(self, changed: set[str] | frozenset[str]) -> list[int]:
         assert self._view is not None
         order = self._view.order
         top = int(self.scroll_offset.y)
@@ -189,11 +189,11 @@ class FleetTable(ScrollView, can_focus=True):
             return Strip.blank(width, base)
         if y == 0:
             header = base + self.get_component_rich_style("fleet-table--header")
-            key = ("header", width, header)
-            strip = self._cache.get(key)
+            header_key = ("header", width, header)
+            strip = self._cache.get(header_key)
             if strip is None:
                 strip = self._cells([(t, header) for t in self._titles], width, header)
-                self._cache[key] = strip
+                self._cache[header_key] = strip
             return strip
         index = int(self.scroll_offset.y) + y - 1
         order = self._view.order

@@ -3,6 +3,9 @@ and two progress bars: hosts on the new release, and traffic on it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -108,7 +111,7 @@ class StepsPanel(Vertical):
         return text
 
     @staticmethod
-    def _countdown(view: RolloutView, step: dict, remaining: float | None) -> Text:
+    def _countdown(view: RolloutView, step: Mapping[str, Any], remaining: float | None) -> Text:
         if remaining is not None:
             return Text(f"  {fmt_duration(int(remaining + 0.999))} left", style="bold cyan")
         if step.get("step") == "pause" and view.state == "WAITING":

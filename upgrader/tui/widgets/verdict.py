@@ -65,10 +65,11 @@ class VerdictPanel(Static):
             if data.get("detail") and result != "pass":
                 text.append(f"  {data['detail']}\n", style="yellow")
         if view.analysis_failure:
-            metric = view.analysis_failure_metric
-            if metric in view.verdicts:
+            failed_metric = view.analysis_failure_metric
+            if failed_metric in view.verdicts:
                 # the verdict above says it all; only name the consequence
-                text.append(f"analysis failed on {metric}: the rollout stops", style="bold red")
+                text.append(f"analysis failed on {failed_metric}: the rollout stops",
+                            style="bold red")
             else:
                 text.append(view.analysis_failure, style="bold red")
         text.rstrip()
