@@ -1,52 +1,64 @@
 """Load a fleet file (TOML) into a :class:`upgrader.model.Fleet`, checking every key.
 
+Layer: the composer above the features, not a shared leaf. It reads the fleet file, checks the
+top-level keys and the tables that belong to the fleet itself (``[fleet]``, ``[release]``,
+``[commands]``, ``[[hosts]]``, ``[defaults]``, the provider tables, ``[verify]``,
+``[timing]``, ``[[groups]]``, ``[routing]``, ``[flags]``), and hands every other table to the
+one public parser of the feature that owns it:
+
+- ``[lab]``: :func:`upgrader.lab.fleet_table.parse_lab`,
+- ``[strategy]``: :func:`upgrader.strategies.table.parse_strategy`,
+- ``[windows]``: :func:`upgrader.policy.parse_windows`,
+- ``[schema]`` and ``[release] migration``: :func:`upgrader.schema.loader.parse_schema`.
+
 Every problem is a :class:`~upgrader.errors.ConfigError` naming the file, the key path
-(``hosts[3].labels.zone``) and the line. tomllib reports no positions for values, so a small
-locator (``_Locator``, in :mod:`upgrader.tomlsource`) finds the line of a key path in the source
-text; it runs only when an error is raised, so large fleets load in linear time.
+(``hosts[3].labels.zone``) and the line, raised through the checked-TOML toolkit
+(:mod:`upgrader.tomlsource`), which finds a line only when it raises, so large fleets load in
+linear time.
 """
 
 from __future__ import annotations
 
 import re
 import string
-import tomllib
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
-from . import units
-from .errors import ConfigError
-from .lab.layout import MAX_LAB_HOSTS, LabLayout, default_lab_dir
+from .lab.fleet_table import parse_lab
 from .model import (
     TEMPLATE_FIELDS,
     Commands,
     FlagsSpec,
     Fleet,
+    FleetLab,
     Host,
     ProviderSpec,
     Releases,
     SchemaSpec,
-    StrategySpec,
     Timing,
     UserGroup,
     VerifySpec,
+    WindowPolicy,
 )
+from .policy import parse_windows
 from .providers.base import ProviderFactory, Setting
+from .schema.loader import parse_schema
+from .strategies.table import parse_strategy, where_in_file
 from .tomlsource import (
-    Path_,
-    _describe,
-    _Locator,
-    _toml_error_line,
-    did_you_mean,
+    REQUIRED,
+    Checker,
+    KeyPath,
+    describe_value,
     format_key_path,
     parse_key_path,
+    parse_toml,
+    read_text,
 )
 
 __all__ = ["ProviderRegistry", "format_key_path", "load_fleet", "loads_fleet", "parse_key_path",
            "strategy_where"]
 
-ON_FAILURE = ("rollback", "shutdown", "freeze", "pause")
 NO_DATA = ("fail", "pass", "wait")
 CLUSTERS = ("main", "new")
 
@@ -62,7 +74,6 @@ _LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9._:/@+=,-]{1,255}")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _HEADER_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
 
-_REQUIRED: Any = object()
 
 
 
@@ -95,17 +106,8 @@ def load_fleet(
         its default parameters, unless the file's strategy is that one already.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the fleet file: {exc.strerror or exc}", file=path) from exc
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError("the fleet file is not UTF-8 text", file=path, line=line) from exc
-    return loads_fleet(text, source=path, base_dir=path.parent, registry=registry,
-                       strategy=strategy)
+    return loads_fleet(read_text(path, "fleet file"), source=path, base_dir=path.parent,
+                       registry=registry, strategy=strategy)
 
 
 def loads_fleet(
@@ -123,59 +125,19 @@ def loads_fleet(
         (none does yet: ``[lab] dir`` resolves against the current working directory, as
         ``upgrader lab`` does).
     """
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=source,
-                          line=_toml_error_line(str(exc), text)) from exc
-    except RecursionError as exc:
-        raise ConfigError("not valid TOML: values nested too deeply", file=source,
-                          line=1) from exc
+    data = parse_toml(text, source)
     return _Loader(text, source, base_dir, registry).fleet(data, strategy)
-
-
-class _FileStrategyWhere:
-    """A ``where`` for errors a strategy finds at compile time, located in the fleet file."""
-
-    __slots__ = ("_fleet",)
-
-    def __init__(self, fleet: Fleet) -> None:
-        self._fleet = fleet
-
-    def error(self, key: str | None, message: str) -> NoReturn:
-        path: Path_ = ("strategy",) + (parse_key_path(key) if key else ())
-        line = None
-        source = self._fleet.source
-        if source is not None:
-            try:
-                line = _Locator(source.read_text(encoding="utf-8")).line_of(path)
-            except (OSError, UnicodeDecodeError):
-                line = None
-        raise ConfigError(message, file=source, key=format_key_path(path), line=line)
 
 
 def strategy_where(fleet: Fleet) -> Any:
     """The ``where`` to pass to ``strategy.compile(fleet, params, where)``: an error the
     strategy finds only once it sees the fleet (an unknown group, too few new hosts) names
     ``strategy.<key>`` and its line in the fleet file (read again, only when raising)."""
-    return _FileStrategyWhere(fleet)
+    return where_in_file(fleet)
 
 
 # ---------------------------------------------------------------------------------------------
 # The loader
-
-
-class _StrategyWhere:
-    """The ``where`` a strategy's ``parse_params`` reports through: ``strategy.<key>``."""
-
-    __slots__ = ("_loader",)
-
-    def __init__(self, loader: _Loader) -> None:
-        self._loader = loader
-
-    def error(self, key: str | None, message: str) -> NoReturn:
-        path: Path_ = ("strategy",) + (parse_key_path(key) if key else ())
-        self._loader.error(path, message)
 
 
 _TOP_KEYS = ("fleet", "release", "commands", "transport", "balancer", "health", "snapshot",
@@ -189,13 +151,10 @@ _VERIFY_KEYS = ("error_rate_max", "p95_latency_max", "min_requests", "consecutiv
                 "interval", "for", "no_data", "health")
 _TIMING_KEYS = ("host_upgrade", "drain_timeout", "health_timeout", "health_interval",
                 "command_timeout")
-_STRATEGY_COMMON = ("kind", "on_failure", "min_capacity")
 _GROUP_KEYS = ("name", "header_values", "percent", "description")
 _ROUTING_KEYS = ("group_header", "user_header")
 _HOST_KEYS = ("name", "address", "port", "labels", "vars", "cluster", "slots")
 _DEFAULTS_KEYS = ("labels", "vars", "port")
-_LAB_KEYS = ("hosts", "new_hosts", "slots", "base_port", "dir", "base_release", "ssh",
-             "network", "subnet")
 
 
 class _Loader:
@@ -205,130 +164,58 @@ class _Loader:
         self.source = source
         self.base_dir = base_dir
         self.registry = registry
-        self._locator: _Locator | None = None
+        self.checker = Checker(source, text)
+        c = self.checker
+        # the toolkit's getters, under the names this loader has always used
+        self.table = c.table
+        self.get = c.get
+        self.integer = c.integer
+        self.boolean = c.boolean
+        self.choice = c.choice
+        self.duration = c.duration
+        self.percent = c.percentage
+        self.unknown_key = c.unknown_key
+
+    def port(self, table: Mapping[str, Any], path: KeyPath, key: str,
+             default: int | None = None) -> int | None:
+        return self.checker.port(table, path, key, default)
 
     # -- errors
 
-    def line_of(self, path: Path_) -> int:
-        if self._locator is None:
-            self._locator = _Locator(self.text)
-        return self._locator.line_of(path) or 1
+    def line_of(self, path: KeyPath) -> int:
+        return self.checker.line_of(path) or 1
 
-    def error(self, path: Path_, message: str) -> NoReturn:
-        raise ConfigError(message, file=self.source, key=format_key_path(path) or None,
-                          line=self.line_of(path))
-
-    def unknown_key(self, path: Path_, allowed: Collection[str], where: str) -> NoReturn:
-        key = str(path[-1])
-        message = f"unknown key {key!r} in {where}{did_you_mean(key, allowed)}"
-        message += f"; allowed keys: {', '.join(allowed) or '(none)'}"
-        self.error(path, message)
+    def error(self, path: KeyPath, message: str) -> NoReturn:
+        self.checker.error(path, message)
 
     # -- shapes
 
-    def table(self, value: Any, path: Path_, allowed: Collection[str] | None,
-              where: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.error(path, f"expected a table, got {_describe(value)}")
-        if allowed is not None and not value.keys() <= set(allowed):
-            for key in value:
-                if key not in allowed:
-                    self.unknown_key(path + (key,), allowed, where)
-        return value
+    def string(self, table: Mapping[str, Any], path: KeyPath, key: str,
+               default: Any = REQUIRED, *, pattern: re.Pattern[str] | None = None,
+               what: str = "") -> Any:
+        """The toolkit's string getter, with this file's words for its patterns."""
+        return self.checker.string(table, path, key, default, pattern=pattern, what=what,
+                                   words=_pattern_words(pattern) if pattern else None)
 
-    def get(self, table: Mapping[str, Any], path: Path_, key: str, default: Any) -> Any:
-        if key in table:
-            return table[key]
-        if default is _REQUIRED:
-            what = f"table [{key}]" if not path else f"key {key!r}"
-            self.error(path + (key,), f"missing required {what}")
-        return default
-
-    def string(self, table: Mapping[str, Any], path: Path_, key: str, default: Any = _REQUIRED,
-               *, pattern: re.Pattern[str] | None = None, what: str = "") -> Any:
-        value = self.get(table, path, key, default)
-        if value is default and key not in table:
-            return value
-        kpath = path + (key,)
-        if not isinstance(value, str):
-            self.error(kpath, f"expected a string, got {_describe(value)}")
-        if pattern is not None and not pattern.fullmatch(value):
-            self.error(kpath, f"{value!r} is not a valid {what or key}"
-                              f" (allowed: {_pattern_words(pattern)})")
-        if "\n" in value or "\r" in value:
-            self.error(kpath, "a value here may not contain a line break")
-        return value
-
-    def choice(self, table: Mapping[str, Any], path: Path_, key: str, choices: tuple[str, ...],
-               default: Any = _REQUIRED) -> Any:
-        value = self.get(table, path, key, default)
-        if key in table and value not in choices:
-            shown = _describe(value) if not isinstance(value, str) else repr(value)
-            self.error(path + (key,), f"expected one of {', '.join(choices)}; got {shown}")
-        return value
-
-    def integer(self, table: Mapping[str, Any], path: Path_, key: str, default: Any = _REQUIRED,
-                *, minimum: int | None = None, maximum: int | None = None) -> Any:
-        value = self.get(table, path, key, default)
-        if key not in table:
-            return value
-        kpath = path + (key,)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.error(kpath, f"expected an integer, got {_describe(value)}")
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            bounds = (f"between {minimum} and {maximum}" if maximum is not None
-                      else f"at least {minimum}")
-            self.error(kpath, f"expected an integer {bounds}, got {value}")
-        return value
-
-    def port(self, table: Mapping[str, Any], path: Path_, key: str, default: Any = None) -> Any:
-        return self.integer(table, path, key, default, minimum=1, maximum=65535)
-
-    def boolean(self, table: Mapping[str, Any], path: Path_, key: str, default: Any) -> Any:
-        value = self.get(table, path, key, default)
-        if key in table and not isinstance(value, bool):
-            self.error(path + (key,), f"expected true or false, got {_describe(value)}")
-        return value
-
-    def duration(self, table: Mapping[str, Any], path: Path_, key: str, default: Any,
-                 *, positive: bool = False) -> Any:
-        if key not in table:
-            return default
-        try:
-            seconds = units.parse_duration(table[key])
-        except ValueError as exc:
-            self.error(path + (key,), str(exc))
-        if positive and seconds <= 0:
-            self.error(path + (key,), f"expected a duration above zero, got {table[key]!r}")
-        return seconds
-
-    def percent(self, table: Mapping[str, Any], path: Path_, key: str, default: Any) -> Any:
-        if key not in table:
-            return default
-        try:
-            return units.parse_percent(table[key])
-        except ValueError as exc:
-            self.error(path + (key,), str(exc))
-
-    def string_map(self, value: Any, path: Path_, *,
+    def string_map(self, value: Any, path: KeyPath, *,
                    key_pattern: re.Pattern[str] | None = None) -> dict[str, str]:
-        self.table(value, path, None, "")
-        for key, item in value.items():
+        table: dict[str, str] = self.table(value, path, None, "")
+        for key, item in table.items():
             if key_pattern is not None and not key_pattern.fullmatch(key):
                 self.error(path + (key,), f"{key!r} is not a valid name here"
                                           f" (allowed: {_pattern_words(key_pattern)})")
             if not key or "\n" in key or "\r" in key:
                 self.error(path + (key,), "a key here must be non-empty, without line breaks")
             if not isinstance(item, str):
-                self.error(path + (key,), f"expected a string, got {_describe(item)}")
+                self.error(path + (key,), f"expected a string, got {describe_value(item)}")
             if "\n" in item or "\r" in item:
                 self.error(path + (key,), "a value here may not contain a line break")
             if _CONTROL_RE.search(item) or _CONTROL_RE.search(key):
                 self.error(path + (key,), "control characters (NUL, escape, ...) are not "
                                           "allowed here")
-        return value
+        return table
 
-    def labels(self, value: Any, path: Path_) -> dict[str, str]:
+    def labels(self, value: Any, path: KeyPath) -> dict[str, str]:
         """Labels select hosts (zones, teams); they are never part of a command, and they show
         in logs and the TUI, so they are held to a plain alphabet: shell syntax (``;``,
         ``$( )``, backticks, quotes, spaces) is rejected here rather than quoted later."""
@@ -343,23 +230,20 @@ class _Loader:
         return table
 
     def array_of_tables(self, data: Mapping[str, Any], key: str) -> list[Any]:
-        value = data.get(key, [])
-        if not isinstance(value, list):
-            self.error((key,), f"expected an array of tables ([[{key}]]), got {_describe(value)}")
-        return value
+        return self.checker.array_of_tables(data, (), key)
 
     # -- the fleet
 
     def fleet(self, data: dict[str, Any], strategy_override: str | None) -> Fleet:
         self.table(data, (), _TOP_KEYS, "the fleet file")
 
-        fleet_table = self.table(self.get(data, (), "fleet", _REQUIRED), ("fleet",),
+        fleet_table = self.table(self.get(data, (), "fleet", REQUIRED), ("fleet",),
                                  _FLEET_KEYS, "[fleet]")
         name = self.string(fleet_table, ("fleet",), "name", pattern=_NAME_RE, what="fleet name")
         environment = self.string(fleet_table, ("fleet",), "environment", "production",
                                   pattern=_NAME_RE, what="environment name")
 
-        release_table = self.table(self.get(data, (), "release", _REQUIRED), ("release",),
+        release_table = self.table(self.get(data, (), "release", REQUIRED), ("release",),
                                    _RELEASE_KEYS, "[release]")
         current = self.string(release_table, ("release",), "current", pattern=_RELEASE_RE,
                               what="release")
@@ -376,10 +260,11 @@ class _Loader:
         hosts = self.hosts(data, lab)
         commands = self.commands(data, hosts, lab)
 
-        if "transport" not in data and lab is not None and hasattr(lab, "transport_spec"):
-            transport = lab.transport_spec()     # an SSH lab: the ssh transport, its keys
-        else:
-            transport = self.provider(data, "transport", "transport", default_kind="local")
+        # an SSH lab gives the ssh transport and its keys; a local lab, the fleet's default
+        lab_transport = lab.transport_spec() if lab is not None and "transport" not in data \
+            else None
+        transport = lab_transport or self.provider(data, "transport", "transport",
+                                                   default_kind="local")
         if "balancer" in data:
             balancer = self.provider(data, "balancer", "balancer")
         elif lab is not None:
@@ -446,104 +331,23 @@ class _Loader:
         )
 
     def schema(self, data: dict[str, Any], release_table: dict[str, Any], current: str,
-               target: str, lab: LabLayout | None) -> SchemaSpec | None:
-        """``[release] migration`` (a file, relative to the fleet file) and ``[schema]
-        database`` (in a lab: the lab's own database by default); the migration is loaded
-        and checked now, so that a bad one stops the rollout before anything changes."""
-        table = self.table(data.get("schema", {}), ("schema",), ("database",), "[schema]")
-        if "migration" not in release_table:
-            if "database" in table:
-                self.error(("schema", "database"), "[schema] database is set but [release] "
-                           "names no migration")
-            return None
-        text = self.string(release_table, ("release",), "migration", what="migration file")
-        if "database" in table:
-            database = self.string(table, ("schema",), "database", what="database")
-        elif lab is not None:
-            database = str(lab.database_file)
-        else:
-            self.error(("schema",), "[release] migration needs a [schema] table with the "
-                       "database it changes (database = a SQLite file or a postgresql:// URL)")
-        if "://" not in database:
-            # like [flags] store: relative to the working folder
-            database = str(Path(database).expanduser().resolve())
+               target: str, lab: FleetLab | None) -> SchemaSpec | None:
+        """``[release] migration`` and ``[schema]``: :func:`upgrader.schema.loader.parse_schema`."""
         base = Path(self.source).parent if self.source != "<string>" else Path.cwd()
-        path = (base / Path(text).expanduser()).resolve()
-        if not path.is_file():
-            self.error(("release", "migration"), f"migration file {path} does not exist")
-        from .schema.loader import load_migration
+        return parse_schema(data.get("schema"), release_table, self.checker, current=current,
+                            target=target,
+                            default_database=lab.database_file if lab is not None else None,
+                            base_dir=base)
 
-        migration = load_migration(path)   # its own ConfigError names the migration file
-        if migration.release != target:
-            self.error(("release", "migration"),
-                       f"migration {migration.name} creates the views of release "
-                       f"{migration.release!r}, but the target release is {target!r}")
-        if migration.previous is not None and migration.previous != current:
-            self.error(("release", "migration"),
-                       f"migration {migration.name} follows release {migration.previous!r}, "
-                       f"but the current release is {current!r}")
-        return SchemaSpec(database=database, migration=path, migration_name=migration.name)
-
-    def windows(self, value: Any) -> Any:
+    def windows(self, value: Any) -> WindowPolicy:
         """``[windows]``: deploy windows, checked by :mod:`upgrader.policy`."""
-        from .policy import parse_windows
+        return parse_windows(value, self.checker.under("windows"))
 
-        loader = self
+    def lab(self, value: Any, current: str) -> FleetLab:
+        """``[lab]``: checked by :mod:`upgrader.lab.fleet_table`."""
+        return parse_lab(value, self.checker.under("lab"), current)
 
-        class _Where:
-            def error(self, path: Path_, message: str) -> NoReturn:
-                loader.error(("windows",) + tuple(path), message)
-
-        return parse_windows(value, _Where())
-
-    def lab(self, value: Any, current: str) -> LabLayout:
-        path: Path_ = ("lab",)
-        table = self.table(value, path, _LAB_KEYS, "[lab]")
-        hosts = self.integer(table, path, "hosts", 8, minimum=1, maximum=MAX_LAB_HOSTS)
-        new_hosts = self.integer(table, path, "new_hosts", 0, minimum=0,
-                                 maximum=MAX_LAB_HOSTS)
-        if hosts + new_hosts > MAX_LAB_HOSTS:
-            self.error(path + ("new_hosts",),
-                       f"a lab has at most {MAX_LAB_HOSTS} hosts; hosts + new_hosts = "
-                       f"{hosts + new_hosts}")
-        slots = self.boolean(table, path, "slots", False)
-        base_port = self.integer(table, path, "base_port", 18000, minimum=1024,
-                                 maximum=65535 - 300 - MAX_LAB_HOSTS)
-        dir_text = self.string(table, path, "dir", None)
-        if dir_text is None:
-            lab_dir = default_lab_dir()
-        else:
-            if not dir_text.strip() or "\0" in dir_text:
-                self.error(path + ("dir",), f"expected a directory path, got {dir_text!r}")
-            try:  # relative to the current directory, as `upgrader lab` resolves it
-                lab_dir = Path(dir_text).expanduser().resolve()
-            except (OSError, RuntimeError, ValueError) as exc:
-                self.error(path + ("dir",), f"cannot use {dir_text!r} as the lab directory: {exc}")
-        base_release = self.string(table, path, "base_release", current, pattern=_RELEASE_RE,
-                                   what="release")
-        if self.boolean(table, path, "ssh", False):
-            # hosts with their own sshd, behind HAProxy (upgrader.lab.sshlab)
-            from .lab.sshlab import DEFAULT_SUBNET, NETWORKS, SshLabLayout, parse_subnet
-
-            network = self.string(table, path, "network", "auto")
-            if network not in NETWORKS:
-                self.error(path + ("network",), f"expected one of {', '.join(NETWORKS)}, "
-                                                f"got {network!r}")
-            subnet = self.string(table, path, "subnet", DEFAULT_SUBNET)
-            try:
-                parse_subnet(subnet)
-            except ValueError as exc:
-                self.error(path + ("subnet",), str(exc))
-            return SshLabLayout(dir=lab_dir, hosts=hosts, new_hosts=new_hosts, slots=slots,
-                                base_port=base_port, base_release=base_release,
-                                network=network, subnet=subnet)
-        for key in ("network", "subnet"):
-            if key in table:
-                self.error(path + (key,), f"[lab] {key} is for an SSH lab: add ssh = true")
-        return LabLayout(dir=lab_dir, hosts=hosts, new_hosts=new_hosts, slots=slots,
-                         base_port=base_port, base_release=base_release)
-
-    def hosts(self, data: dict[str, Any], lab: LabLayout | None) -> tuple[Host, ...]:
+    def hosts(self, data: dict[str, Any], lab: FleetLab | None) -> tuple[Host, ...]:
         defaults = self.table(data.get("defaults", {}), ("defaults",), _DEFAULTS_KEYS,
                               "[defaults]")
         default_labels = self.labels(defaults.get("labels", {}), ("defaults", "labels"))
@@ -564,7 +368,7 @@ class _Loader:
         result = []
         seen: dict[str, int] = {}
         for index, item in enumerate(items):
-            path: Path_ = ("hosts", index)
+            path: KeyPath = ("hosts", index)
             table = self.table(item, path, _HOST_KEYS, "[[hosts]]")
             name = self.string(table, path, "name", pattern=_NAME_RE, what="host name")
             first = seen.setdefault(name, index)
@@ -603,13 +407,13 @@ class _Loader:
             cluster=host.cluster, slots=host.slots,
         )
 
-    def check_var_names(self, host_vars: Mapping[str, str], path: Path_) -> None:
+    def check_var_names(self, host_vars: Mapping[str, str], path: KeyPath) -> None:
         for key in host_vars:
             if key in TEMPLATE_FIELDS:
                 self.error(path + (key,), f"{key!r} is a built-in command placeholder; "
                                           f"choose another name for this var")
 
-    def slots(self, value: Any, path: Path_) -> dict[str, int]:
+    def slots(self, value: Any, path: KeyPath) -> dict[str, int]:
         table = self.table(value, path, None, "")
         for key in table:
             if not _NAME_RE.fullmatch(key):
@@ -619,8 +423,8 @@ class _Loader:
         return table
 
     def commands(self, data: dict[str, Any], hosts: tuple[Host, ...],
-                 lab: LabLayout | None) -> Commands:
-        path: Path_ = ("commands",)
+                 lab: FleetLab | None) -> Commands:
+        path: KeyPath = ("commands",)
         # Placeholders every host can fill: the built-in fields, and vars all hosts share.
         shared_vars: set[str] | None = None
         for host in hosts:
@@ -653,13 +457,13 @@ class _Loader:
             argvs[key] = self.command(table[key], path + (key,), allowed)
         return Commands(**argvs)  # type: ignore[arg-type]
 
-    def command(self, value: Any, path: Path_, allowed: set[str]) -> tuple[str, ...]:
+    def command(self, value: Any, path: KeyPath, allowed: set[str]) -> tuple[str, ...]:
         if not isinstance(value, list) or not value:
             self.error(path, "expected a non-empty array of strings (the program and its "
-                             f"arguments, no shell), got {_describe(value)}")
+                             f"arguments, no shell), got {describe_value(value)}")
         for index, part in enumerate(value):
             if not isinstance(part, str):
-                self.error(path + (index,), f"expected a string, got {_describe(part)}")
+                self.error(path + (index,), f"expected a string, got {describe_value(part)}")
             try:
                 fields = [field for _, field, _, _ in string.Formatter().parse(part)
                           if field is not None]
@@ -681,11 +485,11 @@ class _Loader:
         return self.provider_table(data.get(key, {}), (key,), category, f"[{key}]",
                                    default_kind=default_kind)
 
-    def provider_table(self, value: Any, path: Path_, category: str, where: str,
+    def provider_table(self, value: Any, path: KeyPath, category: str, where: str,
                        default_kind: str | None = None) -> ProviderSpec:
         table = self.table(value, path, None, where)
         kind = self.string(table, path, "kind",
-                           _REQUIRED if default_kind is None else default_kind,
+                           REQUIRED if default_kind is None else default_kind,
                            pattern=_NAME_RE, what="provider kind")
         settings = {k: v for k, v in table.items() if k != "kind"}
         if self.registry is not None:
@@ -693,7 +497,7 @@ class _Loader:
         return ProviderSpec(kind=kind, settings=settings)
 
     def check_settings(self, category: str, kind: str, settings: dict[str, Any],
-                       path: Path_) -> None:
+                       path: KeyPath) -> None:
         assert self.registry is not None
         factory = self.registry.lookup(category, kind)
         if factory is None:
@@ -721,7 +525,7 @@ class _Loader:
                            f"{kind!r}{detail}")
 
     def verify(self, data: dict[str, Any]) -> VerifySpec:
-        path: Path_ = ("verify",)
+        path: KeyPath = ("verify",)
         table = self.table(data.get("verify", {}), path, _VERIFY_KEYS, "[verify]")
         d = VerifySpec()
         return VerifySpec(
@@ -738,7 +542,7 @@ class _Loader:
         )
 
     def timing(self, data: dict[str, Any]) -> Timing:
-        path: Path_ = ("timing",)
+        path: KeyPath = ("timing",)
         table = self.table(data.get("timing", {}), path, _TIMING_KEYS, "[timing]")
         d = Timing()
         return Timing(
@@ -756,7 +560,7 @@ class _Loader:
         result = []
         seen: dict[str, int] = {}
         for index, item in enumerate(self.array_of_tables(data, "groups")):
-            path: Path_ = ("groups", index)
+            path: KeyPath = ("groups", index)
             table = self.table(item, path, _GROUP_KEYS, "[[groups]]")
             name = self.string(table, path, "name", pattern=_NAME_RE, what="group name")
             first = seen.setdefault(name, index)
@@ -767,11 +571,11 @@ class _Loader:
             values: list[str] = self.get(table, path, "header_values", [name])
             if not isinstance(values, list) or not values:
                 self.error(path + ("header_values",),
-                           f"expected a non-empty array of strings, got {_describe(values)}")
+                           f"expected a non-empty array of strings, got {describe_value(values)}")
             for i, value in enumerate(values):
                 if not isinstance(value, str) or not value.strip():
                     self.error(path + ("header_values", i),
-                               f"expected a non-empty string, got {_describe(value)}")
+                               f"expected a non-empty string, got {describe_value(value)}")
                 if "\n" in value or "\r" in value:
                     self.error(path + ("header_values", i),
                                "a header value may not contain a line break")
@@ -781,53 +585,9 @@ class _Loader:
                                     description=description))
         return tuple(result)
 
-    def strategy(self, data: dict[str, Any], override: str | None) -> StrategySpec:
-        from . import strategies  # the strategy modules import the model; keep this lazy
-
-        path: Path_ = ("strategy",)
-        if "strategy" not in data and override is None:
-            self.error(path, "missing required table [strategy] (kind = \"rolling\", "
-                             "\"canary\", ...), or give one with --strategy")
-        table = self.table(data.get("strategy", {}), path, None, "[strategy]")
-        kind = self.string(table, path, "kind", _REQUIRED if override is None else None)
-        on_failure = self.choice(table, path, "on_failure", ON_FAILURE, "rollback")
-        min_capacity = self.percent(table, path, "min_capacity", 50.0)
-        rest = {k: v for k, v in table.items() if k not in _STRATEGY_COMMON}
-
-        params: Any = None
-        if kind is not None:
-            module = self.strategy_module(strategies, kind, path + ("kind",))
-            params = self.parse_params(module, rest)
-        elif rest:
-            self.error(path + (next(iter(rest)),),
-                       "strategy parameters without a strategy: add kind = \"...\"")
-        if override is not None and override != kind:
-            module = self.strategy_module(strategies, override, None)
-            kind = override
-            params = module.default_params()
-        assert kind is not None
-        return StrategySpec(kind=kind, params=params, on_failure=on_failure,
-                            min_capacity=min_capacity)
-
-    def strategy_module(self, strategies: Any, kind: str, path: Path_ | None) -> Any:
-        try:
-            return strategies.get(kind)
-        except KeyError:
-            names = ", ".join(strategies.names())
-            if path is None:
-                raise ConfigError(f"unknown strategy {kind!r} (given with --strategy); "
-                                  f"known: {names}", file=self.source, key="--strategy") from None
-            self.error(path, f"unknown strategy {kind!r}; known: {names}")
-
-    def parse_params(self, module: Any, table: dict[str, Any]) -> Any:
-        try:
-            return module.parse_params(table, _StrategyWhere(self))
-        except ConfigError:
-            raise
-        except (ValueError, TypeError) as exc:
-            # A strategy should report through ``where``; never let a parser slip past as
-            # anything but a ConfigError.
-            self.error(("strategy",), str(exc))
+    def strategy(self, data: dict[str, Any], override: str | None) -> Any:
+        """``[strategy]``: :func:`upgrader.strategies.table.parse_strategy`."""
+        return parse_strategy(data.get("strategy"), self.checker.under("strategy"), override)
 
 
 def _placeholders(argv: Iterable[str]) -> Iterator[str]:

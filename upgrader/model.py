@@ -1,6 +1,9 @@
 """Plain data: the fleet as a fleet file describes it, and the live state of its hosts.
 
 Nothing here does I/O. ``upgrader.config`` builds these from TOML; strategies read them.
+The lowest layer: it imports nothing of upgrader. A fleet's lab and its deploy windows belong
+to features above (:mod:`upgrader.lab`, :mod:`upgrader.policy`); here they are the protocols
+:class:`FleetLab` and :class:`WindowPolicy`, which those features' objects satisfy.
 """
 
 from __future__ import annotations
@@ -8,12 +11,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # the lab layout imports this module; only type checkers follow this edge
-    from .lab.layout import LabLayout
-    from .policy import DeployWindows
+from typing import Any, Protocol
 
 #: Template placeholders every host command may use (besides the host's own ``vars``).
 TEMPLATE_FIELDS = ("release", "host", "address", "port", "slot", "previous")
@@ -127,6 +127,60 @@ class SchemaSpec:
     migration_name: str            # its name (as the database records it)
 
 
+class FleetLab(Protocol):
+    """The lab a fleet runs in (``[lab]``), as the fleet sees it: where it lives and what it
+    gives a fleet file that names no hosts, commands or providers of its own.
+    :class:`upgrader.lab.layout.LabLayout` is one."""
+
+    @property
+    def dir(self) -> Path: ...
+
+    @property
+    def database_file(self) -> Path: ...
+
+    def host_objects(self) -> tuple[Host, ...]: ...
+
+    def commands(self) -> Commands: ...
+
+    def balancer_spec(self) -> ProviderSpec: ...
+
+    def health_spec(self) -> ProviderSpec: ...
+
+    def transport_spec(self) -> ProviderSpec | None: ...
+
+
+class OnDuty(Protocol):
+    """A team a deploy window names as on duty (:class:`upgrader.policy.Team` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def timezone(self) -> str: ...
+
+
+class WindowPolicy(Protocol):
+    """Deploy windows (``[windows]``), as the engine and the plan's calendar ask them:
+    :class:`upgrader.policy.DeployWindows` is one."""
+
+    @property
+    def min_remaining(self) -> float: ...
+
+    def is_open(self, at: datetime) -> bool: ...
+
+    def on_duty(self, at: datetime) -> tuple[OnDuty, ...]: ...
+
+    def next_opening(self, after: datetime) -> datetime | None: ...
+
+    def window_end(self, at: datetime) -> datetime | None: ...
+
+    def earliest_start(self, at: datetime, duration: float) -> datetime | None: ...
+
+    def describe_time(self, at: datetime) -> str: ...
+
+    def describe(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Fleet:
     name: str
@@ -148,10 +202,10 @@ class Fleet:
     user_header: str = "X-User"
     source: Path | None = None
     #: the lab this fleet runs in, when the fleet file has a ``[lab]`` table
-    lab: LabLayout | None = None
+    lab: FleetLab | None = None
     flags: FlagsSpec | None = None
     #: deploy windows (``[windows]``): None means always open
-    windows: DeployWindows | None = None
+    windows: WindowPolicy | None = None
     schema: SchemaSpec | None = None
 
     def host(self, name: str) -> Host:
@@ -169,7 +223,8 @@ class Fleet:
         return tuple(h for h in self.hosts if h.cluster == "new")
 
 
-class HostPhase(str, enum.Enum):
+# str, Enum rather than StrEnum: str() of a member stays 'HostPhase.X', as callers expect
+class HostPhase(str, enum.Enum):  # noqa: UP042
     """Where a host is in its per-host procedure."""
 
     PENDING = "pending"

@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 from .model import Timing
 
@@ -142,8 +142,8 @@ class SetFlag:
     wave: int = 0
 
 
-Step = Union[UpgradeHosts, PrepareSlots, SwapSlots, SetTraffic, Route, Verify, Pause, Gate,
-             Maintenance, TurnDown, SetFlag]
+Step = (UpgradeHosts | PrepareSlots | SwapSlots | SetTraffic | Route | Verify | Pause | Gate
+        | Maintenance | TurnDown | SetFlag)
 STEP_TYPES: dict[str, type] = {
     cls.kind: cls
     for cls in (UpgradeHosts, PrepareSlots, SwapSlots, SetTraffic, Route, Verify, Pause, Gate,
@@ -205,7 +205,7 @@ class Plan:
 
 
 def step_to_json(step: Step) -> dict[str, Any]:
-    data = {"kind": step.kind}
+    data: dict[str, Any] = {"kind": step.kind}
     for f in dataclasses.fields(step):
         value = getattr(step, f.name)
         data[f.name] = [list(v) if isinstance(v, tuple) else v for v in value] \
@@ -223,7 +223,8 @@ def step_from_json(data: dict[str, Any]) -> Step:
         if isinstance(value, list):
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         kwargs[f.name] = value
-    return cls(**kwargs)
+    step: Step = cls(**kwargs)
+    return step
 
 
 def dumps(plan: Plan) -> str:
@@ -265,7 +266,8 @@ def with_release_gates(plan: Plan, *, pre_release_test: bool = False,
     return dataclasses.replace(plan, steps=(*before, *plan.steps, *after))
 
 
-def step_duration(step: Step, timing: Timing, system_test_s: float = SYSTEM_TEST_ESTIMATE_S) -> float:
+def step_duration(step: Step, timing: Timing,
+                  system_test_s: float = SYSTEM_TEST_ESTIMATE_S) -> float:
     """Expected seconds for one step, given the per-host procedure time."""
     if isinstance(step, (UpgradeHosts, PrepareSlots)):
         n = len(step.hosts)
@@ -343,8 +345,8 @@ def waves(plan: Plan, timing: Timing) -> tuple[Wave, ...]:
     wave: the share of upgraded (or swapped) hosts while every host serves everyone; the
     target pool's weight once traffic is split by weight (shedding); the routed groups' share
     while group routing is on (phased: ``Route.share``, a lower bound; when unknown, the
-    target pool's share of the hosts, which is sized to carry the groups); 0 % in maintenance. Prepared idle slots and hosts of a pool that
-    gets no traffic do not count.
+    target pool's share of the hosts, which is sized to carry the groups); 0 % in maintenance.
+    Prepared idle slots and hosts of a pool that gets no traffic do not count.
     """
     est = estimate(plan, timing)
     result: list[Wave] = []

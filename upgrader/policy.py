@@ -30,9 +30,14 @@ from functools import lru_cache
 from typing import Any, NoReturn, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from . import units
 from .errors import PolicyRefused
-from .tomlsource import Path_, describe_value
+from .model import WindowPolicy
+from .tomlsource import (
+    KeyPath,
+    check_duration,
+    describe_value,
+    unknown_key_message,
+)
 
 __all__ = [
     "WINDOW_GATE",
@@ -118,24 +123,6 @@ class Freeze:
         else:
             span = f"{_utc_text(self.start)} to {_utc_text(self.end)}"  # type: ignore[arg-type]
         return f"freeze {span}" + (f" ({self.reason})" if self.reason else "")
-
-
-class WindowPolicy(Protocol):
-    """What the engine needs from a deploy-window policy (``DeployWindows`` is one)."""
-
-    min_remaining: float
-
-    def is_open(self, at: datetime) -> bool: ...
-
-    def on_duty(self, at: datetime) -> tuple[Team, ...]: ...
-
-    def next_opening(self, after: datetime) -> datetime | None: ...
-
-    def window_end(self, at: datetime) -> datetime | None: ...
-
-    def earliest_start(self, at: datetime, duration: float) -> datetime | None: ...
-
-    def describe_time(self, at: datetime) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,7 +519,7 @@ def _advance_open(windows: WindowPolicy, t: datetime, seconds: float) -> datetim
 class Where(Protocol):
     """Raises a ConfigError located at a key path under ``[windows]``."""
 
-    def error(self, path: Path_, message: str) -> NoReturn: ...
+    def error(self, path: KeyPath, message: str) -> NoReturn: ...
 
 
 _WINDOWS_KEYS = ("min_remaining", "teams", "freezes")
@@ -547,7 +534,7 @@ def parse_windows(value: Any, where: Where) -> DeployWindows:
     min_remaining = 0.0
     if "min_remaining" in table:
         try:
-            min_remaining = units.parse_duration(table["min_remaining"])
+            min_remaining = check_duration(table["min_remaining"])
         except ValueError as exc:
             where.error(("min_remaining",), str(exc))
     raw_teams = table.get("teams")
@@ -574,22 +561,18 @@ def parse_windows(value: Any, where: Where) -> DeployWindows:
     return DeployWindows(teams=tuple(teams), freezes=freezes, min_remaining=min_remaining)
 
 
-def _table(value: Any, path: Path_, allowed: Iterable[str], what: str,
+def _table(value: Any, path: KeyPath, allowed: Iterable[str], what: str,
            where: Where) -> dict[str, Any]:
     if not isinstance(value, dict):
         where.error(path, f"expected a table ({what}), got {describe_value(value)}")
     allowed = tuple(allowed)
     for key in value:
         if key not in allowed:
-            from .tomlsource import did_you_mean
-
-            where.error(path + (key,), f"unknown key {key!r} in {what}"
-                                       f"{did_you_mean(key, allowed)}; allowed keys: "
-                                       f"{', '.join(allowed)}")
+            where.error(path + (key,), unknown_key_message(key, allowed, what))
     return value
 
 
-def _team(value: Any, path: Path_, where: Where) -> Team:
+def _team(value: Any, path: KeyPath, where: Where) -> Team:
     table = _table(value, path, _TEAM_KEYS, "[[windows.teams]]", where)
     for key in ("name", "timezone", "hours"):
         if key not in table:
@@ -618,7 +601,7 @@ def _team(value: Any, path: Path_, where: Where) -> Team:
     return Team(name=name, timezone=zone_name, shifts=shifts, holidays=frozenset(holidays))
 
 
-def _hours(value: Any, path: Path_, where: Where) -> tuple[Shift, ...]:
+def _hours(value: Any, path: KeyPath, where: Where) -> tuple[Shift, ...]:
     if not isinstance(value, dict) or not value:
         where.error(path, "expected a table of days and hours like "
                           "{ mon-fri = \"09:00-17:00\" }, got " + describe_value(value))
@@ -636,7 +619,7 @@ def _hours(value: Any, path: Path_, where: Where) -> tuple[Shift, ...]:
     return tuple(sorted(shifts, key=lambda s: (s.weekday, s.start)))
 
 
-def _days(key: str, path: Path_, where: Where) -> list[int]:
+def _days(key: str, path: KeyPath, where: Where) -> list[int]:
     text = key.strip().lower()
     first, dash, last = text.partition("-")
     if first not in _DAY_NAMES or (dash and last not in _DAY_NAMES):
@@ -649,9 +632,9 @@ def _days(key: str, path: Path_, where: Where) -> list[int]:
     return [(a + i) % 7 for i in range((b - a) % 7 + 1)]       # "fri-mon" wraps the week
 
 
-def _spans(value: Any, path: Path_, where: Where) -> list[tuple[int, int]]:
+def _spans(value: Any, path: KeyPath, where: Where) -> list[tuple[int, int]]:
     if isinstance(value, str):
-        parts = [p for p in value.split(",")]
+        parts = value.split(",")
         indexed = [(path, p) for p in parts]
     elif isinstance(value, list) and value:
         indexed = []
@@ -682,7 +665,7 @@ def _spans(value: Any, path: Path_, where: Where) -> list[tuple[int, int]]:
     return spans
 
 
-def _minutes(text: str, path: Path_, whole: str, where: Where) -> int:
+def _minutes(text: str, path: KeyPath, whole: str, where: Where) -> int:
     match = _TIME_RE.fullmatch(text.strip())
     if not match:
         where.error(path, f"expected a time like '09:00' (24-hour clock), got {text.strip()!r} "
@@ -693,7 +676,7 @@ def _minutes(text: str, path: Path_, whole: str, where: Where) -> int:
     return hours * 60 + minutes
 
 
-def _date(value: Any, path: Path_, where: Where) -> date:
+def _date(value: Any, path: KeyPath, where: Where) -> date:
     if isinstance(value, date) and not isinstance(value, datetime):
         return value
     if isinstance(value, str):
@@ -704,7 +687,7 @@ def _date(value: Any, path: Path_, where: Where) -> date:
     where.error(path, f"expected a date like 2026-12-24, got {describe_value(value)}")
 
 
-def _freeze(value: Any, path: Path_, where: Where) -> Freeze:
+def _freeze(value: Any, path: KeyPath, where: Where) -> Freeze:
     table = _table(value, path, _FREEZE_KEYS, "[[windows.freezes]]", where)
     for key in ("from", "to"):
         if key not in table:
@@ -718,7 +701,7 @@ def _freeze(value: Any, path: Path_, where: Where) -> Freeze:
         where.error(path + ("to",), "give 'from' and 'to' both as dates or both as date-times "
                                     "with an offset")
     first, last = ends
-    if isinstance(first, datetime):
+    if isinstance(first, datetime) and isinstance(last, datetime):
         if last <= first:
             where.error(path + ("to",), f"the freeze ends ({_utc_text(last)}) before it "
                                         f"starts ({_utc_text(first)})")
@@ -728,7 +711,7 @@ def _freeze(value: Any, path: Path_, where: Where) -> Freeze:
     return Freeze(first=first, last=last, reason=reason)
 
 
-def _date_or_instant(value: Any, path: Path_, where: Where) -> date | datetime:
+def _date_or_instant(value: Any, path: KeyPath, where: Where) -> date | datetime:
     if isinstance(value, str):
         text = value.strip()
         try:

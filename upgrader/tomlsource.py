@@ -1,34 +1,129 @@
-"""TOML source text: where a key path is defined (line numbers for errors), key path
-formatting and parsing, and value descriptions in TOML's words.
+"""Checked TOML: the toolkit every loader of TOML input is written with.
 
-Shared by every loader of TOML input (the fleet file in :mod:`upgrader.config`, the flags file
-in :mod:`upgrader.flags.loader`). tomllib reports no positions for values, so a small locator
-(:class:`_Locator`) finds the line of a key path in the source text; loaders run it only when
-they raise an error, so large files load in linear time.
+The fleet file (:mod:`upgrader.config` and the feature parsers it composes), the flags file
+(:mod:`upgrader.flags.loader`) and migration files (:mod:`upgrader.schema.loader`) all read
+TOML the same way, so their errors read the same way: a
+:class:`~upgrader.errors.ConfigError` naming the file, the key path (``hosts[3].labels.zone``)
+and the line.
+
+- Reading: :func:`read_text` (a file, errors naming it; bad UTF-8 names the line) and
+  :func:`parse_toml` (tomllib, its syntax errors with their line).
+- Locating: tomllib reports no positions for values, so :class:`Locator` finds the line of a
+  key path in the source text. A :class:`Checker` builds it only when it raises, so large files
+  load in linear time.
+- Checking: :class:`Checker` getters (``string``, ``integer``, ``boolean``, ``duration``,
+  ``percentage``, ``port``, ``choice``, ``array``, ``table``, ...) take a value out of a table
+  and check it, raising ``ConfigError(file, key path, line)``; an unknown key in a table is an
+  error with a did-you-mean. The same checks as plain functions (``check_*``) raise
+  ``ValueError`` with the message only, for callers that locate errors their own way (a
+  strategy's ``where``).
+
+A feature that owns a table of the fleet file (``[windows]``, ``[lab]``, ``[strategy]``, ...)
+receives a checker scoped to it (:meth:`Checker.under`), so its key paths are relative to its
+table and its errors still name the whole path.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final, NoReturn, TypeVar
 
-__all__ = ["Path_", "describe_value", "format_key_path", "line_of", "parse_key_path",
-           "toml_error_line"]
+from . import units
+from .errors import ConfigError
 
-Path_ = tuple[str | int, ...]
+__all__ = [
+    "REQUIRED",
+    "Checker",
+    "KeyPath",
+    "Locator",
+    "Path_",
+    "check_array",
+    "check_boolean",
+    "check_choice",
+    "check_duration",
+    "check_integer",
+    "check_percentage",
+    "check_port",
+    "check_string",
+    "describe_value",
+    "did_you_mean",
+    "format_key_path",
+    "line_in_file",
+    "line_of",
+    "parse_key_path",
+    "parse_toml",
+    "read_text",
+    "toml_error_line",
+    "unknown_key_message",
+]
+
+#: a key path: table keys and array indexes, ``("hosts", 3, "labels", "zone")``
+KeyPath = tuple[str | int, ...]
+#: the older name of :data:`KeyPath`
+Path_ = KeyPath
+
+_T = TypeVar("_T")
 
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 _TOML_POSITION_RE = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
-def _toml_error_line(message: str, text: str) -> int:
+class _Required:
+    """The type of :data:`REQUIRED`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+#: the ``default`` of a getter whose key must be present
+REQUIRED: Final = _Required()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def toml_error_line(message: str, text: str) -> int:
+    """The line a tomllib error message names ("(at line 3, column 7)"), else the last line."""
     match = _TOML_POSITION_RE.search(message)
     if match:
         return int(match.group(1))
     # "(at end of document)"
     return text.count("\n") + (0 if text.endswith("\n") else 1) or 1
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """The text of the file at ``path`` (``what``: "flags file", ...); a missing, unreadable
+    or non-UTF-8 file is a ConfigError naming it (and the line of the first bad byte)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"no such {what}", file=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what}: {exc.strerror or exc}", file=path) from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"the {what} is not UTF-8 text", file=path, line=line) from exc
+
+
+def parse_toml(text: str, source: str | Path | None = "<string>") -> dict[str, Any]:
+    """tomllib's document for ``text``; a syntax error is a ConfigError with its line."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=source,
+                          line=toml_error_line(str(exc), text)) from exc
+    except RecursionError as exc:
+        raise ConfigError("not valid TOML: values nested too deeply", file=source,
+                          line=1) from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +196,7 @@ class _Stop(Exception):
     pass
 
 
-class _Locator:
+class Locator:
     """Maps key paths to the 1-based line where they are defined.
 
     Walks the text once, tracking the current table header (``[a.b]``, ``[[hosts]]`` with a
@@ -323,10 +418,10 @@ class _Locator:
 
 
 # ---------------------------------------------------------------------------------------------
-# Value descriptions for messages
+# Messages
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: object) -> str:
     """'a string ("abc")', 'an integer (42)', 'a table', ... in TOML's words."""
     if isinstance(value, bool):
         return f"a boolean ({'true' if value else 'false'})"
@@ -341,23 +436,279 @@ def _describe(value: Any) -> str:
         return "a table"
     if isinstance(value, list):
         return "an array"
+    if value is None:
+        return "nothing"
     return f"a date/time ({value})"
 
 
-#: public names for the helpers above
-toml_error_line = _toml_error_line
-describe_value = _describe
+def did_you_mean(name: object, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known``, or ``""``: the hint every
+    "unknown key / flag / variant" error of a file loader carries."""
+    hint = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def unknown_key_message(key: object, allowed: Collection[str], where: str = "") -> str:
+    """``unknown key 'x' in [where] (did you mean 'y'?); allowed keys: a, b``."""
+    message = f"unknown key {key!r}" + (f" in {where}" if where else "")
+    message += did_you_mean(key, allowed)
+    return message + f"; allowed keys: {', '.join(allowed) or '(none)'}"
 
 
 def line_of(text: str, path: Iterable[str | int]) -> int | None:
     """The line (1-based) where ``path`` (or its deepest defined prefix) is defined in ``text``."""
-    return _Locator(text).line_of(path)
+    return Locator(text).line_of(path)
 
 
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``known``, or ``""``: the hint every
-    "unknown key / flag / variant" error of a file loader carries."""
-    import difflib
+def line_in_file(file: str | Path | None, path: Iterable[str | int]) -> int | None:
+    """:func:`line_of` in the file at ``file``, read now (for errors found after loading, when
+    the text is gone); None when there is no such file or it cannot be read."""
+    if file is None or str(file).startswith("<"):
+        return None
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return Locator(text).line_of(path)
 
-    hint = difflib.get_close_matches(str(name), list(known), n=1)
-    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+# ---------------------------------------------------------------------------------------------
+# Value checks: a value in, the checked value out, or ValueError(message)
+
+
+def check_string(value: object, *, pattern: re.Pattern[str] | None = None, what: str = "value",
+                 words: str | None = None, line_breaks: bool = False) -> str:
+    """A string; with ``pattern``, one that matches it whole (``words`` say what it allows).
+    Line breaks are refused unless ``line_breaks``."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {describe_value(value)}")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid {what} "
+                         f"(allowed: {words or pattern.pattern})")
+    if not line_breaks and ("\n" in value or "\r" in value):
+        raise ValueError("a value here may not contain a line break")
+    return value
+
+
+def check_integer(value: object, *, minimum: int | None = None,
+                  maximum: int | None = None) -> int:
+    """An integer (a boolean is not one) within the bounds given."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {describe_value(value)}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if minimum is not None and maximum is not None:
+            bounds = f"between {minimum} and {maximum}"
+        elif minimum is not None:
+            bounds = f"at least {minimum}"
+        else:
+            bounds = f"at most {maximum}"
+        raise ValueError(f"expected an integer {bounds}, got {value}")
+    return value
+
+
+def check_port(value: object) -> int:
+    """A TCP port, 1 to 65535."""
+    return check_integer(value, minimum=1, maximum=65535)
+
+
+def check_boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {describe_value(value)}")
+    return value
+
+
+def check_choice(value: object, choices: Collection[str]) -> str:
+    """One of ``choices`` (strings)."""
+    if not isinstance(value, str) or value not in choices:
+        shown = repr(value) if isinstance(value, str) else describe_value(value)
+        raise ValueError(f"expected one of {', '.join(choices)}; got {shown}")
+    return value
+
+
+def check_duration(value: object, *, positive: bool = False) -> float:
+    """Seconds from '10m', '1h30m', '250ms' or a number of seconds (>= 0; > 0 if
+    ``positive``)."""
+    seconds = units.parse_duration(value)
+    if positive and seconds <= 0:
+        raise ValueError(f"expected a duration above zero, got {value!r}")
+    return seconds
+
+
+def check_percentage(value: object, *, allow_zero: bool = True) -> float:
+    """A percent 0..100 from '12.5%' or a number."""
+    return units.parse_percent(value, allow_zero=allow_zero)
+
+
+def check_array(value: object, *, what: str = "values", non_empty: bool = False) -> list[Any]:
+    """A TOML array (``what``: what its items are, for the message)."""
+    if not isinstance(value, list) or (non_empty and not value):
+        article = "a non-empty" if non_empty else "an"
+        raise ValueError(f"expected {article} array of {what}, got {describe_value(value)}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# The checker: getters that raise ConfigError(file, key path, line)
+
+
+class Checker:
+    """Checks values read from one TOML source and raises ConfigError naming the file, the
+    key path and its line.
+
+    :param source: the file errors name (``"<string>"`` or None when there is none).
+    :param text: the source text, for lines; None for plain data that never was TOML (a
+        flag set a store keeps as JSON): errors then carry no line.
+    :param prefix: the key path of the table this checker is scoped to (see :meth:`under`).
+
+    Getters take ``(table, path, key, default)``: ``path`` is the key path of ``table``,
+    relative to the prefix; ``default`` is returned when ``key`` is absent
+    (:data:`REQUIRED`: its absence is an error).
+    """
+
+    __slots__ = ("_located", "prefix", "source", "text")
+
+    def __init__(self, source: str | Path | None, text: str | None = None, *,
+                 prefix: KeyPath = ()) -> None:
+        self.source = source
+        self.text = text
+        self.prefix = prefix
+        self._located: list[Locator] = []     # built on the first error, shared by views
+
+    def under(self, *prefix: str | int) -> Checker:
+        """A checker for the table at ``prefix`` (relative to this one's): the paths it is
+        given are relative to that table; its errors name the whole path."""
+        view = Checker(self.source, self.text, prefix=self.prefix + prefix)
+        view._located = self._located
+        return view
+
+    # -- errors
+
+    def line_of(self, path: KeyPath) -> int | None:
+        """The line of ``path`` (relative to the prefix), or of its deepest defined prefix;
+        1 when none is found, None without source text."""
+        if self.text is None:
+            return None
+        if not self._located:
+            self._located.append(Locator(self.text))
+        return self._located[0].line_of(self.prefix + tuple(path)) or 1
+
+    def error(self, path: KeyPath, message: str) -> NoReturn:
+        """Raise ConfigError(message) at ``path`` (relative to the prefix)."""
+        full = self.prefix + tuple(path)
+        raise ConfigError(message, file=self.source, key=format_key_path(full) or None,
+                          line=self.line_of(path))
+
+    def unknown_key(self, path: KeyPath, allowed: Collection[str], where: str) -> NoReturn:
+        """``unknown key 'x' in [where] (did you mean 'y'?); allowed keys: ...``."""
+        self.error(path, unknown_key_message(path[-1], allowed, where))
+
+    def checked(self, path: KeyPath, check: Any, value: object, *args: Any,
+                **kwargs: Any) -> Any:
+        """``check(value, ...)``; its ValueError becomes a ConfigError at ``path``."""
+        try:
+            return check(value, *args, **kwargs)
+        except ValueError as exc:
+            self.error(path, str(exc))
+
+    # -- tables
+
+    def table(self, value: object, path: KeyPath, allowed: Collection[str] | None = None,
+              where: str = "", *, what: str | None = None) -> dict[str, Any]:
+        """``value`` must be a table; with ``allowed``, every key must be one of them.
+        ``what`` is named in the type error ("expected a table ([windows]), got ...")."""
+        if not isinstance(value, dict):
+            shown = f" ({what})" if what else ""
+            self.error(path, f"expected a table{shown}, got {describe_value(value)}")
+        if allowed is not None and not value.keys() <= set(allowed):
+            for key in value:
+                if key not in allowed:
+                    self.unknown_key(path + (key,), allowed, where)
+        return value
+
+    def get(self, table: Mapping[str, Any], path: KeyPath, key: str,
+            default: object = REQUIRED, *, where: str = "") -> Any:
+        """``table[key]``, or ``default`` when absent (missing required key/table)."""
+        if key in table:
+            return table[key]
+        if default is REQUIRED:
+            if not path and not self.prefix and not where:
+                what = f"table [{key}]"
+            else:
+                what = f"key {key!r}" + (f" in {where}" if where else "")
+            self.error(path + (key,), f"missing required {what}")
+        return default
+
+    def _value(self, table: Mapping[str, Any], path: KeyPath, key: str, default: object,
+               check: Any, *args: Any, **kwargs: Any) -> Any:
+        if key not in table:
+            return self.get(table, path, key, default)
+        return self.checked(path + (key,), check, table[key], *args, **kwargs)
+
+    # -- getters
+
+    def string(self, table: Mapping[str, Any], path: KeyPath, key: str,
+               default: _T | _Required = REQUIRED, *, pattern: re.Pattern[str] | None = None,
+               what: str = "", words: str | None = None) -> str | _T:
+        """A one-line string; with ``pattern``, one that matches it whole."""
+        result: str | _T = self._value(table, path, key, default, check_string,
+                                       pattern=pattern, what=what or key, words=words)
+        return result
+
+    def integer(self, table: Mapping[str, Any], path: KeyPath, key: str,
+                default: _T | _Required = REQUIRED, *, minimum: int | None = None,
+                maximum: int | None = None) -> int | _T:
+        result: int | _T = self._value(table, path, key, default, check_integer,
+                                       minimum=minimum, maximum=maximum)
+        return result
+
+    def port(self, table: Mapping[str, Any], path: KeyPath, key: str,
+             default: _T | _Required = REQUIRED) -> int | _T:
+        result: int | _T = self._value(table, path, key, default, check_port)
+        return result
+
+    def boolean(self, table: Mapping[str, Any], path: KeyPath, key: str,
+                default: _T | _Required = REQUIRED) -> bool | _T:
+        result: bool | _T = self._value(table, path, key, default, check_boolean)
+        return result
+
+    def choice(self, table: Mapping[str, Any], path: KeyPath, key: str,
+               choices: Collection[str], default: _T | _Required = REQUIRED) -> str | _T:
+        result: str | _T = self._value(table, path, key, default, check_choice, choices)
+        return result
+
+    def duration(self, table: Mapping[str, Any], path: KeyPath, key: str,
+                 default: _T | _Required = REQUIRED, *, positive: bool = False) -> float | _T:
+        result: float | _T = self._value(table, path, key, default, check_duration,
+                                         positive=positive)
+        return result
+
+    def percentage(self, table: Mapping[str, Any], path: KeyPath, key: str,
+                   default: _T | _Required = REQUIRED, *,
+                   allow_zero: bool = True) -> float | _T:
+        result: float | _T = self._value(table, path, key, default, check_percentage,
+                                         allow_zero=allow_zero)
+        return result
+
+    def array(self, table: Mapping[str, Any], path: KeyPath, key: str,
+              default: _T | _Required = REQUIRED, *, what: str = "values",
+              non_empty: bool = False) -> list[Any] | _T:
+        """A TOML array (its items unchecked: check each with its path + index)."""
+        result: list[Any] | _T = self._value(table, path, key, default, check_array,
+                                             what=what, non_empty=non_empty)
+        return result
+
+    def subtable(self, table: Mapping[str, Any], path: KeyPath, key: str,
+                 allowed: Collection[str] | None = None, where: str = "",
+                 default: Mapping[str, Any] | _Required | None = None) -> dict[str, Any]:
+        """The table at ``key`` (an empty one when absent and no default is given)."""
+        value = self.get(table, path, key, {} if default is None else default)
+        return self.table(value, path + (key,), allowed, where or f"[{key}]")
+
+    def array_of_tables(self, table: Mapping[str, Any], path: KeyPath,
+                        key: str) -> list[Any]:
+        """``[[key]]``: a (possibly empty) array; its items are checked by the caller."""
+        value = table.get(key, [])
+        if not isinstance(value, list):
+            self.error(path + (key,), f"expected an array of tables ([[{key}]]), "
+                                      f"got {describe_value(value)}")
+        return value

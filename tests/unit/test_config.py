@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from upgrader import strategies
 from upgrader.config import (
-    _Locator,
     format_key_path,
     load_fleet,
     loads_fleet,
@@ -19,10 +18,13 @@ from upgrader.config import (
     strategy_where,
 )
 from upgrader.errors import ConfigError
+from upgrader.lab.fleet_table import LAB_KEYS
 from upgrader.lab.layout import LabLayout
 from upgrader.model import TEMPLATE_FIELDS, Fleet
 from upgrader.plan import estimate
 from upgrader.providers.base import ProviderFactory, Setting
+from upgrader.strategies.table import COMMON_KEYS, ON_FAILURE
+from upgrader.tomlsource import Locator
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_fleets"
 #: fleet files; sample_fleets/flags.toml is a flags file (tests/unit/test_flags_loader.py)
@@ -32,7 +34,7 @@ SAMPLE_FILES = sorted(p for p in SAMPLES.glob("*.toml") if p.name != "flags.toml
 class FakeRegistry:
     """Knows the names the core registers, with the settings the samples use."""
 
-    SETTINGS: dict[str, dict[str, tuple[Setting, ...]]] = {
+    SETTINGS: ClassVar[dict[str, dict[str, tuple[Setting, ...]]]] = {
         "transport": {
             "local": (Setting("max_parallel", int, 32), Setting("env", dict, {})),
             "noop": (),
@@ -667,11 +669,11 @@ def test_locator_lines(path: tuple, line: int) -> None:
     import tomllib
 
     tomllib.loads(LOCATOR_TEXT)  # the locator only ever sees text tomllib accepted
-    assert _Locator(LOCATOR_TEXT).line_of(path) == line
+    assert Locator(LOCATOR_TEXT).line_of(path) == line
 
 
 def test_locator_is_best_effort_on_text_it_does_not_understand() -> None:
-    locator = _Locator('[a]\nb = 1\nc = "unterminated\n')
+    locator = Locator('[a]\nb = 1\nc = "unterminated\n')
     assert locator.line_of(("a", "b")) == 2
     assert locator.line_of(("zzz",)) is None
 
@@ -688,9 +690,9 @@ def test_fleet_doc_names_every_key_the_loader_accepts() -> None:
 
     doc = FLEET_DOC.read_text(encoding="utf-8")
     groups = [config._TOP_KEYS, config._FLEET_KEYS, config._RELEASE_KEYS, config._COMMAND_KEYS,
-              config._VERIFY_KEYS, config._TIMING_KEYS, config._STRATEGY_COMMON,
+              config._VERIFY_KEYS, config._TIMING_KEYS, COMMON_KEYS,
               config._GROUP_KEYS, config._ROUTING_KEYS, config._HOST_KEYS,
-              config._DEFAULTS_KEYS, config._LAB_KEYS, config.ON_FAILURE, config.NO_DATA,
+              config._DEFAULTS_KEYS, LAB_KEYS, ON_FAILURE, config.NO_DATA,
               TEMPLATE_FIELDS]
     missing = [key for keys in groups for key in keys if f"`{key}`" not in doc
                and f"{{{key}}}" not in doc and f"[{key}]" not in doc]

@@ -21,12 +21,14 @@ import tomli_w
 from ..errors import ConfigError
 from ..hashing import BUCKETS, threshold
 from ..tomlsource import (
-    Path_,
-    _Locator,
+    Checker,
+    KeyPath,
+    check_boolean,
     describe_value,
     did_you_mean,
     format_key_path,
-    toml_error_line,
+    parse_toml,
+    read_text,
 )
 from .model import (
     BOOLEAN_VARIANTS,
@@ -83,26 +85,12 @@ _STRING_OPS = (Op.STARTS_WITH, Op.ENDS_WITH)
 
 def load(path: str | Path) -> FlagSet:
     """Read and check the flags file at ``path``."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("no such flags file", file=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the flags file: {exc}", file=path) from exc
-    return loads(text, source=path)
+    return loads(read_text(path, "flags file"), source=path)
 
 
 def loads(text: str, *, source: str | Path = "<string>") -> FlagSet:
     """Check the flags file ``text`` and build its :class:`FlagSet`."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=source,
-                          line=toml_error_line(str(exc), text)) from exc
-    except RecursionError as exc:
-        raise ConfigError("not valid TOML: values nested too deeply", file=source,
-                          line=1) from exc
-    return _Checker(source, text).flagset(data)
+    return _Checker(source, text).flagset(parse_toml(text, source))
 
 
 def from_data(data: Any, *, source: str | Path | None = None) -> FlagSet:
@@ -277,47 +265,33 @@ def _fallback_off(variants: Mapping[str, Any]) -> str:
 
 
 class _Checker:
+    """The flags file's checks, on the toolkit's :class:`Checker` (no lines for plain data)."""
+
     def __init__(self, source: str | Path | None, text: str | None) -> None:
         self.source = source
         self.text = text
-        self._locator: _Locator | None = None
+        self.checker = Checker(source, text)
 
     # -- errors
 
-    def error(self, path: Path_, message: str) -> NoReturn:
-        line = None
-        if self.text is not None:
-            if self._locator is None:
-                self._locator = _Locator(self.text)
-            line = self._locator.line_of(path) or 1
-        raise ConfigError(message, file=self.source, key=format_key_path(path) or None,
-                          line=line)
+    def error(self, path: KeyPath, message: str) -> NoReturn:
+        self.checker.error(path, message)
 
-    def unknown(self, path: Path_, what: str, name: str, known: Collection[str]) -> NoReturn:
+    def unknown(self, path: KeyPath, what: str, name: str, known: Collection[str]) -> NoReturn:
         message = f"unknown {what} {name!r}{did_you_mean(name, known)}"
         message += f"; known: {', '.join(known) or '(none)'}"
         self.error(path, message)
 
     # -- shapes
 
-    def table(self, value: Any, path: Path_, allowed: Collection[str] | None,
+    def table(self, value: Any, path: KeyPath, allowed: Collection[str] | None,
               where: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.error(path, f"expected a table, got {describe_value(value)}")
-        if allowed is not None:
-            for key in value:
-                if key not in allowed:
-                    message = f"unknown key {key!r} in {where}{did_you_mean(key, allowed)}"
-                    message += f"; allowed keys: {', '.join(allowed)}"
-                    self.error(path + (key,), message)
-        return value
+        return self.checker.table(value, path, allowed, where)
 
-    def required(self, table: Mapping[str, Any], path: Path_, key: str) -> Any:
-        if key not in table:
-            self.error(path + (key,), f"missing required key {key!r}")
-        return table[key]
+    def required(self, table: Mapping[str, Any], path: KeyPath, key: str) -> Any:
+        return self.checker.get(table, path, key, where="")
 
-    def string(self, value: Any, path: Path_, *, pattern: re.Pattern[str] | None = None,
+    def string(self, value: Any, path: KeyPath, *, pattern: re.Pattern[str] | None = None,
                what: str = "value", empty: bool = False) -> str:
         if not isinstance(value, str):
             self.error(path, f"expected a string, got {describe_value(value)}")
@@ -332,7 +306,7 @@ class _Checker:
             self.error(path, f"a {what} may not contain a line break or NUL")
         return value
 
-    def strings(self, value: Any, path: Path_, *, what: str, pattern: re.Pattern[str] | None
+    def strings(self, value: Any, path: KeyPath, *, what: str, pattern: re.Pattern[str] | None
                 = None, non_empty: bool = True) -> tuple[str, ...]:
         if not isinstance(value, list):
             self.error(path, f"expected an array of strings ({what}s), "
@@ -347,12 +321,10 @@ class _Checker:
             seen.add(item)
         return tuple(value)
 
-    def boolean(self, value: Any, path: Path_) -> bool:
-        if not isinstance(value, bool):
-            self.error(path, f"expected true or false, got {describe_value(value)}")
-        return value
+    def boolean(self, value: Any, path: KeyPath) -> bool:
+        return bool(self.checker.checked(path, check_boolean, value))
 
-    def percentage(self, value: Any, path: Path_, what: str) -> int | float:
+    def percentage(self, value: Any, path: KeyPath, what: str) -> int | float:
         """A number 0..100 in steps of 0.01 (one bucket of 10,000)."""
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.error(path, f"expected a {what} between 0 and 100, got {describe_value(value)}")
@@ -365,13 +337,13 @@ class _Checker:
             return int(value)
         return value
 
-    def variant(self, value: Any, path: Path_, flag: str, variants: Mapping[str, Any]) -> str:
-        self.string(value, path, what="variant name")
-        if value not in variants:
-            self.unknown(path, f"variant of flag {flag!r}:", value, list(variants))
-        return value
+    def variant(self, value: Any, path: KeyPath, flag: str, variants: Mapping[str, Any]) -> str:
+        name = self.string(value, path, what="variant name")
+        if name not in variants:
+            self.unknown(path, f"variant of flag {flag!r}:", name, list(variants))
+        return name
 
-    def json_value(self, value: Any, path: Path_, depth: int = 0) -> None:
+    def json_value(self, value: Any, path: KeyPath, depth: int = 0) -> None:
         """A variant value: what JSON can carry (no dates, no NaN)."""
         if depth > 32:
             self.error(path, "a variant value is nested too deeply (at most 32 levels)")
@@ -401,7 +373,7 @@ class _Checker:
         version = data.get("version", 0)
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             self.error(("version",), f"expected an integer >= 0, got {describe_value(version)}")
-        environments = DEFAULT_ENVIRONMENTS
+        environments: tuple[str, ...] = DEFAULT_ENVIRONMENTS
         if "environments" in data:
             environments = self.strings(data["environments"], ("environments",),
                                         what="environment", pattern=NAME_RE)
@@ -420,7 +392,7 @@ class _Checker:
 
     def tier(self, name: str, value: Any, tiers: Mapping[str, Any],
              flags: Mapping[str, Flag]) -> Tier:
-        path: Path_ = ("tiers", name)
+        path: KeyPath = ("tiers", name)
         table = self.table(value, path, TIER_KEYS, f"[tiers.{name}]")
         description = self.string(table.get("description", ""), path + ("description",),
                                   what="description", empty=True)
@@ -440,7 +412,7 @@ class _Checker:
 
     def flag(self, key: str, value: Any, environments: tuple[str, ...],
              tiers: Mapping[str, Any]) -> Flag:
-        path: Path_ = ("flags", key)
+        path: KeyPath = ("flags", key)
         self.string(key, path, pattern=FLAG_KEY_RE, what="flag key")
         table = self.table(value, path, FLAG_KEYS, f"[flags.{key}]")
         description = self.string(table.get("description", ""), path + ("description",),
@@ -470,7 +442,7 @@ class _Checker:
         default = off
         if "default" in table:
             default = self.variant(table["default"], path + ("default",), key, variants)
-        tags = ()
+        tags: tuple[str, ...] = ()
         if "tags" in table:
             tags = self.strings(table["tags"], path + ("tags",), what="tag", pattern=NAME_RE,
                                 non_empty=False)
@@ -505,7 +477,7 @@ class _Checker:
                     environments=envs, prerequisites=tuple(prerequisites), tags=tags,
                     schema=schema)
 
-    def env(self, key: str, value: Any, path: Path_, variants: Mapping[str, Any],
+    def env(self, key: str, value: Any, path: KeyPath, variants: Mapping[str, Any],
             tiers: Mapping[str, Any]) -> EnvConfig:
         table = self.table(value, path, ENV_KEYS, f"[{format_key_path(path)}]")
         enabled = self.boolean(table.get("enabled", False), path + ("enabled",))
@@ -545,7 +517,7 @@ class _Checker:
         return EnvConfig(enabled=enabled, default_variant=default, off_variant=off,
                          targets=targets, rules=tuple(rules))
 
-    def rule(self, key: str, value: Any, path: Path_, variants: Mapping[str, Any],
+    def rule(self, key: str, value: Any, path: KeyPath, variants: Mapping[str, Any],
              tiers: Mapping[str, Any]) -> Rule:
         table = self.table(value, path, RULE_KEYS, "a rule")
         name = None
@@ -618,7 +590,7 @@ class _Checker:
                     variant=variant, percent=percent, rollout=tuple(rollout),
                     stickiness=stickiness, salt=salt)
 
-    def condition(self, value: Any, path: Path_) -> Condition:
+    def condition(self, value: Any, path: KeyPath) -> Condition:
         table = self.table(value, path, CONDITION_KEYS, "a condition")
         attribute = self.string(self.required(table, path, "attribute"), path + ("attribute",),
                                 what="attribute name")
@@ -659,7 +631,7 @@ class _Checker:
             self.scalar(item, vpath)
         return Condition(attribute=attribute, op=op, values=(item,))
 
-    def scalar(self, value: Any, path: Path_) -> None:
+    def scalar(self, value: Any, path: KeyPath) -> None:
         if isinstance(value, str):
             self.string(value, path, what="value", empty=True)
             return
@@ -674,7 +646,7 @@ class _Checker:
     def check_prerequisites(self, flags: Mapping[str, Flag]) -> None:
         for key, flag in flags.items():
             for i, prerequisite in enumerate(flag.prerequisites):
-                ppath: Path_ = ("flags", key, "prerequisites", i)
+                ppath: KeyPath = ("flags", key, "prerequisites", i)
                 if prerequisite.flag == key:
                     self.error(ppath + ("flag",), f"flag {key!r} is its own prerequisite")
                 if prerequisite.flag not in flags:

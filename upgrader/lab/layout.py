@@ -1,5 +1,6 @@
 """Where a lab's pieces live and which ports they use: shared by ``upgrader lab`` (which
-starts them) and the fleet loader (which expands a ``[lab]`` table into hosts and providers).
+starts them) and the fleet loader (which expands a ``[lab]`` table into hosts and providers;
+the table itself is checked by :mod:`upgrader.lab.fleet_table`).
 
 Ports, from ``base_port`` B: balancer (users) B, balancer admin B+1, host i (1-based) B+100+i,
 its blue-green "green" slot B+300+i ("blue" is the host port).
@@ -103,6 +104,11 @@ class LabLayout:
     def balancer_spec(self) -> ProviderSpec:
         return ProviderSpec("builtin", {"admin_url": self.admin_url,
                                         "token_file": str(self.token_file)})
+
+    def transport_spec(self) -> ProviderSpec | None:
+        """The transport a fleet in this lab uses unless it names one: None, the fleet's
+        default (local); an SSH lab's hosts are reached over SSH."""
+        return None
 
     def health_spec(self) -> ProviderSpec:
         return ProviderSpec("http", {"path": "/healthz", "timeout": 2.0})

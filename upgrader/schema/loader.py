@@ -1,4 +1,6 @@
-"""Migration files (TOML) -> :class:`~upgrader.schema.model.Migration`, every key checked.
+"""Migration files (TOML) -> :class:`~upgrader.schema.model.Migration`, every key checked;
+and the fleet file's part of a schema change (:func:`parse_schema`: ``[schema]`` and
+``[release] migration``).
 
 Every problem is a :class:`~upgrader.errors.ConfigError` naming the file, the key path
 (``operations[2].up``) and the line. :func:`validate_against` checks a migration against a
@@ -9,19 +11,22 @@ unknown table or column names the operation's line too. The format: docs/SCHEMA.
 from __future__ import annotations
 
 import re
-import tomllib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import ConfigError
+from ..model import SchemaSpec
 from ..tomlsource import (
-    Path_,
-    _Locator,
+    Checker,
+    KeyPath,
+    check_boolean,
     describe_value,
     did_you_mean,
     format_key_path,
-    toml_error_line,
+    line_in_file,
+    parse_toml,
+    read_text,
 )
 from .model import (
     NEW_COLUMN_PREFIX,
@@ -46,6 +51,7 @@ __all__ = [
     "load_migration",
     "loads",
     "op_name",
+    "parse_schema",
     "validate_against",
 ]
 
@@ -96,62 +102,79 @@ def op_name(operation: Operation) -> str:
 def load_migration(path: str | Path) -> Migration:
     """Read and check the migration file at ``path``."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("no such migration file", file=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the migration file: {exc}", file=path) from exc
-    return loads(text, source=path)
+    return loads(read_text(path, "migration file"), source=path)
 
 
 def loads(text: str, *, source: str | Path = "<string>") -> Migration:
     """Check migration-file ``text``; its name defaults to the stem of ``source``."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=source,
-                          line=toml_error_line(str(exc), text)) from exc
-    except RecursionError as exc:
-        raise ConfigError("not valid TOML: values nested too deeply", file=source,
-                          line=1) from exc
-    return _Checker(source, text).migration(data)
+    return _Checker(source, text).migration(parse_toml(text, source))
+
+
+def parse_schema(schema: object, release: Mapping[str, Any], checker: Checker, *,
+                 current: str, target: str, default_database: Path | None,
+                 base_dir: Path) -> SchemaSpec | None:
+    """The fleet file's schema change: ``[release] migration`` (a file, relative to
+    ``base_dir``, the fleet file's folder) and the ``[schema]`` table ``schema`` (None when
+    absent) with its ``database`` (``default_database``, a lab's own, when not given).
+    ``checker`` is the fleet file's. The migration is loaded and checked now, so that a bad
+    one stops the rollout before anything changes. None when there is no migration."""
+    table = checker.table({} if schema is None else schema, ("schema",), ("database",),
+                          "[schema]")
+    if "migration" not in release:
+        if "database" in table:
+            checker.error(("schema", "database"), "[schema] database is set but [release] "
+                          "names no migration")
+        return None
+    text = checker.string(release, ("release",), "migration", what="migration file")
+    if "database" in table:
+        database = checker.string(table, ("schema",), "database", what="database")
+    elif default_database is not None:
+        database = str(default_database)
+    else:
+        checker.error(("schema",), "[release] migration needs a [schema] table with the "
+                      "database it changes (database = a SQLite file or a postgresql:// URL)")
+    if "://" not in database:
+        # like [flags] store: relative to the working folder
+        database = str(Path(database).expanduser().resolve())
+    path = (base_dir / Path(text).expanduser()).resolve()
+    if not path.is_file():
+        checker.error(("release", "migration"), f"migration file {path} does not exist")
+    migration = load_migration(path)   # its own ConfigError names the migration file
+    if migration.release != target:
+        checker.error(("release", "migration"),
+                      f"migration {migration.name} creates the views of release "
+                      f"{migration.release!r}, but the target release is {target!r}")
+    if migration.previous is not None and migration.previous != current:
+        checker.error(("release", "migration"),
+                      f"migration {migration.name} follows release {migration.previous!r}, "
+                      f"but the current release is {current!r}")
+    return SchemaSpec(database=database, migration=path, migration_name=migration.name)
 
 
 class _Checker:
+    """The migration file's checks, on the toolkit's :class:`Checker`."""
+
     def __init__(self, source: str | Path, text: str | None) -> None:
         self.source = source
         self.text = text
-        self._locator: _Locator | None = None
+        self.checker = Checker(source, text)
 
-    def line(self, path: Path_) -> int | None:
-        if self.text is None:
-            return None
-        if self._locator is None:
-            self._locator = _Locator(self.text)
-        return self._locator.line_of(path) or 1
+    def line(self, path: KeyPath) -> int | None:
+        return self.checker.line_of(path)
 
-    def error(self, path: Path_, message: str) -> NoReturn:
-        raise ConfigError(message, file=self.source, key=format_key_path(path) or None,
-                          line=self.line(path))
+    def error(self, path: KeyPath, message: str) -> NoReturn:
+        self.checker.error(path, message)
 
     # -- shapes
 
-    def table(self, value: Any, path: Path_, allowed: Collection[str], where: str) -> dict:
-        if not isinstance(value, dict):
-            self.error(path, f"expected a table, got {describe_value(value)}")
-        for key in value:
-            if key not in allowed:
-                self.error(path + (key,), f"unknown key {key!r} in {where}"
-                           f"{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}")
-        return value
+    def table(self, value: Any, path: KeyPath, allowed: Collection[str],
+              where: str) -> dict[str, Any]:
+        return self.checker.table(value, path, allowed, where)
 
-    def required(self, table: Mapping[str, Any], path: Path_, key: str, where: str) -> Any:
-        if key not in table:
-            self.error(path + (key,), f"missing required key {key!r} in {where}")
-        return table[key]
+    def required(self, table: Mapping[str, Any], path: KeyPath, key: str, where: str) -> Any:
+        return self.checker.get(table, path, key, where=where)
 
-    def string(self, value: Any, path: Path_, what: str) -> str:
+    def string(self, value: Any, path: KeyPath, what: str) -> str:
         if not isinstance(value, str):
             self.error(path, f"expected a string ({what}), got {describe_value(value)}")
         if not value.strip():
@@ -160,8 +183,8 @@ class _Checker:
             self.error(path, f"a {what} may not contain NUL")
         return value
 
-    def identifier(self, value: Any, path: Path_, what: str) -> str:
-        value = self.string(value, path, what)
+    def identifier(self, raw: object, path: KeyPath, what: str) -> str:
+        value = self.string(raw, path, what)
         if not IDENTIFIER_RE.fullmatch(value):
             self.error(path, f"{value!r} is not a valid {what} name (letters, digits and '_', "
                              f"not starting with a digit, at most 54 characters)")
@@ -171,25 +194,22 @@ class _Checker:
                                  f"for upgrader and the database")
         return value
 
-    def expression(self, value: Any, path: Path_, what: str) -> str:
-        value = self.string(value, path, what)
+    def expression(self, raw: object, path: KeyPath, what: str) -> str:
+        value = self.string(raw, path, what)
         if len(value) > MAX_EXPRESSION:
             self.error(path, f"a {what} may have at most {MAX_EXPRESSION} characters")
         if ";" in value:
             self.error(path, f"a {what} is one SQL expression: it may not contain ';'")
         return value.strip()
 
-    def sql(self, value: Any, path: Path_, what: str) -> str:
-        value = self.string(value, path, what)
-        return value.strip()
+    def sql(self, raw: object, path: KeyPath, what: str) -> str:
+        return self.string(raw, path, what).strip()
 
-    def boolean(self, value: Any, path: Path_) -> bool:
-        if not isinstance(value, bool):
-            self.error(path, f"expected true or false, got {describe_value(value)}")
-        return value
+    def boolean(self, value: object, path: KeyPath) -> bool:
+        return bool(self.checker.checked(path, check_boolean, value))
 
-    def sql_type(self, value: Any, path: Path_) -> str:
-        value = self.string(value, path, "SQL type").strip()
+    def sql_type(self, raw: object, path: KeyPath) -> str:
+        value = self.string(raw, path, "SQL type").strip()
         if not TYPE_RE.fullmatch(value):
             self.error(path, f"{value!r} is not an SQL type upgrader accepts (words, an "
                              f"optional (n) or (n, m), optional []: 'integer', "
@@ -234,15 +254,15 @@ class _Checker:
         _check_within(migration, self.error)
         return migration
 
-    def release(self, value: Any, path: Path_) -> str:
-        value = self.string(value, path, "release")
+    def release(self, raw: object, path: KeyPath) -> str:
+        value = self.string(raw, path, "release")
         if not RELEASE_RE.fullmatch(value):
             self.error(path, f"{value!r} is not a valid release (letters, digits, '.', '_', "
                              f"'+' and '-', starting with a letter or digit, at most 63 "
                              f"characters)")
         return value
 
-    def operation(self, raw: Any, path: Path_) -> Operation:
+    def operation(self, raw: Any, path: KeyPath) -> Operation:
         if not isinstance(raw, dict):
             self.error(path, f"expected a table, got {describe_value(raw)}")
         op = self.required(raw, path, "op", "an operation")
@@ -254,7 +274,10 @@ class _Checker:
         self.table(raw, path, ("op",) + required + optional, f"a {op} operation")
         for key in required:
             self.required(raw, path, key, f"a {op} operation")
-        p = lambda key: path + (key,)  # noqa: E731
+
+        def p(key: str) -> KeyPath:
+            return path + (key,)
+
         if op == "create_table":
             cols = raw["columns"]
             if not isinstance(cols, list) or not cols:
@@ -262,11 +285,10 @@ class _Checker:
                                          "(columns = [{ name = ..., type = ... }, ...])")
             columns = tuple(self.column(c, p("columns") + (i,)) for i, c in enumerate(cols))
             seen: dict[str, int] = {}
-            for i, column in enumerate(columns):
-                if column.name in seen:
-                    self.error(p("columns") + (i, "name"),
-                               f"column {column.name!r} appears twice")
-                seen[column.name] = i
+            for i, col in enumerate(columns):
+                if col.name in seen:
+                    self.error(p("columns") + (i, "name"), f"column {col.name!r} appears twice")
+                seen[col.name] = i
             return CreateTable(self.identifier(raw["table"], p("table"), "table"), columns)
         if op == "sql":
             return RawSQL(up=self.sql(raw["up"], p("up"), "SQL statement"),
@@ -276,18 +298,18 @@ class _Checker:
                                        if "on_complete" in raw else None))
         table = self.identifier(raw["table"], p("table"), "table")
         if op == "add_column":
-            column = self.column(raw["column"], p("column"))
-            if column.primary_key:
+            new = self.column(raw["column"], p("column"))
+            if new.primary_key:
                 self.error(p("column") + ("primary_key",),
                            "add_column cannot add a primary key column")
             up = self.expression(raw["up"], p("up"), "SQL expression") if "up" in raw \
                 else None
-            if not column.nullable and column.default is None and up is None:
+            if not new.nullable and new.default is None and up is None:
                 self.error(p("column") + ("nullable",),
                            "a NOT NULL column needs a value for the existing rows and for "
                            "the rows the previous release writes: give it a `default` or "
                            "an `up` expression")
-            return AddColumn(table, column, up)
+            return AddColumn(table, new, up)
         if op == "add_index":
             cols = raw["columns"]
             if not isinstance(cols, list) or not cols:
@@ -323,7 +345,7 @@ class _Checker:
                           down=(self.expression(raw["down"], p("down"), "SQL expression")
                                 if "down" in raw else None))
 
-    def column(self, raw: Any, path: Path_) -> Column:
+    def column(self, raw: Any, path: KeyPath) -> Column:
         raw = self.table(raw, path, COLUMN_KEYS, "a column")
         for key in ("name", "type"):
             self.required(raw, path, key, "a column")
@@ -367,7 +389,7 @@ def _touches(operation: Operation) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _check_within(migration: Migration, error: Any) -> None:
+def _check_within(migration: Migration, error: Callable[[KeyPath, str], NoReturn]) -> None:
     """One change per column and no changes to a table renamed in the same migration: each
     operation must be expressible against the previous release's schema (docs/SCHEMA.md)."""
     columns: dict[tuple[str, str], int] = {}
@@ -420,13 +442,9 @@ def _check_within(migration: Migration, error: Any) -> None:
 def _operation_error(migration: Migration, index: int, key: str | None,
                      message: str) -> ConfigError:
     line = migration.lines[index] if index < len(migration.lines) else None
-    if key is not None and migration.source is not None and line is not None:
-        try:
-            text = migration.source.read_text(encoding="utf-8")
-            line = _Locator(text).line_of(("operations", index, key)) or line
-        except OSError:
-            pass
-    path: Path_ = ("operations", index) + ((key,) if key else ())
+    if key is not None and line is not None:
+        line = line_in_file(migration.source, ("operations", index, key)) or line
+    path: KeyPath = ("operations", index) + ((key,) if key else ())
     return ConfigError(message, file=migration.source, key=format_key_path(path), line=line)
 
 

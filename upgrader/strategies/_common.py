@@ -7,12 +7,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from .. import units
 from ..errors import ConfigError
 from ..model import Fleet, Host, Timing
 from ..plan import PrepareSlots, Step, SwapSlots, UpgradeHosts
+from ..tomlsource import check_boolean, check_duration, check_percentage, did_you_mean
 from .base import Where
 
 #: keys every strategy accepts besides its own (``kind``, ``on_failure`` and ``min_capacity``
@@ -24,23 +25,28 @@ PROMOTE = "promote"
 
 CountOrPercent = int | float     # int: a host count; float: a percent of the hosts
 
+_T = TypeVar("_T")
+
 
 # ---------------------------------------------------------------------------------------------
-# Parameter parsing. Every helper reports through ``where.error(key, message)``, which raises.
+# Parameter parsing, with the checked-TOML toolkit's value checks (upgrader.tomlsource). Every
+# helper reports through ``where.error(key, message)``, which raises.
 
 
-def check_table(table: Any, allowed: Sequence[str], where: Where, prefix: str = "") -> dict:
-    """``table`` must be a mapping whose keys are all in ``allowed``."""
+def check_table(table: Any, allowed: Sequence[str], where: Where,
+                prefix: str = "") -> dict[str, Any]:
+    """``table`` must be a mapping whose keys are all in ``allowed`` (an unknown key names
+    the closest allowed one)."""
     if not isinstance(table, dict):
         where.error(prefix.rstrip(".") or None, f"expected a table, got {type(table).__name__}")
     for key in table:
         if key not in allowed:
-            where.error(f"{prefix}{key}",
-                        f"unknown key {key!r}; expected one of: {', '.join(allowed)}")
+            where.error(f"{prefix}{key}", f"unknown key {key!r}{did_you_mean(key, allowed)}; "
+                                          f"expected one of: {', '.join(allowed)}")
     return table
 
 
-def _convert(where: Where, key: str, value: Any, parser: Callable[[Any], Any]) -> Any:
+def _convert(where: Where, key: str, value: Any, parser: Callable[[Any], _T]) -> _T:
     try:
         return parser(value)
     except ValueError as exc:
@@ -48,7 +54,7 @@ def _convert(where: Where, key: str, value: Any, parser: Callable[[Any], Any]) -
 
 
 def duration(where: Where, key: str, value: Any) -> float:
-    return _convert(where, key, value, units.parse_duration)
+    return _convert(where, key, value, check_duration)
 
 
 def pause_value(where: Where, key: str, value: Any) -> float | None:
@@ -67,7 +73,7 @@ def count_or_percent(where: Where, key: str, value: Any) -> CountOrPercent:
 
 
 def percent(where: Where, key: str, value: Any, *, allow_zero: bool = True) -> float:
-    return _convert(where, key, value, lambda v: units.parse_percent(v, allow_zero=allow_zero))
+    return _convert(where, key, value, lambda v: check_percentage(v, allow_zero=allow_zero))
 
 
 def rate(where: Where, key: str, value: Any) -> float:
@@ -83,9 +89,7 @@ def positive_int(where: Where, key: str, value: Any) -> int:
 
 
 def boolean(where: Where, key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        where.error(key, f"expected true or false, got {value!r}")
-    return value
+    return _convert(where, key, value, check_boolean)
 
 
 def batch_sizes(where: Where, key: str, value: Any) -> tuple[CountOrPercent, ...]:
@@ -113,7 +117,7 @@ class Common:
     rollback_parallel: int | None = None
 
 
-def parse_common(table: dict, where: Where) -> Common:
+def parse_common(table: dict[str, Any], where: Where) -> Common:
     """The keys every strategy accepts: ``verify_for``, ``pause``, ``rollback_parallel``."""
     verify_for = duration(where, "verify_for", table["verify_for"]) \
         if "verify_for" in table else None

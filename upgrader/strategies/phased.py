@@ -129,7 +129,7 @@ def compile(fleet: Fleet, params: PhasedParams, where: Where | None = None) -> P
             parallel = None if limit is None else min(len(group), limit)
             steps.append(UpgradeHosts(group, max_parallel=parallel, wave=wave))
 
-    for i, name in enumerate(groups):
+    for i in range(len(groups)):
         wave = i + 1
         target = max(done, units.resolve_count(capacity[i], total))
         upgrade(hosts[done:target], wave)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..model import Fleet
-from ..plan import Gate, Maintenance, Plan, UpgradeHosts, Verify
+from ..plan import Gate, Maintenance, Plan, Step, UpgradeHosts, Verify
 from . import _common as c
 from .base import Where
 
@@ -55,7 +55,7 @@ def parse_params(table: dict[str, Any], where: Where) -> TakedownParams:
 
 def compile(fleet: Fleet, params: TakedownParams, where: Where | None = None) -> Plan:
     hosts = c.spread_by_zone(fleet.main_hosts)
-    steps = [
+    steps: list[Step] = [
         Maintenance(on=True, retry_after=params.retry_after, wave=1),
         UpgradeHosts(hosts, max_parallel=params.max_parallel, drain=False, wave=1),
         Gate("system_test", hosts=hosts, wave=1),
