@@ -27,11 +27,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from .errors import PolicyRefused, UpgraderError
+from . import db
+from .db import is_postgres_url
+from .errors import JournalError, PolicyRefused
 from .journal import JournalEntry, RolloutRecord, current_user
-from .redact import redact_data, redact_text, redact_url
+from .redact import redact_data, redact_url
+
+__all__ = ["KEEPALIVES", "SCHEMA", "LockHolder", "PostgresFleetLock", "PostgresJournal",
+           "ensure_schema", "fleet_lock_key", "is_postgres_url", "lock_holder", "read_holder"]
+
+T = TypeVar("T")
 
 SCHEMA = "upgrader_state"
 SCHEMA_VERSION = 1
@@ -102,27 +109,14 @@ def _key_parts(key: int) -> dict[str, int]:
     return {"classid": unsigned >> 32, "objid": unsigned & 0xFFFFFFFF}
 
 
-def is_postgres_url(spec: str | None) -> bool:
-    return bool(spec) and str(spec).startswith(("postgresql://", "postgres://"))
+def _connect(url: str, *, application_name: str = db.JOURNAL_APPLICATION,
+             **extra: Any) -> Any:
+    return db.connect_postgres(url, application_name=application_name, error=JournalError,
+                               what="the state database", **extra)
 
 
 def _psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError as exc:
-        raise UpgraderError("a PostgreSQL state needs psycopg: pip install 'psycopg[binary]'"
-                            ) from exc
-    return psycopg
-
-
-def _connect(url: str, *, purpose: str, **extra: Any) -> Any:
-    psycopg = _psycopg()
-    try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10,
-                               application_name=f"upgrader {purpose}", **extra)
-    except psycopg.Error as exc:
-        raise UpgraderError(f"cannot open the state database {redact_url(url)}: "
-                            f"{redact_text(str(exc).strip())}") from exc
+    return db.psycopg_module(JournalError)
 
 
 def ensure_schema(conn: Any) -> None:
@@ -202,7 +196,7 @@ def read_holder(conn: Any, fleet: str) -> LockHolder | None:
 
 def lock_holder(url: str, fleet: str) -> LockHolder | None:
     """:func:`read_holder` on a short-lived connection."""
-    conn = _connect(url, purpose="status")
+    conn = _connect(url)
     try:
         ensure_schema(conn)
         return read_holder(conn, fleet)
@@ -231,7 +225,7 @@ class PostgresFleetLock:
 
     def acquire(self) -> None:
         psycopg = _psycopg()
-        conn = _connect(self.url, purpose=f"lock {self.fleet}", **KEEPALIVES)
+        conn = _connect(self.url, application_name=db.LOCK_APPLICATION, **KEEPALIVES)
         try:
             ensure_schema(conn)
             got = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
@@ -255,8 +249,9 @@ class PostgresFleetLock:
                  backend_pid, backend_start))
         except psycopg.Error as exc:
             conn.close()
-            raise UpgraderError(f"cannot take the fleet lock in {redact_url(self.url)}: "
-                                f"{redact_text(str(exc).strip())}") from exc
+            raise db.storage_error(
+                JournalError, f"cannot take the fleet lock of {self.fleet}: "
+                f"{db.error_text(exc, self.url)}", redact_url(self.url)) from exc
         except BaseException:
             conn.close()
             raise
@@ -266,7 +261,8 @@ class PostgresFleetLock:
     def fence(self) -> dict[str, Any]:
         """Parameters of the fencing check (see ``_FENCE``) for this lock's session."""
         if self.session is None:
-            raise UpgraderError("the fleet lock is not held")
+            raise JournalError(f"the fleet lock of {self.fleet} is not held: the journal "
+                               "cannot be fenced with it", database=redact_url(self.url))
         return {**_key_parts(self.key), "lock_pid": self.session[0],
                 "lock_start": self.session[1]}
 
@@ -322,7 +318,7 @@ class PostgresJournal:
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self._conn.close()
-            self._conn = _connect(self.url, purpose="journal")
+            self._conn = _connect(self.url)
             try:
                 ensure_schema(self._conn)
             except Exception:
@@ -340,8 +336,7 @@ class PostgresJournal:
         except psycopg.OperationalError:
             pass
         except psycopg.Error as exc:
-            raise UpgraderError(f"cannot {what} the journal in {redact_url(self.url)}: "
-                                f"{redact_text(str(exc).strip())}") from exc
+            raise self._error(what, exc) from exc
         try:
             self._conn.close()
         except psycopg.Error:
@@ -349,8 +344,11 @@ class PostgresJournal:
         try:
             return work(self._connect())
         except psycopg.Error as exc:
-            raise UpgraderError(f"cannot {what} the journal in {redact_url(self.url)}: "
-                                f"{redact_text(str(exc).strip())}") from exc
+            raise self._error(what, exc) from exc
+
+    def _error(self, what: str, exc: Exception) -> JournalError:
+        return db.storage_error(JournalError, f"cannot {what} the journal: "
+                                f"{db.error_text(exc, self.url)}", redact_url(self.url))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -358,7 +356,7 @@ class PostgresJournal:
             self._conn.close()
             self._conn = None
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 

@@ -12,16 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .db import is_postgres_url
+from .errors import ConfigError, PolicyRefused
 from .journal import FleetLock, Journal
-from .journal_postgres import (
-    PostgresFleetLock,
-    PostgresJournal,
-    is_postgres_url,
-)
-from .journal_postgres import (
-    lock_holder as postgres_lock_holder,
-)
+from .journal_postgres import PostgresFleetLock, PostgresJournal
+from .journal_postgres import lock_holder as postgres_lock_holder
 from .redact import add_url_secret, redact_url
 
 #: the environment variable that names the shared state when ``--state`` is not given (an
@@ -71,8 +66,6 @@ def lock_holder(state: str | None, state_dir: str | Path, fleet: str) -> dict[st
     if state:
         holder = postgres_lock_holder(state, fleet)
         return None if holder is None else {"text": holder.describe(), **holder.to_json()}
-    from .errors import PolicyRefused
-
     lock = FleetLock(state_dir, fleet)
     if not lock.path.exists():
         return None

@@ -72,14 +72,16 @@ RULES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(LEAVES, ()),
     "plan": ("model",),
     "providers.base": ("model",),
-    "journal": ("errors", "redact"),
+    # the storage layer (URLs, connections, driver errors) under journal, flags and schema
+    "db": ("errors", "units", "redact"),
+    "journal": ("errors", "redact", "db"),
     "engine": ("clock", "errors", "events", "journal", "model", "plan", "providers.base",
                "redact", "engine", "policy", "units"),
     # deploy windows: pure calendar logic the engine asks through WindowPolicy
     "policy": ("errors", "units", "tomlsource", "plan", "model"),
     "balancer": ("hashing", "addresses", "providers.base", "balancer"),
     # feature flags: beside the engine, on the shared leaves only
-    "flags": ("errors", "hashing", "tomlsource", "units", "addresses", "flags"),
+    "flags": ("errors", "hashing", "tomlsource", "units", "addresses", "flags", "db"),
 }
 FRONT_ENDS = ("cli", "headless", "demo", "lab.cli", "tui")
 

@@ -24,13 +24,12 @@ import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
+from .. import db
 from ..errors import ConfigError, StoreError
 from . import edit
 from .evaluate import Evaluator, compile_flags
@@ -65,16 +64,7 @@ def default_actor() -> str:
 
 def redact(spec: str) -> str:
     """The store spec without a password, for messages."""
-    if "://" not in spec:
-        return spec
-    parts = urlsplit(spec)
-    if parts.password is None:
-        return spec
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return db.describe(spec)
 
 
 def _now() -> str:
@@ -133,7 +123,7 @@ class FlagStore:
     def _read(self) -> tuple[int, str | None]:
         raise NotImplementedError
 
-    def _locked(self) -> Any:      # context manager yielding a _Transaction
+    def _locked(self) -> AbstractContextManager[_Transaction]:
         raise NotImplementedError
 
     def _history(self, key: str | None, limit: int) -> list[tuple[Any, ...]]:
@@ -319,22 +309,10 @@ class SQLiteFlagStore(FlagStore):
     def __init__(self, spec: str, path: str) -> None:
         super().__init__(spec)
         self.path = path
-        try:
-            if path != ":memory:":
-                file = Path(path)
-                if file.parent and not file.parent.exists():
-                    file.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-                if not file.exists():
-                    os.close(os.open(file, os.O_CREAT | os.O_RDWR, 0o600))
-                    os.chmod(file, 0o600)
-            self._conn = sqlite3.connect(path, timeout=30.0, isolation_level=None,
-                                         check_same_thread=False)
-            self._conn.execute("PRAGMA busy_timeout = 30000")
-            if path != ":memory:":
-                self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn = db.connect_sqlite(db.SQLiteTarget(path, spec), error=StoreError,
+                                       what="the flag store", wal=True, private=True)
+        with db.mapped_errors(StoreError, redact(spec), "open the flag store"):
             self._create_schema()
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open the flag store: {exc}", store=spec) from exc
 
     def _create_schema(self) -> None:
         conn = self._conn
@@ -369,33 +347,28 @@ class SQLiteFlagStore(FlagStore):
             raise
 
     def _read_version(self) -> int:
-        try:
-            return int(self._conn.execute(
-                f"SELECT version FROM {SET_TABLE} WHERE id = 1").fetchone()[0])
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the flag store: {exc}", store=self.spec) from exc
+        with db.mapped_errors(StoreError, redact(self.spec), "read the flag store"):
+            row = self._conn.execute(f"SELECT version FROM {SET_TABLE} WHERE id = 1").fetchone()
+        return int(row[0])
 
     def _read(self) -> tuple[int, str | None]:
-        try:
+        with db.mapped_errors(StoreError, redact(self.spec), "read the flag store"):
             row = self._conn.execute(
                 f"SELECT version, document FROM {SET_TABLE} WHERE id = 1").fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the flag store: {exc}", store=self.spec) from exc
         return int(row[0]), row[1]
 
     @contextmanager
     def _locked(self) -> Iterator[_Transaction]:
         conn = self._conn
-        try:
+        with db.mapped_errors(StoreError, redact(self.spec), "lock the flag store"):
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot lock the flag store: {exc}", store=self.spec) from exc
         try:
             yield _SQLiteTransaction(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
-            raise StoreError(f"cannot write the flag store: {exc}", store=self.spec) from exc
+            raise db.storage_error(StoreError, f"cannot write the flag store: "
+                                   f"{db.error_text(exc)}", redact(self.spec)) from exc
         except BaseException:
             self._rollback()
             raise
@@ -406,14 +379,16 @@ class SQLiteFlagStore(FlagStore):
 
     def _history(self, key: str | None, limit: int) -> list[tuple[Any, ...]]:
         columns = "id, ts, actor, flag_key, environment, action, old, new, reason, version"
-        try:
+        rows: list[tuple[Any, ...]]
+        with db.mapped_errors(StoreError, redact(self.spec), "read the audit trail"):
             if key is None:
-                return self._conn.execute(f"SELECT {columns} FROM {AUDIT_TABLE} "
+                rows = self._conn.execute(f"SELECT {columns} FROM {AUDIT_TABLE} "
                                           f"ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-            return self._conn.execute(f"SELECT {columns} FROM {AUDIT_TABLE} WHERE flag_key = ? "
-                                      f"ORDER BY id DESC LIMIT ?", (key, limit)).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the audit trail: {exc}", store=self.spec) from exc
+            else:
+                rows = self._conn.execute(f"SELECT {columns} FROM {AUDIT_TABLE} WHERE "
+                                          f"flag_key = ? ORDER BY id DESC LIMIT ?",
+                                          (key, limit)).fetchall()
+        return rows
 
     def close(self) -> None:
         with self._lock:
@@ -450,27 +425,23 @@ class PostgresFlagStore(FlagStore):
 
     def __init__(self, spec: str) -> None:
         super().__init__(spec)
-        try:
-            import psycopg
-        except ImportError as exc:
-            raise StoreError("PostgreSQL stores need psycopg: pip install 'psycopg[binary]'",
-                             store=redact(spec)) from exc
-        self._psycopg = psycopg
+        self._psycopg = db.psycopg_module(StoreError, redact(spec))
         self._conn: Any = None
         self._connect()
 
     def _error(self, what: str, exc: Exception) -> StoreError:
-        return StoreError(f"{what}: {str(exc).strip()}", store=redact(self.spec))
+        return db.storage_error(StoreError, f"{what}: {db.error_text(exc, self.spec)}",
+                                redact(self.spec))
 
     def _connect(self) -> None:
         psycopg = self._psycopg
+        self._conn = db.connect_postgres(self.spec, application_name=db.FLAGS_APPLICATION,
+                                         error=StoreError, what="the flag store")
         try:
-            self._conn = psycopg.connect(self.spec, autocommit=True, connect_timeout=10)
             if not self._tables_exist():
                 self._create_schema()
         except psycopg.Error as exc:
-            if self._conn is not None:
-                self._conn.close()
+            self._conn.close()
             raise self._error("cannot open the flag store", exc) from exc
 
     def _tables_exist(self) -> bool:
@@ -527,8 +498,9 @@ class PostgresFlagStore(FlagStore):
             raise self._error(what, exc) from exc
 
     def _read_version(self) -> int:
-        return self._retry("cannot read the flag store", lambda: int(self._conn.execute(
+        version: int = self._retry("cannot read the flag store", lambda: int(self._conn.execute(
             f"SELECT version FROM {SET_TABLE} WHERE id = 1").fetchone()[0]))
+        return version
 
     def _read(self) -> tuple[int, str | None]:
         row = self._retry("cannot read the flag store", lambda: self._conn.execute(
@@ -548,13 +520,16 @@ class PostgresFlagStore(FlagStore):
 
     def _history(self, key: str | None, limit: int) -> list[tuple[Any, ...]]:
         columns = "id, ts, actor, flag_key, environment, action, old, new, reason, version"
+        rows: list[tuple[Any, ...]]
         if key is None:
-            return self._retry("cannot read the audit trail", lambda: self._conn.execute(
+            rows = self._retry("cannot read the audit trail", lambda: self._conn.execute(
                 f"SELECT {columns} FROM {AUDIT_TABLE} ORDER BY id DESC LIMIT %s",
                 (limit,)).fetchall())
-        return self._retry("cannot read the audit trail", lambda: self._conn.execute(
-            f"SELECT {columns} FROM {AUDIT_TABLE} WHERE flag_key = %s ORDER BY id DESC "
-            f"LIMIT %s", (key, limit)).fetchall())
+        else:
+            rows = self._retry("cannot read the audit trail", lambda: self._conn.execute(
+                f"SELECT {columns} FROM {AUDIT_TABLE} WHERE flag_key = %s ORDER BY id DESC "
+                f"LIMIT %s", (key, limit)).fetchall())
+        return rows
 
     def close(self) -> None:
         with self._lock:
@@ -591,16 +566,10 @@ def open_store(spec: str | os.PathLike[str] | None = None) -> FlagStore:
     path (``sqlite:///path`` too; created with mode 0600), or ``:memory:``. ``None``:
     :func:`default_store_spec`."""
     text = os.fspath(spec) if spec is not None else default_store_spec()
-    if not text:
-        raise ConfigError("empty flag store spec", key="--store")
-    if text.startswith(("postgresql://", "postgres://")):
-        return PostgresFlagStore(text)
-    if "://" in text:
-        if text.startswith("sqlite:///"):
-            return SQLiteFlagStore(text, text[len("sqlite://"):])
-        raise ConfigError(f"unknown flag store {redact(text)!r}: give a SQLite file path or a "
-                          f"postgresql:// URL", key="--store")
-    return SQLiteFlagStore(text, text)
+    target = db.parse_target(text, what="flag store", key="--store")
+    if isinstance(target, db.PostgresTarget):
+        return PostgresFlagStore(target.url)
+    return SQLiteFlagStore(target.spec, target.path)
 
 
 # ---------------------------------------------------------------------------------------------

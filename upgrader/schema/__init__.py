@@ -12,11 +12,15 @@ See docs/SCHEMA.md.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from .model import LiveRelease, Migration, SchemaBackend, SchemaStatus
+from .. import db
+from ..db import is_postgres_url
+from .model import BackfillResult, LiveRelease, Migration, SchemaBackend, SchemaStatus
 
 __all__ = [
+    "BackfillResult",
     "LiveRelease",
     "Migration",
     "SchemaBackend",
@@ -28,20 +32,18 @@ __all__ = [
 ]
 
 
-def is_postgres_url(url: str) -> bool:
-    return url.startswith(("postgresql://", "postgres://"))
-
-
-def open_backend(url: str) -> Any:
-    """A :class:`SchemaBackend` for a ``postgresql://`` URL or a SQLite file path (or
-    ``sqlite:///path``). A context manager; ``close()`` when done."""
-    if is_postgres_url(url):
+def open_backend(url: str | os.PathLike[str], *, create: bool = True) -> SchemaBackend:
+    """The :class:`SchemaBackend` of a database: a ``postgresql://`` URL, a SQLite file path
+    or ``sqlite:///path`` (``create=False``: ConfigError when the SQLite file does not
+    exist). A context manager; ``close()`` when done."""
+    target = db.parse_target(url)
+    if isinstance(target, db.PostgresTarget):
         from .postgres import PostgresBackend
 
-        return PostgresBackend(url)
+        return PostgresBackend(target.url)
     from .sqlite import SQLiteBackend
 
-    return SQLiteBackend(url)
+    return SQLiteBackend(target.spec, create=create)
 
 
 def load_migration(path: Any) -> Migration:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ConfigError, UpgraderError
+from .model import SchemaBackend
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 DB_ENV = "UPGRADER_SCHEMA_DB"
@@ -26,14 +27,15 @@ Handler = Callable[[argparse.Namespace], int]
 
 def add_schema_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``schema`` and its subcommands to an argparse subparsers object."""
-    schema = subparsers.add_parser(
+    schema: argparse.ArgumentParser = subparsers.add_parser(
         "schema", help="live schema changes: a view per release, expand/contract",
         description="Live schema changes on SQLite and PostgreSQL (docs/SCHEMA.md).")
     sub = schema.add_subparsers(dest="schema_command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Handler, help_text: str, *, db: bool = True,
                 json_flag: bool = False) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=help_text, description=help_text)
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text,
+                                                         description=help_text)
         if db:
             parser.add_argument("--db", metavar="URL",
                                 help=f"a SQLite file or a postgresql:// URL (default ${DB_ENV})")
@@ -103,15 +105,10 @@ def _db(args: argparse.Namespace) -> str:
     return url
 
 
-def _open(args: argparse.Namespace, *, create: bool = False) -> Any:
-    from . import is_postgres_url, open_backend
+def _open(args: argparse.Namespace, *, create: bool = False) -> SchemaBackend:
+    from . import open_backend
 
-    url = _db(args)
-    if is_postgres_url(url):
-        return open_backend(url)
-    from .sqlite import SQLiteBackend
-
-    return SQLiteBackend(url, create=create)
+    return open_backend(_db(args), create=create)
 
 
 def _migration_name(text: str) -> str:
@@ -130,8 +127,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     with _open(args, create=True) as db:
         db.start(migration)
         status = db.status()
+    beside = [r.release for r in status.live if r.release != migration.release]
     print(f"started {migration.name}: release {migration.release} is live beside "
-          f"{', '.join(r.release for r in status.live if r.release != migration.release) or 'none'}")
+          f"{', '.join(beside) or 'none'}")
     return EXIT_OK
 
 
@@ -174,8 +172,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {release.release}{via}: {release.connection}")
     if status.history:
         print("history:")
-        for name, release, state in status.history:
-            print(f"  {name} -> {release}: {state}")
+        for name, release_name, state in status.history:
+            print(f"  {name} -> {release_name}: {state}")
     return EXIT_OK
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Union
+from typing import Any, Protocol
 
 #: physical name of the new column of an expanding operation (``change_type``,
 #: ``set_not_null``, ``add_column`` with ``up``) until ``complete``
@@ -136,8 +136,8 @@ class RawSQL:
     on_complete: str | None = None
 
 
-Operation = Union[CreateTable, AddColumn, DropColumn, RenameColumn, ChangeType, SetNotNull,
-                  AddIndex, RenameTable, RawSQL]
+Operation = (CreateTable | AddColumn | DropColumn | RenameColumn | ChangeType | SetNotNull
+             | AddIndex | RenameTable | RawSQL)
 
 #: the ``op`` value in a migration file -> the operation class
 OPERATIONS: dict[str, type] = {
@@ -200,25 +200,60 @@ class SchemaStatus:
     backfill: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
+@dataclass
+class BackfillResult:
+    """What one call of ``backfill`` did: rows rewritten, batches (each its own
+    transaction); ``done`` when no row is left to backfill."""
+
+    rows: int = 0
+    batches: int = 0
+    done: bool = False
+
+
 class SchemaBackend(Protocol):
-    """One database. Every method is synchronous (backends run it in a thread when called
-    from the engine) and all-or-nothing: an error leaves the database as it was."""
+    """One database; :class:`~upgrader.schema.sqlite.SQLiteBackend` and
+    :class:`~upgrader.schema.postgres.PostgresBackend` both are one, and
+    :func:`upgrader.schema.open_backend` opens the right one for a database. Every method is
+    synchronous (backends run it in a thread when called from the engine) and
+    all-or-nothing: an error leaves the database as it was. A context manager that closes
+    the connection."""
 
     url: str
 
     def plan(self, migration: Migration, phase: str = "start") -> list[str]:
         """The SQL statements ``phase`` (start | complete | rollback) would run, in order,
-        without running them. Backfill batches appear as one templated statement."""
+        without running them. Backfill batches appear as one templated statement. An
+        unknown phase is a ConfigError."""
+        ...
 
-    def start(self, migration: Migration) -> None:
-        """Expand. Refuses (SchemaError naming the active migration) while another is
-        active; a ConfigError (with the migration file and operation line) when an
-        operation names an unknown table or column."""
+    def start(self, migration: Migration, *, backfill: bool = True) -> BackfillResult | None:
+        """Expand, then (unless ``backfill=False``) backfill to the end. Refuses
+        (SchemaError naming the active migration) while another is active; a ConfigError
+        (with the migration file and operation line) when an operation names an unknown
+        table or column. Called again for the active migration, it resumes the backfill."""
+        ...
 
-    def complete(self, name: str) -> None: ...
+    def backfill(self, name: str, *, max_batches: int | None = None,
+                 batch_size: int | None = None) -> BackfillResult:
+        """Backfill the active migration ``name`` from where it stopped, one transaction per
+        batch: at most ``max_batches`` batches (None: to the end). SchemaError when ``name``
+        is not active."""
+        ...
 
-    def rollback(self, name: str) -> None: ...
+    def complete(self, name: str) -> None:
+        """Contract the active migration ``name`` (SchemaError when it is not active)."""
+        ...
 
-    def status(self) -> SchemaStatus: ...
+    def rollback(self, name: str) -> None:
+        """Undo the start of the active migration ``name``: the database as before."""
+        ...
+
+    def status(self) -> SchemaStatus:
+        """The active migration, the live releases, the history and backfill progress."""
+        ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> SchemaBackend: ...
+
+    def __exit__(self, *exc: Any) -> None: ...

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 from ..errors import SchemaError
 from . import open_backend
 from .loader import load_migration
+from .model import SchemaBackend
 
 
 class MigrationSwitch:
@@ -28,7 +28,7 @@ class MigrationSwitch:
     def name(self) -> str:
         return self.migration.name
 
-    def _state(self, backend: Any) -> str | None:
+    def _state(self, backend: SchemaBackend) -> str | None:
         status = backend.status()
         state = None
         for name, _release, seen in status.history:
