@@ -63,7 +63,7 @@ class HostKeyPolicy:
         return self.paths[0]
 
     def _stamps(self) -> tuple[tuple[int, int] | None, ...]:
-        stamps = []
+        stamps: list[tuple[int, int] | None] = []
         for path in self.paths:
             try:
                 st = os.stat(path)

@@ -264,14 +264,14 @@ class SshTransport:
                  timeout: float | None = 300.0, kill_grace: float = 2.0,
                  keepalive_interval: float = 15.0, max_sessions: int = 10,
                  max_parallel: int = 100, sudo: bool = False) -> None:
-        for key, value, low in (("max_sessions", max_sessions, 1),
+        for key, count, low in (("max_sessions", max_sessions, 1),
                                 ("max_parallel", max_parallel, 1)):
-            if value < low:
-                raise ConfigError(f"must be at least {low}, got {value}", key=f"transport.{key}")
-        for key, value in (("connect_timeout", connect_timeout), ("timeout", timeout),
-                           ("kill_grace", kill_grace)):
-            if value is not None and value <= 0:
-                raise ConfigError(f"must be above 0 seconds, got {value}",
+            if count < low:
+                raise ConfigError(f"must be at least {low}, got {count}", key=f"transport.{key}")
+        for key, seconds in (("connect_timeout", connect_timeout), ("timeout", timeout),
+                             ("kill_grace", kill_grace)):
+            if seconds is not None and seconds <= 0:
+                raise ConfigError(f"must be above 0 seconds, got {seconds}",
                                   key=f"transport.{key}")
         if keepalive_interval < 0:
             raise ConfigError(f"must be 0 (off) or more seconds, got {keepalive_interval}",
@@ -316,9 +316,9 @@ class SshTransport:
         self._known_hosts_check: asyncio.Future[Any] | None = None
         self._links: dict[tuple[Any, ...], asyncssh.SSHClientConnection] = {}
         self._jumps: dict[tuple[Any, ...], asyncssh.SSHClientConnection] = {}
-        self._keys: list[asyncssh.SSHKeyPair] | None = None
+        self._keys: Sequence[asyncssh.SSHKeyPair] | None = None
         self._keys_lock = asyncio.Lock()
-        self._reapers: set[asyncio.Task[None]] = set()
+        self._reapers: set[asyncio.Task[str]] = set()     # _kill's tasks
         self._closed = False
         #: connections opened so far (first ones and reconnections), jump hosts included
         self.connections_opened = 0
