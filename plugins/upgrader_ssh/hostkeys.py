@@ -98,7 +98,8 @@ class HostKeyPolicy:
             self._parsed, self._stamp = parsed, stamp
             return parsed
 
-    def known_keys(self, host: str, addr: str | None, port: int | None) -> tuple[asyncssh.SSHKey, ...]:
+    def known_keys(self, host: str, addr: str | None,
+                   port: int | None) -> tuple[asyncssh.SSHKey, ...]:
         """Keys (and CA keys) trusted for ``host`` / ``addr`` on ``port``."""
         matched = asyncssh.match_known_hosts(self.current(), host, addr or "",
                                              None if port in (None, 22) else port)

@@ -501,17 +501,17 @@ class SshTransport:
         except ValueError as exc:
             raise TransportError(f"cannot verify the host key of {role}{label}: {exc}") from None
         client = _Client(self.host_keys)
-        options: dict[str, Any] = dict(
-            known_hosts=known_hosts,
-            client_keys=await self._client_keys(),
-            config=self.config_paths,
-            client_factory=lambda: client,
-            tunnel=tunnel,                  # None: no ProxyJump (we resolved it ourselves)
-            connect_timeout=self.connect_timeout,
-            keepalive_interval=self.keepalive_interval,
-            keepalive_count_max=3,
-            x509_trusted_certs=None,
-        )
+        options: dict[str, Any] = {
+            "known_hosts": known_hosts,
+            "client_keys": await self._client_keys(),
+            "config": self.config_paths,
+            "client_factory": lambda: client,
+            "tunnel": tunnel,               # None: no ProxyJump (we resolved it ourselves)
+            "connect_timeout": self.connect_timeout,
+            "keepalive_interval": self.keepalive_interval,
+            "keepalive_count_max": 3,
+            "x509_trusted_certs": None,
+        }
         if self._passphrase is not None:
             options["passphrase"] = self._passphrase
         if not self.agent:
@@ -569,8 +569,8 @@ class SshTransport:
                     f"({_exc_text(exc)})")
         return f"cannot agree on algorithms with {label}: {_exc_text(exc)}"
 
-    async def _link(self, target: Target,
-                    stale: asyncssh.SSHClientConnection | None = None) -> asyncssh.SSHClientConnection:
+    async def _link(self, target: Target, stale: asyncssh.SSHClientConnection | None = None,
+                    ) -> asyncssh.SSHClientConnection:
         """The host's connection: reused, or opened (one at a time per host) when there is
         none or it dropped."""
         key = target.key

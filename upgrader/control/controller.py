@@ -116,7 +116,7 @@ async def serve_rollout(rollout: Rollout, *, linger: float = LINGER_S,
     if engine is None:
         raise ControlError("serve_rollout needs an entered Rollout (`async with Rollout(...)`)")
     socket_path, token_path = control_paths(rollout.state_dir, rollout.fleet.name)
-    if socket_path.parent != Path(rollout.state_dir).expanduser().resolve():
+    if socket_path.parent != token_path.parent:     # the token is in the (resolved) state dir
         _ensure_private_dir(socket_path.parent)
     token = await asyncio.to_thread(write_token, token_path)
     server = ControlServer(engine, socket_path=socket_path, token=token,
@@ -210,7 +210,7 @@ async def connect(state_dir: str | Path, fleet_name: str, *, timeout: float = 10
             break
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.5)
-    state = Path(state_dir).expanduser().resolve()
+    state = token_path.parent       # the state dir, resolved
     detail = f" ({last_error})" if last_error else ""
     raise ControlError(f"no controller for fleet {fleet_name} in {state}; is a rollout "
                        f"running? `upgrader status`{detail}")

@@ -190,7 +190,7 @@ class ControlServer:
             raise PolicyRefused(f"a controller already serves the control socket {path}")
         log.info("removing stale control socket %s", path)
         try:
-            path.unlink()
+            await asyncio.to_thread(path.unlink)
         except FileNotFoundError:
             pass
 
