@@ -17,20 +17,21 @@ returns the provider (a ``upgrader.providers.base.Factory``) and ``settings`` is
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import pluggy
 
-from .events import Event
-from .providers.base import (
-    Balancer,
-    Factory,
-    HealthCheck,
-    Notifier,
-    Setting,
-    SnapshotProvider,
-    Transport,
-)
+if TYPE_CHECKING:  # for annotations only: hookspecs is a leaf that imports no upgrader module
+    from .events import Event
+    from .providers.base import (
+        Balancer,
+        Factory,
+        HealthCheck,
+        Notifier,
+        Setting,
+        SnapshotProvider,
+        Transport,
+    )
 
 PROJECT = "upgrader"
 hookspec = pluggy.HookspecMarker(PROJECT)

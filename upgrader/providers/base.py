@@ -19,10 +19,12 @@ import shlex
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from ..events import Event
 from ..model import Fleet, Host
+
+if TYPE_CHECKING:  # for annotations only: the contracts sit below events in the layers
+    from ..events import Event
 
 # --------------------------------------------------------------------------------------------
 # Declared settings (pyinfra's data_meta idea): name, type, default, description.
