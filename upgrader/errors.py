@@ -8,19 +8,28 @@
     │   │   └── CommandTimeout a command ran past its timeout (also a TimeoutError)
     │   ├── BalancerError      the balancer refused or did not read back as set
     │   ├── HealthCheckFailed  a host did not become healthy
-    │   └── SnapshotError
+    │   └── SnapshotError      a snapshot could not be taken, reverted or deleted
     ├── StorageError           a database (SQLite file, PostgreSQL) could not be used
     │   ├── StoreError         the flag store could not be opened, read or written
-    │   ├── JournalError       the rollout journal / shared state could not be read or written
+    │   ├── JournalError       the rollout journal / shared state could not be read or
+    │   │                      written, or holds no rollout to resume
     │   └── SchemaError        a live schema change could not run (another is active, ...)
     ├── ControlError           the control API of a running rollout: not reachable, token
     │                          refused, a control the controller rejected
+    ├── BadRequest             a request to one of upgrader's servers (the built-in balancer's
+    │                          admin API) was malformed: answered 400 with the message
     ├── LabError               the local lab (app hosts, sshd hosts, networks) could not start
-    │                          or stop
+    │   │                      or stop
+    │   ├── HostctlError       a lab host command failed (upgrader.lab.hostctl; .status)
+    │   ├── SshdError          an sshd host could not start or stop (upgrader.lab.sshd)
+    │   └── NetworkError       an ``ip`` command failed (upgrader.lab.sshlab)
     ├── PolicyRefused          a policy (deploy window, fleet lock) refused the rollout (exit 3)
+    │   └── WindowRefused      outside the deploy window (upgrader.policy; .next_opening)
     └── RolloutFailed          the rollout ended without reaching its target (exit 1)
 
-Errors carry structured fields and never print or render themselves; front ends do.
+Every other UpgraderError exits the CLI with 1. Classes defined outside this module are
+named with their module; tests/unit/test_errors.py checks that this drawing and the classes
+agree. Errors carry structured fields and never print or render themselves; front ends do.
 """
 
 from __future__ import annotations
@@ -121,7 +130,8 @@ class StoreError(StorageError):
 
 
 class JournalError(StorageError):
-    """The rollout journal or the shared state (fleet lock) could not be read or written."""
+    """The rollout journal or the shared state (fleet lock) could not be read or written, or
+    it holds no unfinished rollout to resume."""
 
 
 class SchemaError(StorageError):
@@ -138,6 +148,12 @@ class SchemaError(StorageError):
 class ControlError(UpgraderError):
     """The control API of a running rollout could not be reached, refused the token, or the
     controller rejected a control."""
+
+
+class BadRequest(UpgraderError):
+    """A request to one of upgrader's servers (the built-in balancer's admin API) does not
+    validate: a body or parameter of the wrong shape. The server answers 400 with the
+    message; nothing changed."""
 
 
 class LabError(UpgraderError):

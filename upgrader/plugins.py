@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +26,11 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigError
+from .events import Event
 from .model import ProviderSpec
 from .providers.base import (
     Balancer,
+    Factory,
     HealthCheck,
     Notifier,
     ProviderContext,
@@ -239,11 +241,12 @@ class Plugins:
     def unregister(self, plugin_or_name: object) -> None:
         """Remove a plugin registered before (by object or by name)."""
         pm = self.pm
+        name: str | None
         if isinstance(plugin_or_name, str):
             name = plugin_or_name
             pm.unregister(name=name)
         else:
-            name = pm.get_name(plugin_or_name)  # type: ignore[arg-type]
+            name = pm.get_name(plugin_or_name)
             pm.unregister(plugin_or_name)
         if name is not None:
             self._origins.pop(name, None)
@@ -270,7 +273,9 @@ class Plugins:
                 continue
             plugin_name = impl.plugin_name
 
-            def register(name: str, factory: Callable[..., Any], settings: Iterable[Setting] = (),
+            # satisfies hookspecs.Register; the arguments are checked at run time anyway
+            # (a plugin may not be type-checked)
+            def register(name: str, factory: Factory[Any], settings: Iterable[Setting] = (),
                          description: str = "", *, _plugin: str = plugin_name) -> None:
                 entry = _make_factory(category, _plugin, name, factory, settings, description)
                 previous = found.get(name)
@@ -337,7 +342,7 @@ class Plugins:
     # ---------------------------------------------------------------------------------------
     # observers
 
-    def emit_event(self, event: Any) -> list[tuple[str, BaseException]]:
+    def emit_event(self, event: Event) -> list[tuple[str, BaseException]]:
         """Hand ``event`` to every ``upgrader_event`` implementation.
 
         A plugin that raises does not stop the others nor the rollout: the error is logged

@@ -20,7 +20,7 @@ from typing import Any
 from .clock import Clock
 from .engine.core import Engine, Providers, RolloutResult
 from .engine.resume import replay
-from .errors import PolicyRefused, UpgraderError
+from .errors import ConfigError, JournalError, PolicyRefused, UpgraderError
 from .events import Event
 from .model import Fleet
 from .plan import Pause, Plan, Verify, with_release_gates
@@ -42,7 +42,8 @@ def compile_plan(fleet: Fleet) -> Plan:
     if fleet.windows is not None:
         from .policy import with_window_gates
 
-        plan = with_window_gates(plan)
+        gated: Plan = with_window_gates(plan)   # policy types its plans loosely (Any)
+        return gated
     return plan
 
 
@@ -173,8 +174,8 @@ class Rollout:
             unfinished = await asyncio.to_thread(journal.unfinished, self.fleet.name)
             if self._recover:
                 if unfinished is None:
-                    raise UpgraderError(f"fleet {self.fleet.name} has no unfinished rollout "
-                                        "to resume")
+                    raise JournalError(f"fleet {self.fleet.name} has no unfinished rollout "
+                                       "to resume")
                 if (unfinished.current, unfinished.target) != (
                         self.fleet.releases.current, self.fleet.releases.target):
                     raise PolicyRefused(
@@ -192,7 +193,7 @@ class Rollout:
                     f"({unfinished.current} -> {unfinished.target}, started by "
                     f"{unfinished.controller}); run `upgrader resume` to finish it")
         elif self._recover:
-            raise UpgraderError("resume needs the journal")
+            raise ConfigError("resume needs the journal")
         if self.plan is None:
             self.plan = compile_plan(self.fleet)
         if self._providers is None:

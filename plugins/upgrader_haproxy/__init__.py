@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from upgrader.errors import ConfigError
-from upgrader.hookspecs import hookimpl
-from upgrader.providers.base import ProviderContext, Setting
+from upgrader.hookspecs import Register, hookimpl
+from upgrader.providers.base import Balancer, ProviderContext, Setting
+
+if TYPE_CHECKING:  # imported when a balancer is built: `upgrader plugins` stays light
+    from .balancer import HAProxyBalancer
 
 __all__ = ["SETTINGS", "from_settings", "register_balancers"]
 
@@ -50,7 +53,8 @@ SETTINGS: tuple[Setting, ...] = (
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
-def from_settings(settings: Mapping[str, Any], context: ProviderContext | None = None) -> Any:
+def from_settings(settings: Mapping[str, Any],
+                  context: ProviderContext | None = None) -> HAProxyBalancer:
     from .balancer import HAProxyBalancer
 
     known = {s.name for s in SETTINGS}
@@ -98,7 +102,7 @@ def from_settings(settings: Mapping[str, Any], context: ProviderContext | None =
 
 
 @hookimpl
-def register_balancers(register: Any) -> None:
+def register_balancers(register: Register[Balancer]) -> None:
     register("haproxy", from_settings, settings=SETTINGS,
              description="HAProxy through its Runtime API (pools as backends, maps for "
                          "split, groups and maintenance)")

@@ -350,7 +350,8 @@ class HAProxyBalancer:
         cohorts: list[tuple[str, str]] = []
         if declared.routes is not None:
             routes = declared.routes
-            groups = sorted((check_arg(g, "group"), slot(p) or "") for g, p in routes.groups.items())
+            groups = sorted((check_arg(g, "group"), slot(p) or "")
+                            for g, p in routes.groups.items())
             cohorts = cohort_ranges([(c.percent, slot(p) or "") for c, p in routes.cohorts])
         if declared.split is not None:
             shares = [(slot(p) or "", w) for p, w in declared.split.items()]
@@ -422,7 +423,7 @@ class HAProxyBalancer:
             if free is None:
                 raise BalancerError(
                     f"no free HAProxy backend for pool {pool!r}: {', '.join(self.slots)} serve "
-                    f"{', '.join(sorted(set(view.pool_of(r) for r in view.servers.values())))}"
+                    f"{', '.join(sorted({view.pool_of(r) for r in view.servers.values()}))}"
                     "; declare more slots in haproxy.cfg and raise `slots`")
             declared.bindings[free] = pool
             row = stat.get((free, "BACKEND"))

@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from upgrader.errors import ConfigError, SnapshotError
-from upgrader.hookspecs import hookimpl
-from upgrader.providers.base import ProviderContext, Setting
+from upgrader.hookspecs import Register, hookimpl
+from upgrader.providers.base import ProviderContext, Setting, SnapshotProvider
 
 __version__ = "0.1.0"
 
@@ -288,6 +288,6 @@ class LibvirtSnapshot:
 
 
 @hookimpl
-def register_snapshot_providers(register: Any) -> None:
+def register_snapshot_providers(register: Register[SnapshotProvider]) -> None:
     register("libvirt", LibvirtSnapshot.from_settings, settings=SETTINGS,
              description="VM snapshots through libvirt (KVM, VMware ESXi, test driver)")

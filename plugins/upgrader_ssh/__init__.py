@@ -15,9 +15,8 @@ Fleet file::
 
 from __future__ import annotations
 
-from typing import Any
-
-from upgrader.hookspecs import hookimpl
+from upgrader.hookspecs import Register, hookimpl
+from upgrader.providers.base import Transport
 
 from .transport import SETTINGS, SshTransport, Target, remote_command
 
@@ -25,7 +24,7 @@ __all__ = ["SETTINGS", "SshTransport", "Target", "register_transports", "remote_
 
 
 @hookimpl
-def register_transports(register: Any) -> None:
+def register_transports(register: Register[Transport]) -> None:
     register("ssh", SshTransport.from_settings, settings=SETTINGS,
              description="commands over SSH (asyncssh): known_hosts checked, one reused "
                          "connection per host, SFTP upload")

@@ -63,7 +63,7 @@ class HostKeyPolicy:
         return self.paths[0]
 
     def _stamps(self) -> tuple[tuple[int, int] | None, ...]:
-        stamps = []
+        stamps: list[tuple[int, int] | None] = []
         for path in self.paths:
             try:
                 st = os.stat(path)
@@ -98,7 +98,8 @@ class HostKeyPolicy:
             self._parsed, self._stamp = parsed, stamp
             return parsed
 
-    def known_keys(self, host: str, addr: str | None, port: int | None) -> tuple[asyncssh.SSHKey, ...]:
+    def known_keys(self, host: str, addr: str | None,
+                   port: int | None) -> tuple[asyncssh.SSHKey, ...]:
         """Keys (and CA keys) trusted for ``host`` / ``addr`` on ``port``."""
         matched = asyncssh.match_known_hosts(self.current(), host, addr or "",
                                              None if port in (None, 22) else port)

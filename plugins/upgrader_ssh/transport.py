@@ -264,14 +264,14 @@ class SshTransport:
                  timeout: float | None = 300.0, kill_grace: float = 2.0,
                  keepalive_interval: float = 15.0, max_sessions: int = 10,
                  max_parallel: int = 100, sudo: bool = False) -> None:
-        for key, value, low in (("max_sessions", max_sessions, 1),
+        for key, count, low in (("max_sessions", max_sessions, 1),
                                 ("max_parallel", max_parallel, 1)):
-            if value < low:
-                raise ConfigError(f"must be at least {low}, got {value}", key=f"transport.{key}")
-        for key, value in (("connect_timeout", connect_timeout), ("timeout", timeout),
-                           ("kill_grace", kill_grace)):
-            if value is not None and value <= 0:
-                raise ConfigError(f"must be above 0 seconds, got {value}",
+            if count < low:
+                raise ConfigError(f"must be at least {low}, got {count}", key=f"transport.{key}")
+        for key, seconds in (("connect_timeout", connect_timeout), ("timeout", timeout),
+                             ("kill_grace", kill_grace)):
+            if seconds is not None and seconds <= 0:
+                raise ConfigError(f"must be above 0 seconds, got {seconds}",
                                   key=f"transport.{key}")
         if keepalive_interval < 0:
             raise ConfigError(f"must be 0 (off) or more seconds, got {keepalive_interval}",
@@ -316,9 +316,9 @@ class SshTransport:
         self._known_hosts_check: asyncio.Future[Any] | None = None
         self._links: dict[tuple[Any, ...], asyncssh.SSHClientConnection] = {}
         self._jumps: dict[tuple[Any, ...], asyncssh.SSHClientConnection] = {}
-        self._keys: list[asyncssh.SSHKeyPair] | None = None
+        self._keys: Sequence[asyncssh.SSHKeyPair] | None = None
         self._keys_lock = asyncio.Lock()
-        self._reapers: set[asyncio.Task[None]] = set()
+        self._reapers: set[asyncio.Task[str]] = set()     # _kill's tasks
         self._closed = False
         #: connections opened so far (first ones and reconnections), jump hosts included
         self.connections_opened = 0
@@ -501,17 +501,17 @@ class SshTransport:
         except ValueError as exc:
             raise TransportError(f"cannot verify the host key of {role}{label}: {exc}") from None
         client = _Client(self.host_keys)
-        options: dict[str, Any] = dict(
-            known_hosts=known_hosts,
-            client_keys=await self._client_keys(),
-            config=self.config_paths,
-            client_factory=lambda: client,
-            tunnel=tunnel,                  # None: no ProxyJump (we resolved it ourselves)
-            connect_timeout=self.connect_timeout,
-            keepalive_interval=self.keepalive_interval,
-            keepalive_count_max=3,
-            x509_trusted_certs=None,
-        )
+        options: dict[str, Any] = {
+            "known_hosts": known_hosts,
+            "client_keys": await self._client_keys(),
+            "config": self.config_paths,
+            "client_factory": lambda: client,
+            "tunnel": tunnel,               # None: no ProxyJump (we resolved it ourselves)
+            "connect_timeout": self.connect_timeout,
+            "keepalive_interval": self.keepalive_interval,
+            "keepalive_count_max": 3,
+            "x509_trusted_certs": None,
+        }
         if self._passphrase is not None:
             options["passphrase"] = self._passphrase
         if not self.agent:
@@ -569,8 +569,8 @@ class SshTransport:
                     f"({_exc_text(exc)})")
         return f"cannot agree on algorithms with {label}: {_exc_text(exc)}"
 
-    async def _link(self, target: Target,
-                    stale: asyncssh.SSHClientConnection | None = None) -> asyncssh.SSHClientConnection:
+    async def _link(self, target: Target, stale: asyncssh.SSHClientConnection | None = None,
+                    ) -> asyncssh.SSHClientConnection:
         """The host's connection: reused, or opened (one at a time per host) when there is
         none or it dropped."""
         key = target.key

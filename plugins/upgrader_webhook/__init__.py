@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from upgrader.errors import ConfigError
-from upgrader.hookspecs import hookimpl
-from upgrader.providers.base import ProviderContext, Setting
+from upgrader.events import Event
+from upgrader.hookspecs import Register, hookimpl
+from upgrader.providers.base import Notifier, ProviderContext, Setting
 
 __version__ = "0.1.0"
 
@@ -119,16 +120,17 @@ class WebhookNotifier:
         if unknown:
             raise ConfigError(f"unknown event kind(s) {', '.join(map(repr, unknown))} "
                               f"(known: {', '.join(sorted(EVENT_KINDS))})", key="notifier.events")
-        for key, value, low in (("batch", batch, 1), ("queue_size", queue_size, 1),
+        for key, count, low in (("batch", batch, 1), ("queue_size", queue_size, 1),
                                 ("retries", retries, 0)):
-            if value < low:
-                raise ConfigError(f"must be {low} or more, got {value}", key=f"notifier.{key}")
-        for key, value in (("timeout", timeout), ("flush_timeout", flush_timeout)):
-            if value <= 0:
-                raise ConfigError(f"must be above 0 seconds, got {value}", key=f"notifier.{key}")
-        for key, value in (("backoff", backoff), ("backoff_max", backoff_max)):
-            if value < 0:
-                raise ConfigError(f"must be 0 or more seconds, got {value}",
+            if count < low:
+                raise ConfigError(f"must be {low} or more, got {count}", key=f"notifier.{key}")
+        for key, seconds in (("timeout", timeout), ("flush_timeout", flush_timeout)):
+            if seconds <= 0:
+                raise ConfigError(f"must be above 0 seconds, got {seconds}",
+                                  key=f"notifier.{key}")
+        for key, seconds in (("backoff", backoff), ("backoff_max", backoff_max)):
+            if seconds < 0:
+                raise ConfigError(f"must be 0 or more seconds, got {seconds}",
                                   key=f"notifier.{key}")
         self.url = url
         self.where = redact_url(url)
@@ -166,7 +168,7 @@ class WebhookNotifier:
 
     # -- the protocol ----------------------------------------------------------------------
 
-    async def notify(self, event: Any) -> None:
+    async def notify(self, event: Event) -> None:
         """Queue ``event`` and return at once; the background task sends it."""
         if self.kinds and getattr(event, "kind", None) not in self.kinds:
             return
@@ -286,6 +288,6 @@ class WebhookNotifier:
 
 
 @hookimpl
-def register_notifiers(register: Any) -> None:
+def register_notifiers(register: Register[Notifier]) -> None:
     register("webhook", WebhookNotifier.from_settings, settings=SETTINGS,
              description="POSTs rollout events as JSON to a URL (batched, bounded retries)")

@@ -216,7 +216,7 @@ def test_states_and_weights(haproxy: HAProxySite, farm: Farm) -> None:
             assert await served_by(http, haproxy, 30) == Counter(a=30)
             await lb.set_backend("a", address="127.0.0.1", port=a.port, pool=OLD, weight=0)
             assert (await lb.backend_state("a")).weight == 0        # type: ignore[union-attr]
-            with pytest.raises(BalancerError, match="0..256"):
+            with pytest.raises(BalancerError, match=r"0\.\.256"):
                 await lb.set_backend("a", address="127.0.0.1", port=a.port, pool=OLD,
                                      weight=300)
             with pytest.raises(BalancerError, match="unknown backend state"):
@@ -451,7 +451,7 @@ def test_read_back_mismatch_raises(haproxy: HAProxySite, farm: Farm) -> None:
             await lb.set_routes(RouteTable(groups={"beta": OLD}))
             groups = f"{haproxy.map_dir}/groups.map"
             assert runtime_command(haproxy.socket_path, f"set map {groups} beta shop_3").strip() == ""
-            with pytest.raises(BalancerError, match="groups.map"):
+            with pytest.raises(BalancerError, match=r"groups\.map"):
                 await lb.state()
             # and a server HAProxy refuses to change
             runtime_command(haproxy.socket_path, "set server shop_1/a state maint")
@@ -460,7 +460,7 @@ def test_read_back_mismatch_raises(haproxy: HAProxySite, farm: Farm) -> None:
                 await lb.set_backend_state("a", "ready")
 
         bad = balancer_for(haproxy, maps="/nowhere")
-        with pytest.raises(BalancerError, match="no map /nowhere/state.map"):
+        with pytest.raises(BalancerError, match=r"no map /nowhere/state\.map"):
             await bad.state()
         unreachable = balancer_for(haproxy, socket=str(haproxy.directory / "missing.sock"))
         with pytest.raises(BalancerError, match="Runtime API"):

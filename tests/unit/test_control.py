@@ -73,9 +73,9 @@ def sock_path(tmp_path):
 
 async def raw_request(path, method, url, *, token=TOKEN, json_body=None):
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as s:
-        async with s.request(method, f"http://x{url}", headers=headers, json=json_body) as r:
-            return r.status, r.headers.get("Content-Type", ""), await r.text()
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as s, \
+            s.request(method, f"http://x{url}", headers=headers, json=json_body) as r:
+        return r.status, r.headers.get("Content-Type", ""), await r.text()
 
 
 def test_remote_sees_every_event_in_order_and_controls_work(fleet_factory, tmp_path):
@@ -337,19 +337,19 @@ def test_slow_client_is_dropped_and_heartbeats_flow(fleet_factory, tmp_path):
                                max_backlog=3)
         async with server:
             async with aiohttp.ClientSession(
-                    connector=aiohttp.UnixConnector(path=str(path))) as session:
-                async with session.get("http://x/v1/events",
-                                       headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
-                    first = json.loads(await resp.content.readline())
-                    assert first["kind"] == "caught_up"
-                    beat = json.loads(await resp.content.readline())
-                    assert beat == {"kind": "heartbeat"}
-                    # the client stops reading; the engine emits more than the backlog allows
-                    for i in range(5):
-                        await engine._emit("log", level="info", message=f"m{i}")
-                    rest = (await resp.content.read()).decode().splitlines()
-                    kinds = [json.loads(x)["kind"] for x in rest]
-                    assert kinds[-1] == "dropped"
+                    connector=aiohttp.UnixConnector(path=str(path))) as session, \
+                    session.get("http://x/v1/events",
+                                headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+                first = json.loads(await resp.content.readline())
+                assert first["kind"] == "caught_up"
+                beat = json.loads(await resp.content.readline())
+                assert beat == {"kind": "heartbeat"}
+                # the client stops reading; the engine emits more than the backlog allows
+                for i in range(5):
+                    await engine._emit("log", level="info", message=f"m{i}")
+                rest = (await resp.content.read()).decode().splitlines()
+                kinds = [json.loads(x)["kind"] for x in rest]
+                assert kinds[-1] == "dropped"
             assert server.active_streams == 0
 
     run(main())

@@ -22,7 +22,7 @@ from upgrader.providers.base import Notifier, ProviderContext
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_API = {"upgrader.hookspecs", "upgrader.providers.base", "upgrader.errors",
-              "upgrader.model"}
+              "upgrader.model", "upgrader.events"}
 OURS = {"libvirt": ("upgrader_libvirt", "snapshot"), "webhook": ("upgrader_webhook", "notifier")}
 
 

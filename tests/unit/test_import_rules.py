@@ -79,7 +79,7 @@ RULES: dict[str, tuple[str, ...]] = {
                "redact", "engine", "policy", "units"),
     # deploy windows: pure calendar logic the engine asks through WindowPolicy
     "policy": ("errors", "units", "tomlsource", "plan", "model"),
-    "balancer": ("hashing", "addresses", "providers.base", "balancer"),
+    "balancer": ("hashing", "addresses", "providers.base", "balancer", "errors"),
     # feature flags: beside the engine, on the shared leaves only
     "flags": ("errors", "hashing", "tomlsource", "units", "addresses", "flags", "db"),
 }

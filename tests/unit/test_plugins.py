@@ -564,7 +564,7 @@ def test_noop_balancer_reads_back_what_was_set():
             await lb.set_backend_state("b3", "ready")
         with pytest.raises(Exception, match="state"):
             await lb.set_backend_state("b4", "sleeping")
-        with pytest.raises(Exception, match="0..256"):
+        with pytest.raises(Exception, match=r"0\.\.256"):
             await lb.set_backend("b5", address="x", port=1, pool="p", weight=300)
         await lb.set_split(None)
         assert (await lb.state()).split is None

@@ -196,9 +196,9 @@ def compare_calls(monkeypatch):
 
 async def _status(url: str, headers: dict[str, str] | None = None,
                   method: str = "GET", connector: Any = None) -> int:
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async with session.request(method, url, headers=headers or {}) as response:
-            return response.status
+    async with aiohttp.ClientSession(connector=connector) as session, \
+            session.request(method, url, headers=headers or {}) as response:
+        return response.status
 
 
 def test_balancer_admin_api_token_is_compared_in_constant_time(compare_calls):
@@ -275,7 +275,7 @@ def test_ofrep_refuses_to_serve_beyond_loopback_without_a_token(tmp_path):
 class _Handle:
     """The least a ControlServer serves; the server's auth is what is under test."""
 
-    history: list = []
+    history: tuple[Any, ...] = ()
 
     def snapshot(self) -> dict[str, Any]:
         return {"state": "running", "reason": "password=hunter2-secret"}
@@ -300,10 +300,10 @@ def test_control_api_token_is_compared_in_constant_time(tmp_path, compare_calls)
 
             assert await _status(url, connector=unix()) == 401
             assert await _status(url, {"Authorization": "Bearer bad"}, connector=unix()) == 401
-            async with aiohttp.ClientSession(connector=unix()) as session:
-                async with session.get(url, headers={"Authorization": "Bearer ctl-t0ken"}) as r:
-                    assert r.status == 200
-                    body = await r.json()
+            async with aiohttp.ClientSession(connector=unix()) as session, \
+                    session.get(url, headers={"Authorization": "Bearer ctl-t0ken"}) as r:
+                assert r.status == 200
+                body = await r.json()
             assert "hunter2" not in str(body)        # the snapshot goes out redacted
         finally:
             await server.aclose()

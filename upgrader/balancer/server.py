@@ -31,6 +31,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..addresses import is_loopback, parse_host_port
+from ..errors import BadRequest  # a body or parameter that does not validate: answered 400
 from ..hashing import in_percent
 from ..providers.base import BACKEND_STATES, LATENCY_BUCKETS
 
@@ -353,10 +354,6 @@ def _error(status: int, text: str, backend: str) -> web.Response:
 # The admin API
 
 
-class BadRequest(Exception):
-    """A body or parameter that does not validate: answered 400 with the message."""
-
-
 def _json_error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers or None)
 
@@ -365,7 +362,9 @@ def _auth_middleware(token: str | None) -> Callable[..., Awaitable[web.StreamRes
     expected = ("Bearer " + token).encode() if token else None
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def middleware(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                         ) -> web.StreamResponse:
         if expected is not None:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
@@ -426,7 +425,7 @@ def _percent(value: Any, key: str) -> float:
 def _state(value: Any) -> str:
     if value not in BACKEND_STATES:
         raise BadRequest(f"state must be one of {', '.join(BACKEND_STATES)}, got {value!r}")
-    return value
+    return str(value)
 
 
 class Admin:

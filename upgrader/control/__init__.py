@@ -1,2 +1,3 @@
 """Steering a rollout from elsewhere: the handle front ends use, and a local control API so a
-rollout can outlive the terminal that started it (``upgrader run --detach``, ``upgrader attach``)."""
+rollout can outlive the terminal that started it (``upgrader run --detach``,
+``upgrader attach``)."""

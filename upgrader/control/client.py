@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from ..errors import UpgraderError
+from ..errors import ControlError
 from ..events import Event, RolloutState
 from .server import ACTIONS, API_PREFIX, HEARTBEAT_S
 
@@ -80,7 +80,7 @@ class RemoteRollout:
         self._finished = asyncio.Event()
         self._finished_data: dict[str, Any] | None = None
         self._stopped = asyncio.Event()          # the reader is done (finished or lost)
-        self._lost: UpgraderError | None = None
+        self._lost: ControlError | None = None
         self._last_refresh = 0.0
         self._connected = False
         self._closed = False
@@ -102,7 +102,7 @@ class RemoteRollout:
     async def connect(self, *, timeout: float = 10.0) -> RemoteRollout:
         """Fetch the status and the history, then follow live events in the background.
 
-        Raises ``UpgraderError`` if the controller does not answer or refuses the token."""
+        Raises ``ControlError`` if the controller does not answer or refuses the token."""
         if self._connected:
             return self
         self._session = aiohttp.ClientSession(
@@ -132,8 +132,8 @@ class RemoteRollout:
             if self._lost is not None:
                 raise self._lost
             if not (self._caught_up.is_set() or self._finished.is_set()):
-                raise UpgraderError(f"the controller at {self.socket_path} sent no events "
-                                    f"within {timeout:g}s")
+                raise ControlError(f"the controller at {self.socket_path} sent no events "
+                                   f"within {timeout:g}s")
         except BaseException:
             await self.aclose()
             raise
@@ -202,16 +202,16 @@ class RemoteRollout:
         return self._last_seq
 
     @property
-    def lost(self) -> UpgraderError | None:
+    def lost(self) -> ControlError | None:
         """Why the handle stopped following the controller before the end, if it did."""
         return self._lost
 
     async def wait_finished(self) -> dict[str, Any]:
         """Wait for ``rollout_finished``; return its data (outcome, hosts, duration_s, error).
 
-        Raises ``UpgraderError`` if the controller goes away before the rollout ends."""
+        Raises ``ControlError`` if the controller goes away before the rollout ends."""
         if not self._connected:
-            raise UpgraderError("connect() first")
+            raise ControlError("connect() first")
         finished = asyncio.ensure_future(self._finished.wait())
         stopped = asyncio.ensure_future(self._stopped.wait())
         try:
@@ -221,13 +221,13 @@ class RemoteRollout:
             stopped.cancel()
         if self._finished_data is not None:
             return dict(self._finished_data)
-        raise self._lost or UpgraderError("the handle was closed before the rollout finished")
+        raise self._lost or ControlError("the handle was closed before the rollout finished")
 
     async def control(self, action: str, *, rollback: bool = True) -> dict[str, Any]:
         """Send one control now and return the controller's answer (``{"ok", "action",
-        "state"}``); raises ``UpgraderError`` on failure. The UI uses the methods above."""
+        "state"}``); raises ``ControlError`` on failure. The UI uses the methods above."""
         if action not in ACTIONS:
-            raise UpgraderError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+            raise ControlError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
         body = {"rollback": bool(rollback)} if action == "abort" else {}
         return await self._post(action, body)
 
@@ -235,7 +235,7 @@ class RemoteRollout:
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            raise UpgraderError("not connected to a controller")
+            raise ControlError("not connected to a controller")
         return self._session
 
     async def _get_status(self) -> dict[str, Any]:
@@ -245,8 +245,8 @@ class RemoteRollout:
                                    timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 body = await self._json_body(resp)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise UpgraderError(f"cannot reach the controller at {self.socket_path}: "
-                                f"{_describe(exc)}") from exc
+            raise ControlError(f"cannot reach the controller at {self.socket_path}: "
+                               f"{_describe(exc)}") from exc
         return body
 
     async def _post(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -256,8 +256,8 @@ class RemoteRollout:
                                     timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 return await self._json_body(resp)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise UpgraderError(f"{action}: cannot reach the controller at "
-                                f"{self.socket_path}: {_describe(exc)}") from exc
+            raise ControlError(f"{action}: cannot reach the controller at "
+                               f"{self.socket_path}: {_describe(exc)}") from exc
 
     async def _json_body(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
         try:
@@ -265,13 +265,13 @@ class RemoteRollout:
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            raise UpgraderError(f"the controller answered {resp.status} without a JSON object")
+            raise ControlError(f"the controller answered {resp.status} without a JSON object")
         if resp.status == 401:
-            raise UpgraderError("the controller refused the token (a different controller now "
-                                "serves this fleet?)")
+            raise ControlError("the controller refused the token (a different controller now "
+                               "serves this fleet?)")
         if resp.status >= 400:
-            raise UpgraderError(f"the controller answered {resp.status}: "
-                                f"{body.get('error', '')}")
+            raise ControlError(f"the controller answered {resp.status}: "
+                               f"{body.get('error', '')}")
         return body
 
     # ------------------------------------------------------------------ internals: events
@@ -288,7 +288,7 @@ class RemoteRollout:
                     reason = "the controller ended the event stream"
                 except asyncio.CancelledError:
                     raise
-                except UpgraderError as exc:          # 401 and the like: do not retry
+                except ControlError as exc:          # 401 and the like: do not retry
                     self._lost = exc
                     self._local_log("error", f"control API: {exc}")
                     break
@@ -296,7 +296,7 @@ class RemoteRollout:
                     reason = _describe(exc)
                 except Exception as exc:              # a bug: say so instead of hanging
                     log.exception("control client failed")
-                    self._lost = UpgraderError(f"the control client failed: {exc!r}")
+                    self._lost = ControlError(f"the control client failed: {exc!r}")
                     self._local_log("error", str(self._lost))
                     break
                 if self._stream_worked:     # that connection delivered: a new outage starts
@@ -309,7 +309,7 @@ class RemoteRollout:
                     self._local_log("warning", f"lost the controller's event stream ({reason});"
                                     " reconnecting")
                 elif now - down_since > self.reconnect_timeout:
-                    self._lost = UpgraderError(
+                    self._lost = ControlError(
                         f"the controller at {self.socket_path} has not answered for "
                         f"{self.reconnect_timeout:g}s ({reason}); the rollout may still run "
                         "(`upgrader status`, `upgrader attach`)")
@@ -329,7 +329,7 @@ class RemoteRollout:
         async with session.get(f"{API_PREFIX}/events", params={"since": str(self._last_seq)},
                                timeout=timeout) as resp:
             if resp.status == 401:
-                await self._json_body(resp)      # raises UpgraderError
+                await self._json_body(resp)      # raises ControlError
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(resp.request_info, resp.history,
                                                   status=resp.status, message=resp.reason or "")
@@ -423,7 +423,7 @@ class RemoteRollout:
             self._last_refresh = time.monotonic()
             try:
                 self._apply_status(await self._get_status())
-            except UpgraderError:
+            except ControlError:
                 pass        # the reader notices a controller that went away
 
     def _apply_status(self, status: dict[str, Any]) -> None:
@@ -508,7 +508,7 @@ class RemoteRollout:
             action, body = item
             try:
                 await self._post(action, body)
-            except UpgraderError as exc:
+            except ControlError as exc:
                 self._local_log("error", str(exc))
             else:
                 self._dirty.set()

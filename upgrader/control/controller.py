@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import PolicyRefused, UpgraderError
+from ..errors import ControlError, PolicyRefused
 from .client import RemoteRollout
-from .server import MAX_SOCKET_PATH, ControlServer, socket_answers
+from .server import HEARTBEAT_S, MAX_SOCKET_PATH, ControlServer, socket_answers
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine.core import RolloutResult
@@ -90,7 +90,7 @@ def read_token(token_path: str | Path) -> str:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise UpgraderError(f"no control token at {path}") from None
+        raise ControlError(f"no control token at {path}") from None
     if st.st_mode & 0o077:
         raise PolicyRefused(f"the control token {path} is readable by others "
                             f"(mode {stat.S_IMODE(st.st_mode):o}); refusing to use it")
@@ -114,13 +114,13 @@ async def serve_rollout(rollout: Rollout, *, linger: float = LINGER_S,
     attached clients see ``rollout_finished``, then removes the socket and the token."""
     engine = rollout.engine
     if engine is None:
-        raise UpgraderError("serve_rollout needs an entered Rollout (`async with Rollout(...)`)")
+        raise ControlError("serve_rollout needs an entered Rollout (`async with Rollout(...)`)")
     socket_path, token_path = control_paths(rollout.state_dir, rollout.fleet.name)
-    if socket_path.parent != Path(rollout.state_dir).expanduser().resolve():
+    if socket_path.parent != token_path.parent:     # the token is in the (resolved) state dir
         _ensure_private_dir(socket_path.parent)
     token = await asyncio.to_thread(write_token, token_path)
-    kwargs = {"heartbeat": heartbeat} if heartbeat is not None else {}
-    server = ControlServer(engine, socket_path=socket_path, token=token, **kwargs)
+    server = ControlServer(engine, socket_path=socket_path, token=token,
+                           heartbeat=HEARTBEAT_S if heartbeat is None else heartbeat)
     try:
         await server.start()
     except BaseException:
@@ -186,33 +186,31 @@ async def connect(state_dir: str | Path, fleet_name: str, *, timeout: float = 10
     """A connected ``RemoteRollout`` on the controller of ``fleet_name``.
 
     Waits up to ``timeout`` seconds for the controller to answer (a detached one may still be
-    starting). ``UpgraderError`` if none does, or at once if ``pid`` (the controller just
+    starting). ``ControlError`` if none does, or at once if ``pid`` (the controller just
     started with ``start_detached``) exits first."""
     socket_path, token_path = control_paths(state_dir, fleet_name)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.05
-    last_error: UpgraderError | None = None
+    last_error: ControlError | None = None
     while True:
         if socket_path.exists() and token_path.exists() and await socket_answers(socket_path):
             try:
                 token = await asyncio.to_thread(read_token, token_path)
                 remote = RemoteRollout(socket_path, token, reconnect_timeout=reconnect_timeout)
                 return await remote.connect(timeout=max(1.0, deadline - loop.time()))
-            except PolicyRefused:
-                raise
-            except UpgraderError as exc:    # e.g. the token changed under us: try again
+            except ControlError as exc:    # e.g. the token changed under us: try again
                 last_error = exc
         if pid is not None:
             status = controller_exit_status(pid)
             if status is not None:
-                raise UpgraderError(f"the controller (pid {pid}) for fleet {fleet_name} exited "
-                                    f"with status {status} before it served its control API")
+                raise ControlError(f"the controller (pid {pid}) for fleet {fleet_name} exited "
+                                   f"with status {status} before it served its control API")
         if loop.time() >= deadline:
             break
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.5)
-    state = Path(state_dir).expanduser().resolve()
+    state = token_path.parent       # the state dir, resolved
     detail = f" ({last_error})" if last_error else ""
-    raise UpgraderError(f"no controller for fleet {fleet_name} in {state}; is a rollout "
-                        f"running? `upgrader status`{detail}")
+    raise ControlError(f"no controller for fleet {fleet_name} in {state}; is a rollout "
+                       f"running? `upgrader status`{detail}")

@@ -15,8 +15,9 @@ from ..events import Event
 
 @runtime_checkable
 class RolloutHandle(Protocol):
-    #: the most recent events (bounded), oldest first
-    history: Sequence[Event]
+    @property
+    def history(self) -> Sequence[Event]:
+        """The most recent events (bounded), oldest first."""
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able picture of the rollout now (see ``Engine.snapshot``)."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import PolicyRefused, UpgraderError
+from ..errors import ControlError, PolicyRefused, UpgraderError
 from ..events import Event
 from ..redact import redact_data
 from .handle import RolloutHandle
@@ -84,7 +84,7 @@ class ControlServer:
     def __init__(self, handle: RolloutHandle, *, socket_path: str | Path, token: str,
                  heartbeat: float = HEARTBEAT_S, max_backlog: int = MAX_BACKLOG) -> None:
         if not token:
-            raise UpgraderError("the control API needs a non-empty token")
+            raise ControlError("the control API needs a non-empty token")
         self.handle = handle
         self.socket_path = Path(socket_path)
         self._token = token.encode()
@@ -117,12 +117,12 @@ class ControlServer:
 
     async def start(self) -> None:
         if self._runner is not None:
-            raise UpgraderError("control server already started")
+            raise ControlError("control server already started")
         path = self.socket_path
         if len(os.fsencode(str(path))) > MAX_SOCKET_PATH:
-            raise UpgraderError(f"control socket path is too long for a Unix socket "
-                                f"({len(os.fsencode(str(path)))} bytes, at most "
-                                f"{MAX_SOCKET_PATH}): {path}")
+            raise ControlError(f"control socket path is too long for a Unix socket "
+                               f"({len(os.fsencode(str(path)))} bytes, at most "
+                               f"{MAX_SOCKET_PATH}): {path}")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self._clear_stale(path)
         sock = _bind_private(path)
@@ -148,7 +148,7 @@ class ControlServer:
             await runner.cleanup()
             sock.close()
             self._remove_socket()
-            if self._unsubscribe:
+            if self._unsubscribe is not None:
                 self._unsubscribe()
             raise
         self._runner = runner
@@ -185,12 +185,12 @@ class ControlServer:
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(st.st_mode):
-            raise UpgraderError(f"{path} exists and is not a socket; refusing to replace it")
+            raise ControlError(f"{path} exists and is not a socket; refusing to replace it")
         if await socket_answers(path):
             raise PolicyRefused(f"a controller already serves the control socket {path}")
         log.info("removing stale control socket %s", path)
         try:
-            path.unlink()
+            await asyncio.to_thread(path.unlink)
         except FileNotFoundError:
             pass
 
@@ -313,13 +313,13 @@ class ControlServer:
                     batch.append(stream.queue.get_nowait())
                 lines = []
                 end = False
-                for event in batch:
-                    if event is None:
+                for item in batch:
+                    if item is None:
                         end = True
                         break
-                    if event.seq > last:
-                        lines.append(event.dumps())
-                        last = event.seq
+                    if item.seq > last:
+                        lines.append(item.dumps())
+                        last = item.seq
                 if lines:
                     await response.write(("\n".join(lines) + "\n").encode())
                 if end:
@@ -343,7 +343,7 @@ def _bind_private(path: Path) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise PolicyRefused(f"a controller already serves the control socket {path}") from exc
-        raise UpgraderError(f"cannot create the control socket {path}: {exc}") from exc
+        raise ControlError(f"cannot create the control socket {path}: {exc}") from exc
     finally:
         os.umask(old)
     os.chmod(path, 0o600)

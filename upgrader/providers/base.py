@@ -2,9 +2,15 @@
 checks, snapshot providers and notifiers.
 
 A provider is created by a factory registered under a name (see ``upgrader.hookspecs``):
-``factory(settings, context) -> provider``. Every provider has an async ``aclose()``.
-Settings are declared with :class:`Setting` so that a typo in a fleet file is a
+``factory(settings, context) -> provider`` (a :data:`Factory`). Every provider has an async
+``aclose()``. Settings are declared with :class:`Setting` so that a typo in a fleet file is a
 ``ConfigError`` naming the key, before anything runs.
+
+Each protocol method says what it returns and which error of ``upgrader.errors`` it raises. A
+provider translates its library's errors (``OSError``, ``aiohttp.ClientError``, ...) into
+that error at its boundary (``raise BalancerError(...) from exc``): the engine catches the
+tree, never a library's exceptions. A factory raises ``ConfigError`` for settings that are
+well-typed but invalid.
 """
 
 from __future__ import annotations
@@ -13,9 +19,12 @@ import shlex
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from ..model import Fleet, Host
+
+if TYPE_CHECKING:  # for annotations only: the contracts sit below events in the layers
+    from ..events import Event
 
 # --------------------------------------------------------------------------------------------
 # Declared settings (pyinfra's data_meta idea): name, type, default, description.
@@ -45,10 +54,21 @@ class ProviderContext:
     state_dir: str | None = None
 
 
+ProviderT = TypeVar("ProviderT", covariant=True)
+
+#: ``factory(settings, context) -> provider``: what a plugin registers. ``settings`` holds every
+#: declared :class:`Setting`, validated, defaults filled in. ``Factory[Transport]`` builds a
+#: transport, and so on; it raises ``ConfigError`` for settings that are well-typed but invalid.
+Factory = Callable[[Mapping[str, Any], ProviderContext], ProviderT]
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderFactory:
+    """A registered factory: its name (a fleet file's ``kind``), its declared settings and the
+    plugin that registered it."""
+
     name: str
-    factory: Callable[[Mapping[str, Any], ProviderContext], Any]
+    factory: Factory[Any]
     settings: tuple[Setting, ...] = ()
     description: str = ""
     plugin: str = ""
@@ -93,11 +113,23 @@ def command_text(argv: Sequence[str], limit: int = 200) -> str:
 
 @runtime_checkable
 class Transport(Protocol):
+    """How commands reach a host (a local subprocess, SSH, ...)."""
+
     async def run(self, host: Host, argv: Sequence[str], *, timeout: float | None = None,
                   check: bool = True) -> CommandResult:
-        """Run ``argv`` on ``host``. ``check``: raise TransportError on a non-zero exit."""
+        """Run ``argv`` (an argument list, never a shell string) on ``host``; return its exit
+        status and output.
 
-    async def aclose(self) -> None: ...
+        :param timeout: seconds before the command is stopped (None: the transport's own).
+        :param check: raise on a non-zero exit status; with False, return it instead.
+        :raises CommandTimeout: the command ran past ``timeout`` (also a ``TimeoutError``).
+        :raises TransportError: the host could not be reached, the command could not be
+            started, the transport is closed, or (``check``) the command exited non-zero;
+            ``exit_status``, ``stdout`` and ``stderr`` carry what it said.
+        """
+
+    async def aclose(self) -> None:
+        """Close the connections and processes the transport opened. Raises nothing."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,29 +195,72 @@ class BackendStats:
 
 @runtime_checkable
 class Balancer(Protocol):
-    async def state(self) -> BalancerState: ...
+    """A load balancer client. Every method raises ``BalancerError`` when the balancer cannot
+    be reached, refuses a change, or answers something unreadable; the engine reads the
+    state back after each change and treats a difference as a ``BalancerError`` too."""
+
+    async def state(self) -> BalancerState:
+        """The balancer's table as it reads back now: backends, split, routes, maintenance.
+
+        :raises BalancerError: unreachable, or an answer that cannot be read.
+        """
 
     async def set_backend(self, name: str, *, address: str, port: int, pool: str,
                           weight: int = 100, state: str = "ready") -> None:
-        """Add or replace a backend."""
+        """Add or replace backend ``name`` at ``address:port`` in ``pool`` (``weight``
+        0..256 within the pool, ``state`` one of ``BACKEND_STATES``).
 
-    async def remove_backend(self, name: str) -> None: ...
+        :raises BalancerError: a bad name, port, weight or state, a refusal, or unreachable.
+        """
+
+    async def remove_backend(self, name: str) -> None:
+        """Take backend ``name`` out of the balancer.
+
+        :raises BalancerError: no such backend, a refusal, or unreachable.
+        """
 
     async def set_backend_state(self, name: str, state: str, *, pool: str | None = None) -> None:
-        """ready | drain (no new requests) | maint. Optionally move it to another pool."""
+        """ready | drain (no new requests) | maint. Optionally move it to another pool.
+
+        :raises BalancerError: no such backend, an unknown state, a refusal, or unreachable.
+        """
 
     async def wait_drained(self, name: str, timeout: float) -> int:
-        """Wait until the backend has no request in flight; return what is still in flight."""
+        """Wait up to ``timeout`` seconds until backend ``name`` has no request in flight;
+        return how many are still in flight (0: drained). Giving up is not an error.
 
-    async def set_split(self, weights: Mapping[str, float] | None) -> None: ...
+        :raises BalancerError: no such backend, or unreachable.
+        """
 
-    async def set_routes(self, routes: RouteTable | None) -> None: ...
+    async def set_split(self, weights: Mapping[str, float] | None) -> None:
+        """Send ``weights`` percent of the traffic to each pool (None: no split, every ready
+        backend by its weight).
 
-    async def set_maintenance(self, on: bool, retry_after: int = 60) -> None: ...
+        :raises BalancerError: a weight outside 0..100 (or a sum above 100), a refusal, or
+            unreachable.
+        """
 
-    async def stats(self) -> Mapping[str, BackendStats]: ...
+    async def set_routes(self, routes: RouteTable | None) -> None:
+        """Route groups and cohorts of users to pools (None: no routes).
 
-    async def aclose(self) -> None: ...
+        :raises BalancerError: a route the balancer cannot hold, a refusal, or unreachable.
+        """
+
+    async def set_maintenance(self, on: bool, retry_after: int = 60) -> None:
+        """Answer every request with 503 and ``Retry-After: retry_after`` (``on``), or
+        serve again.
+
+        :raises BalancerError: a refusal, or unreachable.
+        """
+
+    async def stats(self) -> Mapping[str, BackendStats]:
+        """Cumulative counters per backend name (requests, errors, latency histogram).
+
+        :raises BalancerError: unreachable, or an answer that cannot be read.
+        """
+
+    async def aclose(self) -> None:
+        """Close the connections the client opened. Raises nothing."""
 
     # Optional, for big fleets (the engine uses them when a balancer has them):
     #   async def backend_state(self, name: str) -> BackendState | None
@@ -206,22 +281,46 @@ class HealthResult:
 
 @runtime_checkable
 class HealthCheck(Protocol):
-    async def check(self, host: Host, *, port: int | None = None) -> HealthResult:
-        """One attempt; ``port`` overrides the host's port (blue-green slots)."""
+    """Tells whether a host serves. The engine retries a failed check and raises
+    ``HealthCheckFailed`` when the host stays unhealthy; the check itself does not."""
 
-    async def aclose(self) -> None: ...
+    async def check(self, host: Host, *, port: int | None = None) -> HealthResult:
+        """One attempt; ``port`` overrides the host's port (blue-green slots). An unhealthy
+        or unreachable host is ``HealthResult(False, why)``, never an exception.
+
+        :raises ConfigError: the check cannot be made for this host (no port to check, a
+            template naming an unknown placeholder).
+        """
+
+    async def aclose(self) -> None:
+        """Close the connections the check opened. Raises nothing."""
 
 
 @runtime_checkable
 class SnapshotProvider(Protocol):
+    """Takes and restores snapshots of a host (a directory, a VM, ...)."""
+
     async def create(self, host: Host, label: str) -> str:
-        """Take a snapshot; return its id."""
+        """Take a snapshot of ``host`` named after ``label``; return its id.
 
-    async def revert(self, host: Host, snapshot_id: str) -> None: ...
+        :raises SnapshotError: the snapshot could not be taken (the host, the tool or the
+            hypervisor failed; its ``host`` names the host).
+        """
 
-    async def delete(self, host: Host, snapshot_id: str) -> None: ...
+    async def revert(self, host: Host, snapshot_id: str) -> None:
+        """Put ``host`` back as it was when ``snapshot_id`` was taken.
 
-    async def aclose(self) -> None: ...
+        :raises SnapshotError: no such snapshot, or the restore failed.
+        """
+
+    async def delete(self, host: Host, snapshot_id: str) -> None:
+        """Delete snapshot ``snapshot_id`` of ``host``.
+
+        :raises SnapshotError: no such snapshot, or the deletion failed.
+        """
+
+    async def aclose(self) -> None:
+        """Close the connections the provider opened. Raises nothing."""
 
 
 @runtime_checkable
@@ -264,6 +363,13 @@ class SchemaSwitch(Protocol):
 
 @runtime_checkable
 class Notifier(Protocol):
-    async def notify(self, event: Any) -> None: ...
+    """Receives every event of a rollout (webhook, chat, ...)."""
 
-    async def aclose(self) -> None: ...
+    async def notify(self, event: Event) -> None:
+        """Hand ``event`` on; return quickly (queue it and send it in the background). A
+        notifier that fails must not stop the rollout: the engine logs what ``notify``
+        raises and carries on, so it raises nothing on purpose."""
+
+    async def aclose(self) -> None:
+        """Close; a notifier that queues sends what is still queued first, within a bounded
+        time. Raises nothing."""

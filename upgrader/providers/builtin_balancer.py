@@ -13,10 +13,11 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from ..errors import BalancerError, ConfigError
-from ..hookspecs import hookimpl
+from ..hookspecs import Register, hookimpl
 from .base import (
     BackendState,
     BackendStats,
+    Balancer,
     BalancerState,
     Cohort,
     ProviderContext,
@@ -131,7 +132,11 @@ class BuiltinBalancer:
         data = await self._call("GET", f"/admin/backends/{self._name(name)}/drained",
                                 params={"timeout": f"{timeout:g}"},
                                 timeout=timeout + self.timeout)
-        return int(data["inflight"])
+        try:
+            return int(data["inflight"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BalancerError(f"GET /admin/backends/{name}/drained: unexpected answer: "
+                                f"{exc!r}") from exc
 
     async def set_split(self, weights: Mapping[str, float] | None) -> None:
         await self._call("PUT", "/admin/split",
@@ -251,7 +256,7 @@ def from_settings(settings: Mapping[str, Any], context: ProviderContext) -> Buil
 
 
 @hookimpl
-def register_balancers(register: Any) -> None:
+def register_balancers(register: Register[Balancer]) -> None:
     register("builtin", from_settings, settings=SETTINGS,
              description="the built-in L7 balancer (upgrader balancer serve), "
                          "through its admin API")

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, TransportError
-from ..hookspecs import hookimpl
+from ..hookspecs import Register, hookimpl
 from ..model import Host
-from .base import HealthResult, ProviderContext, Setting, Transport
+from .base import HealthCheck, HealthResult, ProviderContext, Setting, Transport
 from .local import host_fields
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ class CommandHealthCheck:
 
 
 @hookimpl
-def register_health_checks(register: Any) -> None:
+def register_health_checks(register: Register[HealthCheck]) -> None:
     register("http", HttpHealthCheck.from_settings, settings=HTTP_SETTINGS,
              description="GET scheme://address:port/path; healthy on the expected status")
     register("tcp", TcpHealthCheck.from_settings, settings=TCP_SETTINGS,

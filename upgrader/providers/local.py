@@ -18,9 +18,17 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 from ..errors import CommandTimeout, ConfigError, TransportError
-from ..hookspecs import hookimpl
+from ..hookspecs import Register, hookimpl
 from ..model import Host
-from .base import CommandResult, ProviderContext, Setting, command_text, describe_exit, output_tail
+from .base import (
+    CommandResult,
+    ProviderContext,
+    Setting,
+    Transport,
+    command_text,
+    describe_exit,
+    output_tail,
+)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("max_parallel", int, 32, "commands running at once, over all hosts"),
@@ -197,6 +205,6 @@ class LocalTransport:
 
 
 @hookimpl
-def register_transports(register: Any) -> None:
+def register_transports(register: Register[Transport]) -> None:
     register("local", LocalTransport.from_settings, settings=SETTINGS,
              description="commands run as local subprocesses (argument lists, no shell)")

@@ -14,19 +14,23 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import BalancerError, ConfigError, SnapshotError, TransportError
-from ..hookspecs import hookimpl
+from ..hookspecs import Register, hookimpl
 from ..model import Host
 from .base import (
     BACKEND_STATES,
     LATENCY_BUCKETS,
     BackendState,
     BackendStats,
+    Balancer,
     BalancerState,
     CommandResult,
+    HealthCheck,
     HealthResult,
     ProviderContext,
     RouteTable,
     Setting,
+    SnapshotProvider,
+    Transport,
 )
 
 DELAY_SETTING = Setting("delay", float, 0.0, "seconds each call takes (asyncio.sleep)")
@@ -331,24 +335,24 @@ class NoopSnapshot:
 
 
 @hookimpl
-def register_transports(register: Any) -> None:
+def register_transports(register: Register[Transport]) -> None:
     register("noop", NoopTransport.from_settings, settings=TRANSPORT_SETTINGS,
              description="runs nothing, records every command, answers exit 0")
 
 
 @hookimpl
-def register_balancers(register: Any) -> None:
+def register_balancers(register: Register[Balancer]) -> None:
     register("noop", NoopBalancer.from_settings, settings=BALANCER_SETTINGS,
              description="an in-memory balancer (estimates, benchmarks, tests)")
 
 
 @hookimpl
-def register_health_checks(register: Any) -> None:
+def register_health_checks(register: Register[HealthCheck]) -> None:
     register("noop", NoopHealthCheck.from_settings, settings=HEALTH_SETTINGS,
              description="always healthy")
 
 
 @hookimpl
-def register_snapshot_providers(register: Any) -> None:
+def register_snapshot_providers(register: Register[SnapshotProvider]) -> None:
     register("noop", NoopSnapshot.from_settings, settings=SNAPSHOT_SETTINGS,
              description="remembers snapshot ids, saves nothing")

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError, SnapshotError, TransportError
-from ..hookspecs import hookimpl
+from ..hookspecs import Register, hookimpl
 from ..model import Host
-from .base import CommandResult, ProviderContext, Setting, Transport
+from .base import CommandResult, ProviderContext, Setting, SnapshotProvider, Transport
 from .local import host_fields
 
 SNAPSHOT_DIR = ".snapshots"
@@ -199,6 +199,6 @@ class DirectorySnapshot:
 
 
 @hookimpl
-def register_snapshot_providers(register: Any) -> None:
+def register_snapshot_providers(register: Register[SnapshotProvider]) -> None:
     register("directory", DirectorySnapshot.from_settings, settings=SETTINGS,
              description="tar archive of a host's release folder, through the transport")

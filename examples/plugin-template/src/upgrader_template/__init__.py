@@ -19,9 +19,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from upgrader.errors import ConfigError, TransportError
-from upgrader.hookspecs import hookimpl
+from upgrader.events import Event
+from upgrader.hookspecs import Register, hookimpl
 from upgrader.model import Host
-from upgrader.providers.base import CommandResult, ProviderContext, Setting
+from upgrader.providers.base import CommandResult, Notifier, ProviderContext, Setting, Transport
 
 __version__ = "0.2.0"
 
@@ -110,7 +111,8 @@ JSONL_SETTINGS: tuple[Setting, ...] = (
 def event_as_dict(event: Any) -> dict[str, Any]:
     """An upgrader event as JSON data (``Event.to_json()``), or a dataclass's fields."""
     if callable(getattr(event, "to_json", None)):
-        return event.to_json()
+        data: dict[str, Any] = event.to_json()
+        return data
     if dataclasses.is_dataclass(event) and not isinstance(event, type):
         return {"kind": type(event).__name__, **dataclasses.asdict(event)}
     return {"kind": type(event).__name__, "event": str(event)}
@@ -131,7 +133,7 @@ class JsonlNotifier:
                       context: ProviderContext) -> JsonlNotifier:
         return cls(settings["path"], settings["events"])
 
-    async def notify(self, event: Any) -> None:
+    async def notify(self, event: Event) -> None:
         if self.kinds and getattr(event, "kind", None) not in self.kinds:
             return
         line = json.dumps(event_as_dict(event), default=str)
@@ -147,12 +149,12 @@ class JsonlNotifier:
 
 
 @hookimpl
-def register_transports(register: Any) -> None:
+def register_transports(register: Register[Transport]) -> None:
     register("record", RecordTransport.from_settings, settings=RECORD_SETTINGS,
              description="runs nothing; records each command to a JSON-lines file per host")
 
 
 @hookimpl
-def register_notifiers(register: Any) -> None:
+def register_notifiers(register: Register[Notifier]) -> None:
     register("jsonl", JsonlNotifier.from_settings, settings=JSONL_SETTINGS,
              description="appends every rollout event to a JSON-lines file")
