@@ -267,3 +267,25 @@ class Notifier(Protocol):
     async def notify(self, event: Any) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Optional balancer capabilities: a balancer that has them is used through them (big fleets);
+# the engine asks ``isinstance(balancer, BackendStateReader)`` instead of probing attributes.
+
+
+@runtime_checkable
+class BackendStateReader(Protocol):
+    """A balancer that reads one backend without reading the whole table."""
+
+    async def backend_state(self, name: str) -> BackendState | None:
+        """The backend called ``name`` as the balancer has it now; None when it has none."""
+
+
+@runtime_checkable
+class PoolStatsReader(Protocol):
+    """A balancer that keeps cumulative counters per pool, credited to the pool that served
+    each request (so a backend moved between pools does not carry its history along)."""
+
+    async def pool_stats(self) -> Mapping[str, BackendStats]:
+        """Cumulative counters per pool name, as ``Balancer.stats`` per backend."""
