@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from ..clock import Clock
@@ -39,12 +39,12 @@ class EventBus:
         self.history: deque[Event] = deque(maxlen=history)
         self._observers: list[Callable[[Event], None]] = list(observers)
         self._queues: list[asyncio.Queue[Event | None]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
 
     async def emit(self, kind: str, /, **data: object) -> Event:
         """Journal (unless an observation), record and hand out one event."""
         self.seq += 1
-        payload: dict[str, Any] = data
+        payload: Mapping[str, object] = data
         if kind not in NOT_JOURNALED:      # secrets never reach events or the journal
             payload = redact_data(payload)
         event = Event(kind, self.clock.wall(), self.rollout_id, self.seq, payload)

@@ -122,10 +122,8 @@ class FailurePolicy:
 
     async def _rollback_reinstall(self, touched: list[str], errors: list[str]) -> None:
         current = self.fleet.releases.current
-        target = self.fleet.releases.target
         traffic = self.traffic
-        balancer = traffic.balancer
-        state = await balancer.state()
+        state = await traffic.balancer.state()
         if state.routes is not None:
             await traffic.route((), "current" if any(
                 b.pool == current and b.state == "ready" for b in state.backends.values())
@@ -135,22 +133,12 @@ class FailurePolicy:
         # take the target release out of traffic at once, as far as capacity allows, and
         # again each time a host is back on the old release (so a bad release stops
         # answering users as soon as the old one can carry them)
-        main_total = len(self.fleet.main_hosts)
-        need = math.ceil(main_total * self.fleet.strategy.min_capacity / 100.0)
+        need = math.ceil(len(self.fleet.main_hosts) * self.fleet.strategy.min_capacity / 100.0)
         drain_lock = asyncio.Lock()
 
         async def drain_target(seen: BalancerState | None = None) -> None:
             async with drain_lock:
-                now = seen if seen is not None else await balancer.state()
-                ready_old = sum(1 for b in now.backends.values()
-                                if b.pool == current and b.state == "ready")
-                drained = False
-                for name, backend in now.backends.items():
-                    if backend.pool == target and backend.state == "ready" and ready_old >= need:
-                        await traffic.set_backend_state(name, "drain")
-                        drained = True
-                if drained or seen is not None:
-                    await traffic.emit_traffic()
+                await self._shed_target(need, seen)
 
         await drain_target(state)
         drain = not state.maintenance
@@ -158,24 +146,11 @@ class FailurePolicy:
         in_flight: set[str] = set()
         came_back = asyncio.Condition()
 
-        async def leave_a_server(name: str) -> None:
-            """Never drain the last backend that serves users while another host's roll-back
-            can still bring one back: wait for it instead (the plan's roll-back parallelism
-            knows nothing of hosts a failure took out of service)."""
-            own = backend_name(name, None)
-            while True:
-                now = await balancer.state()
-                if any(n != own and b.state == "ready" and b.weight > 0
-                       for n, b in now.backends.items()) or not in_flight:
-                    return
-                async with came_back:
-                    await came_back.wait()
-
         async def one(name: str) -> None:
             async with limit:
                 try:
                     if drain:
-                        await leave_a_server(name)
+                        await self._leave_a_server(name, in_flight, came_back)
                     in_flight.add(name)
                     await self.procedure.upgrade(name, current, mode="rollback", drain=drain,
                                                  slot=None)
@@ -198,6 +173,35 @@ class FailurePolicy:
             await traffic.maintenance(False, 0)
         if state.routes is not None:
             await traffic.route((), None)
+
+    async def _shed_target(self, need: int, seen: BalancerState | None) -> None:
+        """Drain the target release's backends while ``need`` hosts of the current release
+        serve (``seen``: the balancer as just read; the ``traffic`` event follows then)."""
+        current, target = self.fleet.releases.current, self.fleet.releases.target
+        now = seen if seen is not None else await self.traffic.balancer.state()
+        ready_old = sum(1 for b in now.backends.values()
+                        if b.pool == current and b.state == "ready")
+        drained = False
+        for name, backend in now.backends.items():
+            if backend.pool == target and backend.state == "ready" and ready_old >= need:
+                await self.traffic.set_backend_state(name, "drain")
+                drained = True
+        if drained or seen is not None:
+            await self.traffic.emit_traffic()
+
+    async def _leave_a_server(self, name: str, in_flight: set[str],
+                              came_back: asyncio.Condition) -> None:
+        """Never drain the last backend that serves users while another host's roll-back
+        can still bring one back: wait for it instead (the plan's roll-back parallelism
+        knows nothing of hosts a failure took out of service)."""
+        own = backend_name(name, None)
+        while True:
+            now = await self.traffic.balancer.state()
+            if any(n != own and b.state == "ready" and b.weight > 0
+                   for n, b in now.backends.items()) or not in_flight:
+                return
+            async with came_back:
+                await came_back.wait()
 
     async def _rollback_slots(self, errors: list[str]) -> None:
         progress, traffic, procedure = self.progress, self.traffic, self.procedure
