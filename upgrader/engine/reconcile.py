@@ -443,8 +443,7 @@ async def apply(engine: Engine, diff: Difference, balancer: BalancerState, *,
     elif diff.action == REINSTALL and name is not None:
         host = progress.hosts_by_name[name]
         if diff.slot is None:
-            # nothing to skip: redo it all
-            progress.put_in_doubt(name, HostPhase.STOPPING, None)
+            progress.put_in_doubt(name, HostPhase.STOPPING, None)   # redo it all
             progress.hosts[name].release = None
             progress.reopen(name, diff.steps)
             if not diff.steps and not rolling_back and diff.release is not None \
@@ -478,10 +477,8 @@ async def apply(engine: Engine, diff: Difference, balancer: BalancerState, *,
         await traffic.remove_backend(diff.subject)
     elif diff.action == REAPPLY:
         if diff.kind == "split":
-            if diff.journal:
-                await traffic.set_traffic(diff.journal, check_capacity=False)
-            else:
-                await traffic.clear_split()
+            await (traffic.set_traffic(diff.journal, check_capacity=False) if diff.journal
+                   else traffic.clear_split())
         elif diff.kind == "routes":
             await _set_routes(engine, diff.journal)
         elif diff.kind == "maintenance":
@@ -491,8 +488,7 @@ async def apply(engine: Engine, diff: Difference, balancer: BalancerState, *,
 
 
 async def _set_routes(engine: Engine, journal: Mapping[str, Any] | None) -> None:
-    """Set the journal's route table again as it was journaled (not read back: the
-    journaled table is what the balancer had, in whatever form it reported it)."""
+    """Set the journal's route table again, as journaled."""
     fleet = engine.fleet
     table = None
     if journal is not None:
