@@ -265,11 +265,11 @@ def test_events_lost_from_history_are_a_gap_notice_and_a_status_refresh(fleet_fa
         await remote.connect()
         notes: list[str] = []
         remote.subscribe(lambda e: notes.append(e.data["message"]) if not e.seq else None)
-        await engine._emit("log", level="info", message="first")
+        await engine.bus.emit("log", level="info", message="first")
         await wait_for(lambda: remote.last_seq == 1, what="first event")
         await server.aclose()
         for i in range(20):                 # more than the controller keeps
-            await engine._emit("log", level="info", message=f"while away {i}")
+            await engine.bus.emit("log", level="info", message=f"while away {i}")
         server = ControlServer(engine, socket_path=path, token=TOKEN, heartbeat=0.2)
         await server.start()
         await wait_for(lambda: remote.last_seq == 21, what="caught up")
@@ -346,7 +346,7 @@ def test_slow_client_is_dropped_and_heartbeats_flow(fleet_factory, tmp_path):
                 assert beat == {"kind": "heartbeat"}
                 # the client stops reading; the engine emits more than the backlog allows
                 for i in range(5):
-                    await engine._emit("log", level="info", message=f"m{i}")
+                    await engine.bus.emit("log", level="info", message=f"m{i}")
                 rest = (await resp.content.read()).decode().splitlines()
                 kinds = [json.loads(x)["kind"] for x in rest]
                 assert kinds[-1] == "dropped"

@@ -69,8 +69,8 @@ def analyze(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
                             f"{n_err} errors in {n_req} requests"))
     if spec.p95_latency_max is not None:
         p95 = percentile(n_buckets, 0.95)
-        verdicts.append(Verdict("p95_latency",
-                                "fail" if p95 is not None and p95 > spec.p95_latency_max else "pass",
+        slow = p95 is not None and p95 > spec.p95_latency_max
+        verdicts.append(Verdict("p95_latency", "fail" if slow else "pass",
                                 p95, spec.p95_latency_max, n_req, percentile(o_buckets, 0.95)))
     return verdicts
 

@@ -25,16 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..model import Fleet, Host, HostPhase
 from ..plan import Maintenance, Plan, PrepareSlots, Route, SetTraffic, UpgradeHosts
 from ..providers.base import BalancerState, Cohort, RouteTable
+from .progress import ResumeState, backend_name, port_of
+from .traffic import routes_json
 
 if TYPE_CHECKING:  # the engine imports this module; nothing here imports the engine
-    from .core import Engine, ResumeState
+    from .core import Engine
 
 #: hosts whose release is read at once (the ``current`` command through the transport)
 READ_PARALLEL = 16
@@ -126,18 +128,6 @@ class Difference:
 
 
 # ---------------------------------------------------------------------------------- pure part
-
-
-def backend_name(host: str, slot: str | None) -> str:
-    return host if slot is None else f"{host}@{slot}"
-
-
-def routes_json(routes: RouteTable | None) -> dict[str, Any] | None:
-    """A route table as the ``traffic`` event writes it."""
-    if routes is None:
-        return None
-    return {"groups": dict(routes.groups), "default": routes.default,
-            "cohorts": [[c.name, c.percent, p] for c, p in routes.cohorts]}
 
 
 def traffic_of(state: BalancerState) -> dict[str, Any]:
@@ -244,9 +234,20 @@ def compare(expected: Expectations, readings: Mapping[tuple[str, str | None], Re
 
     ``readings`` maps (host, slot) to what the host really runs; a host slot missing from it
     was not read (no ``current`` command) and is not compared."""
+    diffs = _release_diffs(expected.hosts, readings, current=current, target=target)
+    acted = {d.host for d in diffs if d.host is not None}   # their procedure sets backends
+    diffs += _backend_diffs(expected.backends, balancer, acted)
+    if expected.traffic is not None:
+        diffs += _traffic_diffs(expected, balancer, expected.traffic)
+    return diffs
+
+
+def _release_diffs(hosts: Iterable[HostExpectation],
+                   readings: Mapping[tuple[str, str | None], Reading], *, current: str,
+                   target: str) -> list[Difference]:
+    """Hosts that do not run what the journal says."""
     diffs: list[Difference] = []
-    acted: set[str] = set()              # hosts whose procedure is redone: backends follow
-    for want in expected.hosts:
+    for want in hosts:
         reading = readings.get((want.host, want.slot))
         if reading is None or _ANY in want.allowed:
             continue
@@ -257,12 +258,10 @@ def compare(expected: Expectations, readings: Mapping[tuple[str, str | None], Re
                 f"{subject}: cannot read its release ({reading.error}); the journal says "
                 f"{want.journal}: re-installing {want.journal}", want.host, want.slot,
                 want.journal, want.steps, unsafe=True))
-            acted.add(want.host)
             continue
         real = reading.release
         if real is None or real in want.allowed:
             continue        # an empty answer tells nothing (a `current` that prints nothing)
-        acted.add(want.host)
         # a prepared idle slot can be prepared again; the slot users are served from, or the
         # one a roll-back goes back to, must be put right now
         redo = want.slot is None or (not want.live and bool(want.steps))
@@ -283,14 +282,22 @@ def compare(expected: Expectations, readings: Mapping[tuple[str, str | None], Re
                 f"{subject} runs {real or 'nothing'} ({what}); the journal says "
                 f"{want.journal}: re-installing {want.journal}", want.host, want.slot,
                 want.journal, want.steps, unsafe=True))
-    for want in expected.backends:
+    return diffs
+
+
+def _backend_diffs(backends: Iterable[BackendExpectation], balancer: BalancerState,
+                   acted: set[str]) -> list[Difference]:
+    """Backends that serve when the journal says they should not, or the other way round
+    (not those of hosts whose procedure is redone: it sets them)."""
+    diffs: list[Difference] = []
+    for want in backends:
         if want.host in acted:
             continue
         seen = balancer.backends.get(want.backend)
         real = None if seen is None else {"pool": seen.pool, "state": seen.state,
                                           "weight": seen.weight}
         if want.serve:
-            journal = {"pool": want.pool, "state": "ready"}
+            journal: dict[str, object] = {"pool": want.pool, "state": "ready"}
             if seen is not None and seen.state == "ready" and seen.pool == want.pool \
                     and seen.weight > 0:
                 continue
@@ -311,28 +318,34 @@ def compare(expected: Expectations, readings: Mapping[tuple[str, str | None], Re
                 f"{want.state}: " + ("drained and removed" if action == REMOVE
                                      else f"set to {want.state}"),
                 want.host, want.slot, want.pool))
-    if expected.traffic is not None:
-        real_traffic = traffic_of(balancer)
-        for key in ("split", "routes", "maintenance"):
-            journal = expected.traffic.get(key)
-            real = real_traffic[key]
-            if _same(key, journal, real):
-                continue
-            if key in expected.pending and _same(key, expected.pending[key], real):
-                continue                 # the interrupted step got as far as this; it reruns
-            if expected.rolling_back:
-                diffs.append(Difference(key, key, journal, real, NOTHING,
-                                        f"{key} is {real}, the journal says {journal}: "
-                                        "the roll-back sets it"))
-            else:
-                diffs.append(Difference(key, key, journal, real, REAPPLY,
-                                        f"{key} is {real}, the journal says {journal}: "
-                                        "set again as journaled"))
+    return diffs
+
+
+def _traffic_diffs(expected: Expectations, balancer: BalancerState,
+                   journaled: Mapping[str, Any]) -> list[Difference]:
+    """A split, route table or maintenance switch unlike the last journaled one."""
+    diffs: list[Difference] = []
+    real_traffic = traffic_of(balancer)
+    for key in ("split", "routes", "maintenance"):
+        journal = journaled.get(key)
+        real = real_traffic[key]
+        if _same(key, journal, real):
+            continue
+        if key in expected.pending and _same(key, expected.pending[key], real):
+            continue                 # the interrupted step got as far as this; it reruns
+        if expected.rolling_back:
+            diffs.append(Difference(key, key, journal, real, NOTHING,
+                                    f"{key} is {real}, the journal says {journal}: "
+                                    "the roll-back sets it"))
+        else:
+            diffs.append(Difference(key, key, journal, real, REAPPLY,
+                                    f"{key} is {real}, the journal says {journal}: "
+                                    "set again as journaled"))
     return diffs
 
 
 def pending_traffic(plan: Plan, step_index: int | None, fleet: Fleet,
-                    routes: Any = None) -> dict[str, Any]:
+                    routes: RouteTable | None = None) -> dict[str, Any]:
     """What the step interrupted by the crash was setting (pure): its traffic key(s).
     ``routes``: the route table a Route step sets (the engine builds it)."""
     if step_index is None or not 0 <= step_index < len(plan.steps):
@@ -359,15 +372,13 @@ async def read_hosts(engine: Engine, hosts: Iterable[tuple[Host, str | None]]
     if template is None:
         return {}
     limit = asyncio.Semaphore(READ_PARALLEL)
-    transport = engine.providers.transport
+    current = engine.fleet.releases.current
 
     async def one(host: Host, slot: str | None) -> tuple[tuple[str, str | None], Reading]:
         async with limit:
-            argv = engine.render(template, host, engine.fleet.releases.current, slot)
             try:
-                result = await transport.run(host, argv,
-                                             timeout=engine.fleet.timing.command_timeout,
-                                             check=False)
+                result = await engine.procedure.run(host, template, current, slot,
+                                                    check=False)
             except Exception as exc:     # unreachable, timed out: the release is unknown
                 return (host.name, slot), Reading(error=f"{type(exc).__name__}: {exc}")
             if result.exit_status != 0:
@@ -389,10 +400,12 @@ async def reconcile(engine: Engine, resume: ResumeState, *,
     current, target = fleet.releases.current, fleet.releases.target
     table = None
     step = resume.step_in_progress
-    if step is not None and 0 <= step < len(plan.steps) and isinstance(plan.steps[step], Route):
-        table = engine._route_table(plan.steps[step].groups, plan.steps[step].default)
-    expected = expectations(fleet, plan, resume, live_slots=engine._live_slot,
-                            original_slots=engine._original_slot,
+    interrupted = plan.steps[step] if step is not None and 0 <= step < len(plan.steps) else None
+    if isinstance(interrupted, Route):
+        table = engine.traffic.route_table(interrupted.groups, interrupted.default)
+    progress = engine.progress
+    expected = expectations(fleet, plan, resume, live_slots=progress.live_slot,
+                            original_slots=progress.original_slot,
                             pending=pending_traffic(plan, step, fleet, table))
     wanted = {(w.host, w.slot) for w in expected.hosts if _ANY not in w.allowed}
     by_name = {h.name: h for h in fleet.hosts}
@@ -401,101 +414,81 @@ async def reconcile(engine: Engine, resume: ResumeState, *,
     balancer = await engine.providers.balancer.state()
     diffs = compare(expected, readings, balancer, current=current, target=target)
     if fleet.commands.current is None and wanted:
-        await engine._emit("log", level="warning", message="reconcile: the fleet has no "
+        await engine.bus.emit("log", level="warning", message="reconcile: the fleet has no "
                            "`current` command, so the hosts' real releases were not checked")
     for diff in diffs:
         data = diff.to_json()
         if diff.unsafe and defer_unsafe:
             data["detail"] += " once the operator resumes (paused)"
-        await engine._emit("reconcile", **data)     # journaled before the repair
+        await engine.bus.emit("reconcile", **data)     # journaled before the repair
         if not (diff.unsafe and defer_unsafe):
             await apply(engine, diff, balancer, rolling_back=resume.rolling_back)
-    await engine._emit("log", level="info",
+    await engine.bus.emit("log", level="info",
                        message=f"reconcile: {len(diffs)} difference(s) between the journal "
                                f"and the fleet ({len(readings)} host slot(s) read)")
     return diffs
 
 
-def _reopen(engine: Engine, host: str, steps: Sequence[int]) -> None:
-    for index in steps:
-        engine._hosts_done.get(index, set()).discard(host)
-        engine._done_steps.discard(index)
-
-
 async def apply(engine: Engine, diff: Difference, balancer: BalancerState, *,
                 rolling_back: bool = False) -> None:
     """Carry out ``diff``'s repair."""
+    progress, traffic, procedure = engine.progress, engine.traffic, engine.procedure
     name = diff.host
     if diff.action == IN_DOUBT and name is not None:
         # the journal's phase no longer holds: the host's procedure starts from what it runs
-        engine._in_doubt[name] = HostPhase.INSTALLING.value
-        engine._in_doubt_release[name] = diff.release
+        progress.put_in_doubt(name, HostPhase.INSTALLING, diff.release)
         if diff.slot is None:
-            engine.hosts[name].release = diff.release
-        _reopen(engine, name, diff.steps)
+            progress.hosts[name].release = diff.release
+        progress.reopen(name, diff.steps)
     elif diff.action == REINSTALL and name is not None:
-        host = engine._hosts_by_name[name]
+        host = progress.hosts_by_name[name]
         if diff.slot is None:
-            engine._in_doubt[name] = HostPhase.STOPPING.value   # nothing to skip: redo it all
-            engine._in_doubt_release[name] = None
-            engine.hosts[name].release = None
-            _reopen(engine, name, diff.steps)
-            if not diff.steps and not rolling_back and \
-                    diff.release == engine.fleet.releases.current:
+            progress.put_in_doubt(name, HostPhase.STOPPING, None)   # redo it all
+            progress.hosts[name].release = None
+            progress.reopen(name, diff.steps)
+            if not diff.steps and not rolling_back and diff.release is not None \
+                    and diff.release == engine.fleet.releases.current:
                 # not reached by the rollout yet, and serving: put its release back now
-                await engine._upgrade_host(name, diff.release, mode="rollback", drain=True)
+                await procedure.upgrade(name, diff.release, mode="rollback", drain=True)
         elif diff.release is not None:
-            live = engine._live_slot.get(name)
-            if diff.slot == live:
-                await engine._upgrade_host(name, diff.release, mode="upgrade", drain=True,
-                                           slot=diff.slot)
+            if diff.slot == progress.live_slot.get(name):
+                await procedure.upgrade(name, diff.release, mode="upgrade", drain=True,
+                                        slot=diff.slot)
             else:
-                await engine._command(host, "stop", diff.release, diff.slot)
-                await engine._command(host, "install", diff.release, diff.slot)
-                await engine._command(host, "start", diff.release, diff.slot)
+                await procedure.reinstall_idle_slot(host, diff.release, diff.slot)
     elif diff.action == ENABLE and name is not None and diff.release is not None:
-        host = engine._hosts_by_name[name]
-        result = await engine.providers.health.check(host, port=engine._port(host, diff.slot))
+        host = progress.hosts_by_name[name]
+        result = await engine.providers.health.check(host, port=port_of(host, diff.slot))
         if result.ok:
-            await engine._enable(host, diff.slot, diff.release)
+            await traffic.enable(host, diff.slot, diff.release)
         else:
-            await engine._emit("log", level="warning",
-                               message=f"reconcile: {diff.subject} fails its health check "
-                                       f"({result.detail}): its procedure restarts it")
-            engine._in_doubt[name] = HostPhase.STARTING.value
-            engine._in_doubt_release[name] = diff.release
-            _reopen(engine, name, _steps_for(engine, name))
+            await engine.bus.emit("log", level="warning",
+                                  message=f"reconcile: {diff.subject} fails its health check "
+                                          f"({result.detail}): its procedure restarts it")
+            progress.put_in_doubt(name, HostPhase.STARTING, diff.release)
+            progress.reopen(name, progress.host_steps_done(engine.plan, name))
     elif diff.action == SET_STATE:
         want = diff.journal["state"]
         if want == "maint":
-            await engine._drain(name or diff.subject, diff.subject)
-        await engine._set_backend_state(diff.subject, want)
+            await traffic.drain(name or diff.subject, diff.subject)
+        await traffic.set_backend_state(diff.subject, want)
     elif diff.action == REMOVE:
-        await engine._drain(name or diff.subject, diff.subject)
-        await engine._remove_backend(diff.subject)
+        await traffic.drain(name or diff.subject, diff.subject)
+        await traffic.remove_backend(diff.subject)
     elif diff.action == REAPPLY:
         if diff.kind == "split":
-            await engine._set_traffic(diff.journal or {}, check_capacity=False) \
-                if diff.journal else await _clear_split(engine)
+            await (traffic.set_traffic(diff.journal, check_capacity=False) if diff.journal
+                   else traffic.clear_split())
         elif diff.kind == "routes":
             await _set_routes(engine, diff.journal)
         elif diff.kind == "maintenance":
             retry = next((s.retry_after for s in engine.plan.steps
                           if isinstance(s, Maintenance) and s.on), balancer.retry_after)
-            await engine._maintenance(bool(diff.journal), retry)
-
-
-def _steps_for(engine: Engine, host: str) -> tuple[int, ...]:
-    return tuple(i for i, names in engine._hosts_done.items() if host in names
-                 and isinstance(engine.plan.steps[i], (UpgradeHosts, PrepareSlots)))
-
-
-async def _clear_split(engine: Engine) -> None:
-    await engine.providers.balancer.set_split(None)
-    await engine._emit_traffic()
+            await traffic.maintenance(bool(diff.journal), retry)
 
 
 async def _set_routes(engine: Engine, journal: Mapping[str, Any] | None) -> None:
+    """Set the journal's route table again, as journaled."""
     fleet = engine.fleet
     table = None
     if journal is not None:
@@ -505,4 +498,4 @@ async def _set_routes(engine: Engine, journal: Mapping[str, Any] | None) -> None
                            default=journal.get("default"), group_header=fleet.group_header,
                            user_header=fleet.user_header)
     await engine.providers.balancer.set_routes(table)
-    await engine._emit_traffic()
+    await engine.traffic.emit_traffic()

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from ..journal import JournalEntry, RolloutRecord
 from ..model import Fleet
-from .core import ResumeState
+from .progress import ResumeState
 
 #: a host whose last recorded phase is one of these was mid-procedure when the controller died
 _FINAL_MODES = {"upgrade", "rollback", "swap", "turn_down", "shutdown", "prepare"}

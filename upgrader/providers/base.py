@@ -373,3 +373,25 @@ class Notifier(Protocol):
     async def aclose(self) -> None:
         """Close; a notifier that queues sends what is still queued first, within a bounded
         time. Raises nothing."""
+
+
+# --------------------------------------------------------------------------------------------
+# Optional balancer capabilities: a balancer that has them is used through them (big fleets);
+# the engine asks ``isinstance(balancer, BackendStateReader)`` instead of probing attributes.
+
+
+@runtime_checkable
+class BackendStateReader(Protocol):
+    """A balancer that reads one backend without reading the whole table."""
+
+    async def backend_state(self, name: str) -> BackendState | None:
+        """The backend called ``name`` as the balancer has it now; None when it has none."""
+
+
+@runtime_checkable
+class PoolStatsReader(Protocol):
+    """A balancer that keeps cumulative counters per pool, credited to the pool that served
+    each request (so a backend moved between pools does not carry its history along)."""
+
+    async def pool_stats(self) -> Mapping[str, BackendStats]:
+        """Cumulative counters per pool name, as ``Balancer.stats`` per backend."""

@@ -1,0 +1,326 @@
+"""The failure policy: what a rollout does once it has failed or been aborted.
+
+``on_failure`` chooses: roll back (by the plan's ``rollback_mode``: reinstall the old release,
+swap blue-green slots back, move traffic back to the old cluster, or turn flags off), shut the
+upgraded hosts down while capacity allows, pause for the operator (interactive), or freeze.
+Every roll-back ends by reading the balancer back: the target release serves nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from ..errors import BalancerError, UpgraderError
+from ..events import Outcome, RolloutState
+from ..model import Fleet, HostPhase
+from ..plan import Plan, estimate
+from ..providers.base import BalancerState
+from .bus import EventBus
+from .describe import describe_error
+from .gates import Gates
+from .hosts import HostProcedure
+from .machine import StateMachine
+from .progress import RolloutProgress, backend_name
+from .traffic import TrafficControl
+from .verification import Verification
+
+
+class FailurePolicy:
+    def __init__(self, fleet: Fleet, plan: Plan, *, interactive: bool, bus: EventBus,
+                 machine: StateMachine, progress: RolloutProgress, traffic: TrafficControl,
+                 procedure: HostProcedure, gates: Gates, verification: Verification) -> None:
+        self.fleet = fleet
+        self.plan = plan
+        self.interactive = interactive
+        self.bus = bus
+        self.machine = machine
+        self.progress = progress
+        self.traffic = traffic
+        self.procedure = procedure
+        self.gates = gates
+        self.verification = verification
+
+    def touched(self) -> list[str]:
+        """Hosts not on the current release (or in doubt), most recently upgraded first."""
+        current = self.fleet.releases.current
+        progress = self.progress
+        names = [n for n in self.plan.upgraded_hosts()
+                 if progress.hosts_by_name[n].cluster == "main"
+                 and (progress.hosts[n].release != current or n in progress.in_doubt
+                      or progress.hosts[n].phase not in (HostPhase.PENDING,
+                                                         HostPhase.IN_SERVICE))]
+        return list(reversed(names))
+
+    def rollback_estimate(self, touched: int) -> float:
+        """Expected seconds to roll back ``touched`` hosts now (no pauses, no analysis)."""
+        timing = self.fleet.timing
+        if self.plan.rollback_mode in ("swap", "traffic", "flag"):
+            return estimate(self.plan, timing).rollback_s
+        if touched == 0:
+            return 0.0
+        return math.ceil(touched / max(1, self.plan.rollback_parallel)) * timing.host_upgrade
+
+    async def respond(self) -> Outcome | None:
+        """The forward run stopped (a failure or an abort): act on it. None: the operator
+        resumed a paused failure (or aborted it), so the forward run goes on from here."""
+        machine = self.machine
+        if machine.abort_rollback is not None:
+            reason = machine.failure or "aborted by operator"
+            if machine.abort_rollback:
+                return await self.rollback(reason)
+            machine.failure = reason
+            return Outcome.FROZEN
+        policy = self.fleet.strategy.on_failure
+        reason = machine.failure or "failed"
+        if policy == "rollback":
+            return await self.rollback(reason)
+        if policy == "shutdown":
+            return await self.shutdown(reason)
+        if policy == "pause" and self.interactive:
+            machine.running.clear()
+            await machine.set_state(RolloutState.PAUSED, f"failure: {reason}")
+            await machine.running.wait()
+            if machine.abort_rollback is not None:
+                return None
+            # the operator resumed: accept the failure and go on
+            machine.accept_failure()
+            self.verification.forget_failures()
+            await machine.set_state(RolloutState.RUNNING)
+            return None
+        return Outcome.FROZEN
+
+    # -- roll-back
+
+    async def rollback(self, reason: str) -> Outcome:
+        machine = self.machine
+        machine.interrupt.clear()
+        machine.running.set()
+        mode = self.plan.rollback_mode
+        touched = self.touched()
+        await machine.set_state(RolloutState.ROLLING_BACK, reason)
+        await self.bus.emit("rollback_started", reason=reason, hosts=touched,
+                            estimated_s=self.rollback_estimate(len(touched)), mode=mode)
+        errors: list[str] = []
+        try:
+            if mode == "flag":
+                await self.gates.flags_off()
+            elif mode == "swap":
+                await self._rollback_slots(errors)
+            elif mode == "traffic":
+                await self._rollback_traffic(errors)
+            else:
+                await self._rollback_reinstall(touched, errors)
+            await self._assert_rolled_back()
+        except UpgraderError as exc:
+            errors.append(str(exc))
+        await self.gates.schema_rollback(errors)
+        if errors:
+            machine.failure = f"{reason}; roll-back incomplete: {'; '.join(errors[:5])}"
+            return Outcome.FAILED
+        return Outcome.ROLLED_BACK
+
+    async def _rollback_reinstall(self, touched: list[str], errors: list[str]) -> None:
+        current = self.fleet.releases.current
+        traffic = self.traffic
+        state = await traffic.balancer.state()
+        if state.routes is not None:
+            await traffic.route((), "current" if any(
+                b.pool == current and b.state == "ready" for b in state.backends.values())
+                else None)
+        if state.split:
+            await traffic.set_traffic({"current": 100.0}, check_capacity=False)
+        # take the target release out of traffic at once, as far as capacity allows, and
+        # again each time a host is back on the old release (so a bad release stops
+        # answering users as soon as the old one can carry them)
+        need = math.ceil(len(self.fleet.main_hosts) * self.fleet.strategy.min_capacity / 100.0)
+        drain_lock = asyncio.Lock()
+
+        async def drain_target(seen: BalancerState | None = None) -> None:
+            async with drain_lock:
+                await self._shed_target(need, seen)
+
+        await drain_target(state)
+        drain = not state.maintenance
+        limit = asyncio.Semaphore(max(1, self.plan.rollback_parallel))
+        in_flight: set[str] = set()
+        came_back = asyncio.Condition()
+
+        async def one(name: str) -> None:
+            async with limit:
+                try:
+                    if drain:
+                        await self._leave_a_server(name, in_flight, came_back)
+                    in_flight.add(name)
+                    await self.procedure.upgrade(name, current, mode="rollback", drain=drain,
+                                                 slot=None)
+                    if drain:
+                        await drain_target()
+                except Exception as exc:
+                    text = describe_error(exc, name)
+                    status = self.progress.hosts[name]
+                    status.phase = HostPhase.FAILED
+                    status.error = text
+                    await self.bus.emit("host_failed", host=name, error=text, mode="rollback")
+                    errors.append(text)
+                finally:
+                    in_flight.discard(name)
+                    async with came_back:
+                        came_back.notify_all()
+
+        await asyncio.gather(*(one(n) for n in touched))
+        if state.maintenance:
+            await traffic.maintenance(False, 0)
+        if state.routes is not None:
+            await traffic.route((), None)
+
+    async def _shed_target(self, need: int, seen: BalancerState | None) -> None:
+        """Drain the target release's backends while ``need`` hosts of the current release
+        serve (``seen``: the balancer as just read; the ``traffic`` event follows then)."""
+        current, target = self.fleet.releases.current, self.fleet.releases.target
+        now = seen if seen is not None else await self.traffic.balancer.state()
+        ready_old = sum(1 for b in now.backends.values()
+                        if b.pool == current and b.state == "ready")
+        drained = False
+        for name, backend in now.backends.items():
+            if backend.pool == target and backend.state == "ready" and ready_old >= need:
+                await self.traffic.set_backend_state(name, "drain")
+                drained = True
+        if drained or seen is not None:
+            await self.traffic.emit_traffic()
+
+    async def _leave_a_server(self, name: str, in_flight: set[str],
+                              came_back: asyncio.Condition) -> None:
+        """Never drain the last backend that serves users while another host's roll-back
+        can still bring one back: wait for it instead (the plan's roll-back parallelism
+        knows nothing of hosts a failure took out of service)."""
+        own = backend_name(name, None)
+        while True:
+            now = await self.traffic.balancer.state()
+            if any(n != own and b.state == "ready" and b.weight > 0
+                   for n, b in now.backends.items()) or not in_flight:
+                return
+            async with came_back:
+                await came_back.wait()
+
+    async def _rollback_slots(self, errors: list[str]) -> None:
+        progress, traffic, procedure = self.progress, self.traffic, self.procedure
+        for host in self.fleet.main_hosts:
+            name = host.name
+            if name not in progress.live_slot:
+                continue
+            try:
+                if progress.live_slot[name] != progress.original_slot[name]:
+                    await procedure.swap_slot(name, back=True)
+                idle = progress.idle_slot(host)
+                backend = backend_name(name, idle)
+                seen = await traffic.backend(backend)
+                if seen is not None and seen.state != "maint":
+                    await traffic.drain(name, backend)       # let its requests finish first
+                    await traffic.set_backend_state(backend, "maint")
+                if seen is not None or progress.hosts[name].phase != HostPhase.PENDING:
+                    await procedure.command(host, "stop", self.fleet.releases.target, idle)
+                progress.hosts[name].release = self.fleet.releases.current
+                progress.hosts[name].phase = HostPhase.IN_SERVICE
+            except UpgraderError as exc:
+                errors.append(f"{name}: {exc}")
+        await traffic.emit_traffic()
+
+    async def _rollback_traffic(self, errors: list[str]) -> None:
+        current = self.fleet.releases.current
+        progress, traffic = self.progress, self.traffic
+        # old hosts that were already turned down come back first
+        for name in sorted(progress.turned_down):
+            try:
+                await self.procedure.upgrade(name, current, mode="rollback", drain=False)
+            except Exception as exc:
+                errors.append(describe_error(exc, name))
+        share = await traffic.healthy_share(current)
+        if share <= 0:
+            # nowhere to send the users: keep the new cluster serving rather than nothing
+            errors.append(f"the old cluster has no healthy host to take the traffic back "
+                          f"(pool {current} at {share:.0f}% of capacity)")
+            return
+        await traffic.set_traffic({"current": 100.0, "target": 0.0}, check_capacity=False)
+        for host in self.fleet.new_hosts:
+            name = host.name
+            status = progress.hosts[name]
+            if status.release is None and status.phase == HostPhase.PENDING:
+                continue
+            try:
+                if await traffic.backend(name) is not None:
+                    await traffic.drain(name, name)
+                    await traffic.remove_backend(name)
+                await self.procedure.command(host, "stop", self.fleet.releases.target, None)
+                status.release = None
+                status.phase = HostPhase.OUT_OF_SERVICE
+                await self.bus.emit("host_done", host=name, release=None, slot=None,
+                                    mode="turn_down")
+            except UpgraderError as exc:
+                errors.append(f"{name}: {exc}")
+        await traffic.emit_traffic()
+
+    async def _assert_rolled_back(self) -> None:
+        """An abort ends with the target pool at 0 % and drained."""
+        if self.plan.rollback_mode == "flag":
+            return      # no release changed; each flag read back off as it was turned off
+        target = self.fleet.releases.target
+        state = await self.traffic.balancer.state()
+        serving = [n for n, b in state.backends.items() if b.pool == target and b.state == "ready"]
+        if serving:
+            raise BalancerError("after roll-back the target release still serves on "
+                                + ", ".join(sorted(serving)[:10]))
+        if state.split and state.split.get(target, 0) > 0:
+            raise BalancerError(f"after roll-back {state.split[target]:g}% of traffic still "
+                                f"goes to {target}")
+        if state.routes is not None and target in (
+                list(state.routes.groups.values()) + [p for _, p in state.routes.cohorts]
+                + [state.routes.default]):
+            raise BalancerError("after roll-back routes still send users to " + target)
+
+    # -- shutdown
+
+    async def shutdown(self, reason: str) -> Outcome:
+        """Take upgraded hosts out of service while capacity allows; roll back the rest."""
+        if self.plan.rollback_mode != "reinstall":
+            # a swap or a traffic move IS taking the new release out of service, at once
+            return await self.rollback(reason)
+        machine, progress, traffic = self.machine, self.progress, self.traffic
+        machine.interrupt.clear()
+        machine.running.set()
+        # journaled like a roll-back, so a crash now resumes by rolling back, never forward
+        await self.bus.emit("rollback_started", reason=reason, hosts=self.touched(),
+                            estimated_s=self.rollback_estimate(len(self.touched())),
+                            mode="shutdown")
+        target = self.fleet.releases.target
+        main = self.fleet.main_hosts
+        need = math.ceil(len(main) * self.fleet.strategy.min_capacity / 100.0)
+        in_service = sum(1 for h in main if progress.hosts[h.name].phase in
+                         (HostPhase.PENDING, HostPhase.IN_SERVICE))
+        await machine.set_state(RolloutState.ROLLING_BACK,
+                                f"shutting down upgraded hosts: {reason}")
+        rest: list[str] = []
+        errors: list[str] = []
+        for name in self.touched():
+            host = progress.hosts_by_name[name]
+            if progress.hosts[name].release == target and in_service - 1 >= need:
+                try:
+                    await traffic.drain(name, name)
+                    await self.procedure.command(host, "stop", target, None)
+                    await traffic.set_backend_state(name, "maint")
+                    progress.hosts[name].phase = HostPhase.OUT_OF_SERVICE
+                    in_service -= 1
+                    await self.bus.emit("host_done", host=name, release=target, slot=None,
+                                        mode="shutdown")
+                except UpgraderError as exc:
+                    errors.append(f"{name}: {exc}")
+            else:
+                rest.append(name)
+        if rest:
+            await self.bus.emit("log", level="warning", message="capacity allows no more "
+                                f"shut-downs; rolling back {len(rest)}")
+            await self._rollback_reinstall(rest, errors)
+        if errors:
+            machine.failure = f"{reason}; shut-down incomplete: {'; '.join(errors[:5])}"
+            return Outcome.FAILED
+        return Outcome.SHUT_DOWN

@@ -1,0 +1,161 @@
+"""Gates and switches: the steps that decide whether a rollout may go on, and the switches
+beside the hosts that a release turns.
+
+- the pre-release and system tests (``Gate("pre_release_test" | "system_test")``): a command
+  on some hosts that must pass;
+- the release's live schema change (``schema_start`` / ``schema_complete``, and its roll-back);
+- feature flags (``SetFlag``), each read back, and turned off again by a flag roll-back;
+- the deploy window's wave gate, handed to :class:`~upgrader.engine.windows.WindowGuard`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..errors import RolloutFailed, UpgraderError
+from ..events import RolloutState
+from ..model import Fleet
+from ..plan import Gate, Plan
+from ..providers.base import FlagSwitch, SchemaSwitch
+from .bus import EventBus
+from .describe import describe_error, describe_step
+from .hosts import HostProcedure
+from .machine import StateMachine
+from .progress import RolloutProgress
+from .windows import WindowGuard
+
+
+class Gates:
+    def __init__(self, fleet: Fleet, plan: Plan, *, flags: FlagSwitch | None,
+                 schema: SchemaSwitch | None, bus: EventBus, machine: StateMachine,
+                 progress: RolloutProgress, procedure: HostProcedure,
+                 windows: WindowGuard) -> None:
+        self.fleet = fleet
+        self.plan = plan
+        self.flags = flags
+        self.schema = schema
+        self.bus = bus
+        self.machine = machine
+        self.progress = progress
+        self.procedure = procedure
+        self.windows = windows
+
+    async def run(self, index: int, step: Gate) -> None:
+        """Pass the gate at plan step ``index``, or raise why not."""
+        if step.gate == "deploy_window":
+            return await self.windows.gate(index)
+        if step.gate.startswith("schema_"):
+            return await self._schema_gate(step)
+        await self._test_gate(step)
+
+    # -- pre-release and system tests
+
+    async def _test_gate(self, step: Gate) -> None:
+        await self.machine.set_state(RolloutState.VERIFYING, step.gate.replace("_", " "))
+        template = (self.fleet.commands.system_test if step.gate == "system_test"
+                    else self.fleet.commands.pre_release_test)
+        if template is None:
+            await self.bus.emit("log", level="warning",
+                                message=f"no {step.gate} command configured: gate passes")
+            return
+        release = self.fleet.releases.target
+        hosts = step.hosts or tuple(h.name for h in self.fleet.main_hosts[:1])
+        progress = self.progress
+
+        async def one(name: str) -> None:
+            host = progress.hosts_by_name[name]
+            slot = progress.idle_slot(host) if step.slots else progress.live_slot.get(name)
+            await self.procedure.run(host, template, release, slot)
+
+        results = await asyncio.gather(*(one(n) for n in hosts), return_exceptions=True)
+        failures = [(n, r) for n, r in zip(hosts, results, strict=True)
+                    if isinstance(r, BaseException)]
+        for _, exc in failures:
+            if not isinstance(exc, Exception):
+                raise exc
+        if failures:
+            name, exc = failures[0]
+            detail = describe_error(exc, name)
+            await self.bus.emit("verdict", metric="system_test", result="fail",
+                                value=float(len(failures)), threshold=0.0, samples=len(hosts),
+                                baseline=None, detail=detail[-500:])
+            raise RolloutFailed(f"{step.gate} failed on {len(failures)} of {len(hosts)} hosts "
+                                f"(first: {detail[-500:]})")
+        await self.bus.emit("verdict", metric="system_test", result="pass", value=0.0,
+                            threshold=0.0, samples=len(hosts), baseline=None, detail="")
+
+    # -- the schema change
+
+    async def _schema_gate(self, step: Gate) -> None:
+        switch = self.schema
+        if switch is None:
+            raise RolloutFailed(f"step {describe_step(step)} needs the release's database, but "
+                                "the rollout has no schema switch ([schema] database)")
+        target = self.fleet.releases.target
+        if step.gate == "schema_start":
+            await self.machine.set_state(RolloutState.RUNNING,
+                                         f"schema change {step.detail}: start")
+            await self.bus.emit("schema", migration=step.detail, action="start", result="begin")
+            result = await switch.start()
+        else:
+            hosts, by_name = self.progress.hosts, self.progress.hosts_by_name
+            old = sorted(n for n, s in hosts.items()
+                         if by_name[n].cluster == "main" and s.release != target)
+            if old:
+                raise RolloutFailed(
+                    f"schema change {step.detail} cannot complete: {len(old)} host(s) still "
+                    f"run a release other than {target} "
+                    f"(first: {old[0]} on {hosts[old[0]].release})")
+            await self.machine.set_state(RolloutState.RUNNING,
+                                         f"schema change {step.detail}: complete")
+            await self.bus.emit("schema", migration=step.detail, action="complete",
+                                result="begin")
+            result = await switch.complete()
+        await self.bus.emit("schema", migration=step.detail,
+                            action=step.gate.removeprefix("schema_"), result=result)
+
+    async def schema_rollback(self, errors: list[str]) -> None:
+        """After the hosts are back on the old release: undo the schema change's start. The
+        switch reads the database's own record, so this is right on a resumed roll-back too
+        (and a no-op when the change never started or was completed)."""
+        switch = self.schema
+        starts = [s for s in self.plan.steps if isinstance(s, Gate) and s.gate == "schema_start"]
+        if switch is None or not starts:
+            return
+        if errors:
+            errors.append("schema change left started: hosts did not all roll back")
+            return
+        migration = starts[0].detail
+        await self.bus.emit("schema", migration=migration, action="rollback", result="begin")
+        try:
+            result = await switch.rollback()
+        except UpgraderError as exc:
+            errors.append(f"schema change {migration} roll-back failed: {exc}")
+            return
+        await self.bus.emit("schema", migration=migration, action="rollback", result=result)
+
+    # -- feature flags
+
+    async def set_flag(self, key: str, *, on: bool, percent: float | None,
+                       groups: tuple[str, ...] = ()) -> None:
+        """Turn flag ``key`` on (for ``groups`` and/or ``percent`` of users) or off; read it
+        back."""
+        switch = self.flags
+        if switch is None:
+            raise RolloutFailed(f"step needs flag {key!r} but the fleet has no [flags] store")
+        await switch.set_flag(key, on=on, percent=percent, groups=groups,
+                              reason=f"rollout {self.bus.rollout_id}")
+        seen = await switch.flag_state(key)
+        if bool(seen.get("on")) != on or (on and percent is not None
+                                         and seen.get("percent") not in (None, percent)) \
+                or (on and groups and sorted(seen.get("groups") or ()) != sorted(groups)):
+            raise RolloutFailed(f"flag {key} reads back {seen}, expected on={on} "
+                                f"percent={percent}")
+        if on:
+            self.progress.flags_on.add(key)
+        await self.bus.emit("flag", key=key, on=on, percent=percent, groups=list(groups))
+
+    async def flags_off(self) -> None:
+        """A flag roll-back: every flag this rollout turned on goes off."""
+        for key in sorted(self.progress.flags_on):
+            await self.set_flag(key, on=False, percent=None)

@@ -1,0 +1,250 @@
+"""Verification: the loops that watch a rollout's traffic, beside the pure ``analysis.py``.
+
+The analyzer compares the target release's error rate and latency with the current release's
+each ``verify.interval`` (and checks the serving hosts' health), judges each verdict against
+``consecutive_failures`` and fails the rollout when a metric keeps failing. A ``Verify`` step's
+hold waits until at least one round has judged the traffic since it began. The monitor only
+reports traffic figures to front ends (``metrics`` events); it never judges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from ..clock import Clock
+from ..errors import ProviderError, RolloutFailed
+from ..events import RolloutState, Verdict
+from ..model import Fleet
+from ..plan import Plan, Verify
+from ..providers.base import BackendStats, Balancer, PoolStatsReader
+from .analysis import analyze, health_verdict, traffic_figures
+from .bus import EventBus
+from .machine import StateMachine
+from .progress import RolloutProgress
+from .traffic import TrafficControl
+
+#: the balancer's cumulative counters (per backend, or per pool)
+Counters = Mapping[str, BackendStats]
+
+
+class Verification:
+    def __init__(self, fleet: Fleet, plan: Plan, *, clock: Clock, bus: EventBus,
+                 machine: StateMachine, progress: RolloutProgress,
+                 traffic: TrafficControl) -> None:
+        self.fleet = fleet
+        self.plan = plan
+        self.clock = clock
+        self.bus = bus
+        self.machine = machine
+        self.progress = progress
+        self.traffic = traffic
+        self.balancer: Balancer = traffic.balancer
+        #: the balancer keeps counters per pool (credited when each request was served)
+        self._pools = self.balancer if isinstance(self.balancer, PoolStatsReader) else None
+        #: the last verdict per metric, and how many times in a row it failed
+        self.last_verdicts: dict[str, Verdict] = {}
+        self._consecutive: dict[str, int] = {}
+        #: the last ``metrics`` event's data (for front ends)
+        self.last_metrics: dict[str, object] = {}
+        self._rounds = 0
+        #: traffic verdicts that passed (for no_data = "wait": health alone is not traffic)
+        self._traffic_passes = 0
+        #: when the analyzer's next round is due, whether one is under way, and an event set
+        #: (then replaced) each time a round ends: a hold that ends with a round waits for it
+        self._due: float | None = None
+        self._busy = False
+        self._ended = asyncio.Event()
+
+    def forget_failures(self) -> None:
+        """The operator accepted a failure: count failing rounds from zero again."""
+        self._consecutive.clear()
+
+    # -- the Verify step
+
+    async def hold(self, step: Verify) -> None:
+        """Hold for ``step.for_`` seconds while the analyzer judges the upgraded hosts."""
+        machine = self.machine
+        if machine.promote_all:
+            return
+        machine.skip.clear()
+        await machine.set_state(RolloutState.VERIFYING, f"for {step.for_:g}s")
+        rounds = self._rounds
+        passes = self._traffic_passes
+        skipped = await machine.wait(step.for_, skippable=True)
+        if not skipped:
+            await self._round_at_hold_end()
+        machine.raise_if_interrupted()
+        if skipped or machine.promote_all:
+            return
+        # at least one analysis round must have looked at the traffic since the hold began
+        interval = self.fleet.verify.interval
+        waited = 0.0
+        while self._rounds <= rounds and waited < 3 * interval:
+            if await machine.wait(interval / 4, skippable=True):
+                break
+            waited += interval / 4
+        machine.raise_if_interrupted()
+        if self._rounds <= rounds and self.fleet.verify.no_data == "fail":
+            raise RolloutFailed(f"verification: no analysis round ran in "
+                                f"{step.for_ + waited:g}s (no data; no_data = fail)")
+        if self.fleet.verify.no_data == "wait" and not self.traffic.target_at_zero():
+            limit = self.clock.monotonic() + 3 * max(step.for_, interval)
+            while self._traffic_passes <= passes and self.clock.monotonic() < limit:
+                if await machine.wait(interval / 2, skippable=True):
+                    return
+            if self._traffic_passes <= passes:
+                raise RolloutFailed("verification saw no traffic to judge (no_data = wait)")
+
+    async def _round_at_hold_end(self) -> None:
+        """A round of analysis due at the very instant a hold ends (or under way) judges the
+        end of the hold: wait for its verdict before going on, so that a failure it finds
+        stops the rollout before the next step widens the exposure."""
+        due = self._due
+        if not (self._busy or (due is not None and due <= self.clock.monotonic())):
+            return
+        waiters = (asyncio.ensure_future(self._ended.wait()),
+                   asyncio.ensure_future(self.machine.interrupt.wait()),
+                   asyncio.ensure_future(self.clock.sleep(self.fleet.verify.interval)))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    # -- the analyzer
+
+    async def analyzer(self) -> None:
+        """Analysis rounds every ``verify.interval``, until cancelled."""
+        spec = self.fleet.verify
+        previous: Counters | None = None
+        try:
+            while True:
+                self._due = self.clock.monotonic() + spec.interval
+                await self.clock.sleep(spec.interval)
+                self._busy = True
+                try:
+                    previous = await self._round(previous)
+                finally:
+                    self._busy = False
+                    ended, self._ended = self._ended, asyncio.Event()
+                    ended.set()
+        finally:
+            self._due = None
+
+    async def _read(self, flag_mode: bool) -> tuple[Counters, list[str], list[str]]:
+        """The counters now, and which of their keys are the new and the old release."""
+        target = self.fleet.releases.target
+        current = self.fleet.releases.current
+        balancer = self.balancer
+        if flag_mode:
+            # a feature goes on across the fleet: judge all traffic (no old pool)
+            state = await balancer.state()
+            new = [n for n, b in state.backends.items() if b.state == "ready"]
+            return await balancer.stats(), new, []
+        if self._pools is not None:
+            return await self._pools.pool_stats(), [target], [current]
+        state = await balancer.state()
+        new = [n for n, b in state.backends.items() if b.pool == target and b.state == "ready"]
+        old = [n for n, b in state.backends.items() if b.pool == current and b.state == "ready"]
+        return await balancer.stats(), new, old
+
+    async def _round(self, previous: Counters | None) -> Counters | None:
+        """One round of analysis; returns the counters the next round compares with."""
+        spec = self.fleet.verify
+        machine, progress = self.machine, self.progress
+        if machine.promote_all or machine.state is RolloutState.ROLLING_BACK or machine.failure:
+            return None
+        flag_mode = self.plan.rollback_mode == "flag"
+        if progress.maintenance_on or not (progress.serving_target or
+                                           (flag_mode and progress.flags_on)):
+            return None
+        try:
+            stats, new, old = await self._read(flag_mode)
+        except ProviderError as exc:
+            await self.bus.emit("log", level="warning", message=f"analysis: {exc}")
+            return previous
+        verdicts: list[Verdict] = []
+        try:
+            if previous is not None and not self.traffic.target_at_zero():
+                verdicts = analyze(previous, stats, new, old, spec)
+            previous = stats
+            if spec.health and progress.serving_target:
+                verdicts.append(await self._health_round(sorted(progress.serving_target)))
+        except Exception as exc:   # analysis that cannot run is "no data", never a pass
+            previous = None
+            verdicts = [Verdict("analysis", "no_data", None, None, 0, None,
+                                f"analysis could not run: {type(exc).__name__}: {exc}")]
+        if not verdicts:
+            return previous
+        self._rounds += 1
+        for verdict in verdicts:
+            await self._judge(verdict)
+        return previous
+
+    async def _health_round(self, backends: list[str]) -> Verdict:
+        async def one(backend: str) -> tuple[str, bool]:
+            return backend, await self.traffic.probe(backend)
+
+        results = dict(await asyncio.gather(*(one(b) for b in backends)))
+        return health_verdict(results)
+
+    async def _judge(self, verdict: Verdict) -> None:
+        spec = self.fleet.verify
+        count = self._consecutive.get(verdict.metric, 0)
+        if verdict.result == "fail" or (verdict.result == "no_data" and spec.no_data == "fail"):
+            count += 1
+        elif verdict.result == "pass" or (verdict.result == "no_data" and spec.no_data == "pass"):
+            count = 0
+            if verdict.result == "pass" and verdict.metric != "health":
+                self._traffic_passes += 1
+        self._consecutive[verdict.metric] = count
+        self.last_verdicts[verdict.metric] = verdict
+        await self.bus.emit("verdict", **verdict.to_json(), consecutive=count,
+                            limit=spec.consecutive_failures)
+        if count >= spec.consecutive_failures and self.machine.failure is None:
+            reason = f"analysis: {verdict.describe()} ({count} in a row)"
+            await self.bus.emit("analysis_failed", metric=verdict.metric, detail=reason)
+            self.machine.fail(reason)
+
+    # -- the monitor
+
+    async def monitor(self, interval: float, host_limit: int) -> None:
+        """Traffic figures for front ends every ``interval`` seconds: per pool always, per
+        host for fleets up to ``host_limit`` backends. Read-only; never judges."""
+        balancer = self.balancer
+        previous: Counters | None = None
+        previous_pools: Counters | None = None
+        before = self.clock.monotonic()
+        while True:
+            await self.clock.sleep(interval)
+            now = self.clock.monotonic()
+            seconds = now - before
+            before = now
+            try:
+                state = await balancer.state()
+                per_host = len(state.backends) <= host_limit
+                stats = await balancer.stats() if per_host else None
+                pools_now = await self._pools.pool_stats() if self._pools is not None else None
+            except ProviderError:
+                previous = previous_pools = None
+                continue
+            members: dict[str, list[str]] = {}
+            for name, backend in state.backends.items():
+                members.setdefault(backend.pool, []).append(name)
+            pools: dict[str, object] = {}
+            hosts: dict[str, object] = {}
+            if pools_now is not None and previous_pools is not None:
+                pools = {p: traffic_figures(previous_pools, pools_now, [p], seconds)
+                         for p in pools_now}
+            if stats is not None and previous is not None:
+                hosts = {n: traffic_figures(previous, stats, [n], seconds) for n in stats}
+                if not pools:
+                    pools = {p: traffic_figures(previous, stats, names, seconds)
+                             for p, names in members.items()}
+            previous, previous_pools = stats, pools_now
+            if pools or hosts:
+                self.last_metrics = {"interval_s": round(seconds, 3), "pools": pools,
+                                     "hosts": hosts}
+                await self.bus.emit("metrics", **self.last_metrics)
+
