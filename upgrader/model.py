@@ -224,7 +224,7 @@ class Fleet:
 
 
 # str, Enum rather than StrEnum: str() of a member stays 'HostPhase.X', as callers expect
-class HostPhase(str, enum.Enum):  # noqa: UP042
+class HostPhase(str, enum.Enum):
     """Where a host is in its per-host procedure."""
 
     PENDING = "pending"

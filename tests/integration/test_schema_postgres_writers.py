@@ -223,5 +223,7 @@ def test_old_and_new_release_write_through_start_backfill_complete(postgres_url,
     assert len(have) == len(want)                                  # no row lost or extra
     wrong = [(w, h) for w, h in zip(want, have) if w != h]
     assert wrong == []
-    digest = lambda lines: hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    def digest(lines: list) -> str:
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
     assert digest(have) == digest(want)

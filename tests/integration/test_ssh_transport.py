@@ -216,7 +216,7 @@ def test_a_connection_dropping_mid_command_is_an_error_and_not_retried(env, tmp_
                 host_of(sshd), ["sh", "-c", f"echo x >> {marker}; sleep 30"]))
             deadline = time.monotonic() + 10
             # the command runs on the other side of sshd: its file is all there is to watch
-            while not marker.exists() and time.monotonic() < deadline:  # noqa: ASYNC110
+            while not marker.exists() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             await asyncio.to_thread(sshd.drop_connections)
             with pytest.raises(TransportError) as info:

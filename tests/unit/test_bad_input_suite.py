@@ -150,7 +150,8 @@ def test_the_error_names_key_and_line(tmp_path: Path, capsys: pytest.CaptureFixt
     text = text.replace('target = "1.1.0"', 'target = "1.1.0; rm -rf /"')
     file = tmp_path / "fleet.toml"
     file.write_text(text, encoding="utf-8")
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if l.startswith("target ="))
+    line = next(i for i, text_line in enumerate(text.splitlines(), 1)
+                if text_line.startswith("target ="))
     code, _out, err = run_cli(capsys, "run", "--headless", str(file))
     assert_bad_input(code, err, file)
     assert f"{file}:{line}: release.target" in err

@@ -181,7 +181,8 @@ def test_bad_windows_exit_2_naming_file_key_and_line(tmp_path, command, edit, ke
     assert result.returncode == 2, result.stderr
     err = result.stderr
     assert "Traceback" not in err and err.startswith("upgrader: error: ")
-    line = next(n for n, l in enumerate(text.splitlines(), 1) if needle in l)
+    line = next(n for n, text_line in enumerate(text.splitlines(), 1)
+                if needle in text_line)
     assert f"{path}:{line}: {key}: " in err, err
     for word in words:
         assert word in err

@@ -295,7 +295,7 @@ def test_unknown_release_reinstalls_headless_and_pauses_an_interactive_controlle
         hosts.installed[(a, None)] = "0.9.7"
         seen = []
 
-        async def operator(engine):
+        async def operator(engine, seen=seen):
             while engine.state is not RolloutState.PAUSED:
                 await asyncio.sleep(1.0)
             seen.append(engine.state_reason)
