@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC
@@ -49,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--speed", type=float, default=1.0,
                      help="divide pauses and verification holds by this factor")
     run.add_argument("--detach", action="store_true",
-                     help="run in a controller process of its own; follow it with `upgrader attach`")
+                     help="run in a controller process of its own; "
+                          "follow it with `upgrader attach`")
     run.add_argument("--control", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--wait", action="store_true",
                      help="outside the deploy window, wait for the next opening (else exit 3)")
@@ -233,13 +233,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if wave is None:
             print(f"{'...':>5}  ({len(wave_list) - 25} more waves; --all-waves lists them)")
             continue
-        pause = "promote" if wave.pause is None else (format_duration(wave.pause) if wave.pause else "-")
+        pause = ("promote" if wave.pause is None
+                 else format_duration(wave.pause) if wave.pause else "-")
         print(f"{wave.index:>5}  {'+' + format_duration(wave.start_s):>12}  {wave.hosts:>6}  "
               f"{wave.hosts_done:>6}  {wave.blast_radius:>7.1f}%  {pause:>8}  {wave.label}")
     print(f"estimated total: {format_duration(est.total_s)}{_human(est.total_s)}"
           + (f" plus {est.waits_for_promotion} wait(s) until promoted"
              if est.waits_for_promotion else ""))
-    print(f"roll-back ({plan.rollback_mode}), from the last wave: {format_duration(est.rollback_s)}")
+    print(f"roll-back ({plan.rollback_mode}), from the last wave: "
+          f"{format_duration(est.rollback_s)}")
     for note in plan.notes:
         print(f"note: {note}")
     _print_calendar(fleet, slots, args.all_waves)
@@ -410,20 +412,6 @@ def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
     return EXIT_OK
 
 
-def _open_flag_store(spec: str | None, fleet: Any = None) -> Any:
-    """The flag store the TUI's flags screen shows, or None when there is none to show."""
-    from .flags.store import default_store_spec, open_store
-
-    if spec is None and fleet is not None and fleet.flags is not None:
-        spec = fleet.flags.store
-    if spec is None:
-        default = default_store_spec()
-        if "://" not in default and not Path(default).exists():
-            return None
-        spec = default
-    return open_store(spec)
-
-
 def cmd_attach(args: argparse.Namespace, *, fleet: Any = None) -> int:
     fleet = fleet or _load(args, None)
     return asyncio.run(_attach(fleet, _state_dir(args), args))
@@ -458,9 +446,10 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
                 remote.subscribe(display)
                 finished = await remote.wait_finished()
             return Outcome(finished["outcome"]).exit_code
+        from .frontend import open_flag_store
         from .tui.app import make_app
 
-        flag_store = _open_flag_store(getattr(args, "flags_store", None), fleet)
+        flag_store = open_flag_store(getattr(args, "flags_store", None), fleet)
         try:
             app = make_app(remote, title=f"{fleet.name}", on_quit=lambda choice: choice,
                            flags=flag_store)
@@ -483,6 +472,7 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
 
 
 async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: bool) -> int:
+    from .frontend import forward_signals
     from .headless import HeadlessDisplay, summary_line
     from .rollout import Rollout, compile_plan, compress
 
@@ -498,7 +488,7 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
                        recover=recover, observers=[display],
                        interactive=interactive, state=getattr(args, "state", None),
                        override_window=getattr(args, "override_window", None)) as rollout:
-        _forward_signals(rollout)
+        forward_signals(rollout)
         with display:
             if getattr(args, "control", False):
                 from .control.controller import serve_rollout
@@ -508,16 +498,6 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
                 result = await rollout.run()
     print(redact_text(summary_line(result, rollout.plan.strategy if rollout.plan else "?")))
     return result.exit_code
-
-
-def _forward_signals(rollout: Any) -> None:
-    """First Ctrl-C / SIGTERM: abort with roll-back. The journal keeps the rest safe."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, rollout.abort, True)
-        except (NotImplementedError, RuntimeError):
-            pass
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
