@@ -14,7 +14,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, PolicyRefused, UpgraderError
+from .errors import ConfigError, ControlError, PolicyRefused, UpgraderError
 from .redact import install_log_redaction, redact_text
 from .units import format_duration
 
@@ -431,8 +431,8 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
             if state else None
         if holder is None:
             raise
-        raise UpgraderError(f"{exc}; the fleet is driven by {holder['text']}: attach on that "
-                            "machine") from None
+        raise ControlError(f"{exc}; the fleet is driven by {holder['text']}: attach on that "
+                           "machine") from None
     try:
         if args.headless:
             from .headless import HeadlessDisplay

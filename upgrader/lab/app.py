@@ -20,6 +20,8 @@ import random
 import sys
 from pathlib import Path
 
+from .layout import LAB_DATABASE
+
 #: release-name suffix -> variant. Anything else is "good".
 VARIANT_SUFFIXES: tuple[tuple[str, str], ...] = (
     ("-bad", "errors"),
@@ -35,9 +37,6 @@ DEFAULT_SLOW_LATENCY = 0.3
 CRASH_EXIT_STATUS = 3
 #: how long a SIGTERM waits for in-flight requests before closing them
 SHUTDOWN_TIMEOUT = 8.0
-
-
-from .layout import LAB_DATABASE
 
 #: one request in this many writes a visit row
 WRITE_EVERY = 10

@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import LabError
 from .app import slot_current_link, variant_of
 
 RELEASE_RE = re.compile(r"^[A-Za-z0-9._+-]+$")
@@ -36,7 +37,7 @@ POLL_INTERVAL = 0.02
 APP_MODULE = "upgrader.lab.app"
 
 
-class HostctlError(Exception):
+class HostctlError(LabError):
     """A command failed; ``status`` is the exit status (1 failed, 2 bad arguments)."""
 
     def __init__(self, message: str, status: int = 1) -> None:

@@ -50,6 +50,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import LabError
+
 #: where sshd expects its (root-owned) privilege separation directory
 PRIVSEP_DIR = Path("/run/sshd")
 START_TIMEOUT = 10.0
@@ -60,7 +62,7 @@ ACCEPTED_RE = re.compile(r"^Accepted (publickey|password|keyboard-interactive\S*
                          re.MULTILINE)
 
 
-class SshdError(Exception):
+class SshdError(LabError):
     """sshd (or ssh-keygen) could not be found, started or stopped; the message quotes its
     log."""
 

@@ -35,16 +35,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UpgraderError
+from ..errors import LabError, UpgraderError
 from ..model import Commands, Host, ProviderSpec
 from . import hostctl
 from .layout import LabLayout
-from .manager import Lab, plain
+from .manager import STATE_VERSION, Lab, StartStep, plain, read_layout_fields
 
 NETWORKS = ("auto", "netns", "loopback")
 DEFAULT_SUBNET = "10.231.0.0/24"
@@ -60,7 +60,7 @@ SSHD_NEEDLE = "sshd"
 HAPROXY_NEEDLE = "-db"
 
 
-class NetworkError(UpgraderError):
+class NetworkError(LabError):
     """An ``ip`` command failed (the message quotes it and its stderr)."""
 
 
@@ -295,6 +295,9 @@ class SshLab(Lab):
 
     @classmethod
     def from_fields(cls, directory: Path, fields: Mapping[str, Any]) -> SshLab:
+        if not fields.get("ssh"):
+            raise LabError(f"the lab in {directory} is not an SSH lab: reattach to it with "
+                           "Lab.from_dir() or open_lab()")
         return cls(SshLabLayout(
             dir=directory, hosts=int(fields["hosts"]), new_hosts=int(fields.get("new_hosts", 0)),
             slots=bool(fields.get("slots", False)), base_port=int(fields["base_port"]),
@@ -306,7 +309,7 @@ class SshLab(Lab):
         for i, host in enumerate(self.hosts, start=1):
             if host.name == name:
                 return i
-        raise UpgraderError(f"no host {name!r} in the lab at {self.dir}")
+        raise LabError(f"no host {name!r} in the lab at {self.dir}")
 
     # state -----------------------------------------------------------------------------
 
@@ -332,47 +335,39 @@ class SshLab(Lab):
 
     # up --------------------------------------------------------------------------------
 
-    async def up(self, traffic_rps: int = 200, users: int = 500,
-                 database: Any = None) -> dict:
-        """Start the SSH lab; return what lab.json now holds. Raises UpgraderError when a lab
-        runs in this dir, a port or the subnet is taken, or a part fails (what started is
-        stopped and the namespaces are removed)."""
-        if traffic_rps < 0 or users <= 0:
-            raise UpgraderError("traffic_rps must be >= 0 and users > 0")
-        running = await asyncio.to_thread(self.running_pids)
-        if running:
-            listed = ", ".join(f"{name} (pid {pid})" for name, pid in sorted(running.items()))
-            raise UpgraderError(f"a lab is already running in {self.dir}: {listed}; "
-                                "stop it first (`upgrader lab down`)")
-        layout = self.layout
+    # the steps of Lab.up() ------------------------------------------------------------
+    # Lab.up() runs the skeleton (checks, lab.json, teardown on failure); the SSH lab needs
+    # sshd and haproxy, picks its network, removes stale namespaces and starts other parts.
+
+    async def _preflight(self) -> dict[str, Any]:
+        """sshd and haproxy installed; the network mode (``auto``: namespaces where the
+        machine allows them, else loopback addresses)."""
         for binary, what in (("sshd", "openssh-server"), ("haproxy", "haproxy")):
             if _binary(binary) is None:
-                raise UpgraderError(f"the SSH lab needs {binary} (Debian: apt-get install "
-                                    f"{what})")
-        mode = layout.network
+                raise LabError(f"the SSH lab needs {binary} (Debian: apt-get install {what})")
+        mode = self.layout.network
         if mode == "netns":
             reason = await asyncio.to_thread(netns_unavailable)
             if reason:
-                raise UpgraderError(f"network = \"netns\": {reason}")
+                raise LabError(f"network = \"netns\": {reason}")
         elif mode == "auto":
             reason = await asyncio.to_thread(netns_unavailable)
             mode = "loopback" if reason else "netns"
-        await asyncio.to_thread(self._prepare_dirs)
-        await asyncio.to_thread(self._prepare_database, database)
+        return {"network": mode}
+
+    async def _clear_leftovers(self) -> None:
         # a crashed lab in this dir may have left its namespaces: ours by name, so remove them
         await asyncio.to_thread(self._remove_network)
-        busy = await asyncio.to_thread(self._busy_ports)
-        if busy:
-            raise UpgraderError(
-                f"ports in use: {', '.join(map(str, busy[:10]))}"
-                f"{' …' if len(busy) > 10 else ''}; pick another base port")
 
+    def _initial_state(self, traffic_rps: int, users: int,
+                       facts: Mapping[str, Any]) -> dict[str, Any]:
+        layout = self.layout
         site = layout.haproxy_site()
-        state: dict[str, Any] = {
-            "version": 1,
+        return {
+            "version": STATE_VERSION,
             "dir": str(self.dir),
             "layout": {k: v for k, v in asdict(layout).items() if k != "dir"},
-            "network": mode,
+            **facts,
             "started_ts": time.time(),
             "running": True,
             "pids": {"haproxy": None, "traffic": None, "hosts": {}, "sshd": {}},
@@ -385,35 +380,21 @@ class SshLab(Lab):
             "logs_dir": str(self.logs_dir),
             "traffic": {"rps": traffic_rps, "users": users},
         }
-        await asyncio.to_thread(self._write_state, state)
-        try:
-            if mode == "netns":
-                await asyncio.to_thread(self._up_network, state)
-                await asyncio.to_thread(self._write_state, state)
-            await asyncio.to_thread(self._up_sshds, state)
-            await asyncio.to_thread(self._write_state, state)
-            await self._up_apps(state)
-            await asyncio.to_thread(self._write_state, state)
-            await asyncio.to_thread(self._up_haproxy, state)
-            await asyncio.to_thread(self._write_state, state)
-            await self._register_backends()
-            if traffic_rps > 0:
-                await self._up_traffic(state, traffic_rps, users)
-            await asyncio.to_thread(self._write_state, state)
-        except BaseException:
-            await asyncio.shield(self._teardown(state))
-            state["running"] = False
-            state["stopped_ts"] = time.time()
-            await asyncio.to_thread(self._write_state, state)
-            raise
-        return state
+
+    def _start_steps(self, state: dict) -> Sequence[StartStep]:
+        """The network (netns mode only), one sshd per host, the apps (over SSH), HAProxy."""
+        steps: list[StartStep] = []
+        if state.get("network") == "netns":
+            steps.append(_in_thread(self._up_network))
+        steps += [_in_thread(self._up_sshds), self._up_apps, _in_thread(self._up_haproxy)]
+        return steps
 
     def _up_network(self, state: dict) -> None:
         layout = self.layout
         net = layout.net
         taken = _addresses_in_use(net)
         if taken:
-            raise UpgraderError(f"subnet {net} is in use on this machine ({', '.join(taken)}); "
+            raise LabError(f"subnet {net} is in use on this machine ({', '.join(taken)}); "
                                 "pick another (`--subnet`, or [lab] subnet)")
         bridge = layout.bridge_name
         state["net"] = {"bridge": bridge, "netns": {}, "veth": {}, "subnet": str(net),
@@ -455,7 +436,7 @@ class SshLab(Lab):
             state["pids"]["sshd"][host.name] = proc.pid
             started.append((host.name, sshd, proc, 0))
         lines = []
-        for name, sshd, proc, offset in started:
+        for _name, sshd, proc, offset in started:
             _wait_sshd(sshd, proc, offset)
             lines.append(sshd.known_hosts_line())
         hostctl.write_atomic(layout.known_hosts, "".join(line + "\n" for line in lines), 0o600)
@@ -465,7 +446,7 @@ class SshLab(Lab):
 
         binary = binary or sshd_path()
         if binary is None:
-            raise UpgraderError("sshd is not installed")
+            raise LabError("sshd is not installed")
         directory = self.layout.sshd_dir(name)
         argv = [binary, "-D", "-e", "-f", str(directory / "sshd_config")]
         if self._mode() == "netns":
@@ -493,7 +474,7 @@ class SshLab(Lab):
                     try:
                         await transport.run(host, argv, timeout=COMMAND_TIMEOUT, check=True)
                     except UpgraderError as exc:
-                        raise UpgraderError(f"{host.name}: {exc}") from exc
+                        raise LabError(f"{host.name}: {exc}") from exc
                 pid = await asyncio.to_thread(hostctl.read_pid,
                                               self.layout.host_root(host.name), slot)
                 state["pids"]["hosts"][host.name] = {slot: pid}
@@ -527,15 +508,15 @@ class SshLab(Lab):
         while True:
             status = proc.poll()
             if status is not None:
-                raise UpgraderError(f"haproxy exited with status {status}:\n"
-                                    + hostctl.log_tail(log))
+                raise LabError(f"haproxy exited with status {status}:\n"
+                               + hostctl.log_tail(log))
             try:
                 if "Name: HAProxy" in runtime_command(site.socket_path, "show info", 1.0):
                     return
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise UpgraderError(f"haproxy's Runtime API did not answer within "
+                raise LabError(f"haproxy's Runtime API did not answer within "
                                     f"{HAPROXY_READY_TIMEOUT:g} s:\n{hostctl.log_tail(log)}")
             time.sleep(0.02)
 
@@ -598,9 +579,9 @@ class SshLab(Lab):
 
     def set_link(self, name: str, up: bool) -> None:
         """Cut (``up=False``) or restore ``name``'s network: its veth in the root namespace
-        goes down or up. Only in netns mode (UpgraderError otherwise)."""
+        goes down or up. Only in netns mode (LabError otherwise)."""
         if self._mode() != "netns":
-            raise UpgraderError("the lab runs on loopback addresses: there is no link to cut")
+            raise LabError("the lab runs on loopback addresses: there is no link to cut")
         veth = self.layout.veth_name(self.index_of(name))
         _ip("link", "set", veth, "up" if up else "down")
 
@@ -710,7 +691,8 @@ class SshLab(Lab):
             if self._sshd_alive(name, pid):
                 await asyncio.to_thread(self.kill_sshd, name)
         haproxy = pids.get("haproxy")
-        if hostctl.pid_matches(haproxy, HAPROXY_NEEDLE, str(self.layout.haproxy_site().config_path)):
+        config = str(self.layout.haproxy_site().config_path)
+        if hostctl.pid_matches(haproxy, HAPROXY_NEEDLE, config):
             await asyncio.to_thread(hostctl.terminate, haproxy, 5.0)
         try:
             await asyncio.to_thread(self._remove_network)
@@ -749,6 +731,22 @@ def make_lab(layout: LabLayout) -> Lab:
     return SshLab(layout) if isinstance(layout, SshLabLayout) else Lab(layout)
 
 
+def open_lab(path: str | Path | None = None) -> Lab:
+    """Reattach to the lab whose ``lab.json`` is in ``path`` (default: the lab dir): an
+    :class:`SshLab` when lab.json records an SSH layout, else a :class:`Lab`. LabError when
+    there is no lab there."""
+    directory, fields = read_layout_fields(path)
+    return (SshLab if fields.get("ssh") else Lab).from_dir(directory)
+
+
+def _in_thread(step: Callable[[dict], None]) -> StartStep:
+    """A blocking start step (``ip``, sshd, haproxy: subprocesses and polling) run off the
+    event loop."""
+    async def run(state: dict) -> None:
+        await asyncio.to_thread(step, state)
+    return run
+
+
 # --------------------------------------------------------------------------------------------
 # helpers
 
@@ -764,7 +762,7 @@ def _binary(name: str) -> str | None:
 
 
 def _wait_sshd(sshd: Any, proc: subprocess.Popen, offset: int) -> None:
-    """Until ``sshd``'s log says it listens; UpgraderError with the log tail if it exits or
+    """Until ``sshd``'s log says it listens; LabError with the log tail if it exits or
     takes too long."""
     deadline = time.monotonic() + SSHD_READY_TIMEOUT
     while True:
@@ -773,10 +771,10 @@ def _wait_sshd(sshd: Any, proc: subprocess.Popen, offset: int) -> None:
             return
         status = proc.poll()
         if status is not None:
-            raise UpgraderError(f"sshd on {sshd.address}:{sshd.port} exited with status "
+            raise LabError(f"sshd on {sshd.address}:{sshd.port} exited with status "
                                 f"{status}: {sshd.log_tail()}")
         if time.monotonic() > deadline:
-            raise UpgraderError(f"sshd on {sshd.address}:{sshd.port} did not listen within "
+            raise LabError(f"sshd on {sshd.address}:{sshd.port} did not listen within "
                                 f"{SSHD_READY_TIMEOUT:g} s: {sshd.log_tail()}")
         time.sleep(0.01)
 
