@@ -12,17 +12,20 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from .errors import ConfigError, ControlError, PolicyRefused, UpgraderError
 from .redact import install_log_redaction, redact_text
 from .units import format_duration
 
+if TYPE_CHECKING:
+    from .control.handle import RolloutHandle
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 already; keep its message short
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 already; keep it short
         self.print_usage(sys.stderr)
         self.exit(EXIT_BAD_INPUT, f"upgrader: error: {message}\n")
 
@@ -291,7 +294,7 @@ def _print_calendar(fleet: Any, slots: Any, all_waves: bool) -> None:
     def when(at: Any) -> str:
         if at is None:
             return "no opening"
-        text = at.astimezone(UTC).strftime("%a %Y-%m-%d %H:%M UTC")
+        text: str = at.astimezone(UTC).strftime("%a %Y-%m-%d %H:%M UTC")
         teams = windows.on_duty(at) if windows is not None else ()
         if teams:
             local = at.astimezone(teams[0].zone)
@@ -450,8 +453,12 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
         from .tui.app import make_app
 
         flag_store = open_flag_store(getattr(args, "flags_store", None), fleet)
+        # RemoteRollout is a RolloutHandle at run time (runtime_checkable); mypy refuses its
+        # deque ``history`` against the Protocol's settable ``Sequence`` attribute, which a
+        # read-only property in control/handle.py would accept
+        handle = cast("RolloutHandle", remote)
         try:
-            app = make_app(remote, title=f"{fleet.name}", on_quit=lambda choice: choice,
+            app = make_app(handle, title=f"{fleet.name}", on_quit=lambda choice: choice,
                            flags=flag_store)
             choice = await app.run_async()
         finally:

@@ -148,6 +148,7 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     fleet = loads_fleet(text, source="<demo fleet>", registry=plugins)
     plan = compile_plan(fleet)
     fleet, plan = compress(fleet, plan, args.speed)
+    assert fleet.lab is not None      # the demo fleet has a [lab] table
     lab = Lab(fleet.lab)
     display = HeadlessDisplay(total_hosts=len(fleet.main_hosts), target=fleet.releases.target,
                               quiet=not args.headless)

@@ -63,13 +63,15 @@ def open_store_from(args: argparse.Namespace) -> Any:
 
 def add_flags_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``flags`` and its subcommands to an argparse subparsers object."""
-    flags = subparsers.add_parser("flags", help="feature flags: list, change, evaluate, audit",
-                                  description="Feature flags in a store (docs/FLAGS.md).")
+    flags: argparse.ArgumentParser = subparsers.add_parser(
+        "flags", help="feature flags: list, change, evaluate, audit",
+        description="Feature flags in a store (docs/FLAGS.md).")
     sub = flags.add_subparsers(dest="flags_command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Handler, help_text: str, *,
                 changes: bool = False) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=help_text, description=help_text)
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text,
+                                                         description=help_text)
         add_common_arguments(parser, changes=changes)
         parser.set_defaults(flags_handler=handler)
         return parser
@@ -146,7 +148,7 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``upgrader flags serve``: the OFREP server (:mod:`upgrader.flags.ofrep`)."""
     from .ofrep import DEFAULT_LISTEN
 
-    parser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve", help="serve the flags over OFREP (OpenFeature Remote Evaluation Protocol)",
         description="Serve one environment's flags over OFREP: POST /ofrep/v1/evaluate/flags"
                     "/{key} and the bulk POST /ofrep/v1/evaluate/flags (ETag, If-None-Match).")
@@ -196,7 +198,7 @@ def resolve_store_and_env(args: argparse.Namespace) -> tuple[str, str]:
 
 def add_bisect_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``upgrader flags bisect``: the flag bisection (:mod:`upgrader.flags.bisect`)."""
-    parser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "bisect", help="find the flag (or combination of flags) that breaks a test",
         description="Run a test command with subsets of the candidate flags on (the others "
                     "off) and find the flag that makes it fail by binary search, or the "

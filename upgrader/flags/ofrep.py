@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ..addresses import is_loopback, parse_host_port
 from .watch import POLL_INTERVAL_S, FlagWatcher
@@ -92,7 +93,7 @@ class OfrepServer:
         except BaseException:
             await self.aclose()
             raise
-        sockets = getattr(site._server, "sockets", None) or ()  # type: ignore[union-attr]
+        sockets = getattr(site._server, "sockets", None) or ()
         if sockets:
             self.port = sockets[0].getsockname()[1]
 
@@ -112,7 +113,7 @@ class OfrepServer:
     # ------------------------------------------------------------------------ handlers
 
     @web.middleware
-    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not self._authorized(request):
             return web.json_response({"errorDetails": "missing or wrong token: send "
                                       "'Authorization: Bearer <token>' or 'X-API-Key'"},

@@ -16,7 +16,7 @@ def _layout_from_args(args: argparse.Namespace) -> LabLayout:
         from ..config import load_fleet
 
         fleet = load_fleet(args.fleet)
-        layout = getattr(fleet, "lab", None)
+        layout: LabLayout | None = fleet.lab
         if layout is None:
             raise ConfigError("the fleet file has no [lab] table", file=args.fleet, key="lab")
         return layout

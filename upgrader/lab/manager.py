@@ -28,12 +28,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LabError
 from ..model import Host
 from . import hostctl
 from .layout import LabLayout
+
+if TYPE_CHECKING:
+    from ..providers.builtin_balancer import BuiltinBalancer
 
 STATE_VERSION = 1
 BALANCER_MODULE = "upgrader.balancer"
@@ -44,8 +47,10 @@ HOSTCTL_TIMEOUT = 30.0
 PARALLEL_HOSTS = 8
 PORT_SPAN = 400
 
+#: lab.json's content (JSON-ready)
+LabState = dict[str, Any]
 #: one step of :meth:`Lab.up`: starts a part of the lab and records its pids in the state
-StartStep = Callable[[dict], Awaitable[None]]
+StartStep = Callable[[LabState], Awaitable[None]]
 
 
 class Lab:
@@ -111,14 +116,15 @@ class Lab:
                              base_port=int(fields["base_port"]),
                              base_release=str(fields["base_release"])))
 
-    def read_state(self) -> dict | None:
+    def read_state(self) -> LabState | None:
         """lab.json, or None when there is none (or it is unreadable)."""
         try:
-            return json.loads(self.layout.state_file.read_text(encoding="utf-8"))
+            state = json.loads(self.layout.state_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+        return state if isinstance(state, dict) else None
 
-    def _write_state(self, state: dict) -> None:
+    def _write_state(self, state: LabState) -> None:
         hostctl.write_atomic(self.layout.state_file, json.dumps(state, indent=2) + "\n")
 
     def running_pids(self) -> dict[str, int]:
@@ -148,23 +154,24 @@ class Lab:
         except OSError:
             return []
 
-    def installs(self, host: str) -> list[dict]:
+    def installs(self, host: str) -> list[dict[str, Any]]:
         """The install records of ``host`` (installs.log), oldest first."""
         self.host(host)
         return hostctl.read_installs(self.layout.host_root(host))
 
-    def traffic_stats(self) -> dict:
+    def traffic_stats(self) -> dict[str, Any]:
         """The traffic generator's latest stats ({} before it first wrote them)."""
         try:
-            return json.loads(self.layout.traffic_stats_file.read_text(encoding="utf-8"))
+            stats = json.loads(self.layout.traffic_stats_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
+        return stats if isinstance(stats, dict) else {}
 
     # ----------------------------------------------------------------------------------------
     # up
 
     async def up(self, traffic_rps: int = 200, users: int = 500,
-                 database: Any = None) -> dict:
+                 database: Any = None) -> LabState:
         """Start the lab; return what lab.json now holds. Raises LabError if a lab runs in
         this dir, a port is taken, or a part fails to start (what started is stopped).
 
@@ -243,7 +250,7 @@ class Lab:
             "traffic": {"rps": traffic_rps, "users": users},
         }
 
-    def _start_steps(self, state: dict) -> Sequence[StartStep]:
+    def _start_steps(self, state: LabState) -> Sequence[StartStep]:
         """The parts to start, in order (each records its pids in ``state``): the app hosts,
         then the built-in balancer."""
         return (self._up_hosts, self._up_balancer)
@@ -313,7 +320,7 @@ class Lab:
                                 f"(exit {proc.returncode}): {err.decode(errors='replace').strip()}")
         return out.decode(errors="replace")
 
-    async def _up_hosts(self, state: dict) -> None:
+    async def _up_hosts(self, state: LabState) -> None:
         commands = self.layout.commands()
         slot = self.serving_slot()
         release = self.layout.base_release
@@ -334,7 +341,7 @@ class Lab:
         if errors:
             raise errors[0]
 
-    async def _up_balancer(self, state: dict) -> None:
+    async def _up_balancer(self, state: LabState) -> None:
         layout = self.layout
         token = secrets.token_urlsafe(32)
         await asyncio.to_thread(hostctl.write_atomic, layout.token_file, token + "\n", 0o600)
@@ -365,7 +372,7 @@ class Lab:
                                     f"{BALANCER_READY_TIMEOUT:g} s:\n{tail}")
             await asyncio.sleep(0.02)
 
-    def _balancer_client(self):
+    def _balancer_client(self) -> BuiltinBalancer:
         try:
             from ..providers.builtin_balancer import BuiltinBalancer
         except ImportError as exc:
@@ -392,7 +399,7 @@ class Lab:
         finally:
             await client.aclose()
 
-    async def _up_traffic(self, state: dict, rps: int, users: int) -> None:
+    async def _up_traffic(self, state: LabState, rps: int, users: int) -> None:
         stats = self.layout.traffic_stats_file
         argv = [sys.executable, "-m", TRAFFIC_MODULE, "--url", self.layout.balancer_url + "/",
                 "--rps", str(rps), "--users", str(users), "--stats", str(stats)]
@@ -413,7 +420,7 @@ class Lab:
     # ----------------------------------------------------------------------------------------
     # status
 
-    async def status(self) -> dict:
+    async def status(self) -> dict[str, Any]:
         """What runs now: hosts (per slot: pid, installed and served release), balancer,
         traffic stats."""
         state = await asyncio.to_thread(self.read_state) or {}
@@ -459,7 +466,7 @@ class Lab:
                             or any(h["running"] for h in files["hosts"]))
         return files
 
-    def _file_status(self, state: dict) -> dict:
+    def _file_status(self, state: LabState) -> dict[str, Any]:
         pids = state.get("pids") or {}
         hosts = []
         for host in self.hosts:
@@ -492,7 +499,7 @@ class Lab:
     # ----------------------------------------------------------------------------------------
     # down
 
-    async def down(self) -> dict:
+    async def down(self) -> dict[str, Any]:
         """Stop traffic (it writes its final stats), every host slot, then the balancer.
         Idempotent. Returns the final traffic stats ({} if there never was traffic)."""
         await self._teardown()
@@ -503,16 +510,16 @@ class Lab:
             await asyncio.to_thread(self._write_state, state)
         return await asyncio.to_thread(self.traffic_stats)
 
-    async def _teardown(self, state: dict | None = None) -> None:
+    async def _teardown(self, state: LabState | None = None) -> None:
         if state is None:
             state = await asyncio.to_thread(self.read_state) or {}
         pids = state.get("pids") or {}
         traffic = pids.get("traffic")
-        if hostctl.pid_matches(traffic, TRAFFIC_MODULE):
+        if traffic is not None and hostctl.pid_matches(traffic, TRAFFIC_MODULE):
             await asyncio.to_thread(hostctl.terminate, traffic, 5.0)
         await self._stop_hosts()
         balancer = pids.get("balancer")
-        if hostctl.pid_matches(balancer, BALANCER_MODULE):
+        if balancer is not None and hostctl.pid_matches(balancer, BALANCER_MODULE):
             await asyncio.to_thread(hostctl.terminate, balancer, 10.0)
 
     async def _stop_hosts(self) -> None:

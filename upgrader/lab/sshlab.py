@@ -44,7 +44,7 @@ from ..errors import LabError, UpgraderError
 from ..model import Commands, Host, ProviderSpec
 from . import hostctl
 from .layout import LabLayout
-from .manager import STATE_VERSION, Lab, StartStep, plain, read_layout_fields
+from .manager import STATE_VERSION, Lab, LabState, StartStep, plain, read_layout_fields
 
 NETWORKS = ("auto", "netns", "loopback")
 DEFAULT_SUBNET = "10.231.0.0/24"
@@ -194,7 +194,7 @@ class SshLabLayout(LabLayout):
             state = json.loads(self.state_file.read_text(encoding="utf-8"))
             mode = state.get("network")
             if mode in ("netns", "loopback") and state.get("layout", {}).get("ssh"):
-                return mode
+                return str(mode)
         except (OSError, ValueError, AttributeError):
             pass
         return "netns" if netns_unavailable(probe=False) is None else "loopback"
@@ -381,7 +381,7 @@ class SshLab(Lab):
             "traffic": {"rps": traffic_rps, "users": users},
         }
 
-    def _start_steps(self, state: dict) -> Sequence[StartStep]:
+    def _start_steps(self, state: LabState) -> Sequence[StartStep]:
         """The network (netns mode only), one sshd per host, the apps (over SSH), HAProxy."""
         steps: list[StartStep] = []
         if state.get("network") == "netns":
@@ -389,7 +389,7 @@ class SshLab(Lab):
         steps += [_in_thread(self._up_sshds), self._up_apps, _in_thread(self._up_haproxy)]
         return steps
 
-    def _up_network(self, state: dict) -> None:
+    def _up_network(self, state: LabState) -> None:
         layout = self.layout
         net = layout.net
         taken = _addresses_in_use(net)
@@ -415,7 +415,7 @@ class SshLab(Lab):
             _ip("link", "set", "eth0", "up", netns=ns)
             _ip("route", "add", "default", "via", layout.gateway, netns=ns)
 
-    def _up_sshds(self, state: dict) -> None:
+    def _up_sshds(self, state: LabState) -> None:
         from .sshd import ensure_privsep_dir, make_client_key, sshd_path
 
         layout = self.layout
@@ -441,7 +441,7 @@ class SshLab(Lab):
             lines.append(sshd.known_hosts_line())
         hostctl.write_atomic(layout.known_hosts, "".join(line + "\n" for line in lines), 0o600)
 
-    def _spawn_sshd(self, name: str, binary: str | None = None) -> subprocess.Popen:
+    def _spawn_sshd(self, name: str, binary: str | None = None) -> subprocess.Popen[bytes]:
         from .sshd import sshd_path
 
         binary = binary or sshd_path()
@@ -458,7 +458,7 @@ class SshLab(Lab):
     def _mode(self) -> str:
         return (self.read_state() or {}).get("network") or self.layout.network_mode()
 
-    async def _up_apps(self, state: dict) -> None:
+    async def _up_apps(self, state: LabState) -> None:
         """Install and start the base release on every main host, over SSH (the same
         commands and transport a rollout uses)."""
         commands = self.layout.commands()
@@ -492,7 +492,7 @@ class SshLab(Lab):
 
         return Plugins()
 
-    def _up_haproxy(self, state: dict) -> None:
+    def _up_haproxy(self, state: LabState) -> None:
         from .haproxy import HAProxyProcess, haproxy_binary, runtime_command, write_files
 
         site = self.layout.haproxy_site()
@@ -558,7 +558,7 @@ class SshLab(Lab):
         while hostctl.pid_alive(pid) and time.monotonic() < deadline:
             hostctl.reap(pid)
             time.sleep(0.01)
-        return pid
+        return int(pid)
 
     def start_sshd(self, name: str) -> int:
         """Start ``name``'s sshd again (same host key, address and port); its pid."""
@@ -567,7 +567,7 @@ class SshLab(Lab):
         state = self.read_state() or {}
         pid = (state.get("pids") or {}).get("sshd", {}).get(name)
         if self._sshd_alive(name, pid):
-            return pid
+            return int(pid)
         host = self.host(name)
         proc = self._spawn_sshd(name)
         sshd = Sshd(self.layout.sshd_dir(name), address=host.address,
@@ -605,7 +605,7 @@ class SshLab(Lab):
 
     # status ----------------------------------------------------------------------------
 
-    async def status(self) -> dict:
+    async def status(self) -> dict[str, Any]:
         state = await asyncio.to_thread(self.read_state) or {}
         files = await asyncio.to_thread(self._ssh_file_status, state)
         import aiohttp
@@ -643,7 +643,7 @@ class SshLab(Lab):
                             or any(h["running"] or h["ssh"]["running"] for h in files["hosts"]))
         return files
 
-    def _ssh_file_status(self, state: dict) -> dict:
+    def _ssh_file_status(self, state: LabState) -> dict[str, Any]:
         files = self._file_status(state)
         pids = state.get("pids") or {}
         mode = state.get("network") or self.layout.network_mode()
@@ -671,7 +671,7 @@ class SshLab(Lab):
 
     # down ------------------------------------------------------------------------------
 
-    async def _teardown(self, state: dict | None = None) -> None:
+    async def _teardown(self, state: LabState | None = None) -> None:
         """Stop traffic, the apps, the sshds and HAProxy; remove the namespaces and links.
         Every step runs even when an earlier one fails; the first error is raised last."""
         if state is None:
@@ -679,7 +679,7 @@ class SshLab(Lab):
         pids = state.get("pids") or {}
         errors: list[BaseException] = []
         traffic = pids.get("traffic")
-        if hostctl.pid_matches(traffic, "upgrader.lab.traffic"):
+        if traffic is not None and hostctl.pid_matches(traffic, "upgrader.lab.traffic"):
             await asyncio.to_thread(hostctl.terminate, traffic, 5.0)
         try:
             await self._stop_hosts()       # hostctl stop by pid: works from the root namespace
@@ -692,7 +692,7 @@ class SshLab(Lab):
                 await asyncio.to_thread(self.kill_sshd, name)
         haproxy = pids.get("haproxy")
         config = str(self.layout.haproxy_site().config_path)
-        if hostctl.pid_matches(haproxy, HAPROXY_NEEDLE, config):
+        if haproxy is not None and hostctl.pid_matches(haproxy, HAPROXY_NEEDLE, config):
             await asyncio.to_thread(hostctl.terminate, haproxy, 5.0)
         try:
             await asyncio.to_thread(self._remove_network)
@@ -739,10 +739,10 @@ def open_lab(path: str | Path | None = None) -> Lab:
     return (SshLab if fields.get("ssh") else Lab).from_dir(directory)
 
 
-def _in_thread(step: Callable[[dict], None]) -> StartStep:
+def _in_thread(step: Callable[[LabState], None]) -> StartStep:
     """A blocking start step (``ip``, sshd, haproxy: subprocesses and polling) run off the
     event loop."""
-    async def run(state: dict) -> None:
+    async def run(state: LabState) -> None:
         await asyncio.to_thread(step, state)
     return run
 
@@ -761,7 +761,7 @@ def _binary(name: str) -> str | None:
     return haproxy_binary()
 
 
-def _wait_sshd(sshd: Any, proc: subprocess.Popen, offset: int) -> None:
+def _wait_sshd(sshd: Any, proc: subprocess.Popen[bytes], offset: int) -> None:
     """Until ``sshd``'s log says it listens; LabError with the log tail if it exits or
     takes too long."""
     deadline = time.monotonic() + SSHD_READY_TIMEOUT
