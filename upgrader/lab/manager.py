@@ -232,7 +232,7 @@ class Lab:
         """Remove what a crashed lab in this dir may have left beyond its files."""
 
     def _initial_state(self, traffic_rps: int, users: int,
-                       facts: Mapping[str, Any]) -> dict[str, Any]:
+                       facts: Mapping[str, Any]) -> LabState:
         """lab.json before the first part starts."""
         layout = self.layout
         return {
@@ -317,7 +317,7 @@ class Lab:
             raise
         if proc.returncode != 0:
             raise LabError(f"{host.name}/{slot}: {argv[3]} failed "
-                                f"(exit {proc.returncode}): {err.decode(errors='replace').strip()}")
+                           f"(exit {proc.returncode}): {err.decode(errors='replace').strip()}")
         return out.decode(errors="replace")
 
     async def _up_hosts(self, state: LabState) -> None:
@@ -369,7 +369,7 @@ class Lab:
             if time.monotonic() > deadline:
                 tail = await asyncio.to_thread(hostctl.log_tail, log)
                 raise LabError(f"the balancer did not get ready within "
-                                    f"{BALANCER_READY_TIMEOUT:g} s:\n{tail}")
+                               f"{BALANCER_READY_TIMEOUT:g} s:\n{tail}")
             await asyncio.sleep(0.02)
 
     def _balancer_client(self) -> BuiltinBalancer:
@@ -377,7 +377,7 @@ class Lab:
             from ..providers.builtin_balancer import BuiltinBalancer
         except ImportError as exc:
             raise LabError(f"the built-in balancer client is not available: {exc}"
-                                ) from exc
+                           ) from exc
         token = self.layout.token_file.read_text(encoding="utf-8").strip()
         return BuiltinBalancer(self.layout.admin_url, token)
 
@@ -414,7 +414,7 @@ class Lab:
                 raise LabError(f"the traffic generator exited with status {status}:\n{tail}")
             if time.monotonic() > deadline:
                 raise LabError("the traffic generator wrote no stats within "
-                                    f"{TRAFFIC_READY_TIMEOUT:g} s")
+                               f"{TRAFFIC_READY_TIMEOUT:g} s")
             await asyncio.sleep(0.02)
 
     # ----------------------------------------------------------------------------------------

@@ -333,8 +333,6 @@ class SshLab(Lab):
         config = str(self.layout.sshd_dir(name) / "sshd_config")
         return any(config in arg for arg in argv) and any(SSHD_NEEDLE in a for a in argv)
 
-    # up --------------------------------------------------------------------------------
-
     # the steps of Lab.up() ------------------------------------------------------------
     # Lab.up() runs the skeleton (checks, lab.json, teardown on failure); the SSH lab needs
     # sshd and haproxy, picks its network, removes stale namespaces and starts other parts.
@@ -360,7 +358,7 @@ class SshLab(Lab):
         await asyncio.to_thread(self._remove_network)
 
     def _initial_state(self, traffic_rps: int, users: int,
-                       facts: Mapping[str, Any]) -> dict[str, Any]:
+                       facts: Mapping[str, Any]) -> LabState:
         layout = self.layout
         site = layout.haproxy_site()
         return {
@@ -395,7 +393,7 @@ class SshLab(Lab):
         taken = _addresses_in_use(net)
         if taken:
             raise LabError(f"subnet {net} is in use on this machine ({', '.join(taken)}); "
-                                "pick another (`--subnet`, or [lab] subnet)")
+                           "pick another (`--subnet`, or [lab] subnet)")
         bridge = layout.bridge_name
         state["net"] = {"bridge": bridge, "netns": {}, "veth": {}, "subnet": str(net),
                         "gateway": layout.gateway}
@@ -517,7 +515,7 @@ class SshLab(Lab):
                 pass
             if time.monotonic() > deadline:
                 raise LabError(f"haproxy's Runtime API did not answer within "
-                                    f"{HAPROXY_READY_TIMEOUT:g} s:\n{hostctl.log_tail(log)}")
+                               f"{HAPROXY_READY_TIMEOUT:g} s:\n{hostctl.log_tail(log)}")
             time.sleep(0.02)
 
     def balancer(self) -> Any:
@@ -772,10 +770,10 @@ def _wait_sshd(sshd: Any, proc: subprocess.Popen[bytes], offset: int) -> None:
         status = proc.poll()
         if status is not None:
             raise LabError(f"sshd on {sshd.address}:{sshd.port} exited with status "
-                                f"{status}: {sshd.log_tail()}")
+                           f"{status}: {sshd.log_tail()}")
         if time.monotonic() > deadline:
             raise LabError(f"sshd on {sshd.address}:{sshd.port} did not listen within "
-                                f"{SSHD_READY_TIMEOUT:g} s: {sshd.log_tail()}")
+                           f"{SSHD_READY_TIMEOUT:g} s: {sshd.log_tail()}")
         time.sleep(0.01)
 
 
