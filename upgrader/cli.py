@@ -8,22 +8,24 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-from .errors import ConfigError, PolicyRefused, UpgraderError
+from .errors import ConfigError, ControlError, PolicyRefused, UpgraderError
 from .redact import install_log_redaction, redact_text
 from .units import format_duration
+
+if TYPE_CHECKING:
+    from .control.handle import RolloutHandle
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 already; keep its message short
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 already; keep it short
         self.print_usage(sys.stderr)
         self.exit(EXIT_BAD_INPUT, f"upgrader: error: {message}\n")
 
@@ -49,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--speed", type=float, default=1.0,
                      help="divide pauses and verification holds by this factor")
     run.add_argument("--detach", action="store_true",
-                     help="run in a controller process of its own; follow it with `upgrader attach`")
+                     help="run in a controller process of its own; "
+                          "follow it with `upgrader attach`")
     run.add_argument("--control", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--wait", action="store_true",
                      help="outside the deploy window, wait for the next opening (else exit 3)")
@@ -233,13 +236,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if wave is None:
             print(f"{'...':>5}  ({len(wave_list) - 25} more waves; --all-waves lists them)")
             continue
-        pause = "promote" if wave.pause is None else (format_duration(wave.pause) if wave.pause else "-")
+        pause = ("promote" if wave.pause is None
+                 else format_duration(wave.pause) if wave.pause else "-")
         print(f"{wave.index:>5}  {'+' + format_duration(wave.start_s):>12}  {wave.hosts:>6}  "
               f"{wave.hosts_done:>6}  {wave.blast_radius:>7.1f}%  {pause:>8}  {wave.label}")
     print(f"estimated total: {format_duration(est.total_s)}{_human(est.total_s)}"
           + (f" plus {est.waits_for_promotion} wait(s) until promoted"
              if est.waits_for_promotion else ""))
-    print(f"roll-back ({plan.rollback_mode}), from the last wave: {format_duration(est.rollback_s)}")
+    print(f"roll-back ({plan.rollback_mode}), from the last wave: "
+          f"{format_duration(est.rollback_s)}")
     for note in plan.notes:
         print(f"note: {note}")
     _print_calendar(fleet, slots, args.all_waves)
@@ -289,7 +294,7 @@ def _print_calendar(fleet: Any, slots: Any, all_waves: bool) -> None:
     def when(at: Any) -> str:
         if at is None:
             return "no opening"
-        text = at.astimezone(UTC).strftime("%a %Y-%m-%d %H:%M UTC")
+        text: str = at.astimezone(UTC).strftime("%a %Y-%m-%d %H:%M UTC")
         teams = windows.on_duty(at) if windows is not None else ()
         if teams:
             local = at.astimezone(teams[0].zone)
@@ -410,20 +415,6 @@ def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
     return EXIT_OK
 
 
-def _open_flag_store(spec: str | None, fleet: Any = None) -> Any:
-    """The flag store the TUI's flags screen shows, or None when there is none to show."""
-    from .flags.store import default_store_spec, open_store
-
-    if spec is None and fleet is not None and fleet.flags is not None:
-        spec = fleet.flags.store
-    if spec is None:
-        default = default_store_spec()
-        if "://" not in default and not Path(default).exists():
-            return None
-        spec = default
-    return open_store(spec)
-
-
 def cmd_attach(args: argparse.Namespace, *, fleet: Any = None) -> int:
     fleet = fleet or _load(args, None)
     return asyncio.run(_attach(fleet, _state_dir(args), args))
@@ -443,8 +434,8 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
             if state else None
         if holder is None:
             raise
-        raise UpgraderError(f"{exc}; the fleet is driven by {holder['text']}: attach on that "
-                            "machine") from None
+        raise ControlError(f"{exc}; the fleet is driven by {holder['text']}: attach on that "
+                           "machine") from None
     try:
         if args.headless:
             from .headless import HeadlessDisplay
@@ -458,11 +449,16 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
                 remote.subscribe(display)
                 finished = await remote.wait_finished()
             return Outcome(finished["outcome"]).exit_code
+        from .frontend import open_flag_store
         from .tui.app import make_app
 
-        flag_store = _open_flag_store(getattr(args, "flags_store", None), fleet)
+        flag_store = open_flag_store(getattr(args, "flags_store", None), fleet)
+        # RemoteRollout is a RolloutHandle at run time (runtime_checkable); mypy refuses its
+        # deque ``history`` against the Protocol's settable ``Sequence`` attribute, which a
+        # read-only property in control/handle.py would accept
+        handle = cast("RolloutHandle", remote)
         try:
-            app = make_app(remote, title=f"{fleet.name}", on_quit=lambda choice: choice,
+            app = make_app(handle, title=f"{fleet.name}", on_quit=lambda choice: choice,
                            flags=flag_store)
             choice = await app.run_async()
         finally:
@@ -483,6 +479,7 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
 
 
 async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: bool) -> int:
+    from .frontend import forward_signals
     from .headless import HeadlessDisplay, summary_line
     from .rollout import Rollout, compile_plan, compress
 
@@ -498,7 +495,7 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
                        recover=recover, observers=[display],
                        interactive=interactive, state=getattr(args, "state", None),
                        override_window=getattr(args, "override_window", None)) as rollout:
-        _forward_signals(rollout)
+        forward_signals(rollout)
         with display:
             if getattr(args, "control", False):
                 from .control.controller import serve_rollout
@@ -508,16 +505,6 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
                 result = await rollout.run()
     print(redact_text(summary_line(result, rollout.plan.strategy if rollout.plan else "?")))
     return result.exit_code
-
-
-def _forward_signals(rollout: Any) -> None:
-    """First Ctrl-C / SIGTERM: abort with roll-back. The journal keeps the rest safe."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, rollout.abort, True)
-        except (NotImplementedError, RuntimeError):
-            pass
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

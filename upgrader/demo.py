@@ -119,10 +119,10 @@ def run_demo(args: argparse.Namespace) -> int:
 async def _run_with_tui(rollout: Any, title: str, flags_store: str | None = None) -> Any:
     """The TUI on the in-process engine, in the same event loop. Quitting a live demo rolls
     it back (the demo's lab goes away with it, so there is nothing to hand over)."""
-    from .cli import _open_flag_store
+    from .frontend import open_flag_store
     from .tui import make_app
 
-    flag_store = _open_flag_store(flags_store)
+    flag_store = open_flag_store(flags_store)
     task = asyncio.get_running_loop().create_task(rollout.run())
     try:
         await make_app(rollout.engine, title=title, flags=flag_store).run_async()
@@ -148,6 +148,7 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     fleet = loads_fleet(text, source="<demo fleet>", registry=plugins)
     plan = compile_plan(fleet)
     fleet, plan = compress(fleet, plan, args.speed)
+    assert fleet.lab is not None      # the demo fleet has a [lab] table
     lab = Lab(fleet.lab)
     display = HeadlessDisplay(total_hosts=len(fleet.main_hosts), target=fleet.releases.target,
                               quiet=not args.headless)
@@ -164,9 +165,9 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
                 result = await _run_with_tui(rollout, f"demo: {args.strategy}",
                                              getattr(args, "flags_store", None))
             else:
-                from .cli import _forward_signals
+                from .frontend import forward_signals
 
-                _forward_signals(rollout)
+                forward_signals(rollout)
                 with display:
                     result = await rollout.run()
         await asyncio.sleep(1.0)     # users keep being served after the rollout
@@ -176,7 +177,7 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(lab_dir, ignore_errors=True)
     summary: dict[str, Any] = {
         "outcome": result.outcome.value, "strategy": args.strategy,
-        "hosts": {n: r for n, r in result.hosts.items()},
+        "hosts": dict(result.hosts),
         "requests": stats.get("requests", 0), "failed_requests": stats.get("failed", 0),
         "duration_s": round(result.duration_s, 3),
     }

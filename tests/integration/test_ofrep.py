@@ -366,9 +366,9 @@ def test_bulk_reports_a_missing_targeting_key_per_flag(server):
 
 def test_configuration_endpoint(server):
     async def get() -> tuple[int, Any]:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(server.url + "/ofrep/v1/configuration") as response:
-                return response.status, await response.json()
+        async with (aiohttp.ClientSession() as session,
+                    session.get(server.url + "/ofrep/v1/configuration") as response):
+            return response.status, await response.json()
 
     status, body = asyncio.run(get())
     assert status == 200 and body["name"] == "upgrader"

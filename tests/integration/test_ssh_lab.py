@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 
 from upgrader.lab import hostctl
-from upgrader.lab.manager import Lab, free_base_port
-from upgrader.lab.sshlab import SshLab, SshLabLayout, netns_unavailable
+from upgrader.lab.manager import free_base_port
+from upgrader.lab.sshlab import SshLab, SshLabLayout, netns_unavailable, open_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -372,7 +372,7 @@ def sshd_logins(lab: SshLab, name: str) -> int:
 def test_ssh_lab_up_status_down(labs):
     lab = labs.up(hosts=2)
     layout = lab.layout
-    status = asyncio.run(Lab.from_dir(layout.dir).status())       # reattached from lab.json
+    status = asyncio.run(open_lab(layout.dir).status())           # reattached from lab.json
     assert status["network"] == network_mode()
     assert status["balancer"]["kind"] == "haproxy" and status["balancer"]["up"]
     backends = status["balancer"]["state"]["backends"]

@@ -193,22 +193,19 @@ def test_a_store_that_cannot_be_opened_exits_1(tmp_path, capsys):
     assert "cannot open the flag store" in capsys.readouterr().err
 
 
-def test_hooks_for_serve_and_bisect(monkeypatch):
-    """A module providing add_<name>_parser gets its subcommand; a missing one is skipped."""
-    import types
-
-    fake = types.ModuleType("upgrader.flags.ofrep")
-
-    def add_serve_parser(subparsers):
-        parser = subparsers.add_parser("serve")
-        cli.add_common_arguments(parser, changes=False)
-        parser.set_defaults(flags_handler=lambda args: 7)
-
-    fake.add_serve_parser = add_serve_parser  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "upgrader.flags.ofrep", fake)
-    monkeypatch.setattr(cli, "EXTRA_COMMANDS", (("ofrep", "add_serve_parser"),
-                                                ("not_written_yet", "add_x_parser")))
-    assert run(["serve", "--env", "demo"]) == 7
+def test_serve_and_bisect_are_flags_commands():
+    """The command line of the OFREP server and of the flag bisection lives in flags/cli.py
+    (the flag library never imports its CLI): both are subcommands with the common options."""
+    parser = argparse.ArgumentParser(prog="upgrader")
+    add_flags_parser(parser.add_subparsers(dest="command", required=True))
+    serve = parser.parse_args(["flags", "serve", "--listen", "127.0.0.1:0"])
+    assert serve.flags_handler is cli.serve_command
+    assert (serve.env, serve.listen, serve.token) == (cli.DEFAULT_ENV, "127.0.0.1:0", None)
+    bisect = parser.parse_args(["flags", "bisect", "--test", "true", "--flags", "a,b",
+                                "--env", "demo", "--actor", "me"])
+    assert bisect.flags_handler is cli.bisect_command
+    assert (bisect.env, bisect.actor, bisect.flags) == ("demo", "me", "a,b")
+    assert cli.resolve_store_and_env(serve)[1] == "production"
 
 
 def test_a_subprocess(tmp_path):

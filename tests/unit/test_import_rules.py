@@ -1,6 +1,8 @@
-"""The import rules of docs/ARCHITECTURE.md, checked on the source: data flows down, nothing
-imports upward. Every ``import`` counts, also inside functions (lazy imports); imports under
-``if TYPE_CHECKING:`` do not. (Strategies have their own, stricter test in test_strategies.py.)
+"""The finer import rules of docs/ARCHITECTURE.md ("Import rules"), checked on the source:
+data flows down, nothing imports upward. Every ``import`` counts, also inside functions (lazy
+imports); imports under ``if TYPE_CHECKING:`` do not. The layer table itself, and the absence
+of import cycles, are checked by test_layers.py, which reads the table from the document.
+(Strategies have their own, stricter test in test_strategies.py.)
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ RULES: dict[str, tuple[str, ...]] = {
     # feature flags: beside the engine, on the shared leaves only
     "flags": ("errors", "hashing", "tomlsource", "units", "addresses", "flags", "db"),
 }
-FRONT_ENDS = ("cli", "headless", "demo", "lab.cli", "tui")
+FRONT_ENDS = ("cli", "frontend", "headless", "demo", "lab.cli", "flags.cli", "schema.cli", "tui")
 
 
 @pytest.mark.parametrize("layer", sorted(RULES))
@@ -130,6 +132,14 @@ def test_only_front_ends_import_front_ends():
             continue
         bad = {m for m in imported if allowed(m, front)}
         assert not bad, f"{module} (not a front end) imports {sorted(bad)}"
+
+
+def test_the_flag_library_imports_no_command_line():
+    """flags/bisect.py and flags/ofrep.py are library: their argparse parts are in flags/cli.py
+    (an upward import once, for DEFAULT_ENV and add_common_arguments)."""
+    for module, imported in imports_of(U + "flags").items():
+        if module != U + "flags.cli":
+            assert U + "flags.cli" not in imported, f"{module} imports flags.cli"
 
 
 def test_the_rules_see_lazy_imports():

@@ -7,12 +7,9 @@ against a scratch copy of the flag set with each subset of the candidates turned
 
 from __future__ import annotations
 
-import argparse
 import enum
 import os
-import shlex
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,10 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-EXIT_FOUND = 0
-EXIT_NOTHING = 1
-EXIT_BAD_INPUT = 2
 
 #: the environment variables a test command reads to find the flags it runs with
 STORE_VARIABLE = "UPGRADER_FLAG_STORE"
@@ -169,117 +162,7 @@ def _minimize(failing: list[str], runner: _Runner) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# `upgrader flags bisect`
-
-
-def add_bisect_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "bisect", help="find the flag (or combination of flags) that breaks a test",
-        description="Run a test command with subsets of the candidate flags on (the others "
-                    "off) and find the flag that makes it fail by binary search, or the "
-                    "smallest combination that fails only together (delta debugging). The "
-                    "test sees the flag store in $UPGRADER_FLAG_STORE and the environment in "
-                    "$UPGRADER_FLAG_ENV; it runs against a scratch copy unless --live. "
-                    "Exit 0: found; 1: nothing to find; 2: bad input.")
-    parser.add_argument("--test", required=True, metavar="CMD",
-                        help="the test command (split like a shell would; exit 0 = pass)")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--flags", metavar="A,B,C", help="the candidate flags")
-    which.add_argument("--changed-since", metavar="T",
-                       help="the flags enabled in the environment since T (from the audit): "
-                            "an ISO time like 2026-11-29T08:00 or an age like 2h, 3d")
-    parser.add_argument("--live", action="store_true",
-                        help="flip the flags in the real store (restored afterwards) instead "
-                             "of a scratch copy: for tests that read a running service")
-    parser.add_argument("--timeout", type=float, default=None, metavar="S",
-                        help="seconds one test run may take (a run past it counts as a fail)")
-    parser.add_argument("--verbose", "-v", action="store_true",
-                        help="show the test's own output")
-    from .cli import add_common_arguments
-
-    add_common_arguments(parser, changes=True)
-    parser.set_defaults(func=bisect_command, flags_handler=bisect_command)
-    return parser
-
-
-def bisect_command(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from .store import default_store_spec
-
-    out = sys.stdout
-    try:
-        argv = shlex.split(args.test)
-    except ValueError as exc:
-        print(f"upgrader flags bisect: --test: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if not argv:
-        print("upgrader flags bisect: --test is empty", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    store_spec, env = args.store or default_store_spec(), args.env
-    try:
-        with FlagSandbox(store_spec, env, live=args.live, actor=getattr(args, "actor", None),
-                         reason=getattr(args, "reason", "") or "") as sandbox:
-            if args.flags is not None:
-                candidates = list(dict.fromkeys(key.strip() for key in args.flags.split(",")
-                                                if key.strip()))
-                if not candidates:
-                    print("upgrader flags bisect: --flags names no flag", file=sys.stderr)
-                    return EXIT_BAD_INPUT
-                sandbox.check_known(candidates)
-            else:
-                since = parse_since(args.changed_since)
-                candidates = sandbox.enabled_since(since)
-                print(f"flags enabled in {env} since {since.isoformat(timespec='seconds')}: "
-                      f"{', '.join(candidates) or '(none)'}", file=out)
-                if not candidates:
-                    print("nothing to find: no flag was turned on since then", file=out)
-                    return EXIT_NOTHING
-            where = "the LIVE store" if args.live else "a scratch copy of the flag set"
-            print(f"bisecting {len(candidates)} flag(s) in {env} on {where}; "
-                  f"test: {shlex.join(argv)}", file=out, flush=True)
-            runner = TestCommand(argv, sandbox, candidates, timeout=args.timeout,
-                                 verbose=args.verbose)
-            result = find_culprits(candidates, runner,
-                                   on_step=lambda step: print_step(step, candidates, runner,
-                                                                   out))
-    except ConfigError as exc:
-        print(f"upgrader flags bisect: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print_result(result, len(candidates), out)
-    return EXIT_FOUND if result.found else EXIT_NOTHING
-
-
-def print_step(step: Step, candidates: Sequence[str], runner: TestCommand, out: Any) -> None:
-    on = [key for key in candidates if key in step.on]
-    off = [key for key in candidates if key not in step.on]
-    if len(on) <= 8:
-        which = ", ".join(on) or "(none)"
-    elif len(off) <= 8:
-        which = "all but " + ", ".join(off) if off else "all"
-    else:
-        which = f"{', '.join(on[:6])}, ... ({len(on)} flags)"
-    verdict = "pass" if step.passed else "FAIL"
-    detail = runner.last_detail
-    print(f"step {step.number:>2} [{step.phase}] {len(on)}/{len(candidates)} on: {which}"
-          f" -> {verdict}{f' ({detail})' if detail else ''}", file=out, flush=True)
-
-
-def print_result(result: Result, total: int, out: Any) -> None:
-    runs = f"{result.runs} run{'s' if result.runs != 1 else ''}"
-    if result.outcome is Outcome.CULPRIT:
-        print(f"culprit: {result.culprits[0]} (the test fails with only it on; {runs} for "
-              f"{total} flags)", file=out)
-    elif result.outcome is Outcome.COMBINATION:
-        print(f"failing combination: {', '.join(result.culprits)} (the test fails with all "
-              f"of them on and passes with any one of them off; {runs} for {total} flags)",
-              file=out)
-    elif result.outcome is Outcome.PASSES_WITH_ALL:
-        print(f"nothing to find: the test passes with all {total} flags on ({runs})", file=out)
-    elif result.outcome is Outcome.FAILS_WITHOUT_FLAGS:
-        print(f"nothing to find: the test fails with none of the flags on ({runs}); "
-              "the cause is elsewhere", file=out)
-    else:
-        print("nothing to find: no candidate flags", file=out)
+# Running a real test command (``upgrader flags bisect``, in flags/cli.py, drives these)
 
 
 class TestCommand:

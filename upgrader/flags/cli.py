@@ -5,33 +5,39 @@ Wiring (upgrader/cli.py): ``add_flags_parser(subparsers)`` adds the ``flags`` co
 (``ConfigError``: an unknown flag, environment or variant, an invalid change, a broken flags
 file); bad input changes nothing. ``run(argv)`` parses and runs without the top-level CLI.
 
-Hooks for subcommands that live in other modules of this package: ``serve`` (ofrep.py) and
-``bisect`` (bisect.py). Each module provides ``add_<name>_parser(subparsers)``, which adds its
-parser to the ``flags`` subparsers, may call :func:`add_common_arguments` on it, and sets
-``parser.set_defaults(flags_handler=function)`` with ``function(args) -> int`` (exit code).
-:func:`open_store_from` opens the store that ``--store`` names. A module or function that
-does not exist yet is skipped; a module that fails to import for another reason is an error.
+``serve`` and ``bisect`` are the front ends of two parts of the flag library, the OFREP
+server (ofrep.py) and the flag bisection (bisect.py): their argparse parsers and handlers live
+here (:func:`add_serve_parser`, :func:`serve_command`, :func:`add_bisect_parser`,
+:func:`bisect_command`), so the library never imports its command line. Each handler is set
+with ``parser.set_defaults(flags_handler=function)``, ``function(args) -> int`` (exit code).
+:func:`open_store_from` opens the store that ``--store`` names.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, UpgraderError
 from .describe import targeting
+from .model import DEFAULT_ENV
+
+if TYPE_CHECKING:
+    from .bisect import Result, Step, TestCommand
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-DEFAULT_ENV = "production"
+#: ``upgrader flags bisect``: 0 found a culprit, 1 nothing to find, 2 bad input
+EXIT_FOUND, EXIT_NOTHING = 0, 1
 
-#: (module in this package, function adding its subcommand): see the module docstring
-EXTRA_COMMANDS = (("ofrep", "add_serve_parser"), ("bisect", "add_bisect_parser"))
+__all__ = ["DEFAULT_ENV", "add_bisect_parser", "add_common_arguments", "add_flags_parser",
+           "add_serve_parser", "bisect_command", "main", "open_store_from",
+           "resolve_store_and_env", "run", "serve_command"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -57,13 +63,15 @@ def open_store_from(args: argparse.Namespace) -> Any:
 
 def add_flags_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``flags`` and its subcommands to an argparse subparsers object."""
-    flags = subparsers.add_parser("flags", help="feature flags: list, change, evaluate, audit",
-                                  description="Feature flags in a store (docs/FLAGS.md).")
+    flags: argparse.ArgumentParser = subparsers.add_parser(
+        "flags", help="feature flags: list, change, evaluate, audit",
+        description="Feature flags in a store (docs/FLAGS.md).")
     sub = flags.add_subparsers(dest="flags_command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Handler, help_text: str, *,
                 changes: bool = False) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=help_text, description=help_text)
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text,
+                                                         description=help_text)
         add_common_arguments(parser, changes=changes)
         parser.set_defaults(flags_handler=handler)
         return parser
@@ -103,23 +111,9 @@ def add_flags_parser(subparsers: Any) -> argparse.ArgumentParser:
     import_.add_argument("file", metavar="FILE")
     export = command("export", cmd_export, "write the store's flags as a flags file")
     export.add_argument("file", metavar="FILE", nargs="?", help="default: standard output")
-    register_extra_commands(sub)
+    add_serve_parser(sub)
+    add_bisect_parser(sub)
     return flags
-
-
-def register_extra_commands(subparsers: Any) -> None:
-    """The hooks: ``serve`` and ``bisect`` from their own modules, when they exist."""
-    for module_name, function_name in EXTRA_COMMANDS:
-        qualified = f"{__package__}.{module_name}"
-        try:
-            module = importlib.import_module(qualified)
-        except ImportError as exc:
-            if exc.name == qualified:
-                continue               # not written yet
-            raise
-        add_parser = getattr(module, function_name, None)
-        if add_parser is not None:
-            add_parser(subparsers)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -144,6 +138,173 @@ def run(argv: Sequence[str]) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return main(args)
+
+
+# --------------------------------------------------------------------------------------------
+# `upgrader flags serve` and `upgrader flags bisect`
+
+
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``upgrader flags serve``: the OFREP server (:mod:`upgrader.flags.ofrep`)."""
+    from .ofrep import DEFAULT_LISTEN
+
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "serve", help="serve the flags over OFREP (OpenFeature Remote Evaluation Protocol)",
+        description="Serve one environment's flags over OFREP: POST /ofrep/v1/evaluate/flags"
+                    "/{key} and the bulk POST /ofrep/v1/evaluate/flags (ETag, If-None-Match).")
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                        help=f"where to listen (default {DEFAULT_LISTEN}; port 0 picks one)")
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument("--token", metavar="T",
+                      help="require 'Authorization: Bearer T' or 'X-API-Key: T' (required "
+                           "off loopback; prefer --token-file: arguments are visible in ps)")
+    auth.add_argument("--token-file", metavar="FILE", help="read the token from FILE")
+    add_common_arguments(parser, changes=False)
+    parser.set_defaults(func=serve_command, flags_handler=serve_command)
+    return parser
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    import logging
+
+    from .ofrep import serve
+
+    token = args.token
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            print(f"upgrader flags serve: cannot read --token-file: {exc.strerror}",
+                  file=sys.stderr)
+            return 2
+        if not token:
+            print("upgrader flags serve: --token-file is empty", file=sys.stderr)
+            return 2
+    store, env = resolve_store_and_env(args)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s flags %(levelname)s %(message)s")
+    return serve(store, env, args.listen, token)
+
+
+def resolve_store_and_env(args: argparse.Namespace) -> tuple[str, str]:
+    """The store spec (``--store``, ``$UPGRADER_FLAG_STORE``, the default file) and the
+    environment (``--env``) a flags subcommand works on."""
+    from .store import default_store_spec
+
+    return (getattr(args, "store", None) or default_store_spec(),
+            getattr(args, "env", None) or DEFAULT_ENV)
+
+
+def add_bisect_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``upgrader flags bisect``: the flag bisection (:mod:`upgrader.flags.bisect`)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "bisect", help="find the flag (or combination of flags) that breaks a test",
+        description="Run a test command with subsets of the candidate flags on (the others "
+                    "off) and find the flag that makes it fail by binary search, or the "
+                    "smallest combination that fails only together (delta debugging). The "
+                    "test sees the flag store in $UPGRADER_FLAG_STORE and the environment in "
+                    "$UPGRADER_FLAG_ENV; it runs against a scratch copy unless --live. "
+                    "Exit 0: found; 1: nothing to find; 2: bad input.")
+    parser.add_argument("--test", required=True, metavar="CMD",
+                        help="the test command (split like a shell would; exit 0 = pass)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--flags", metavar="A,B,C", help="the candidate flags")
+    which.add_argument("--changed-since", metavar="T",
+                       help="the flags enabled in the environment since T (from the audit): "
+                            "an ISO time like 2026-11-29T08:00 or an age like 2h, 3d")
+    parser.add_argument("--live", action="store_true",
+                        help="flip the flags in the real store (restored afterwards) instead "
+                             "of a scratch copy: for tests that read a running service")
+    parser.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="seconds one test run may take (a run past it counts as a fail)")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="show the test's own output")
+    add_common_arguments(parser, changes=True)
+    parser.set_defaults(func=bisect_command, flags_handler=bisect_command)
+    return parser
+
+
+def bisect_command(args: argparse.Namespace) -> int:
+    from .bisect import FlagSandbox, TestCommand, find_culprits, parse_since
+    from .store import default_store_spec
+
+    out = sys.stdout
+    try:
+        argv = shlex.split(args.test)
+    except ValueError as exc:
+        print(f"upgrader flags bisect: --test: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not argv:
+        print("upgrader flags bisect: --test is empty", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    store_spec, env = args.store or default_store_spec(), args.env
+    try:
+        with FlagSandbox(store_spec, env, live=args.live, actor=getattr(args, "actor", None),
+                         reason=getattr(args, "reason", "") or "") as sandbox:
+            if args.flags is not None:
+                candidates = list(dict.fromkeys(key.strip() for key in args.flags.split(",")
+                                                if key.strip()))
+                if not candidates:
+                    print("upgrader flags bisect: --flags names no flag", file=sys.stderr)
+                    return EXIT_BAD_INPUT
+                sandbox.check_known(candidates)
+            else:
+                since = parse_since(args.changed_since)
+                candidates = sandbox.enabled_since(since)
+                print(f"flags enabled in {env} since {since.isoformat(timespec='seconds')}: "
+                      f"{', '.join(candidates) or '(none)'}", file=out)
+                if not candidates:
+                    print("nothing to find: no flag was turned on since then", file=out)
+                    return EXIT_NOTHING
+            where = "the LIVE store" if args.live else "a scratch copy of the flag set"
+            print(f"bisecting {len(candidates)} flag(s) in {env} on {where}; "
+                  f"test: {shlex.join(argv)}", file=out, flush=True)
+            runner = TestCommand(argv, sandbox, candidates, timeout=args.timeout,
+                                 verbose=args.verbose)
+            result = find_culprits(candidates, runner,
+                                   on_step=lambda step: print_step(step, candidates, runner,
+                                                                   out))
+    except ConfigError as exc:
+        print(f"upgrader flags bisect: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print_result(result, len(candidates), out)
+    return EXIT_FOUND if result.found else EXIT_NOTHING
+
+
+def print_step(step: Step, candidates: Sequence[str], runner: TestCommand, out: Any) -> None:
+    on = [key for key in candidates if key in step.on]
+    off = [key for key in candidates if key not in step.on]
+    if len(on) <= 8:
+        which = ", ".join(on) or "(none)"
+    elif len(off) <= 8:
+        which = "all but " + ", ".join(off) if off else "all"
+    else:
+        which = f"{', '.join(on[:6])}, ... ({len(on)} flags)"
+    verdict = "pass" if step.passed else "FAIL"
+    detail = runner.last_detail
+    print(f"step {step.number:>2} [{step.phase}] {len(on)}/{len(candidates)} on: {which}"
+          f" -> {verdict}{f' ({detail})' if detail else ''}", file=out, flush=True)
+
+
+def print_result(result: Result, total: int, out: Any) -> None:
+    from .bisect import Outcome
+
+    runs = f"{result.runs} run{'s' if result.runs != 1 else ''}"
+    if result.outcome is Outcome.CULPRIT:
+        print(f"culprit: {result.culprits[0]} (the test fails with only it on; {runs} for "
+              f"{total} flags)", file=out)
+    elif result.outcome is Outcome.COMBINATION:
+        print(f"failing combination: {', '.join(result.culprits)} (the test fails with all "
+              f"of them on and passes with any one of them off; {runs} for {total} flags)",
+              file=out)
+    elif result.outcome is Outcome.PASSES_WITH_ALL:
+        print(f"nothing to find: the test passes with all {total} flags on ({runs})", file=out)
+    elif result.outcome is Outcome.FAILS_WITHOUT_FLAGS:
+        print(f"nothing to find: the test fails with none of the flags on ({runs}); "
+              "the cause is elsewhere", file=out)
+    else:
+        print("nothing to find: no candidate flags", file=out)
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BOOLEAN_VARIANTS", "DEFAULT_ENVIRONMENTS", "DEFAULT_STICKINESS", "Condition",
-           "EnvConfig", "Flag", "FlagKind", "FlagSet", "Op", "Prerequisite", "Rule", "Split",
-           "Tier", "value_type"]
+__all__ = ["BOOLEAN_VARIANTS", "DEFAULT_ENV", "DEFAULT_ENVIRONMENTS", "DEFAULT_STICKINESS",
+           "Condition", "EnvConfig", "Flag", "FlagKind", "FlagSet", "Op", "Prerequisite", "Rule",
+           "Split", "Tier", "value_type"]
 
 #: a flag without ``variants`` is boolean
 BOOLEAN_VARIANTS: Mapping[str, Any] = {"on": True, "off": False}
@@ -23,6 +23,8 @@ BOOLEAN_VARIANTS: Mapping[str, Any] = {"on": True, "off": False}
 DEFAULT_STICKINESS = "targetingKey"
 #: a flags file without ``environments`` has just this one
 DEFAULT_ENVIRONMENTS = ("production",)
+#: the environment a flags command (and the OFREP server) works on unless told otherwise
+DEFAULT_ENV = DEFAULT_ENVIRONMENTS[0]
 
 
 class FlagKind(enum.StrEnum):

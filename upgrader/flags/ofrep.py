@@ -10,7 +10,6 @@ Evaluator current by polling the store (see ``FlagWatcher``); docs/FLAGS.md has 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import hmac
@@ -19,10 +18,10 @@ import logging
 import signal
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ..addresses import is_loopback, parse_host_port
 from .watch import POLL_INTERVAL_S, FlagWatcher
@@ -94,7 +93,7 @@ class OfrepServer:
         except BaseException:
             await self.aclose()
             raise
-        sockets = getattr(site._server, "sockets", None) or ()  # type: ignore[union-attr]
+        sockets = getattr(site._server, "sockets", None) or ()
         if sockets:
             self.port = sockets[0].getsockname()[1]
 
@@ -114,7 +113,7 @@ class OfrepServer:
     # ------------------------------------------------------------------------ handlers
 
     @web.middleware
-    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not self._authorized(request):
             return web.json_response({"errorDetails": "missing or wrong token: send "
                                       "'Authorization: Bearer <token>' or 'X-API-Key'"},
@@ -328,51 +327,3 @@ def serve(store_spec: str, env: str, listen: str = DEFAULT_LISTEN, token: str | 
         return 0
 
     return asyncio.run(main())
-
-
-def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "serve", help="serve the flags over OFREP (OpenFeature Remote Evaluation Protocol)",
-        description="Serve one environment's flags over OFREP: POST /ofrep/v1/evaluate/flags"
-                    "/{key} and the bulk POST /ofrep/v1/evaluate/flags (ETag, If-None-Match).")
-    parser.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
-                        help=f"where to listen (default {DEFAULT_LISTEN}; port 0 picks one)")
-    auth = parser.add_mutually_exclusive_group()
-    auth.add_argument("--token", metavar="T",
-                      help="require 'Authorization: Bearer T' or 'X-API-Key: T' (required "
-                           "off loopback; prefer --token-file: arguments are visible in ps)")
-    auth.add_argument("--token-file", metavar="FILE", help="read the token from FILE")
-    from .cli import add_common_arguments
-
-    add_common_arguments(parser, changes=False)
-    parser.set_defaults(func=serve_command, flags_handler=serve_command)
-    return parser
-
-
-def serve_command(args: argparse.Namespace) -> int:
-    token = args.token
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            print(f"upgrader flags serve: cannot read --token-file: {exc.strerror}",
-                  file=sys.stderr)
-            return 2
-        if not token:
-            print("upgrader flags serve: --token-file is empty", file=sys.stderr)
-            return 2
-    store, env = resolve_store_and_env(args)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s flags %(levelname)s %(message)s")
-    return serve(store, env, args.listen, token)
-
-
-def resolve_store_and_env(args: argparse.Namespace) -> tuple[str, str]:
-    """The store spec (``--store``, ``$UPGRADER_FLAG_STORE``, the default file) and the
-    environment (``--env``) a flags subcommand works on."""
-    from .cli import DEFAULT_ENV
-    from .store import default_store_spec
-
-    return (getattr(args, "store", None) or default_store_spec(),
-            getattr(args, "env", None) or DEFAULT_ENV)

@@ -19,6 +19,14 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .layout import LAB_DATABASE
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from aiohttp import web
 
 #: release-name suffix -> variant. Anything else is "good".
 VARIANT_SUFFIXES: tuple[tuple[str, str], ...] = (
@@ -35,9 +43,6 @@ DEFAULT_SLOW_LATENCY = 0.3
 CRASH_EXIT_STATUS = 3
 #: how long a SIGTERM waits for in-flight requests before closing them
 SHUTDOWN_TIMEOUT = 8.0
-
-
-from .layout import LAB_DATABASE
 
 #: one request in this many writes a visit row
 WRITE_EVERY = 10
@@ -58,17 +63,18 @@ class VisitWriter:
         self.path = path
         self.release = release
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visits")
-        self._conn = None
+        self._conn: sqlite3.Connection | None = None
         self._columns: tuple[str, ...] = ()
 
-    def _open(self):
+    def _open(self) -> sqlite3.Connection:
         if self._conn is None:
             from ..schema import connect
 
             # a release whose views are not live (rolled back, retired) raises SchemaError:
             # its writes fail, as they would in production
-            self._conn = connect(self.path, self.release, timeout=10.0)
-            names = [row[1] for row in self._conn.execute("PRAGMA table_info(visits)")]
+            conn: sqlite3.Connection = connect(self.path, self.release, timeout=10.0)
+            self._conn = conn
+            names = [row[1] for row in conn.execute("PRAGMA table_info(visits)")]
             self._columns = tuple(c for c in ("host", "version", "path", "url") if c in names)
         return self._conn
 
@@ -109,7 +115,7 @@ def slot_current_link(root: Path, slot: str) -> Path:
     return root / "slots" / slot / "current"
 
 
-def read_release(root: Path, slot: str) -> dict:
+def read_release(root: Path, slot: str) -> dict[str, Any]:
     """The ``release.json`` of the release the slot's ``current`` link points to."""
     link = slot_current_link(root, slot)
     try:
@@ -123,7 +129,7 @@ def read_release(root: Path, slot: str) -> dict:
 
 
 def make_app(*, host: str, slot: str, version: str, variant: str,
-             database: Path | None = None):
+             database: Path | None = None) -> web.Application:
     # imported here, not at module level: hostctl imports this module and must start fast
     import asyncio
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .layout import DEFAULT_BASE_PORT, MAX_LAB_HOSTS, LabLayout, default_lab_dir
-from .manager import Lab
 
 
 def _layout_from_args(args: argparse.Namespace) -> LabLayout:
@@ -17,7 +16,7 @@ def _layout_from_args(args: argparse.Namespace) -> LabLayout:
         from ..config import load_fleet
 
         fleet = load_fleet(args.fleet)
-        layout = getattr(fleet, "lab", None)
+        layout: LabLayout | None = fleet.lab
         if layout is None:
             raise ConfigError("the fleet file has no [lab] table", file=args.fleet, key="lab")
         return layout
@@ -85,7 +84,9 @@ def main(args: argparse.Namespace) -> int:
         print("  next:     upgrader run sample_fleets/canary.toml --headless")
         return 0
     directory = Path(args.dir).expanduser().resolve() if args.dir else default_lab_dir()
-    lab = Lab.from_dir(directory)
+    from .sshlab import open_lab
+
+    lab = open_lab(directory)
     if args.lab_command == "down":
         stats = asyncio.run(lab.down())
         print(f"lab down; traffic: {stats.get('requests', 0)} requests, "

@@ -23,9 +23,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from ..errors import LabError
 from .app import slot_current_link, variant_of
 
 RELEASE_RE = re.compile(r"^[A-Za-z0-9._+-]+$")
@@ -36,7 +38,7 @@ POLL_INTERVAL = 0.02
 APP_MODULE = "upgrader.lab.app"
 
 
-class HostctlError(Exception):
+class HostctlError(LabError):
     """A command failed; ``status`` is the exit status (1 failed, 2 bad arguments)."""
 
     def __init__(self, message: str, status: int = 1) -> None:
@@ -139,7 +141,7 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def spawn_detached(argv: Sequence[str], log_path: Path) -> subprocess.Popen:
+def spawn_detached(argv: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start ``argv`` in a session of its own (it outlives its caller), stdin from /dev/null,
     stdout and stderr appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,7 +258,7 @@ def current_release(root: Path, slot: str) -> str | None:
     return Path(target).name or None
 
 
-def read_installs(root: Path) -> list[dict]:
+def read_installs(root: Path) -> list[dict[str, Any]]:
     try:
         text = installs_log(root).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -357,7 +359,8 @@ def start(root: Path, slot: str, port: int, host: str | None = None,
     raise HostctlError(f"app for slot {slot!r} {reason}; log tail:\n{log_tail(log)}")
 
 
-def _wait_port(port: int, alive, timeout: float, address: str = "127.0.0.1") -> bool:
+def _wait_port(port: int, alive: Callable[[], bool], timeout: float,
+               address: str = "127.0.0.1") -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive():

@@ -25,15 +25,18 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import UpgraderError
+from ..errors import LabError
 from ..model import Host
 from . import hostctl
 from .layout import LabLayout
+
+if TYPE_CHECKING:
+    from ..providers.builtin_balancer import BuiltinBalancer
 
 STATE_VERSION = 1
 BALANCER_MODULE = "upgrader.balancer"
@@ -43,6 +46,11 @@ TRAFFIC_READY_TIMEOUT = 10.0
 HOSTCTL_TIMEOUT = 30.0
 PARALLEL_HOSTS = 8
 PORT_SPAN = 400
+
+#: lab.json's content (JSON-ready)
+LabState = dict[str, Any]
+#: one step of :meth:`Lab.up`: starts a part of the lab and records its pids in the state
+StartStep = Callable[[LabState], Awaitable[None]]
 
 
 class Lab:
@@ -74,7 +82,7 @@ class Lab:
         for host in self.hosts:
             if host.name == name:
                 return host
-        raise UpgraderError(f"no host {name!r} in the lab at {self.dir}")
+        raise LabError(f"no host {name!r} in the lab at {self.dir}")
 
     def slots_of(self, host: Host) -> dict[str, int]:
         """slot -> port: ``{"default": port}``, or the blue/green slots."""
@@ -86,44 +94,37 @@ class Lab:
 
     @classmethod
     def from_dir(cls, path: str | Path | None = None) -> Lab:
-        """Reattach to the lab whose ``lab.json`` is in ``path`` (default: the lab dir)."""
-        from .layout import default_lab_dir
+        """Reattach to the lab whose ``lab.json`` is in ``path`` (default: the lab dir).
 
-        directory = Path(path).expanduser().resolve() if path else default_lab_dir()
-        state_file = directory / "lab.json"
+        ``Lab.from_dir`` reattaches a local lab; ``SshLab.from_dir`` an SSH lab.
+        :func:`upgrader.lab.sshlab.open_lab` reattaches either, as lab.json says."""
+        directory, fields = read_layout_fields(path)
         try:
-            state = json.loads(state_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UpgraderError(f"no lab in {directory} (no lab.json): run `upgrader lab up`"
-                                ) from None
-        except (OSError, ValueError) as exc:
-            raise UpgraderError(f"cannot read {state_file}: {exc}") from None
-        fields = state.get("layout") or {}
-        if fields.get("ssh"):
-            from .sshlab import SshLab  # an SSH lab (upgrader.lab.sshlab)
-
-            try:
-                return SshLab.from_fields(directory, fields)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise UpgraderError(f"{state_file}: bad layout: {exc}") from None
-        try:
-            layout = LabLayout(dir=directory, hosts=int(fields["hosts"]),
-                               new_hosts=int(fields.get("new_hosts", 0)),
-                               slots=bool(fields.get("slots", False)),
-                               base_port=int(fields["base_port"]),
-                               base_release=str(fields["base_release"]))
+            return cls.from_fields(directory, fields)
         except (KeyError, TypeError, ValueError) as exc:
-            raise UpgraderError(f"{state_file}: bad layout: {exc}") from None
-        return cls(layout)
+            raise LabError(f"{directory / 'lab.json'}: bad layout: {exc}") from None
 
-    def read_state(self) -> dict | None:
+    @classmethod
+    def from_fields(cls, directory: Path, fields: Mapping[str, Any]) -> Lab:
+        """The lab of ``directory`` from the layout fields its lab.json recorded."""
+        if fields.get("ssh"):
+            raise LabError(f"the lab in {directory} is an SSH lab: reattach to it with "
+                           "upgrader.lab.sshlab.open_lab()")
+        return cls(LabLayout(dir=directory, hosts=int(fields["hosts"]),
+                             new_hosts=int(fields.get("new_hosts", 0)),
+                             slots=bool(fields.get("slots", False)),
+                             base_port=int(fields["base_port"]),
+                             base_release=str(fields["base_release"])))
+
+    def read_state(self) -> LabState | None:
         """lab.json, or None when there is none (or it is unreadable)."""
         try:
-            return json.loads(self.layout.state_file.read_text(encoding="utf-8"))
+            state = json.loads(self.layout.state_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+        return state if isinstance(state, dict) else None
 
-    def _write_state(self, state: dict) -> None:
+    def _write_state(self, state: LabState) -> None:
         hostctl.write_atomic(self.layout.state_file, json.dumps(state, indent=2) + "\n")
 
     def running_pids(self) -> dict[str, int]:
@@ -153,64 +154,60 @@ class Lab:
         except OSError:
             return []
 
-    def installs(self, host: str) -> list[dict]:
+    def installs(self, host: str) -> list[dict[str, Any]]:
         """The install records of ``host`` (installs.log), oldest first."""
         self.host(host)
         return hostctl.read_installs(self.layout.host_root(host))
 
-    def traffic_stats(self) -> dict:
+    def traffic_stats(self) -> dict[str, Any]:
         """The traffic generator's latest stats ({} before it first wrote them)."""
         try:
-            return json.loads(self.layout.traffic_stats_file.read_text(encoding="utf-8"))
+            stats = json.loads(self.layout.traffic_stats_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
+        return stats if isinstance(stats, dict) else {}
 
     # ----------------------------------------------------------------------------------------
     # up
 
     async def up(self, traffic_rps: int = 200, users: int = 500,
-                 database: Any = None) -> dict:
-        """Start the lab; return what lab.json now holds. Raises UpgraderError if a lab runs
-        in this dir, a port is taken, or a part fails to start (what started is stopped).
+                 database: Any = None) -> LabState:
+        """Start the lab; return what lab.json now holds. Raises LabError if a lab runs in
+        this dir, a port is taken, or a part fails to start (what started is stopped).
 
         ``database``: a :class:`upgrader.schema.Migration` that makes the lab's database
         (started and completed, so its release's views are live) before the apps start;
-        None: the lab has no database (a stale one is removed)."""
+        None: the lab has no database (a stale one is removed).
+
+        The skeleton is the same for every kind of lab; a subclass (the SSH lab) fills in
+        the steps: :meth:`_preflight` (what this kind of lab needs before anything is touched),
+        :meth:`_clear_leftovers` (what a crashed lab may have left), :meth:`_initial_state`
+        (lab.json's first content) and :meth:`_start_steps` (the parts to start, in order;
+        lab.json is written after each). Then the backends are registered with the balancer
+        and the traffic starts. On any failure, :meth:`_teardown` stops what started."""
         if traffic_rps < 0 or users <= 0:
-            raise UpgraderError("traffic_rps must be >= 0 and users > 0")
+            raise LabError("traffic_rps must be >= 0 and users > 0")
         running = await asyncio.to_thread(self.running_pids)
         if running:
             listed = ", ".join(f"{name} (pid {pid})" for name, pid in sorted(running.items()))
-            raise UpgraderError(f"a lab is already running in {self.dir}: {listed}; "
-                                "stop it first (`upgrader lab down`)")
+            raise LabError(f"a lab is already running in {self.dir}: {listed}; "
+                           "stop it first (`upgrader lab down`)")
+        facts = await self._preflight()
         await asyncio.to_thread(self._prepare_dirs)
         await asyncio.to_thread(self._prepare_database, database)
+        await self._clear_leftovers()
         busy = await asyncio.to_thread(self._busy_ports)
         if busy:
-            raise UpgraderError(
+            raise LabError(
                 f"ports in use: {', '.join(map(str, busy[:10]))}"
                 f"{' …' if len(busy) > 10 else ''}; pick another base port")
 
-        layout = self.layout
-        state: dict[str, Any] = {
-            "version": STATE_VERSION,
-            "dir": str(self.dir),
-            "layout": {k: v for k, v in asdict(layout).items() if k != "dir"},
-            "started_ts": time.time(),
-            "running": True,
-            "pids": {"balancer": None, "traffic": None, "hosts": {}},
-            "urls": {"balancer": layout.balancer_url, "admin": layout.admin_url},
-            "token_file": str(layout.token_file),
-            "stats_file": str(layout.traffic_stats_file),
-            "logs_dir": str(self.logs_dir),
-            "traffic": {"rps": traffic_rps, "users": users},
-        }
+        state = self._initial_state(traffic_rps, users, facts)
         await asyncio.to_thread(self._write_state, state)
         try:
-            await self._up_hosts(state)
-            await asyncio.to_thread(self._write_state, state)
-            await self._up_balancer(state)
-            await asyncio.to_thread(self._write_state, state)
+            for step in self._start_steps(state):
+                await step(state)
+                await asyncio.to_thread(self._write_state, state)
             await self._register_backends()
             if traffic_rps > 0:
                 await self._up_traffic(state, traffic_rps, users)
@@ -223,6 +220,40 @@ class Lab:
             await asyncio.to_thread(self._write_state, state)
             raise
         return state
+
+    # the steps of up() a kind of lab fills in ------------------------------------------
+
+    async def _preflight(self) -> dict[str, Any]:
+        """Check what this kind of lab needs before anything is touched (LabError if it is
+        missing); return facts :meth:`_initial_state` records. The local lab needs nothing."""
+        return {}
+
+    async def _clear_leftovers(self) -> None:
+        """Remove what a crashed lab in this dir may have left beyond its files."""
+
+    def _initial_state(self, traffic_rps: int, users: int,
+                       facts: Mapping[str, Any]) -> LabState:
+        """lab.json before the first part starts."""
+        layout = self.layout
+        return {
+            "version": STATE_VERSION,
+            "dir": str(self.dir),
+            "layout": {k: v for k, v in asdict(layout).items() if k != "dir"},
+            **facts,
+            "started_ts": time.time(),
+            "running": True,
+            "pids": {"balancer": None, "traffic": None, "hosts": {}},
+            "urls": {"balancer": layout.balancer_url, "admin": layout.admin_url},
+            "token_file": str(layout.token_file),
+            "stats_file": str(layout.traffic_stats_file),
+            "logs_dir": str(self.logs_dir),
+            "traffic": {"rps": traffic_rps, "users": users},
+        }
+
+    def _start_steps(self, state: LabState) -> Sequence[StartStep]:
+        """The parts to start, in order (each records its pids in ``state``): the app hosts,
+        then the built-in balancer."""
+        return (self._up_hosts, self._up_balancer)
 
     def _prepare_dirs(self) -> None:
         """A fresh lab: the hosts of a stopped lab, its stats and ready file are removed."""
@@ -285,11 +316,11 @@ class Lab:
             await proc.wait()
             raise
         if proc.returncode != 0:
-            raise UpgraderError(f"{host.name}/{slot}: {argv[3]} failed "
-                                f"(exit {proc.returncode}): {err.decode(errors='replace').strip()}")
+            raise LabError(f"{host.name}/{slot}: {argv[3]} failed "
+                           f"(exit {proc.returncode}): {err.decode(errors='replace').strip()}")
         return out.decode(errors="replace")
 
-    async def _up_hosts(self, state: dict) -> None:
+    async def _up_hosts(self, state: LabState) -> None:
         commands = self.layout.commands()
         slot = self.serving_slot()
         release = self.layout.base_release
@@ -310,7 +341,7 @@ class Lab:
         if errors:
             raise errors[0]
 
-    async def _up_balancer(self, state: dict) -> None:
+    async def _up_balancer(self, state: LabState) -> None:
         layout = self.layout
         token = secrets.token_urlsafe(32)
         await asyncio.to_thread(hostctl.write_atomic, layout.token_file, token + "\n", 0o600)
@@ -334,19 +365,19 @@ class Lab:
             status = proc.poll()
             if status is not None:
                 tail = await asyncio.to_thread(hostctl.log_tail, log)
-                raise UpgraderError(f"the balancer exited with status {status}:\n{tail}")
+                raise LabError(f"the balancer exited with status {status}:\n{tail}")
             if time.monotonic() > deadline:
                 tail = await asyncio.to_thread(hostctl.log_tail, log)
-                raise UpgraderError(f"the balancer did not get ready within "
-                                    f"{BALANCER_READY_TIMEOUT:g} s:\n{tail}")
+                raise LabError(f"the balancer did not get ready within "
+                               f"{BALANCER_READY_TIMEOUT:g} s:\n{tail}")
             await asyncio.sleep(0.02)
 
-    def _balancer_client(self):
+    def _balancer_client(self) -> BuiltinBalancer:
         try:
             from ..providers.builtin_balancer import BuiltinBalancer
         except ImportError as exc:
-            raise UpgraderError(f"the built-in balancer client is not available: {exc}"
-                                ) from exc
+            raise LabError(f"the built-in balancer client is not available: {exc}"
+                           ) from exc
         token = self.layout.token_file.read_text(encoding="utf-8").strip()
         return BuiltinBalancer(self.layout.admin_url, token)
 
@@ -368,7 +399,7 @@ class Lab:
         finally:
             await client.aclose()
 
-    async def _up_traffic(self, state: dict, rps: int, users: int) -> None:
+    async def _up_traffic(self, state: LabState, rps: int, users: int) -> None:
         stats = self.layout.traffic_stats_file
         argv = [sys.executable, "-m", TRAFFIC_MODULE, "--url", self.layout.balancer_url + "/",
                 "--rps", str(rps), "--users", str(users), "--stats", str(stats)]
@@ -380,16 +411,16 @@ class Lab:
             status = proc.poll()
             if status is not None:
                 tail = await asyncio.to_thread(hostctl.log_tail, log)
-                raise UpgraderError(f"the traffic generator exited with status {status}:\n{tail}")
+                raise LabError(f"the traffic generator exited with status {status}:\n{tail}")
             if time.monotonic() > deadline:
-                raise UpgraderError("the traffic generator wrote no stats within "
-                                    f"{TRAFFIC_READY_TIMEOUT:g} s")
+                raise LabError("the traffic generator wrote no stats within "
+                               f"{TRAFFIC_READY_TIMEOUT:g} s")
             await asyncio.sleep(0.02)
 
     # ----------------------------------------------------------------------------------------
     # status
 
-    async def status(self) -> dict:
+    async def status(self) -> dict[str, Any]:
         """What runs now: hosts (per slot: pid, installed and served release), balancer,
         traffic stats."""
         state = await asyncio.to_thread(self.read_state) or {}
@@ -435,7 +466,7 @@ class Lab:
                             or any(h["running"] for h in files["hosts"]))
         return files
 
-    def _file_status(self, state: dict) -> dict:
+    def _file_status(self, state: LabState) -> dict[str, Any]:
         pids = state.get("pids") or {}
         hosts = []
         for host in self.hosts:
@@ -468,7 +499,7 @@ class Lab:
     # ----------------------------------------------------------------------------------------
     # down
 
-    async def down(self) -> dict:
+    async def down(self) -> dict[str, Any]:
         """Stop traffic (it writes its final stats), every host slot, then the balancer.
         Idempotent. Returns the final traffic stats ({} if there never was traffic)."""
         await self._teardown()
@@ -479,16 +510,16 @@ class Lab:
             await asyncio.to_thread(self._write_state, state)
         return await asyncio.to_thread(self.traffic_stats)
 
-    async def _teardown(self, state: dict | None = None) -> None:
+    async def _teardown(self, state: LabState | None = None) -> None:
         if state is None:
             state = await asyncio.to_thread(self.read_state) or {}
         pids = state.get("pids") or {}
         traffic = pids.get("traffic")
-        if hostctl.pid_matches(traffic, TRAFFIC_MODULE):
+        if traffic is not None and hostctl.pid_matches(traffic, TRAFFIC_MODULE):
             await asyncio.to_thread(hostctl.terminate, traffic, 5.0)
         await self._stop_hosts()
         balancer = pids.get("balancer")
-        if hostctl.pid_matches(balancer, BALANCER_MODULE):
+        if balancer is not None and hostctl.pid_matches(balancer, BALANCER_MODULE):
             await asyncio.to_thread(hostctl.terminate, balancer, 10.0)
 
     async def _stop_hosts(self) -> None:
@@ -509,6 +540,24 @@ class Lab:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
+
+
+def read_layout_fields(path: str | Path | None = None) -> tuple[Path, Mapping[str, Any]]:
+    """The lab dir (``path``, default: the lab dir) and the layout fields its lab.json
+    recorded; LabError when there is no lab.json or it cannot be read."""
+    from .layout import default_lab_dir
+
+    directory = Path(path).expanduser().resolve() if path else default_lab_dir()
+    state_file = directory / "lab.json"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LabError(f"no lab in {directory} (no lab.json): run `upgrader lab up`"
+                       ) from None
+    except (OSError, ValueError) as exc:
+        raise LabError(f"cannot read {state_file}: {exc}") from None
+    fields = state.get("layout") if isinstance(state, dict) else None
+    return directory, fields if isinstance(fields, dict) else {}
 
 
 def plain(value: Any) -> Any:
@@ -557,4 +606,4 @@ def free_base_port(span: int = PORT_SPAN, attempts: int = 200,
         base = rng.randrange(low, ceiling)
         if all(port_free(p) for p in range(base, base + span + 1)):
             return base
-    raise UpgraderError(f"found no {span + 1} free consecutive ports in {low}-{high}")
+    raise LabError(f"found no {span + 1} free consecutive ports in {low}-{high}")

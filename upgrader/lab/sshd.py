@@ -50,6 +50,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import LabError
+
 #: where sshd expects its (root-owned) privilege separation directory
 PRIVSEP_DIR = Path("/run/sshd")
 START_TIMEOUT = 10.0
@@ -60,7 +62,7 @@ ACCEPTED_RE = re.compile(r"^Accepted (publickey|password|keyboard-interactive\S*
                          re.MULTILINE)
 
 
-class SshdError(Exception):
+class SshdError(LabError):
     """sshd (or ssh-keygen) could not be found, started or stopped; the message quotes its
     log."""
 
@@ -171,7 +173,8 @@ def free_port(address: str = "127.0.0.1") -> int:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((address, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 # --------------------------------------------------------------------------------------------

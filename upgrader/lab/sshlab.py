@@ -35,16 +35,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UpgraderError
+from ..errors import LabError, UpgraderError
 from ..model import Commands, Host, ProviderSpec
 from . import hostctl
 from .layout import LabLayout
-from .manager import Lab, plain
+from .manager import STATE_VERSION, Lab, LabState, StartStep, plain, read_layout_fields
 
 NETWORKS = ("auto", "netns", "loopback")
 DEFAULT_SUBNET = "10.231.0.0/24"
@@ -60,7 +60,7 @@ SSHD_NEEDLE = "sshd"
 HAPROXY_NEEDLE = "-db"
 
 
-class NetworkError(UpgraderError):
+class NetworkError(LabError):
     """An ``ip`` command failed (the message quotes it and its stderr)."""
 
 
@@ -194,7 +194,7 @@ class SshLabLayout(LabLayout):
             state = json.loads(self.state_file.read_text(encoding="utf-8"))
             mode = state.get("network")
             if mode in ("netns", "loopback") and state.get("layout", {}).get("ssh"):
-                return mode
+                return str(mode)
         except (OSError, ValueError, AttributeError):
             pass
         return "netns" if netns_unavailable(probe=False) is None else "loopback"
@@ -295,6 +295,9 @@ class SshLab(Lab):
 
     @classmethod
     def from_fields(cls, directory: Path, fields: Mapping[str, Any]) -> SshLab:
+        if not fields.get("ssh"):
+            raise LabError(f"the lab in {directory} is not an SSH lab: reattach to it with "
+                           "Lab.from_dir() or open_lab()")
         return cls(SshLabLayout(
             dir=directory, hosts=int(fields["hosts"]), new_hosts=int(fields.get("new_hosts", 0)),
             slots=bool(fields.get("slots", False)), base_port=int(fields["base_port"]),
@@ -306,7 +309,7 @@ class SshLab(Lab):
         for i, host in enumerate(self.hosts, start=1):
             if host.name == name:
                 return i
-        raise UpgraderError(f"no host {name!r} in the lab at {self.dir}")
+        raise LabError(f"no host {name!r} in the lab at {self.dir}")
 
     # state -----------------------------------------------------------------------------
 
@@ -330,49 +333,39 @@ class SshLab(Lab):
         config = str(self.layout.sshd_dir(name) / "sshd_config")
         return any(config in arg for arg in argv) and any(SSHD_NEEDLE in a for a in argv)
 
-    # up --------------------------------------------------------------------------------
+    # the steps of Lab.up() ------------------------------------------------------------
+    # Lab.up() runs the skeleton (checks, lab.json, teardown on failure); the SSH lab needs
+    # sshd and haproxy, picks its network, removes stale namespaces and starts other parts.
 
-    async def up(self, traffic_rps: int = 200, users: int = 500,
-                 database: Any = None) -> dict:
-        """Start the SSH lab; return what lab.json now holds. Raises UpgraderError when a lab
-        runs in this dir, a port or the subnet is taken, or a part fails (what started is
-        stopped and the namespaces are removed)."""
-        if traffic_rps < 0 or users <= 0:
-            raise UpgraderError("traffic_rps must be >= 0 and users > 0")
-        running = await asyncio.to_thread(self.running_pids)
-        if running:
-            listed = ", ".join(f"{name} (pid {pid})" for name, pid in sorted(running.items()))
-            raise UpgraderError(f"a lab is already running in {self.dir}: {listed}; "
-                                "stop it first (`upgrader lab down`)")
-        layout = self.layout
+    async def _preflight(self) -> dict[str, Any]:
+        """sshd and haproxy installed; the network mode (``auto``: namespaces where the
+        machine allows them, else loopback addresses)."""
         for binary, what in (("sshd", "openssh-server"), ("haproxy", "haproxy")):
             if _binary(binary) is None:
-                raise UpgraderError(f"the SSH lab needs {binary} (Debian: apt-get install "
-                                    f"{what})")
-        mode = layout.network
+                raise LabError(f"the SSH lab needs {binary} (Debian: apt-get install {what})")
+        mode = self.layout.network
         if mode == "netns":
             reason = await asyncio.to_thread(netns_unavailable)
             if reason:
-                raise UpgraderError(f"network = \"netns\": {reason}")
+                raise LabError(f"network = \"netns\": {reason}")
         elif mode == "auto":
             reason = await asyncio.to_thread(netns_unavailable)
             mode = "loopback" if reason else "netns"
-        await asyncio.to_thread(self._prepare_dirs)
-        await asyncio.to_thread(self._prepare_database, database)
+        return {"network": mode}
+
+    async def _clear_leftovers(self) -> None:
         # a crashed lab in this dir may have left its namespaces: ours by name, so remove them
         await asyncio.to_thread(self._remove_network)
-        busy = await asyncio.to_thread(self._busy_ports)
-        if busy:
-            raise UpgraderError(
-                f"ports in use: {', '.join(map(str, busy[:10]))}"
-                f"{' …' if len(busy) > 10 else ''}; pick another base port")
 
+    def _initial_state(self, traffic_rps: int, users: int,
+                       facts: Mapping[str, Any]) -> LabState:
+        layout = self.layout
         site = layout.haproxy_site()
-        state: dict[str, Any] = {
-            "version": 1,
+        return {
+            "version": STATE_VERSION,
             "dir": str(self.dir),
             "layout": {k: v for k, v in asdict(layout).items() if k != "dir"},
-            "network": mode,
+            **facts,
             "started_ts": time.time(),
             "running": True,
             "pids": {"haproxy": None, "traffic": None, "hosts": {}, "sshd": {}},
@@ -385,36 +378,22 @@ class SshLab(Lab):
             "logs_dir": str(self.logs_dir),
             "traffic": {"rps": traffic_rps, "users": users},
         }
-        await asyncio.to_thread(self._write_state, state)
-        try:
-            if mode == "netns":
-                await asyncio.to_thread(self._up_network, state)
-                await asyncio.to_thread(self._write_state, state)
-            await asyncio.to_thread(self._up_sshds, state)
-            await asyncio.to_thread(self._write_state, state)
-            await self._up_apps(state)
-            await asyncio.to_thread(self._write_state, state)
-            await asyncio.to_thread(self._up_haproxy, state)
-            await asyncio.to_thread(self._write_state, state)
-            await self._register_backends()
-            if traffic_rps > 0:
-                await self._up_traffic(state, traffic_rps, users)
-            await asyncio.to_thread(self._write_state, state)
-        except BaseException:
-            await asyncio.shield(self._teardown(state))
-            state["running"] = False
-            state["stopped_ts"] = time.time()
-            await asyncio.to_thread(self._write_state, state)
-            raise
-        return state
 
-    def _up_network(self, state: dict) -> None:
+    def _start_steps(self, state: LabState) -> Sequence[StartStep]:
+        """The network (netns mode only), one sshd per host, the apps (over SSH), HAProxy."""
+        steps: list[StartStep] = []
+        if state.get("network") == "netns":
+            steps.append(_in_thread(self._up_network))
+        steps += [_in_thread(self._up_sshds), self._up_apps, _in_thread(self._up_haproxy)]
+        return steps
+
+    def _up_network(self, state: LabState) -> None:
         layout = self.layout
         net = layout.net
         taken = _addresses_in_use(net)
         if taken:
-            raise UpgraderError(f"subnet {net} is in use on this machine ({', '.join(taken)}); "
-                                "pick another (`--subnet`, or [lab] subnet)")
+            raise LabError(f"subnet {net} is in use on this machine ({', '.join(taken)}); "
+                           "pick another (`--subnet`, or [lab] subnet)")
         bridge = layout.bridge_name
         state["net"] = {"bridge": bridge, "netns": {}, "veth": {}, "subnet": str(net),
                         "gateway": layout.gateway}
@@ -434,7 +413,7 @@ class SshLab(Lab):
             _ip("link", "set", "eth0", "up", netns=ns)
             _ip("route", "add", "default", "via", layout.gateway, netns=ns)
 
-    def _up_sshds(self, state: dict) -> None:
+    def _up_sshds(self, state: LabState) -> None:
         from .sshd import ensure_privsep_dir, make_client_key, sshd_path
 
         layout = self.layout
@@ -455,17 +434,17 @@ class SshLab(Lab):
             state["pids"]["sshd"][host.name] = proc.pid
             started.append((host.name, sshd, proc, 0))
         lines = []
-        for name, sshd, proc, offset in started:
+        for _name, sshd, proc, offset in started:
             _wait_sshd(sshd, proc, offset)
             lines.append(sshd.known_hosts_line())
         hostctl.write_atomic(layout.known_hosts, "".join(line + "\n" for line in lines), 0o600)
 
-    def _spawn_sshd(self, name: str, binary: str | None = None) -> subprocess.Popen:
+    def _spawn_sshd(self, name: str, binary: str | None = None) -> subprocess.Popen[bytes]:
         from .sshd import sshd_path
 
         binary = binary or sshd_path()
         if binary is None:
-            raise UpgraderError("sshd is not installed")
+            raise LabError("sshd is not installed")
         directory = self.layout.sshd_dir(name)
         argv = [binary, "-D", "-e", "-f", str(directory / "sshd_config")]
         if self._mode() == "netns":
@@ -477,7 +456,7 @@ class SshLab(Lab):
     def _mode(self) -> str:
         return (self.read_state() or {}).get("network") or self.layout.network_mode()
 
-    async def _up_apps(self, state: dict) -> None:
+    async def _up_apps(self, state: LabState) -> None:
         """Install and start the base release on every main host, over SSH (the same
         commands and transport a rollout uses)."""
         commands = self.layout.commands()
@@ -493,7 +472,7 @@ class SshLab(Lab):
                     try:
                         await transport.run(host, argv, timeout=COMMAND_TIMEOUT, check=True)
                     except UpgraderError as exc:
-                        raise UpgraderError(f"{host.name}: {exc}") from exc
+                        raise LabError(f"{host.name}: {exc}") from exc
                 pid = await asyncio.to_thread(hostctl.read_pid,
                                               self.layout.host_root(host.name), slot)
                 state["pids"]["hosts"][host.name] = {slot: pid}
@@ -511,7 +490,7 @@ class SshLab(Lab):
 
         return Plugins()
 
-    def _up_haproxy(self, state: dict) -> None:
+    def _up_haproxy(self, state: LabState) -> None:
         from .haproxy import HAProxyProcess, haproxy_binary, runtime_command, write_files
 
         site = self.layout.haproxy_site()
@@ -527,16 +506,16 @@ class SshLab(Lab):
         while True:
             status = proc.poll()
             if status is not None:
-                raise UpgraderError(f"haproxy exited with status {status}:\n"
-                                    + hostctl.log_tail(log))
+                raise LabError(f"haproxy exited with status {status}:\n"
+                               + hostctl.log_tail(log))
             try:
                 if "Name: HAProxy" in runtime_command(site.socket_path, "show info", 1.0):
                     return
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise UpgraderError(f"haproxy's Runtime API did not answer within "
-                                    f"{HAPROXY_READY_TIMEOUT:g} s:\n{hostctl.log_tail(log)}")
+                raise LabError(f"haproxy's Runtime API did not answer within "
+                               f"{HAPROXY_READY_TIMEOUT:g} s:\n{hostctl.log_tail(log)}")
             time.sleep(0.02)
 
     def balancer(self) -> Any:
@@ -577,7 +556,7 @@ class SshLab(Lab):
         while hostctl.pid_alive(pid) and time.monotonic() < deadline:
             hostctl.reap(pid)
             time.sleep(0.01)
-        return pid
+        return int(pid)
 
     def start_sshd(self, name: str) -> int:
         """Start ``name``'s sshd again (same host key, address and port); its pid."""
@@ -586,7 +565,7 @@ class SshLab(Lab):
         state = self.read_state() or {}
         pid = (state.get("pids") or {}).get("sshd", {}).get(name)
         if self._sshd_alive(name, pid):
-            return pid
+            return int(pid)
         host = self.host(name)
         proc = self._spawn_sshd(name)
         sshd = Sshd(self.layout.sshd_dir(name), address=host.address,
@@ -598,9 +577,9 @@ class SshLab(Lab):
 
     def set_link(self, name: str, up: bool) -> None:
         """Cut (``up=False``) or restore ``name``'s network: its veth in the root namespace
-        goes down or up. Only in netns mode (UpgraderError otherwise)."""
+        goes down or up. Only in netns mode (LabError otherwise)."""
         if self._mode() != "netns":
-            raise UpgraderError("the lab runs on loopback addresses: there is no link to cut")
+            raise LabError("the lab runs on loopback addresses: there is no link to cut")
         veth = self.layout.veth_name(self.index_of(name))
         _ip("link", "set", veth, "up" if up else "down")
 
@@ -624,7 +603,7 @@ class SshLab(Lab):
 
     # status ----------------------------------------------------------------------------
 
-    async def status(self) -> dict:
+    async def status(self) -> dict[str, Any]:
         state = await asyncio.to_thread(self.read_state) or {}
         files = await asyncio.to_thread(self._ssh_file_status, state)
         import aiohttp
@@ -662,7 +641,7 @@ class SshLab(Lab):
                             or any(h["running"] or h["ssh"]["running"] for h in files["hosts"]))
         return files
 
-    def _ssh_file_status(self, state: dict) -> dict:
+    def _ssh_file_status(self, state: LabState) -> dict[str, Any]:
         files = self._file_status(state)
         pids = state.get("pids") or {}
         mode = state.get("network") or self.layout.network_mode()
@@ -690,7 +669,7 @@ class SshLab(Lab):
 
     # down ------------------------------------------------------------------------------
 
-    async def _teardown(self, state: dict | None = None) -> None:
+    async def _teardown(self, state: LabState | None = None) -> None:
         """Stop traffic, the apps, the sshds and HAProxy; remove the namespaces and links.
         Every step runs even when an earlier one fails; the first error is raised last."""
         if state is None:
@@ -698,7 +677,7 @@ class SshLab(Lab):
         pids = state.get("pids") or {}
         errors: list[BaseException] = []
         traffic = pids.get("traffic")
-        if hostctl.pid_matches(traffic, "upgrader.lab.traffic"):
+        if traffic is not None and hostctl.pid_matches(traffic, "upgrader.lab.traffic"):
             await asyncio.to_thread(hostctl.terminate, traffic, 5.0)
         try:
             await self._stop_hosts()       # hostctl stop by pid: works from the root namespace
@@ -710,7 +689,8 @@ class SshLab(Lab):
             if self._sshd_alive(name, pid):
                 await asyncio.to_thread(self.kill_sshd, name)
         haproxy = pids.get("haproxy")
-        if hostctl.pid_matches(haproxy, HAPROXY_NEEDLE, str(self.layout.haproxy_site().config_path)):
+        config = str(self.layout.haproxy_site().config_path)
+        if haproxy is not None and hostctl.pid_matches(haproxy, HAPROXY_NEEDLE, config):
             await asyncio.to_thread(hostctl.terminate, haproxy, 5.0)
         try:
             await asyncio.to_thread(self._remove_network)
@@ -749,6 +729,22 @@ def make_lab(layout: LabLayout) -> Lab:
     return SshLab(layout) if isinstance(layout, SshLabLayout) else Lab(layout)
 
 
+def open_lab(path: str | Path | None = None) -> Lab:
+    """Reattach to the lab whose ``lab.json`` is in ``path`` (default: the lab dir): an
+    :class:`SshLab` when lab.json records an SSH layout, else a :class:`Lab`. LabError when
+    there is no lab there."""
+    directory, fields = read_layout_fields(path)
+    return (SshLab if fields.get("ssh") else Lab).from_dir(directory)
+
+
+def _in_thread(step: Callable[[LabState], None]) -> StartStep:
+    """A blocking start step (``ip``, sshd, haproxy: subprocesses and polling) run off the
+    event loop."""
+    async def run(state: LabState) -> None:
+        await asyncio.to_thread(step, state)
+    return run
+
+
 # --------------------------------------------------------------------------------------------
 # helpers
 
@@ -763,8 +759,8 @@ def _binary(name: str) -> str | None:
     return haproxy_binary()
 
 
-def _wait_sshd(sshd: Any, proc: subprocess.Popen, offset: int) -> None:
-    """Until ``sshd``'s log says it listens; UpgraderError with the log tail if it exits or
+def _wait_sshd(sshd: Any, proc: subprocess.Popen[bytes], offset: int) -> None:
+    """Until ``sshd``'s log says it listens; LabError with the log tail if it exits or
     takes too long."""
     deadline = time.monotonic() + SSHD_READY_TIMEOUT
     while True:
@@ -773,11 +769,11 @@ def _wait_sshd(sshd: Any, proc: subprocess.Popen, offset: int) -> None:
             return
         status = proc.poll()
         if status is not None:
-            raise UpgraderError(f"sshd on {sshd.address}:{sshd.port} exited with status "
-                                f"{status}: {sshd.log_tail()}")
+            raise LabError(f"sshd on {sshd.address}:{sshd.port} exited with status "
+                           f"{status}: {sshd.log_tail()}")
         if time.monotonic() > deadline:
-            raise UpgraderError(f"sshd on {sshd.address}:{sshd.port} did not listen within "
-                                f"{SSHD_READY_TIMEOUT:g} s: {sshd.log_tail()}")
+            raise LabError(f"sshd on {sshd.address}:{sshd.port} did not listen within "
+                           f"{SSHD_READY_TIMEOUT:g} s: {sshd.log_tail()}")
         time.sleep(0.01)
 
 

@@ -20,6 +20,10 @@ import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import aiohttp
 
 from ..hashing import bucket
 
@@ -66,10 +70,10 @@ class Stats:
         self.maintenance_first_ts: float | None = None
         self.maintenance_last_ts: float | None = None
         self.latency_sum = 0.0
-        self.seconds: OrderedDict[int, dict] = OrderedDict()
+        self.seconds: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self.downtime_pruned = 0   # down seconds that fell out of the timeline
 
-    def _second(self, t: int) -> dict:
+    def _second(self, t: int) -> dict[str, Any]:
         entry = self.seconds.get(t)
         if entry is None:
             entry = {"t": t, "ok": 0, "failed": 0, "maintenance": 0, "versions": {}}
@@ -118,7 +122,7 @@ class Stats:
         else:
             self.other += 1
 
-    def snapshot(self, *, final: bool = False) -> dict:
+    def snapshot(self, *, final: bool = False) -> dict[str, Any]:
         timeline = [dict(e, versions=dict(e["versions"])) for e in self.seconds.values()]
         downtime = self.downtime_pruned + sum(1 for e in timeline if _is_down(e))
         return {
@@ -148,11 +152,11 @@ class Stats:
         }
 
 
-def _is_down(entry: dict) -> bool:
-    return entry["ok"] == 0 and (entry["failed"] > 0 or entry["maintenance"] > 0)
+def _is_down(entry: dict[str, Any]) -> bool:
+    return bool(entry["ok"] == 0 and (entry["failed"] > 0 or entry["maintenance"] > 0))
 
 
-def write_stats(path: Path, data: dict) -> None:
+def write_stats(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data), encoding="utf-8")
     os.replace(tmp, path)
@@ -172,9 +176,10 @@ class Generator:
         self.duration = duration
         self.stats = Stats(rps, url, users)
         self.stop_event = asyncio.Event()
-        self.inflight: set[asyncio.Task] = set()
+        self.inflight: set[asyncio.Task[None]] = set()
 
-    async def _one(self, session, sent: float, user: str, group: str) -> None:
+    async def _one(self, session: aiohttp.ClientSession, sent: float, user: str,
+                   group: str) -> None:
         import aiohttp
 
         version = None
@@ -214,7 +219,7 @@ class Generator:
             except TimeoutError:
                 pass
 
-    async def run(self) -> dict:
+    async def run(self) -> dict[str, Any]:
         import aiohttp
 
         loop = asyncio.get_running_loop()
