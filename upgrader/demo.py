@@ -137,6 +137,7 @@ async def _run_with_tui(rollout: Any, title: str, flags_store: str | None = None
 async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     from .config import loads_fleet
     from .headless import HeadlessDisplay
+    from .lab.layout import LabLayout
     from .lab.manager import Lab, free_base_port
     from .plugins import Plugins
     from .rollout import Rollout, compile_plan, compress
@@ -148,7 +149,8 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     fleet = loads_fleet(text, source="<demo fleet>", registry=plugins)
     plan = compile_plan(fleet)
     fleet, plan = compress(fleet, plan, args.speed)
-    assert fleet.lab is not None      # the demo fleet has a [lab] table
+    # the demo fleet has a [lab] table, which the fleet loader turns into a LabLayout
+    assert isinstance(fleet.lab, LabLayout)
     lab = Lab(fleet.lab)
     display = HeadlessDisplay(total_hosts=len(fleet.main_hosts), target=fleet.releases.target,
                               quiet=not args.headless)

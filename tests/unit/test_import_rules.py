@@ -72,6 +72,8 @@ LEAVES = ("errors", "events", "units", "hashing", "clock", "hookspecs", "model",
 #: module (or package) -> the upgrader modules it may import
 RULES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(LEAVES, ()),
+    # the checked-TOML toolkit raises ConfigError and reads durations and percentages
+    "tomlsource": ("errors", "units"),
     "plan": ("model",),
     "providers.base": ("model",),
     # the storage layer (URLs, connections, driver errors) under journal, flags and schema
@@ -123,6 +125,13 @@ def test_rollout_and_lab_stay_below_the_front_ends():
                 continue
             bad = {m for m in imported if allowed(m, forbidden)}
             assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_the_fleet_loader_reaches_the_lab_only_through_its_table_parser():
+    """config.py composes; of the lab it knows only ``lab.fleet_table.parse_lab``, the ``[lab]``
+    table's own parser (not the lab's layout, processes or SSH lab)."""
+    lab = {m for m in imports_of(U + "config")[U + "config"] if allowed(m, (U + "lab",))}
+    assert lab <= {U + "lab", U + "lab.fleet_table"}, sorted(lab)
 
 
 def test_only_front_ends_import_front_ends():

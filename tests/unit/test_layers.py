@@ -47,12 +47,7 @@ ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
 #: config.py; the engine helper turns deploy windows into a part that core.py uses, instead of
 #: a mixin that imports core.py back). The lead empties this after merging them:
 #: test_the_pending_allow_list_is_still_needed fails as soon as an entry is no longer needed.
-PENDING_OTHER_HELPERS: dict[tuple[str, str], str] = {
-    ("upgrader.config", "upgrader.lab.sshlab"):
-        "TOML helper: config.py composes, the lab owns the parser of its [lab] table",
-    ("upgrader.engine.windows", "upgrader.engine.core"):
-        "engine helper: deploy windows become an engine part, no cycle with core.py",
-}
+PENDING_OTHER_HELPERS: dict[tuple[str, str], str] = {}
 
 
 # ------------------------------------------------------------------------------ the graph

@@ -16,10 +16,11 @@ def _layout_from_args(args: argparse.Namespace) -> LabLayout:
         from ..config import load_fleet
 
         fleet = load_fleet(args.fleet)
-        layout: LabLayout | None = fleet.lab
-        if layout is None:
+        if fleet.lab is None:
             raise ConfigError("the fleet file has no [lab] table", file=args.fleet, key="lab")
-        return layout
+        # the [lab] table's parser (lab.fleet_table) always gives a LabLayout
+        assert isinstance(fleet.lab, LabLayout)
+        return fleet.lab
     if not 1 <= args.hosts <= MAX_LAB_HOSTS:
         raise ConfigError(f"--hosts must be between 1 and {MAX_LAB_HOSTS}, got {args.hosts}",
                           key="--hosts")
