@@ -479,7 +479,7 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
 
 
 async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: bool) -> int:
-    from .frontend import forward_signals
+    from .frontend import forward_signals, quiet_print
     from .headless import HeadlessDisplay, summary_line
     from .rollout import Rollout, compile_plan, compress
 
@@ -507,11 +507,12 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
     if getattr(result, "rollback_incomplete", False):
         # the fleet is half-way: say so, and how to finish (the journal keeps it unfinished)
         extra = {"rollback_incomplete": True, "next": f"upgrader resume {args.fleet}"}
-        print(f"upgrader: roll-back incomplete; the rollout stays unfinished. Fix the fault, "
-              f"then `upgrader resume {args.fleet}` completes the roll-back "
-              f"(`upgrader status {args.fleet}` shows what is left)", file=sys.stderr)
-    print(redact_text(summary_line(result, rollout.plan.strategy if rollout.plan else "?",
-                                   **extra)))
+        quiet_print(f"upgrader: roll-back incomplete; the rollout stays unfinished. Fix the "
+                    f"fault, then `upgrader resume {args.fleet}` completes the roll-back "
+                    f"(`upgrader status {args.fleet}` shows what is left)", file=sys.stderr)
+    # after a hang-up stdout may be a terminal that is gone: the summary must not fail the run
+    quiet_print(redact_text(summary_line(result, rollout.plan.strategy if rollout.plan else "?",
+                                         **extra)))
     return result.exit_code
 
 
