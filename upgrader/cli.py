@@ -585,13 +585,15 @@ def _left_behind(entries: list[Any]) -> dict[str, Any] | None:
 
 def _print_left_behind(left: dict[str, Any], current: str) -> None:
     """``upgrader status`` of a roll-back that did not finish: why, and what is left."""
-    print(f"roll-back incomplete: {left.get('error') or 'unknown error'}")
+    print("roll-back incomplete; what was left when it stopped:")
+    print(f"  why: {left.get('error') or 'unknown error'}")
     for name, host in sorted((left.get("hosts") or {}).items()):
         release = host.get("release")
         seen = (f"runs {release}" if release is not None
                 else f"release unknown ({host.get('read_error') or 'not read'}); "
                      f"journal says {host.get('journal')}")
-        todo = "" if release == current and host.get("phase") != "failed" else "  <- left"
+        todo = ("" if release == current and host.get("phase") != "failed"
+                else f"  <- to roll back to {current}")
         error = f"; {host['error']}" if host.get("error") else ""
         print(f"  host {name}: {seen}, phase {host.get('phase')}{error}{todo}")
     backends = left.get("backends")
