@@ -479,7 +479,7 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
 
 
 async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: bool) -> int:
-    from .frontend import forward_signals
+    from .frontend import forward_signals, quiet_print
     from .headless import HeadlessDisplay, summary_line
     from .rollout import Rollout, compile_plan, compress
 
@@ -503,7 +503,16 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
                 result = await serve_rollout(rollout)
             else:
                 result = await rollout.run()
-    print(redact_text(summary_line(result, rollout.plan.strategy if rollout.plan else "?")))
+    extra: dict[str, Any] = {}
+    if getattr(result, "rollback_incomplete", False):
+        # the fleet is half-way: say so, and how to finish (the journal keeps it unfinished)
+        extra = {"rollback_incomplete": True, "next": f"upgrader resume {args.fleet}"}
+        quiet_print(f"upgrader: roll-back incomplete; the rollout stays unfinished. Fix the "
+                    f"fault, then `upgrader resume {args.fleet}` completes the roll-back "
+                    f"(`upgrader status {args.fleet}` shows what is left)", file=sys.stderr)
+    # after a hang-up stdout may be a terminal that is gone: the summary must not fail the run
+    quiet_print(redact_text(summary_line(result, rollout.plan.strategy if rollout.plan else "?",
+                                         **extra)))
     return result.exit_code
 
 
@@ -512,6 +521,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .journal import ROLLBACK_INCOMPLETE, UNFINISHED
     from .rollout import default_state_dir
     from .state import describe_state, journal_exists, lock_holder, open_journal, resolve_state
 
@@ -535,27 +545,64 @@ def cmd_status(args: argparse.Namespace) -> int:
     for entry in entries:
         if entry.kind == "host_done":
             hosts[entry.data["host"]] = entry.data.get("release")
-    holder = lock_holder(state, state_dir, fleet.name) if record.status == "running" else None
+    unfinished = record.status in UNFINISHED
+    holder = lock_holder(state, state_dir, fleet.name) if unfinished else None
+    left = _left_behind(entries) if record.status == ROLLBACK_INCOMPLETE else None
     info = {"rollout": record.id, "driven_by": holder["text"] if holder else None,
             "lock_holder": holder, "fleet": record.fleet, "strategy": record.strategy,
             "current": record.current, "target": record.target, "status": record.status,
             "started": record.started, "finished": record.finished,
             "controller": record.controller, "events": len(entries), "hosts_changed": hosts,
-            "state": where}
+            "state": where, "unfinished": unfinished, "left": left}
     if args.json:
         print(json.dumps(info))
     else:
         print(f"rollout {record.id}: {record.strategy} {record.current} -> {record.target}: "
               f"{record.status} ({len(entries)} events, {len(hosts)} hosts changed, "
               f"controller {record.controller})")
-        if record.status == "running":
+        if left is not None:
+            _print_left_behind(left, record.current)
+        if unfinished:
             if holder:
                 print(f"running: driven by {holder['text']}; follow it with "
                       f"`upgrader attach {args.fleet}`")
+            elif left is not None:
+                print(f"unfinished: once the fault is fixed, `upgrader resume {args.fleet}` "
+                      f"completes the roll-back to {record.current}")
             else:
                 print(f"unfinished and no controller drives it: `upgrader resume {args.fleet}` "
                       "finishes it")
     return EXIT_OK
+
+
+def _left_behind(entries: list[Any]) -> dict[str, Any] | None:
+    """The last ``rollback_incomplete`` event's data: what an unfinished roll-back left."""
+    for entry in reversed(entries):
+        if entry.kind == "rollback_incomplete":
+            return dict(entry.data)
+    return None
+
+
+def _print_left_behind(left: dict[str, Any], current: str) -> None:
+    """``upgrader status`` of a roll-back that did not finish: why, and what is left."""
+    print("roll-back incomplete; what was left when it stopped:")
+    print(f"  why: {left.get('error') or 'unknown error'}")
+    for name, host in sorted((left.get("hosts") or {}).items()):
+        release = host.get("release")
+        seen = (f"runs {release}" if release is not None
+                else f"release unknown ({host.get('read_error') or 'not read'}); "
+                     f"journal says {host.get('journal')}")
+        todo = ("" if release == current and host.get("phase") != "failed"
+                else f"  <- to roll back to {current}")
+        error = f"; {host['error']}" if host.get("error") else ""
+        print(f"  host {name}: {seen}, phase {host.get('phase')}{error}{todo}")
+    backends = left.get("backends")
+    if backends is None:
+        print(f"  balancer: not readable ({left.get('balancer_error') or 'no answer'})")
+    else:
+        for name, backend in backends.items():
+            print(f"  backend {name}: {backend.get('state')} in pool {backend.get('pool')}, "
+                  f"weight {backend.get('weight')}")
 
 
 def cmd_lab(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -104,6 +105,11 @@ def demo_fleet_text(strategy: str, *, hosts: int, bad: bool, base_port: int,
         lab_dir=str(lab_dir), strategy_table=STRATEGY_TABLES[strategy])
 
 
+#: after a signal, how long the demo lets its roll-back run before it stops the lab anyway
+#: (the lab goes away with the demo: a hung-up demo must not outlive its terminal for long)
+HANGUP_GRACE_S = 5.0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.hosts <= 60:
         raise ConfigError(f"--hosts must be between 1 and 60, got {args.hosts}", key="--hosts")
@@ -111,27 +117,114 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ConfigError(f"--speed must be above 0, got {args.speed}", key="--speed")
     if args.rps < 1:
         raise ConfigError(f"--rps must be at least 1, got {args.rps}", key="--rps")
+    from .frontend import quiet_print
+
     summary = asyncio.run(_demo(args))
-    print(json.dumps(summary))
+    quiet_print(json.dumps(summary))
     return 0 if summary["outcome"] == "completed" else 1
 
 
-async def _run_with_tui(rollout: Any, title: str, flags_store: str | None = None) -> Any:
+class _Stop:
+    """The signals a demo got (Ctrl-C, SIGTERM, SIGHUP): before the rollout runs they cancel
+    the demo (its ``finally`` stops the lab); while it runs they abort it with roll-back and
+    close the TUI."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.main: asyncio.Task[Any] | None = asyncio.current_task()
+        self.rollout: Any = None
+        self.app: Any = None
+        self.ttys: tuple[int, ...] = ()
+        self.signalled = asyncio.Event()
+
+    def install(self) -> None:
+        from .frontend import ABORT_SIGNALS, terminal_fds
+
+        self.ttys = terminal_fds()
+        loop = asyncio.get_running_loop()
+        for sig in ABORT_SIGNALS:
+            try:
+                loop.add_signal_handler(sig, self.handle, sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+
+    def uninstall(self) -> None:
+        from .frontend import ABORT_SIGNALS
+
+        loop = asyncio.get_running_loop()
+        for sig in ABORT_SIGNALS:
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+
+    def handle(self, signum: int) -> None:
+        from .frontend import silence_terminal
+
+        self.signum = self.signum or signum
+        self.signalled.set()
+        if signum == signal.SIGHUP:
+            silence_terminal(self.ttys)     # the terminal is gone: nothing may stop on a write
+        if self.rollout is None:
+            if self.main is not None:
+                self.main.cancel()           # still setting up: the finally stops the lab
+            return
+        self.rollout.abort(rollback=True)
+        if self.app is not None:
+            try:
+                self.app.exit()
+            except Exception:                # the app may be half torn down already
+                pass
+
+    @property
+    def hung_up(self) -> bool:
+        return self.signum == signal.SIGHUP
+
+
+async def _finish(task: asyncio.Task[Any], rollout: Any, stop: _Stop) -> Any:
+    """The rollout's result. After a hang-up the roll-back gets ``HANGUP_GRACE_S``; then
+    the demo goes on to stop its lab anyway (None: no result)."""
+    if not task.done():
+        rollout.abort(rollback=True)
+    if not stop.hung_up:
+        return await task
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), HANGUP_GRACE_S)
+    except TimeoutError:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return None
+
+
+async def _run_with_tui(rollout: Any, title: str, flags_store: str | None = None,
+                        stop: _Stop | None = None) -> Any:
     """The TUI on the in-process engine, in the same event loop. Quitting a live demo rolls
-    it back (the demo's lab goes away with it, so there is nothing to hand over)."""
+    it back (the demo's lab goes away with it, so there is nothing to hand over); so does a
+    signal, also SIGHUP when the terminal closes."""
     from .frontend import open_flag_store
     from .tui import make_app
 
+    stop = stop or _Stop()
     flag_store = open_flag_store(flags_store)
     task = asyncio.get_running_loop().create_task(rollout.run())
     try:
-        await make_app(rollout.engine, title=title, flags=flag_store).run_async()
+        app = make_app(rollout.engine, title=title, flags=flag_store)
+        stop.app = app
+        if stop.signum is None:
+            try:
+                await app.run_async()
+            except Exception:
+                if stop.signum is None:
+                    raise
+                # the terminal went away under the app (EIO, EPIPE): the clean-up goes on
     finally:
-        if not task.done():
-            rollout.abort(rollback=True)
-        if flag_store is not None:
-            flag_store.close()
-    return await task
+        stop.app = None
+        try:
+            result = await _finish(task, rollout, stop)
+        finally:
+            if flag_store is not None:
+                flag_store.close()
+    return result
 
 
 async def _demo(args: argparse.Namespace) -> dict[str, Any]:
@@ -142,6 +235,8 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     from .plugins import Plugins
     from .rollout import Rollout, compile_plan, compress
 
+    stop = _Stop()
+    stop.install()
     lab_dir = Path(tempfile.mkdtemp(prefix="upgrader-demo-"))
     plugins = Plugins()
     text = demo_fleet_text(args.strategy, hosts=args.hosts, bad=args.bad_release,
@@ -158,25 +253,48 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
                  f"{args.rps} user requests/s; {args.strategy} upgrade to "
                  f"{fleet.releases.target} (lab in {lab_dir})", "bold")
     stats: dict[str, Any] = {}
+    result: Any = None
     try:
         await lab.up(traffic_rps=args.rps)
         await _traffic_flowing(lab)
         async with Rollout(fleet, plan, plugins=plugins, state_dir=lab_dir / "state",
                            observers=[display], interactive=not args.headless) as rollout:
+            stop.rollout = rollout
             if not args.headless:
                 result = await _run_with_tui(rollout, f"demo: {args.strategy}",
-                                             getattr(args, "flags_store", None))
+                                             getattr(args, "flags_store", None), stop)
             else:
-                from .frontend import forward_signals
-
-                forward_signals(rollout)
                 with display:
-                    result = await rollout.run()
-        await asyncio.sleep(1.0)     # users keep being served after the rollout
+                    task = asyncio.get_running_loop().create_task(rollout.run())
+                    signalled = asyncio.ensure_future(stop.signalled.wait())
+                    try:
+                        await asyncio.wait((task, signalled),
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        signalled.cancel()
+                        result = await _finish(task, rollout, stop)
+            stop.rollout = None
+        if stop.signum is None:
+            await asyncio.sleep(1.0)     # users keep being served after the rollout
+    except asyncio.CancelledError:
+        if stop.signum is None:
+            raise
     finally:
-        stats = await lab.down()
-        if not args.keep:
-            shutil.rmtree(lab_dir, ignore_errors=True)
+        # a signal now must not interrupt the clean-up: the lab's processes live in sessions
+        # of their own and outlive the demo unless stopped here
+        stop.main = None
+        stop.rollout = None
+        try:
+            stats = await asyncio.shield(lab.down())
+        finally:
+            stop.uninstall()
+            if not args.keep:
+                shutil.rmtree(lab_dir, ignore_errors=True)
+    if result is None:
+        return {"outcome": "aborted", "strategy": args.strategy,
+                "signal": signal.Signals(stop.signum).name if stop.signum else None,
+                "requests": stats.get("requests", 0),
+                "failed_requests": stats.get("failed", 0)}
     summary: dict[str, Any] = {
         "outcome": result.outcome.value, "strategy": args.strategy,
         "hosts": dict(result.hosts),

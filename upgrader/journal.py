@@ -30,6 +30,12 @@ from .redact import redact_data
 
 T = TypeVar("T")
 
+#: a rollout whose roll-back (or shut-down) did not finish: the fleet is half-way, so the
+#: rollout stays unfinished and ``upgrader resume`` completes the roll-back
+ROLLBACK_INCOMPLETE = "rollback_incomplete"
+#: the statuses of a rollout that ``upgrader resume`` picks up
+UNFINISHED = ("running", ROLLBACK_INCOMPLETE)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
     id TEXT PRIMARY KEY,
@@ -39,7 +45,8 @@ CREATE TABLE IF NOT EXISTS rollouts (
     current TEXT NOT NULL,
     target TEXT NOT NULL,
     plan TEXT NOT NULL,
-    status TEXT NOT NULL,  -- running | completed | rolled_back | failed | frozen | shut_down
+    status TEXT NOT NULL,  -- running | rollback_incomplete (both unfinished) | completed
+                           -- | rolled_back | failed | frozen | shut_down
     started REAL NOT NULL,
     finished REAL,
     controller TEXT
@@ -178,8 +185,8 @@ class Journal:
                                 (status, now if now is not None else time.time(), rollout))
 
     def claim(self, rollout: str) -> None:
-        """Record that this process now drives ``rollout`` (resume)."""
-        self._execute("UPDATE rollouts SET controller=? WHERE id=?",
+        """Record that this process now drives ``rollout`` (resume): running again."""
+        self._execute("UPDATE rollouts SET controller=?, status='running' WHERE id=?",
                                 (f"{socket.gethostname()}:{os.getpid()}", rollout))
 
     async def abegin(self, **kwargs: Any) -> str:
@@ -205,8 +212,8 @@ class Journal:
 
     def unfinished(self, fleet: str) -> RolloutRecord | None:
         row = self._execute(
-            f"SELECT {self._COLUMNS} FROM rollouts WHERE fleet=? AND status='running' "
-            "ORDER BY started DESC LIMIT 1", (fleet,)).fetchone()
+            f"SELECT {self._COLUMNS} FROM rollouts WHERE fleet=? AND status IN (?, ?) "
+            "ORDER BY started DESC LIMIT 1", (fleet, *UNFINISHED)).fetchone()
         return self._record(row) if row else None
 
     def latest(self, fleet: str) -> RolloutRecord | None:

@@ -410,7 +410,7 @@ class PostgresJournal:
         """Record that this process now drives ``rollout`` (resume)."""
         params = {"id": rollout, "controller": f"{socket.gethostname()}:{os.getpid()}"}
         self._run("write", lambda conn: self._fenced(conn, (
-            f"UPDATE {SCHEMA}.rollouts SET controller = %(controller)s "
+            f"UPDATE {SCHEMA}.rollouts SET controller = %(controller)s, status = 'running' "
             "WHERE id = %(id)s AND {fence}"), params))
 
     async def abegin(self, **kwargs: Any) -> str:
@@ -438,7 +438,8 @@ class PostgresJournal:
 
     def unfinished(self, fleet: str) -> RolloutRecord | None:
         return self._one(f"SELECT {_COLUMNS} FROM {SCHEMA}.rollouts WHERE fleet = %s AND "
-                         "status = 'running' ORDER BY started DESC LIMIT 1", (fleet,))
+                         "status IN ('running', 'rollback_incomplete') "
+                         "ORDER BY started DESC LIMIT 1", (fleet,))
 
     def latest(self, fleet: str) -> RolloutRecord | None:
         return self._one(f"SELECT {_COLUMNS} FROM {SCHEMA}.rollouts WHERE fleet = %s "

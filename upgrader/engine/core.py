@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..clock import Clock, SystemClock
 from ..errors import RolloutFailed, UpgraderError
 from ..events import Event, Outcome, RolloutState, Verdict
-from ..journal import Journal
+from ..journal import ROLLBACK_INCOMPLETE, Journal
 from ..model import Fleet, Host, HostPhase, HostStatus
 from ..plan import (
     Gate,
@@ -61,6 +61,7 @@ from .hosts import DEFAULT_SLOT, HostProcedure, render
 from .machine import ACTIVE, Interrupted, StateMachine
 from .progress import ResumeState, RolloutProgress, backend_name
 from .reconcile import apply as apply_repair
+from .reconcile import read_hosts as read_host_releases
 from .reconcile import reconcile as reconcile_with_fleet
 from .status import rollout_status
 from .traffic import TrafficControl
@@ -71,6 +72,9 @@ if TYPE_CHECKING:
     from .windows import Windows
 
 log = logging.getLogger("upgrader.engine")
+
+#: seconds to read the hosts and the balancer after an incomplete roll-back (what is left)
+LEFT_BEHIND_READ_S = 10.0
 
 __all__ = ["DEFAULT_SLOT", "Engine", "Providers", "ResumeState", "RolloutResult",
            "describe_error", "describe_step"]
@@ -104,6 +108,8 @@ class RolloutResult:
     duration_s: float
     error: str | None = None
     verdicts: tuple[Verdict, ...] = ()
+    #: the roll-back did not finish: the journal keeps the rollout unfinished (resumable)
+    rollback_incomplete: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -289,8 +295,10 @@ class Engine:
         loop = asyncio.get_running_loop()
         background: list[asyncio.Task[None]] = []
         error: str | None = None
+        begun = False
         try:
             await self._begin()
+            begun = True
             background.append(loop.create_task(self.verification.analyzer()))
             if self.metrics_interval:
                 background.append(loop.create_task(self.verification.monitor(
@@ -305,16 +313,75 @@ class Engine:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
         error = error or self.machine.failure
+        # a roll-back (or shut-down) that did not finish leaves the fleet half-way: the
+        # rollout stays unfinished in the journal, so ``upgrader resume`` rolls it back
+        unfinished = outcome is Outcome.FAILED and self._rolling_back()
         await self.machine.set_state(_FINAL_STATE.get(outcome, RolloutState.FAILED), error or "")
         hosts = {n: s.release for n, s in self.hosts.items()}
+        if unfinished:
+            hosts = await self._left_behind(error or "roll-back incomplete", hosts)
         duration = self.clock.monotonic() - self.started
         await self.bus.emit("rollout_finished", outcome=outcome.value, hosts=hosts,
-                            duration_s=round(duration, 3), error=error)
-        if self.journal is not None:
-            await self.journal.afinish(self.rollout_id, outcome.value, self.clock.wall())
+                            duration_s=round(duration, 3), error=error,
+                            rollback_incomplete=unfinished)
+        if self.journal is not None and not (outcome is Outcome.FAILED and not begun
+                                             and self._resume is not None and not unfinished):
+            # (a resumed rollout that failed before acting, e.g. on a balancer that does not
+            # answer yet, stays as unfinished as it was)
+            await self.journal.afinish(self.rollout_id,
+                                       ROLLBACK_INCOMPLETE if unfinished else outcome.value,
+                                       self.clock.wall())
         await self.bus.close()
         return RolloutResult(self.rollout_id, outcome, hosts, duration, error,
-                             tuple(self.last_verdicts.values()))
+                             tuple(self.last_verdicts.values()), rollback_incomplete=unfinished)
+
+    def _rolling_back(self) -> bool:
+        """The rollout got as far as rolling back (now, or before the crash it resumes)."""
+        return (self.machine.state is RolloutState.ROLLING_BACK
+                or (self._resume is not None and self._resume.rolling_back))
+
+    async def _left_behind(self, error: str,
+                           hosts: dict[str, str | None]) -> dict[str, str | None]:
+        """What an incomplete roll-back leaves, read from the fleet itself where it answers
+        (each host's ``current`` release, the balancer's backends), as a journaled
+        ``rollback_incomplete`` event that ``upgrader status`` shows. Returns the hosts'
+        releases as really read (the journal's where a host did not answer)."""
+        main = [h for h in self.fleet.hosts if h.cluster == "main"
+                or self.hosts[h.name].release is not None]
+        try:
+            readings = await asyncio.wait_for(read_host_releases(
+                self, [(h, self.progress.live_slot.get(h.name)) for h in main]),
+                LEFT_BEHIND_READ_S)
+        except Exception as exc:   # a dead host or balancer: reported, not raised
+            readings = {}
+            log.warning("reading the hosts after an incomplete roll-back failed: %s", exc)
+        report: dict[str, dict[str, Any]] = {}
+        real = dict(hosts)
+        for host in main:
+            status = self.hosts[host.name]
+            reading = readings.get((host.name, self.progress.live_slot.get(host.name)))
+            entry: dict[str, Any] = {"journal": status.release, "phase": status.phase.value}
+            if reading is not None and reading.release is not None:
+                entry["release"] = reading.release
+                real[host.name] = reading.release
+            elif reading is not None and reading.error:
+                entry["read_error"] = reading.error
+            if status.error:
+                entry["error"] = status.error
+            report[host.name] = entry
+        backends: dict[str, dict[str, Any]] | None = None
+        balancer_error: str | None = None
+        try:
+            state = await asyncio.wait_for(self.providers.balancer.state(), LEFT_BEHIND_READ_S)
+            backends = {n: {"pool": b.pool, "state": b.state, "weight": b.weight}
+                        for n, b in sorted(state.backends.items())}
+        except Exception as exc:   # a dead host or balancer: reported, not raised
+            balancer_error = describe_error(exc, "balancer")
+        await self.bus.emit("rollback_incomplete", error=error, hosts=report,
+                            backends=backends, balancer_error=balancer_error,
+                            target=self.fleet.releases.target,
+                            current=self.fleet.releases.current)
+        return real
 
     async def _begin(self) -> None:
         est = estimate(self.plan, self.fleet.timing)
