@@ -582,9 +582,8 @@ def _refuse_unready(fleet: Any, plugins: Any) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     """``upgrader check FLEET``: the inventory, one line per host, then the problems; exit 0
     when a rollout would run, 3 when it would be refused. Changes nothing."""
-    from .rollout import compile_plan, inspect_fleet
-
     from .errors import InventoryRefused
+    from .rollout import compile_plan, inspect_fleet
 
     plugins = _plugins()
     fleet = _load(args, plugins)
