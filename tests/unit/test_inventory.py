@@ -337,3 +337,20 @@ def test_assessment_json_round_trip(fleet_factory):
                                     {fleet.hosts[0].name: CURRENT}))
     data = found.to_json()
     assert isinstance(found, Assessment) and data["ready"] and data["hosts"][0]["state"] == "ready"
+
+
+def test_a_resume_leaves_hosts_found_done_alone(fleet_factory):
+    """Replay knows the ``ok`` hosts; reconcile expects nothing of them (a blue-green host
+    found on its target slot would otherwise be 'repaired' back to the current pool)."""
+    from upgrader.engine import reconcile as rc
+    from upgrader.engine.progress import ResumeState
+
+    fleet = make(fleet_factory, n=2, slots=True)
+    a, b = (h.name for h in fleet.hosts)
+    plan = strategies.get("bluegreen").compile(fleet, strategies.get("bluegreen")
+                                               .default_params())
+    resume = ResumeState(rollout="r", releases={a: TARGET, b: CURRENT}, already_done={a})
+    expected = rc.expectations(fleet, plan, resume, live_slots={a: "green", b: "blue"},
+                               original_slots={a: "green", b: "blue"})
+    assert {w.host for w in expected.hosts} == {b}
+    assert {w.host for w in expected.backends} == {b}
