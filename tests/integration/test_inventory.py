@@ -111,7 +111,11 @@ def test_inventory_on_a_real_lab(tmp_path):
         summary = lines[-1]
         assert summary["outcome"] == "completed" and summary["hosts"] == dict.fromkeys(
             names, "1.1.0")
-        assert took < 10, took
+        # the engine's own time: no step, no pause, no hold (the first run took its plan's
+        # pauses, holds and four installs); the whole command, Python start-up included,
+        # stays within a few seconds even on a loaded machine
+        assert summary["duration_s"] < 2, summary
+        assert took < 30, took
         out = upgrader("check", str(good), "--json", cwd=tmp_path)
         assert json.loads(out.stdout)["nothing_to_do"] and out.returncode == 0
 
