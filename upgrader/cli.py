@@ -92,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
                              "controller (default $UPGRADER_STATE; unset: SQLite in "
                              "--state-dir); prefer $UPGRADER_STATE or ~/.pgpass for passwords")
 
+    check = sub.add_parser("check", help="read the fleet (releases, balancer, reachability) and "
+                                         "say whether a rollout would run; changes nothing")
+    fleet_args(check, strategy=False)
+    check.add_argument("--json", action="store_true")
+
     lab = sub.add_parser("lab", help="a real local fleet: app processes, balancer, traffic")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
     up = lab_sub.add_parser("up", help="start a lab")
@@ -361,6 +366,8 @@ def cmd_run(args: argparse.Namespace, *, recover: bool = False) -> int:
     fleet = _load(args, plugins)        # bad input fails here (exit 2), before anything starts
     _check_window(args, fleet, recover=recover)
     if getattr(args, "detach", False) or (not args.headless and not args.control):
+        if not recover:     # the controller would refuse the fleet: say so here, exit 3
+            _refuse_unready(fleet, plugins)
         # the engine runs in a controller process of its own, so the rollout outlives this
         # terminal; without --detach the TUI attaches to it at once
         code = _detach(args, fleet, recover=recover)
@@ -605,6 +612,64 @@ def _print_left_behind(left: dict[str, Any], current: str) -> None:
                   f"weight {backend.get('weight')}")
 
 
+def _refuse_unready(fleet: Any, plugins: Any) -> None:
+    """Raise the inventory's refusal (exit 3) when a rollout of ``fleet`` would be refused."""
+    from .engine.inventory import refusal_text
+    from .errors import InventoryRefused
+    from .rollout import inspect_fleet, inventory_applies
+
+    if not inventory_applies(fleet):
+        return
+    found = asyncio.run(inspect_fleet(fleet, plugins))
+    if found.problems:
+        raise InventoryRefused(refusal_text(fleet.name, found),
+                               [p.to_json() for p in found.problems])
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``upgrader check FLEET``: the inventory, one line per host, then the problems; exit 0
+    when a rollout would run, 3 when it would be refused. Changes nothing."""
+    from .errors import InventoryRefused
+    from .rollout import compile_plan, inspect_fleet
+
+    plugins = _plugins()
+    fleet = _load(args, plugins)
+    try:
+        found = asyncio.run(inspect_fleet(fleet, plugins))
+    except InventoryRefused as exc:     # not even the providers open (no lab up)
+        if not args.json:
+            raise
+        print(json.dumps({"fleet": fleet.name, "ready": False, "problems": list(exc.problems)}))
+        return EXIT_REFUSED
+    nothing = found.nothing_to_do(compile_plan(fleet))
+    code = EXIT_OK if found.ready else EXIT_REFUSED
+    if args.json:
+        print(json.dumps({"fleet": fleet.name, **found.to_json(), "nothing_to_do": nothing}))
+        return code
+    releases = fleet.releases
+    print(f"fleet {fleet.name}: {releases.current} -> {releases.target} on "
+          f"{len(fleet.hosts)} hosts; balancer {fleet.balancer.kind} "
+          + ("answers" if found.balancer_ok else "does not answer"))
+    for fact in found.hosts:
+        backend = (f"{fact.state} in {fact.pool} w{fact.weight}" if fact.state
+                   else "no backend" if found.balancer_ok else "backend ?")
+        reach = {True: "reachable", False: "UNREACHABLE", None: "not read"}[fact.reachable]
+        print(f"  {fact.host:<12} release {fact.release or '-':<10} slot {fact.slot or '-':<6} "
+              f"{backend:<24} {reach}" + ("  ok (done)" if fact.done else ""))
+    for note in found.notes:
+        print(f"note: {note}")
+    if found.problems:
+        print(f"refused: {len(found.problems)} problem(s); a rollout would change nothing:")
+        for problem in found.problems:
+            print(f"  {problem.text()}")
+    elif nothing:
+        print(f"ready: nothing to do, every host already runs {releases.target} and serves")
+    else:
+        print(f"ready: {len(found.done)} host(s) already on {releases.target}, "
+              f"{len(fleet.hosts) - len(found.done)} to upgrade")
+    return code
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from .lab import cli as lab_cli
 
@@ -648,7 +713,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"plan": cmd_plan, "run": cmd_run, "resume": cmd_resume, "status": cmd_status,
              "attach": cmd_attach, "flags": cmd_flags, "schema": cmd_schema,
-             "lab": cmd_lab, "demo": cmd_demo, "plugins": cmd_plugins}
+             "lab": cmd_lab, "demo": cmd_demo, "plugins": cmd_plugins, "check": cmd_check}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -24,7 +24,8 @@
     │   ├── SshdError          an sshd host could not start or stop (upgrader.lab.sshd)
     │   └── NetworkError       an ``ip`` command failed (upgrader.lab.sshlab)
     ├── PolicyRefused          a policy (deploy window, fleet lock) refused the rollout (exit 3)
-    │   └── WindowRefused      outside the deploy window (upgrader.policy; .next_opening)
+    │   ├── WindowRefused      outside the deploy window (upgrader.policy; .next_opening)
+    │   └── InventoryRefused   the fleet is not what the fleet file says (.problems)
     └── RolloutFailed          the rollout ended without reaching its target (exit 1)
 
 Every other UpgraderError exits the CLI with 1. Classes defined outside this module are
@@ -34,6 +35,7 @@ agree. Errors carry structured fields and never print or render themselves; fron
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -163,6 +165,17 @@ class LabError(UpgraderError):
 
 class PolicyRefused(UpgraderError):
     """A policy refused the rollout (deploy window, fleet held by another controller)."""
+
+
+class InventoryRefused(PolicyRefused):
+    """The inventory read before a rollout found the fleet unlike its fleet file (a host on
+    another release, unreachable or missing from the balancer; a balancer that does not
+    answer). Nothing was touched or journaled. ``problems``: one mapping per problem, with
+    ``host`` (None: the balancer), ``expected``, ``found``, ``fix`` and ``text``."""
+
+    def __init__(self, message: str, problems: Sequence[Mapping[str, str | None]] = ()) -> None:
+        self.problems = tuple(dict(p) for p in problems)
+        super().__init__(message)
 
 
 class RolloutFailed(UpgraderError):

@@ -11,7 +11,9 @@ Kinds (``data`` keys in brackets; every event also has kind, ts, rollout and seq
 - ``slots`` [live, original]                blue-green: each host's live slot at the start
 - ``host_phase`` [host, phase, release, slot, mode]   mode: upgrade | rollback | turn_down
 - ``host_done`` [host, release, slot, mode]  mode: upgrade | rollback | prepare | swap |
-  turn_down | shutdown
+  turn_down | shutdown | ok (found on the target release and in service before the first step)
+- ``inventory`` [hosts, done, target, nothing_to_do]   what the fleet runs, read before the
+  first step (not on resume: reconcile does it)
 - ``host_failed`` [host, error, mode]
 - ``snapshot_taken`` [host, snapshot]
 - ``traffic`` [split, routes, maintenance, ready_by_pool]   read back after every balancer change

@@ -13,6 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .events import Event
 from .units import format_duration
 
+#: ``ok`` hosts named one per line; the rest are counted
+OK_LINES = 10
+
 _STYLE = {"info": "dim", "warning": "yellow", "error": "bold red"}
 
 
@@ -32,6 +35,7 @@ class HeadlessDisplay:
         self._task = self._progress.add_task("starting", total=max(1, total_hosts),
                                              state="PENDING")
         self._on_target: set[str] = set()
+        self._ok = 0          # hosts found done (``ok``) by the inventory
 
     def __enter__(self) -> HeadlessDisplay:
         self._progress.start()
@@ -65,11 +69,26 @@ class HeadlessDisplay:
                                                           f"{data['description']}")
         elif kind == "host_done":
             host = data["host"]
-            if data.get("release") == self.target and data.get("mode") in ("upgrade", "swap"):
+            if data.get("mode") == "ok":
+                self._ok += 1
+                if self._ok <= OK_LINES:
+                    self.line(f"{host}: ok, already on {data.get('release')} and in service",
+                              "green")
+            if data.get("release") == self.target and data.get("mode") in ("upgrade", "swap",
+                                                                              "ok"):
                 self._on_target.add(host)
             else:
                 self._on_target.discard(host)
             self._progress.update(self._task, completed=len(self._on_target))
+        elif kind == "inventory":
+            if self._ok > OK_LINES:
+                self.line(f"... and {self._ok - OK_LINES} more host(s) ok", "green")
+            if data.get("nothing_to_do"):
+                self.line(f"nothing to do: all {data['hosts']} hosts already run "
+                          f"{data['target']} and serve", "bold green")
+            elif data.get("done"):
+                self.line(f"{data['done']} of {data['hosts']} hosts already on "
+                          f"{data['target']}: left alone", "green")
         elif kind == "host_failed":
             self.line(f"{data['host']}: {data['error']}", "bold red")
         elif kind == "verdict":
@@ -123,3 +142,4 @@ def summary_line(result: Any, strategy: str, **extra: Any) -> str:
         payload["error"] = result.error
     payload.update(extra)
     return json.dumps(payload)
+

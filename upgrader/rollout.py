@@ -19,8 +19,9 @@ from typing import Any
 
 from .clock import Clock
 from .engine.core import Engine, Providers, RolloutResult
+from .engine.inventory import Assessment, Fixes, Problem, refusal_text, take_inventory
 from .engine.resume import replay
-from .errors import ConfigError, JournalError, PolicyRefused, UpgraderError
+from .errors import ConfigError, InventoryRefused, JournalError, PolicyRefused, UpgraderError
 from .events import Event
 from .model import Fleet
 from .plan import Pause, Plan, Verify, with_release_gates
@@ -97,6 +98,44 @@ async def open_providers(fleet: Fleet, plugins: Any, state_dir: str | None = Non
     return Providers(transport, balancer, health, snapshot, notifiers, flags, schema)
 
 
+def inventory_applies(fleet: Fleet, setting: bool | None = None) -> bool:
+    """Whether a rollout of ``fleet`` reads its inventory first: ``setting`` when given;
+    otherwise when the fleet has a ``current`` command to read releases with and a transport
+    that runs commands (the ``noop`` transport of estimates and benchmarks runs nothing)."""
+    if setting is not None:
+        return setting
+    return fleet.commands.current is not None and fleet.transport.kind != "noop"
+
+
+async def _open_checked(fleet: Fleet, plugins: Any, state_dir: str | None = None) -> Providers:
+    """``open_providers``; for a lab fleet, providers that cannot be opened (no token file,
+    no lab folder) mean that no lab is up where the fleet looks: a refusal naming the fix."""
+    try:
+        return await open_providers(fleet, plugins, state_dir)
+    except ConfigError as exc:
+        if fleet.lab is None:
+            raise
+        problem = Problem(None, f"a lab up in {fleet.lab.dir}", f"none ({exc})",
+                          Fixes.for_fleet(fleet).balancer)
+        raise InventoryRefused(f"fleet {fleet.name}: no lab is up where it looks; nothing "
+                               f"was touched\n  {problem.text()}", [problem.to_json()]) from None
+
+
+async def inspect_fleet(fleet: Fleet, plugins: Any = None) -> Assessment:
+    """The inventory of ``fleet`` (``upgrader check``): its providers opened, the fleet read,
+    nothing changed, no lock or journal."""
+    if plugins is None:
+        from .plugins import Plugins
+
+        plugins = Plugins()
+    _register_secrets(fleet, None)
+    providers = await _open_checked(fleet, plugins)
+    try:
+        return await take_inventory(fleet, providers.transport, providers.balancer)
+    finally:
+        await providers.aclose()
+
+
 def _register_secrets(fleet: Fleet, state: str | None) -> None:
     """Tell the redaction helper every secret this rollout knows, before anything is logged,
     emitted or journaled: provider settings, the flag store's and the state's passwords, and
@@ -118,8 +157,13 @@ class Rollout:
                  providers: Providers | None = None,
                  observers: Iterable[Callable[[Event], None]] = (),
                  metrics_interval: float | None = 1.0, state: str | None = None,
-                 override_window: str | None = None) -> None:
-        """:param state: a ``postgresql://`` URL for the journal and the fleet lock, shared by
+                 override_window: str | None = None, inventory: bool | None = None) -> None:
+        """:param inventory: read the fleet before the first step and refuse a fleet unlike
+            its file (``InventoryRefused``, exit 3, before anything is journaled); hosts
+            already on the target and in service are left alone. None (default): when the
+            fleet has a ``current`` command and a transport that runs commands (not
+            ``noop``); never on resume, which reconciles instead.
+        :param state: a ``postgresql://`` URL for the journal and the fleet lock, shared by
             every controller (default ``$UPGRADER_STATE``; unset: SQLite in ``state_dir``).
             ``state_dir`` still holds this controller's control socket and token."""
         from .state import resolve_state
@@ -139,6 +183,9 @@ class Rollout:
         self._metrics_interval = metrics_interval
         #: push outside the fleet's deploy windows, for this reason (journaled)
         self._override_window = override_window
+        self._inventory = inventory
+        #: what the inventory found (None: not taken)
+        self.inventory: Assessment | None = None
         self._lock: Any = None
         self.journal: Any = None
         self.engine: Engine | None = None
@@ -201,7 +248,14 @@ class Rollout:
                 from .plugins import Plugins
 
                 self._plugins = Plugins()
-            self._providers = await open_providers(self.fleet, self._plugins, str(self.state_dir))
+            self._providers = await _open_checked(self.fleet, self._plugins, str(self.state_dir))
+        if not self._recover and inventory_applies(self.fleet, self._inventory):
+            # before the journal's begin: a refusal leaves no rollout behind
+            self.inventory = await take_inventory(self.fleet, self._providers.transport,
+                                                  self._providers.balancer)
+            if self.inventory.problems:
+                raise InventoryRefused(refusal_text(self.fleet.name, self.inventory),
+                                       [p.to_json() for p in self.inventory.problems])
         observers = list(self._observers)
         if self._plugins is not None and hasattr(self._plugins, "emit_event"):
             observers.append(self._plugins.emit_event)
@@ -209,7 +263,8 @@ class Rollout:
                              journal=self.journal, observers=observers,
                              interactive=self._interactive, resume=resume_state,
                              metrics_interval=self._metrics_interval,
-                             override_window=self._override_window)
+                             override_window=self._override_window,
+                             inventory=self.inventory)
 
     async def _with_rollout(self, message: str) -> str:
         """A lock refusal, plus the rollout the holder drives when the message lacks it."""

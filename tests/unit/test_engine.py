@@ -416,8 +416,13 @@ def test_one_rollout_per_fleet(fleet_factory, tmp_path):
 
     fleet = fleet_with(fleet_factory, "rolling", n=2)
 
+    def on_current(host, argv):     # hosts that run the fleet's current release, as real ones
+        return CommandResult(0, fleet.releases.current + "\n") if argv[0] == "current" else None
+
     async def main():
-        first = Rollout(fleet, state_dir=tmp_path, providers=providers_for(fleet))
+        providers = providers_for(fleet, on_current)
+        await seed_balancer(fleet, providers.balancer)
+        first = Rollout(fleet, state_dir=tmp_path, providers=providers)
         async with first:
             second = Rollout(fleet, state_dir=tmp_path, providers=providers_for(fleet))
             with pytest.raises(PolicyRefused, match="one rollout per fleet"):

@@ -58,6 +58,7 @@ from .describe import describe_error, describe_step
 from .failure import FailurePolicy
 from .gates import Gates
 from .hosts import DEFAULT_SLOT, HostProcedure, render
+from .inventory import Assessment
 from .machine import ACTIVE, Interrupted, StateMachine
 from .progress import ResumeState, RolloutProgress, backend_name
 from .reconcile import apply as apply_repair
@@ -128,8 +129,14 @@ class Engine:
                  interactive: bool = False, resume: ResumeState | None = None,
                  history: int = 2000, metrics_interval: float | None = None,
                  host_metrics_limit: int = 2000, windows: Windows | None = None,
-                 override_window: str | None = None) -> None:
+                 override_window: str | None = None,
+                 inventory: Assessment | None = None) -> None:
+        """:param inventory: what the fleet really runs, read before the rollout
+            (``upgrader.engine.inventory``): hosts already done are marked ``ok`` and never
+            touched, and every host's release starts as read. None: as the fleet file says."""
         self.fleet = fleet
+        self.inventory = inventory
+        self._nothing_to_do = False
         self.plan = plan
         self.providers = providers
         self.clock: Clock = clock or SystemClock()
@@ -401,12 +408,35 @@ class Engine:
                             rollback_estimated_s=est.rollback_s,
                             resumed=self._resume is not None)
         await self.window_guard.announce_override()
+        if self.inventory is not None and self._resume is None:
+            await self._take_inventory(self.inventory)
         self.progress.read_balancer(await self.providers.balancer.state())
         if any(isinstance(s, (PrepareSlots, SwapSlots)) for s in self.plan.steps):
             await self.procedure.discover_slots()
         if self._resume is not None:
             await self._reconcile(self._resume)
         await self.machine.set_state(RolloutState.RUNNING)
+
+    async def _take_inventory(self, inventory: Assessment) -> None:
+        """Start from what the hosts run: each host's release as read; a host on the target
+        release and in service is done (``host_done`` mode ``ok``); one on the target release
+        but out of service runs its procedure without installing again."""
+        progress, target = self.progress, self.fleet.releases.target
+        for fact in inventory.hosts:
+            if fact.host not in progress.hosts:
+                continue
+            if inventory.releases_read:
+                progress.found(fact.host, fact.release, fact.slot, done=fact.done)
+            if fact.done:
+                await self.bus.emit("host_done", host=fact.host, release=fact.release,
+                                    slot=fact.slot, mode="ok")
+            elif inventory.releases_read and fact.release == target and fact.slot is None \
+                    and fact.release != self.fleet.releases.current:
+                progress.put_in_doubt(fact.host, HostPhase.INSTALLING, target)
+        self._nothing_to_do = inventory.nothing_to_do(self.plan)
+        await self.bus.emit("inventory", hosts=len(inventory.hosts),
+                            done=len(progress.already_done), target=target,
+                            nothing_to_do=self._nothing_to_do)
 
     async def _reconcile(self, resume: ResumeState) -> None:
         """On resume: compare the journal with the real balancer and hosts, and repair
@@ -432,6 +462,8 @@ class Engine:
 
     async def _drive(self) -> Outcome:
         machine = self.machine
+        if self._nothing_to_do:     # every host already runs the target and serves
+            return Outcome.COMPLETED
         if self._resume is not None and self._resume.rolling_back:
             machine.failure = self._resume.rollback_reason or "roll-back resumed"
             return await self.failure.rollback(machine.failure)
@@ -491,7 +523,8 @@ class Engine:
             await self._host_step(index, step.hosts, None, 0.0, procedure.swap_slot)
             await traffic.emit_traffic()
         elif isinstance(step, TurnDown):
-            await self._host_step(index, step.hosts, None, 0.0, procedure.turn_down)
+            await self._host_step(index, step.hosts, None, 0.0, procedure.turn_down,
+                                  skip_found_done=False)
         elif isinstance(step, Verify):
             await self.verification.hold(step)
         elif isinstance(step, Pause):
@@ -511,11 +544,15 @@ class Engine:
             raise RolloutFailed(f"engine cannot run step kind {step.kind!r}")
 
     async def _host_step(self, index: int, names: Iterable[str], max_parallel: int | None,
-                         interval: float, action: Callable[[str], Awaitable[None]]) -> None:
+                         interval: float, action: Callable[[str], Awaitable[None]], *,
+                         skip_found_done: bool = True) -> None:
         """Run ``action`` on each host of step ``index`` not done yet (``max_parallel`` at a
-        time, one started every ``interval`` seconds); a host that fails fails the rollout."""
+        time, one started every ``interval`` seconds); a host that fails fails the rollout.
+        Hosts the inventory found done (``ok``) are skipped unless ``skip_found_done`` is
+        False (a turn-down takes the old cluster down whatever it runs)."""
         done = self.progress.hosts_done_in(index)
-        todo = [n for n in names if n not in done]
+        found = self.progress.already_done if skip_found_done else set()
+        todo = [n for n in names if n not in done and n not in found]
         if not todo:
             return
         limit = asyncio.Semaphore(max_parallel or len(todo))

@@ -48,6 +48,8 @@ class ResumeState:
     traffic: dict[str, Any] | None = None
     #: the step that was started and not finished when the controller died
     step_in_progress: int | None = None
+    #: hosts the inventory found done before the rollout's first step (``host_done`` ``ok``)
+    already_done: set[str] = field(default_factory=set)
 
 
 def backend_name(host: str, slot: str | None) -> str:
@@ -88,7 +90,11 @@ class RolloutProgress:
         #: flags this rollout turned on (a feature roll-out's analysis and roll-back)
         self.flags_on: set[str] = set()
         self.maintenance_on = False
+        #: hosts found on the target release and in service before the first step (``ok``):
+        #: no upgrade, preparation or swap step touches them
+        self.already_done: set[str] = set()
         if resume is not None:
+            self.already_done = set(resume.already_done)
             self.done_steps = set(resume.done_steps)
             self.hosts_done = {k: set(v) for k, v in resume.hosts_done.items()}
             for name, release in resume.releases.items():
@@ -122,6 +128,21 @@ class RolloutProgress:
     def installed_after(phase: str | None) -> bool:
         """An interrupted procedure that got past installing (so its release is installed)."""
         return phase in _INSTALLED_AFTER
+
+    # -- what the inventory found before the first step
+
+    def found(self, host: str, release: str | None, slot: str | None, *, done: bool) -> None:
+        """The inventory read ``host`` running ``release`` in ``slot``; ``done``: on the
+        target release and in service, so the rollout leaves it alone."""
+        status = self.hosts[host]
+        status.release = release
+        if slot is not None:
+            status.slot = slot
+            self.live_slot.setdefault(host, slot)
+            self.original_slot.setdefault(host, slot)
+        if done:
+            status.phase = HostPhase.IN_SERVICE
+            self.already_done.add(host)
 
     # -- steps
 

@@ -176,6 +176,8 @@ def expectations(fleet: Fleet, plan: Plan, resume: ResumeState, *,
         journaled = resume.releases.get(name)
         phase = resume.in_doubt.get(name)
         heading = resume.in_doubt_release.get(name)
+        if name in resume.already_done and phase is None:
+            continue        # found on the target and in service before the first step: left alone
         if host.slots:
             original = original_slots.get(name) or next(iter(host.slots))
             live = live_slots.get(name, original)

@@ -46,7 +46,9 @@ def replay(record: RolloutRecord, entries: Iterable[JournalEntry], fleet: Fleet)
                 state.turned_down.add(host)
             elif mode in ("upgrade", "rollback") and host in state.turned_down:
                 state.turned_down.discard(host)
-            if mode in ("upgrade", "rollback", "swap", "turn_down"):
+            if mode == "ok":            # found done by the inventory before the first step
+                state.already_done.add(host)
+            if mode in ("upgrade", "rollback", "swap", "turn_down", "ok"):
                 state.releases[host] = data.get("release")
             if mode == "swap" or (mode == "rollback" and data.get("slot")):
                 state.live_slots[host] = data["slot"]
