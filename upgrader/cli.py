@@ -409,29 +409,51 @@ def _journals(state_dir: Path, fleet: str) -> bool:
         journal.close()
 
 
-def _fleet_lock_holder(fleet: Any, plugins: Any) -> Any:
-    """The live holder of the lock on the fleet itself, or None (a dead one, or a fleet that
-    cannot be reached now: the controller finds out and says so)."""
-    import time
-
-    from .fleetlock import keeper_for, stale_reason
+def _read_fleet_lock(fleet: Any, plugins: Any) -> tuple[Any, str] | None:
+    """(holder, where) of the lock on the fleet itself, or None: nobody holds it, or the
+    fleet cannot be reached now (a controller finds out and says so)."""
+    from .fleetlock import keeper_for
     from .rollout import open_providers
 
     async def read() -> Any:
         providers = await open_providers(fleet, plugins, None)
         try:
             keeper = keeper_for(fleet, providers.transport, providers.balancer)
-            return keeper, await keeper.read()
+            return await keeper.read(), keeper.where
         finally:
             await providers.aclose()
 
     try:
-        keeper, holder = asyncio.run(read())
+        holder, where = asyncio.run(read())
     except UpgraderError:
         return None
-    if holder is None or stale_reason(holder, now=time.time()) is not None:
+    return None if holder is None else (holder, where)
+
+
+def _fleet_lock_holder(fleet: Any, plugins: Any) -> Any:
+    """FleetLocked naming the live holder of the lock on the fleet itself, or None."""
+    import time
+
+    from .fleetlock import stale_reason
+
+    found = _read_fleet_lock(fleet, plugins)
+    if found is None or stale_reason(found[0], now=time.time()) is not None:
         return None
-    return holder.refused(keeper.where)
+    return found[0].refused(found[1], fleet.name)
+
+
+def _fleet_lock_json(fleet: Any) -> dict[str, Any] | None:
+    """The lock on the fleet itself for ``status``: holder, where, and whether it looks dead."""
+    import time
+
+    from .fleetlock import stale_reason
+
+    found = _read_fleet_lock(fleet, _plugins())
+    if found is None:
+        return None
+    holder, where = found
+    return {"text": holder.describe(), "where": where, **holder.to_json(),
+            "dead": stale_reason(holder, now=time.time())}
 
 
 def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
@@ -579,14 +601,23 @@ def cmd_status(args: argparse.Namespace) -> int:
                                                                           unfinished_only=False)
     state = resolve_state(getattr(args, "state", None))
     where = describe_state(state, state_dir)
+    fleet_lock = _fleet_lock_json(fleet)
+    lock_line = "" if fleet_lock is None else (
+        f"fleet lock ({fleet_lock['where']}): held by {fleet_lock['text']}"
+        + (f"; its holder looks dead ({fleet_lock['dead']}): the next controller takes it "
+           "over" if fleet_lock["dead"] else ""))
     if not journal_exists(state, state_dir):
         print(f"no rollout of {fleet.name} recorded in {where}")
+        if lock_line:
+            print(lock_line)
         return EXIT_OK
     journal = open_journal(state, state_dir)
     try:
         record = journal.latest(fleet.name)
         if record is None:
             print(f"no rollout of {fleet.name} recorded in {where}")
+            if lock_line:
+                print(lock_line)
             return EXIT_OK
         entries = journal.entries(record.id)
     finally:
@@ -601,7 +632,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "current": record.current, "target": record.target, "status": record.status,
             "started": record.started, "finished": record.finished,
             "controller": record.controller, "events": len(entries), "hosts_changed": hosts,
-            "state": where}
+            "state": where, "fleet_lock": fleet_lock}
     if args.json:
         print(json.dumps(info))
     else:
@@ -615,6 +646,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             else:
                 print(f"unfinished and no controller drives it: `upgrader resume {args.fleet}` "
                       "finishes it")
+        if lock_line:
+            print(lock_line)
     return EXIT_OK
 
 

@@ -128,8 +128,8 @@ class Holder:
         return (f"{self.user}@{self.machine} pid {self.pid}, rollout "
                 f"{self.rollout or '(not yet begun)'}, since {self.since_text()}")
 
-    def refused(self, where: str) -> FleetLocked:
-        return FleetLocked(self.fleet, user=self.user, machine=self.machine, pid=self.pid,
+    def refused(self, where: str, fleet: str | None = None) -> FleetLocked:
+        return FleetLocked(fleet or self.fleet, user=self.user, machine=self.machine, pid=self.pid,
                            rollout=self.rollout, since=self.since_text(), where=where,
                            hint=f"a dead holder's lock is taken over (on its machine at once, "
                                 f"from another after {LEASE_SECONDS:g} s without heartbeat); "
@@ -409,7 +409,7 @@ class FleetLock:
                 return me
             reason = self.stale(current)
             if reason is None:
-                raise current.refused(self.keeper.where)
+                raise current.refused(self.keeper.where, self.fleet)
             previous = current
             current = await self.keeper.take(me, replace=previous.id)
             if current is None:
@@ -418,7 +418,7 @@ class FleetLock:
                 self.holder = me
                 return me
         assert current is not None
-        raise current.refused(self.keeper.where)
+        raise current.refused(self.keeper.where, self.fleet)
 
     async def renew(self, rollout: str | None = None) -> bool:
         if self.holder is None:

@@ -58,7 +58,37 @@ host_upgrade = "2s"
 kind = "rolling"
 batch = 1
 on_failure = "rollback"
+
+[commands]
+install = {install}
+start = {start}
+stop = {stop}
+current = {current}
 """
+
+#: the lab's install, which on web-02 first waits while HOLD exists: controller A keeps the
+#: fleet (and its lock) as long as the test needs, with no race against A's pace
+HELD_INSTALL = textwrap.dedent("""\
+    import os, subprocess, sys, time
+    host = os.path.basename(sys.argv[sys.argv.index("--root") + 1].rstrip("/"))
+    deadline = time.monotonic() + 90
+    while host == "web-02" and os.path.exists({hold!r}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sys.exit(subprocess.call([sys.executable, "-m", "upgrader.lab.hostctl", "install",
+                              *sys.argv[1:]]))
+    """)
+
+
+def lab_commands(tmp_path: Path, hold: Path) -> dict[str, str]:
+    wrapper = tmp_path / "held_install.py"
+    wrapper.write_text(HELD_INSTALL.format(hold=str(hold)))
+    ctl = [sys.executable, "-m", "upgrader.lab.hostctl"]
+    common = ["--root", "{root}", "--slot", "{slot}", "--port", "{port}"]
+    return {"install": json.dumps([sys.executable, str(wrapper), "--release", "{release}",
+                                   *common]),
+            "start": json.dumps([*ctl, "start", *common]),
+            "stop": json.dumps([*ctl, "stop", *common]),
+            "current": json.dumps([*ctl, "current", *common])}
 
 
 def upgrader_argv() -> list[str]:
@@ -145,7 +175,9 @@ def lab(tmp_path: Path):
     lab_dir = tmp_path / "lab"
     base_port = free_base_port()
     fleet = tmp_path / "fleet.toml"
-    fleet.write_text(LAB_FLEET.format(base_port=base_port, lab_dir=lab_dir))
+    hold = tmp_path / "hold"
+    fleet.write_text(LAB_FLEET.format(base_port=base_port, lab_dir=lab_dir,
+                                      **lab_commands(tmp_path, hold)))
     result = cli("lab", "up", "--hosts", "4", "--dir", str(lab_dir), "--base-port",
                  str(base_port), "--rps", "50", cwd=tmp_path, xdg=tmp_path / "xdg-lab")
     assert result.returncode == 0, result.stderr
@@ -153,6 +185,7 @@ def lab(tmp_path: Path):
     try:
         yield fleet, Lab.from_dir(lab_dir), controllers
     finally:
+        hold.unlink(missing_ok=True)
         for ctl in controllers:
             ctl.kill()
         import asyncio
@@ -185,10 +218,12 @@ def test_a_second_controller_anywhere_is_refused_by_the_lock_on_the_balancer(
     local default state) and C (directory a again, another per-user state home) are refused
     with exit 3 naming A, and touch no host: every host installs 1.1.0 exactly once."""
     fleet, the_lab, controllers = lab
+    hold = tmp_path / "hold"
+    hold.write_text("web-02")
     a = Controller("run", str(fleet), "--state", postgres_url, cwd=tmp_path / "a",
                    xdg=tmp_path / "xdg-a")
     controllers.append(a)
-    started = a.wait_event(first_install)
+    started = a.wait_event(lambda e: first_install(e) and e["host"] == "web-02")
     rollout = started["rollout"]
     lock = read_lock(the_lab)
     assert lock is not None and lock["pid"] == a.proc.pid and lock["rollout"] == rollout
@@ -203,6 +238,19 @@ def test_a_second_controller_anywhere_is_refused_by_the_lock_on_the_balancer(
         assert "on the balancer" in text and "Traceback" not in text, text
         print(f"\nrefused in {time.monotonic() - t0:.2f}s: {text.strip()}")
 
+    # status names the holder from anywhere: the lock on the balancer, and the PostgreSQL row
+    status = cli("status", str(fleet), cwd=tmp_path / "b", xdg=tmp_path / "xdg-b")
+    assert status.returncode == 0, status.stderr
+    assert "fleet lock (on the balancer): held by" in status.stdout, status.stdout
+    assert f"pid {a.proc.pid}, rollout {rollout}" in status.stdout, status.stdout
+    shared = cli("status", str(fleet), "--state", postgres_url, "--json", cwd=tmp_path / "b",
+                 xdg=tmp_path / "xdg-b")
+    assert shared.returncode == 0, shared.stderr
+    info = json.loads(shared.stdout)
+    assert info["lock_holder"]["pid"] == a.proc.pid and info["rollout"] == rollout
+    assert info["fleet_lock"]["pid"] == a.proc.pid
+
+    hold.unlink()
     assert a.finish() == 0, a.err()[-3000:]
     assert read_lock(the_lab) is None           # released at the end
     for host in HOSTS:
