@@ -280,6 +280,8 @@ class HostFileKeeper:
             if status == 0:
                 return None
             current = self._parse(out)
+            if current is not None and current.id == holder.id:
+                return None     # ours already (two hosts sharing one lock file)
             if current is not None:
                 return current
         raise TransportError("the fleet lock file keeps changing; try again", host=host.name)

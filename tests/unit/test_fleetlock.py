@@ -335,3 +335,23 @@ def test_a_journal_under_the_old_default_is_still_found(
     assert main(["status", "other.toml"]) == 0
     out, err = capsys.readouterr()
     assert "old default" not in err and str(tmp_path / "xdg" / "upgrader") in out
+
+
+def test_hosts_that_share_one_lock_file_take_it_once(tmp_path: Path) -> None:
+    """Two service instances configured onto one lock file (``upgrader_lock_file``): the
+    controller that holds it on the first is not refused by itself on the second."""
+    shared = tmp_path / "shared.lock"
+    path = str(shared)
+    hosts = [Host(name=f"web-{i}", port=9000 + i, vars={"upgrader_lock_file": path})
+             for i in (1, 2)]
+
+    async def scenario() -> None:
+        transport = LocalTransport()
+        lock = FleetLock("shop", HostFileKeeper(transport, hosts))
+        await lock.acquire()
+        assert shared.exists()
+        await lock.release()
+        assert not shared.exists()
+        await transport.aclose()
+
+    asyncio.run(scenario())
