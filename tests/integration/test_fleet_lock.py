@@ -305,7 +305,7 @@ stop = ["true"]
 kind = "local"
 
 [balancer]
-kind = "noop"
+{balancer}
 
 [health]
 kind = "noop"
@@ -337,28 +337,53 @@ INSTALL = textwrap.dedent("""\
     """)
 
 
-def hostfile_fleet(tmp_path: Path) -> tuple[Path, Path, Path, list[Path]]:
+def hostfile_fleet(tmp_path: Path, balancer: dict | None = None,
+                   base: int | None = None) -> tuple[Path, Path, Path, list[Path]]:
     script = tmp_path / "install.py"
     script.write_text(INSTALL)
     log, flag = tmp_path / "installs.log", tmp_path / "hold"
-    base = free_base_port()
+    base = base or free_base_port()
+    table = 'kind = "noop"' if balancer is None else "\n".join(
+        [f"{key} = {json.dumps(value)}" for key, value in {"kind": "haproxy",
+                                                             **balancer}.items()])
     locks = [tmp_path / f"lock-web-{i:02d}" for i in range(1, 4)]
     hosts = "".join(f'\n[[hosts]]\nname = "web-{i:02d}"\nport = {base + i}\n'
                     f'vars = {{ upgrader_lock_file = "{locks[i - 1]}" }}\n' for i in range(1, 4))
     install = json.dumps([sys.executable, str(script), "{host}", "{release}", str(log),
                           str(flag)])
     fleet = tmp_path / "fleet.toml"
-    fleet.write_text(HOSTFILE_FLEET.format(install=install, hosts=hosts))
+    fleet.write_text(HOSTFILE_FLEET.format(install=install, hosts=hosts, balancer=table))
     return fleet, log, flag, locks
 
 
+@pytest.fixture
+def haproxy_site(tmp_path: Path):
+    """A real HAProxy (the helpers of test_haproxy.py) that knows web-01..03 in its first
+    pool, each a server at the port the fleet file gives the host."""
+    from upgrader.lab.haproxy import HAProxyProcess, HAProxySite, StaticServer, haproxy_binary
+
+    if haproxy_binary() is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    base = free_base_port()
+    servers = [StaticServer(f"web-{i:02d}", "127.0.0.1", base + i) for i in range(1, 4)]
+    site = HAProxySite(tmp_path / "haproxy", port=base + 50, backend="shop", slots=3,
+                       servers={1: servers}, pools={1: "1.0.0"})
+    process = HAProxyProcess(site)
+    process.start()
+    try:
+        yield site, base
+    finally:
+        process.stop()
+
+
 def test_host_lock_files_refuse_a_second_controller_and_unlock_needs_a_reason(
-        tmp_path: Path) -> None:
-    """No lock API on the balancer: the lock is a file on each host (through the transport).
+        tmp_path: Path, haproxy_site) -> None:
+    """HAProxy keeps no lock: the lock is a file on each host (through the local transport).
     A second controller (another directory and state home) is refused, exit 3, and runs no
     install; ``unlock`` without --reason is bad input (exit 2, the lock stays); with a reason it
     removes every host's file and journals why."""
-    fleet, log, flag, locks = hostfile_fleet(tmp_path)
+    site, base = haproxy_site
+    fleet, log, flag, locks = hostfile_fleet(tmp_path, site.balancer_settings(), base)
     flag.write_text("hold")
     a = Controller("run", str(fleet), cwd=tmp_path / "a", xdg=tmp_path / "xdg-a")
     try:
