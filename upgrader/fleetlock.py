@@ -432,9 +432,12 @@ class FleetLock:
             self.holder = holder
         return ok
 
-    def start_heartbeat(self, rollout: Callable[[], str | None]) -> None:
+    def start_heartbeat(self, rollout: Callable[[], str | None],
+                        on_lost: Callable[[], None] | None = None) -> None:
         """Renew every ``heartbeat`` seconds (and at once when :meth:`nudge` is called, e.g.
-        when the rollout id becomes known) until :meth:`release`."""
+        when the rollout id becomes known) until :meth:`release`. ``on_lost`` is called once
+        when the lock turns out to be someone else's (removed by hand, or taken over after
+        heartbeats failed for a whole lease)."""
         async def beat() -> None:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -445,6 +448,8 @@ class FleetLock:
                         self.lost = True
                         log.error("the fleet lock of %s is no longer ours (removed by "
                                   "`upgrader unlock` or taken over)", self.fleet)
+                        if on_lost is not None:
+                            on_lost()
                         return
                 except Exception as exc:     # a missed heartbeat: the lease allows two
                     log.warning("fleet lock heartbeat failed: %s", exc)

@@ -315,8 +315,14 @@ class Rollout:
             if lock.holder is not None and event.rollout and event.rollout != lock.holder.rollout:
                 lock.nudge()        # the rollout id is known: name it in the lock at once
 
+        def on_lost() -> None:
+            # another controller may drive the fleet now: stop changing it at the next step
+            # (paused, still unfinished in the journal) and let an operator decide
+            if self.engine is not None:
+                self.engine.pause()
+
         observers.append(on_event)
-        lock.start_heartbeat(current_rollout)
+        lock.start_heartbeat(current_rollout, on_lost)
 
     async def _with_rollout(self, message: str) -> str:
         """A lock refusal, plus the rollout the holder drives when the message lacks it."""

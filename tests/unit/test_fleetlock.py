@@ -152,6 +152,21 @@ def test_heartbeat_renews_and_names_the_rollout() -> None:
         await lock.release()
         assert keeper.current is None
 
+        lost: list[bool] = []                     # removed by hand: told once, not released
+        lock = FleetLock("shop", keeper, clock=clock, heartbeat=0.01)
+        await lock.acquire()
+        lock.start_heartbeat(lambda: None, lambda: lost.append(True))
+        await keeper.release(None)
+        other = FleetLock("shop", keeper, clock=clock)
+        await other.acquire()
+        for _ in range(200):
+            if lost:
+                break
+            await asyncio.sleep(0.01)
+        assert lost == [True] and lock.lost
+        await lock.release()
+        assert keeper.current is not None and keeper.current.id == other.holder.id  # type: ignore[union-attr]
+
     asyncio.run(scenario())
 
 
