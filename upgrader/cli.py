@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("fleet", help="fleet file (TOML)")
         if strategy:
             sp.add_argument("--strategy", choices=names, help="override the fleet's strategy")
-        sp.add_argument("--state-dir", help="journal and lock folder (default .upgrader/state)")
+        sp.add_argument("--state-dir", help="journal and lock folder (default "
+                        "$UPGRADER_STATE_DIR, else ~/.local/state/upgrader/<fleet>-<id>, the "
+                        "same from any directory)")
 
     run = sub.add_parser("run", help="run a rollout")
     fleet_args(run)
@@ -86,7 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the fleet's last rollout, from the journal")
     fleet_args(status, strategy=False)
     status.add_argument("--json", action="store_true")
-    for sp in (run, resume, attach, status):
+    unlock = sub.add_parser("unlock", help="remove a fleet's lock by hand (journaled)")
+    fleet_args(unlock, strategy=False)
+    unlock.add_argument("--reason", required=True,
+                        help="why the lock is removed (journaled; required)")
+    for sp in (run, resume, attach, status, unlock):
         sp.add_argument("--state", metavar="URL",
                         help="postgresql:// URL of a journal and fleet lock shared by every "
                              "controller (default $UPGRADER_STATE; unset: SQLite in "
@@ -365,6 +371,7 @@ def cmd_run(args: argparse.Namespace, *, recover: bool = False) -> int:
     plugins = _plugins()
     fleet = _load(args, plugins)        # bad input fails here (exit 2), before anything starts
     _check_window(args, fleet, recover=recover)
+    args.state_dir = str(_state_dir(args, fleet))
     if getattr(args, "detach", False) or (not args.headless and not args.control):
         if not recover:     # the controller would refuse the fleet: say so here, exit 3
             _refuse_unready(fleet, plugins)
@@ -378,16 +385,88 @@ def cmd_run(args: argparse.Namespace, *, recover: bool = False) -> int:
     return asyncio.run(_run(fleet, plugins, args, recover=recover))
 
 
-def _state_dir(args: argparse.Namespace) -> Path:
-    from .rollout import default_state_dir
+def _state_dir(args: argparse.Namespace, fleet: Any, *, unfinished_only: bool = True) -> Path:
+    """``--state-dir``, else the fleet's default; a rollout journaled under the old default
+    (``./.upgrader/state``) is still found there (said once)."""
+    from .rollout import default_state_dir, legacy_state_dir
 
-    return Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
+    if args.state_dir:
+        return Path(args.state_dir).resolve()
+    new = default_state_dir(fleet)
+    if not (new / "journal.sqlite").exists() or not unfinished_only:
+        old = legacy_state_dir(fleet, unfinished_only=unfinished_only)
+        if old is not None and not _journals(new, fleet.name):
+            print(f"upgrader: found the journal at {old} (the old default; the default is "
+                  f"now {new})", file=sys.stderr)
+            args.state_dir = str(old)
+            return old
+    return new
+
+
+def _journals(state_dir: Path, fleet: str) -> bool:
+    """Whether the SQLite journal in ``state_dir`` records a rollout of ``fleet``."""
+    if not (state_dir / "journal.sqlite").exists():
+        return False
+    from .journal import Journal
+
+    journal = Journal(state_dir / "journal.sqlite")
+    try:
+        return journal.latest(fleet) is not None
+    finally:
+        journal.close()
+
+
+def _read_fleet_lock(fleet: Any, plugins: Any) -> tuple[Any, str] | None:
+    """(holder, where) of the lock on the fleet itself, or None: nobody holds it, or the
+    fleet cannot be reached now (a controller finds out and says so)."""
+    from .fleetlock import keeper_for
+    from .rollout import open_providers
+
+    async def read() -> Any:
+        providers = await open_providers(fleet, plugins, None)
+        try:
+            keeper = keeper_for(fleet, providers.transport, providers.balancer)
+            return await keeper.read(), keeper.where
+        finally:
+            await providers.aclose()
+
+    try:
+        holder, where = asyncio.run(read())
+    except UpgraderError:
+        return None
+    return None if holder is None else (holder, where)
+
+
+def _fleet_lock_holder(fleet: Any, plugins: Any) -> Any:
+    """FleetLocked naming the live holder of the lock on the fleet itself, or None."""
+    import time
+
+    from .fleetlock import stale_reason
+
+    found = _read_fleet_lock(fleet, plugins)
+    if found is None or stale_reason(found[0], now=time.time()) is not None:
+        return None
+    return found[0].refused(found[1], fleet.name)
+
+
+def _fleet_lock_json(fleet: Any) -> dict[str, Any] | None:
+    """The lock on the fleet itself for ``status``: holder, where, and whether it looks dead."""
+    import time
+
+    from .fleetlock import stale_reason
+
+    found = _read_fleet_lock(fleet, _plugins())
+    if found is None:
+        return None
+    holder, where = found
+    return {"text": holder.describe(), "where": where, **holder.to_json(),
+            "dead": stale_reason(holder, now=time.time())}
 
 
 def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
     from .control.controller import connect, start_detached
 
-    state_dir = _state_dir(args)
+    state_dir = _state_dir(args, fleet)
     argv = ["resume" if recover else "run", str(Path(args.fleet).resolve()), "--headless",
             "--control", "--state-dir", str(state_dir)]
     if getattr(args, "strategy", None):
@@ -403,6 +482,9 @@ def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
     if holder is not None:      # the controller would be refused: say so here, exit 3
         raise PolicyRefused(f"fleet {fleet.name} is being driven by {holder['text']}; "
                             "one controller per fleet at a time")
+    refused = _fleet_lock_holder(fleet, _plugins())
+    if refused is not None:
+        raise refused
     ensure_private_dir(state_dir)
     log_path = state_dir / f"{fleet.name}.controller.log"
     # the state URL goes through the environment: a password in argv would show in `ps`
@@ -424,7 +506,7 @@ def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
 
 def cmd_attach(args: argparse.Namespace, *, fleet: Any = None) -> int:
     fleet = fleet or _load(args, None)
-    return asyncio.run(_attach(fleet, _state_dir(args), args))
+    return asyncio.run(_attach(fleet, _state_dir(args, fleet), args))
 
 
 async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
@@ -529,21 +611,30 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .journal import ROLLBACK_INCOMPLETE, UNFINISHED
-    from .rollout import default_state_dir
     from .state import describe_state, journal_exists, lock_holder, open_journal, resolve_state
 
     fleet = _load(args, None)
-    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    state_dir = Path(args.state_dir) if args.state_dir else _state_dir(args, fleet,
+                                                                          unfinished_only=False)
     state = resolve_state(getattr(args, "state", None))
     where = describe_state(state, state_dir)
+    fleet_lock = _fleet_lock_json(fleet)
+    lock_line = "" if fleet_lock is None else (
+        f"fleet lock ({fleet_lock['where']}): held by {fleet_lock['text']}"
+        + (f"; its holder looks dead ({fleet_lock['dead']}): the next controller takes it "
+           "over" if fleet_lock["dead"] else ""))
     if not journal_exists(state, state_dir):
         print(f"no rollout of {fleet.name} recorded in {where}")
+        if lock_line:
+            print(lock_line)
         return EXIT_OK
     journal = open_journal(state, state_dir)
     try:
         record = journal.latest(fleet.name)
         if record is None:
             print(f"no rollout of {fleet.name} recorded in {where}")
+            if lock_line:
+                print(lock_line)
             return EXIT_OK
         entries = journal.entries(record.id)
     finally:
@@ -560,7 +651,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "current": record.current, "target": record.target, "status": record.status,
             "started": record.started, "finished": record.finished,
             "controller": record.controller, "events": len(entries), "hosts_changed": hosts,
-            "state": where, "unfinished": unfinished, "left": left}
+            "state": where, "unfinished": unfinished, "left": left, "fleet_lock": fleet_lock}
     if args.json:
         print(json.dumps(info))
     else:
@@ -579,6 +670,53 @@ def cmd_status(args: argparse.Namespace) -> int:
             else:
                 print(f"unfinished and no controller drives it: `upgrader resume {args.fleet}` "
                       "finishes it")
+        if lock_line:
+            print(lock_line)
+    return EXIT_OK
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    """Remove the lock on the fleet itself by hand, with a reason that goes to the journal."""
+    reason = (args.reason or "").strip()
+    if not reason:
+        raise ConfigError("say why the lock is removed: it is journaled", key="--reason")
+    plugins = _plugins()
+    fleet = _load(args, plugins)
+    return asyncio.run(_unlock(fleet, plugins, args, reason))
+
+
+async def _unlock(fleet: Any, plugins: Any, args: argparse.Namespace, reason: str) -> int:
+    import time
+
+    from .fleetlock import keeper_for, stale_reason
+    from .rollout import open_providers
+    from .state import describe_state, open_journal, resolve_state
+
+    state = resolve_state(getattr(args, "state", None))
+    state_dir = _state_dir(args, fleet, unfinished_only=False)
+    providers = await open_providers(fleet, plugins, str(state_dir))
+    try:
+        keeper = keeper_for(fleet, providers.transport, providers.balancer)
+        removed = await keeper.release(None)
+    finally:
+        await providers.aclose()
+    if not removed:
+        print(f"fleet {fleet.name}: no lock held ({keeper.where}); nothing to do")
+        return EXIT_OK
+    journal = await asyncio.to_thread(open_journal, state, state_dir)
+    try:
+        for holder in removed:
+            await asyncio.to_thread(journal.note_lock, fleet.name, "unlocked",
+                                    f"{reason} ({keeper.where})", holder.to_json())
+    finally:
+        await asyncio.to_thread(journal.close)
+    for holder in removed:
+        print(f"fleet {fleet.name}: removed the lock of {holder.describe()} ({keeper.where}); "
+              f"journaled in {describe_state(state, state_dir)}")
+        if stale_reason(holder, now=time.time()) is None:
+            print(f"upgrader: warning: its holder may still be running ({holder.user}@"
+                  f"{holder.machine} pid {holder.pid}): it stops renewing the lock at its "
+                  "next heartbeat, but stop it if it still drives the fleet", file=sys.stderr)
     return EXIT_OK
 
 
@@ -713,7 +851,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"plan": cmd_plan, "run": cmd_run, "resume": cmd_resume, "status": cmd_status,
              "attach": cmd_attach, "flags": cmd_flags, "schema": cmd_schema,
-             "lab": cmd_lab, "demo": cmd_demo, "plugins": cmd_plugins, "check": cmd_check}
+             "lab": cmd_lab, "demo": cmd_demo, "plugins": cmd_plugins, "check": cmd_check,
+             "unlock": cmd_unlock}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -25,7 +25,9 @@
     │   └── NetworkError       an ``ip`` command failed (upgrader.lab.sshlab)
     ├── PolicyRefused          a policy (deploy window, fleet lock) refused the rollout (exit 3)
     │   ├── WindowRefused      outside the deploy window (upgrader.policy; .next_opening)
-    │   └── InventoryRefused   the fleet is not what the fleet file says (.problems)
+    │   ├── InventoryRefused   the fleet is not what the fleet file says (.problems)
+    │   └── FleetLocked        another controller holds the fleet's lock (.holder: user,
+    │                          machine, pid, rollout, since)
     └── RolloutFailed          the rollout ended without reaching its target (exit 1)
 
 Every other UpgraderError exits the CLI with 1. Classes defined outside this module are
@@ -176,6 +178,30 @@ class InventoryRefused(PolicyRefused):
     def __init__(self, message: str, problems: Sequence[Mapping[str, str | None]] = ()) -> None:
         self.problems = tuple(dict(p) for p in problems)
         super().__init__(message)
+
+
+class FleetLocked(PolicyRefused):
+    """Another controller holds the fleet's lock (on the balancer, the hosts or the shared
+    state). ``user``, ``machine``, ``pid``, ``rollout`` and ``since`` (a local time text) name
+    the holder; ``where`` says which lock refused."""
+
+    def __init__(self, fleet: str, *, user: str | None, machine: str | None, pid: int | None,
+                 rollout: str | None, since: str | None, where: str = "",
+                 hint: str = "") -> None:
+        self.fleet = fleet
+        self.user = user
+        self.machine = machine
+        self.pid = pid
+        self.rollout = rollout
+        self.since = since
+        self.where = where
+        who = f"{user or '?'}@{machine or '?'} pid {pid if pid is not None else '?'}"
+        text = (f"fleet {fleet} is locked by {who}, rollout {rollout or '(not yet begun)'}, "
+                f"since {since or '?'}")
+        if where:
+            text += f" (lock {where})"
+        super().__init__(text + "; one controller per fleet at a time" +
+                         (f"; {hint}" if hint else ""))
 
 
 class RolloutFailed(UpgraderError):

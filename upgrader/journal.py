@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import fcntl
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -52,6 +53,14 @@ CREATE TABLE IF NOT EXISTS rollouts (
     controller TEXT
 );
 CREATE INDEX IF NOT EXISTS rollouts_fleet ON rollouts(fleet, status);
+CREATE TABLE IF NOT EXISTS fleet_lock_log (
+    fleet TEXT NOT NULL,
+    ts REAL NOT NULL,
+    action TEXT NOT NULL,   -- taken over | unlocked
+    reason TEXT NOT NULL,
+    holder TEXT,            -- the holder it replaced or removed (JSON)
+    by_whom TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     rollout TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -86,16 +95,55 @@ class JournalEntry:
     data: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class LockNote:
+    """A journaled change of a fleet lock: a dead holder taken over, or an unlock by hand."""
+
+    ts: float
+    action: str
+    reason: str
+    holder: dict[str, Any] | None
+    by: str
+
+
+def lock_by() -> str:
+    return f"{current_user()}@{socket.gethostname()} pid {os.getpid()}"
+
+
+#: the file that marks a state folder upgrader created (and so may keep private)
+CREATED_MARK = ".created-by-upgrader"
+_warned: set[Path] = set()
+
+
 def ensure_private_dir(path: Path) -> None:
-    """Create the state folder 0700; an existing one of ours loses group and other access
-    (it holds the journal, the lock, the control token and the controller's log)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """The state folder (journal, lock, control token, controller's log): created 0700 and
+    marked as ours. An existing folder upgrader did not create keeps its mode (a warning when
+    group or others may read it); one it created goes back to 0700."""
+    path = Path(path)
+    if not path.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:     # another controller made it at the same moment
+            pass
+        else:
+            os.chmod(path, 0o700)   # whatever the umask
+            (path / CREATED_MARK).touch(mode=0o600)
+            return
     try:
         st = os.stat(path)
     except OSError:
         return
-    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+    if not st.st_mode & 0o077:
+        return
+    if (path / CREATED_MARK).exists() and st.st_uid == os.getuid():
         os.chmod(path, 0o700)
+    elif path not in _warned:
+        _warned.add(path)
+        logging.getLogger("upgrader.state").warning(
+            "the state folder %s is open to group or others (mode %o); upgrader leaves a "
+            "folder it did not create as it is: `chmod 700 %s` keeps the journal and the "
+            "control token private", path, st.st_mode & 0o777, path)
 
 
 def holder_text(rollout: str | None = None) -> str:
@@ -188,6 +236,20 @@ class Journal:
         """Record that this process now drives ``rollout`` (resume): running again."""
         self._execute("UPDATE rollouts SET controller=?, status='running' WHERE id=?",
                                 (f"{socket.gethostname()}:{os.getpid()}", rollout))
+
+    def note_lock(self, fleet: str, action: str, reason: str,
+                  holder: dict[str, Any] | None) -> None:
+        """Journal a change of the fleet lock made by hand or over a dead holder."""
+        self._execute("INSERT INTO fleet_lock_log (fleet, ts, action, reason, holder, by_whom)"
+                      " VALUES (?,?,?,?,?,?)",
+                      (fleet, time.time(), action, reason,
+                       json.dumps(holder) if holder is not None else None, lock_by()))
+
+    def lock_log(self, fleet: str, limit: int = 10) -> list[LockNote]:
+        rows = self._execute("SELECT ts, action, reason, holder, by_whom FROM fleet_lock_log "
+                             "WHERE fleet=? ORDER BY ts DESC LIMIT ?", (fleet, limit)).fetchall()
+        return [LockNote(ts, action, reason, json.loads(h) if h else None, by)
+                for ts, action, reason, h, by in rows]
 
     async def abegin(self, **kwargs: Any) -> str:
         return await self._call(lambda: self.begin(**kwargs))

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from . import db
 from .db import is_postgres_url
 from .errors import JournalError, PolicyRefused
-from .journal import JournalEntry, RolloutRecord, current_user
+from .journal import JournalEntry, LockNote, RolloutRecord, current_user, lock_by
 from .redact import redact_data, redact_url
 
 __all__ = ["KEEPALIVES", "SCHEMA", "LockHolder", "PostgresFleetLock", "PostgresJournal",
@@ -78,11 +78,18 @@ _DDL = (
         since timestamptz NOT NULL,
         backend_pid integer NOT NULL,
         backend_start timestamptz NOT NULL)""",
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.fleet_lock_log (
+        fleet text NOT NULL,
+        ts double precision NOT NULL,
+        action text NOT NULL,
+        reason text NOT NULL,
+        holder text,
+        by_whom text NOT NULL)""",
     f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.meta (
         key text PRIMARY KEY,
         value text NOT NULL)""",
 )
-_TABLES = ("rollouts", "events", "fleet_locks", "meta")
+_TABLES = ("rollouts", "events", "fleet_locks", "fleet_lock_log", "meta")
 _COLUMNS = ("id, fleet, fleet_path, strategy, current, target, plan, status, started, "
             "finished, controller")
 
@@ -412,6 +419,23 @@ class PostgresJournal:
         self._run("write", lambda conn: self._fenced(conn, (
             f"UPDATE {SCHEMA}.rollouts SET controller = %(controller)s, status = 'running' "
             "WHERE id = %(id)s AND {fence}"), params))
+
+    def note_lock(self, fleet: str, action: str, reason: str,
+                  holder: dict[str, Any] | None) -> None:
+        """Journal a change of the fleet lock made by hand or over a dead holder (not fenced:
+        ``upgrader unlock`` holds no lock)."""
+        params = (fleet, time.time(), action, reason,
+                  json.dumps(holder) if holder is not None else None, lock_by())
+        self._run("write", lambda conn: conn.execute(
+            f"INSERT INTO {SCHEMA}.fleet_lock_log (fleet, ts, action, reason, holder, by_whom) "
+            "VALUES (%s, %s, %s, %s, %s, %s)", params))
+
+    def lock_log(self, fleet: str, limit: int = 10) -> list[LockNote]:
+        rows = self._run("read", lambda conn: conn.execute(
+            f"SELECT ts, action, reason, holder, by_whom FROM {SCHEMA}.fleet_lock_log "
+            "WHERE fleet = %s ORDER BY ts DESC LIMIT %s", (fleet, limit)).fetchall())
+        return [LockNote(ts, action, reason, json.loads(h) if h else None, by)
+                for ts, action, reason, h, by in rows]
 
     async def abegin(self, **kwargs: Any) -> str:
         return await self._call(lambda: self.begin(**kwargs))

@@ -27,9 +27,70 @@ from .model import Fleet
 from .plan import Pause, Plan, Verify, with_release_gates
 from .providers.base import ProviderContext
 
+#: the state folder before issue 12: relative to the working directory (still read, see
+#: :func:`legacy_state_dir`)
+OLD_STATE_DIR = Path(".upgrader/state")
 
-def default_state_dir() -> Path:
-    return Path(os.environ.get("UPGRADER_STATE_DIR", ".upgrader/state")).expanduser().resolve()
+
+def user_state_home() -> Path:
+    """``$XDG_STATE_HOME/upgrader``, else ``~/.local/state/upgrader``."""
+    base = os.environ.get("XDG_STATE_HOME") or ""
+    root = Path(base).expanduser() if Path(base).is_absolute() else \
+        Path("~/.local/state").expanduser()
+    return root / "upgrader"
+
+
+def fleet_identity(fleet: Fleet) -> str:
+    """A short hash of what identifies the fleet's machines: its balancer (kind and settings
+    but secrets) and its hosts (name, address, port). Two fleet files for the same machines
+    share it, wherever they are; the same name for another fleet does not."""
+    import hashlib
+    import json
+
+    settings = {key: value for key, value in fleet.balancer.settings.items()
+                if not any(word in key for word in ("token", "password", "secret"))}
+    what = {"balancer": [fleet.balancer.kind, settings],
+            "hosts": sorted([h.name, h.address, h.port] for h in fleet.hosts)}
+    text = json.dumps(what, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def default_state_dir(fleet: Fleet | None = None) -> Path:
+    """``$UPGRADER_STATE_DIR``, else a per-user folder keyed by the fleet's identity
+    (``~/.local/state/upgrader/<fleet>-<identity>``): the same whatever the working
+    directory. Without a fleet: the per-user folder itself."""
+    configured = os.environ.get("UPGRADER_STATE_DIR")
+    if configured:
+        return Path(configured).expanduser().resolve()
+    home = user_state_home()
+    if fleet is None:
+        return home
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in fleet.name) or "fleet"
+    return home / f"{safe}-{fleet_identity(fleet)}"
+
+
+def legacy_state_dir(fleet: Fleet, *, unfinished_only: bool) -> Path | None:
+    """``./.upgrader/state`` (the old default) when it journals a rollout of ``fleet`` (an
+    unfinished one with ``unfinished_only``) and ``$UPGRADER_STATE_DIR`` is not set."""
+    if os.environ.get("UPGRADER_STATE_DIR"):
+        return None
+    old = OLD_STATE_DIR.resolve()
+    path = old / "journal.sqlite"
+    if not path.is_file() or old == default_state_dir(fleet):
+        return None
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            sql = "SELECT 1 FROM rollouts WHERE fleet=?" + (
+                " AND status='running'" if unfinished_only else "") + " LIMIT 1"
+            found = conn.execute(sql, (fleet.name,)).fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return old if found else None
 
 
 def compile_plan(fleet: Fleet) -> Plan:
@@ -157,12 +218,18 @@ class Rollout:
                  providers: Providers | None = None,
                  observers: Iterable[Callable[[Event], None]] = (),
                  metrics_interval: float | None = 1.0, state: str | None = None,
-                 override_window: str | None = None, inventory: bool | None = None) -> None:
+                 override_window: str | None = None, inventory: bool | None = None,
+                 fleet_lock: bool | None = None,
+                 lock_clock: Callable[[], float] | None = None) -> None:
         """:param inventory: read the fleet before the first step and refuse a fleet unlike
             its file (``InventoryRefused``, exit 3, before anything is journaled); hosts
             already on the target and in service are left alone. None (default): when the
             fleet has a ``current`` command and a transport that runs commands (not
             ``noop``); never on resume, which reconciles instead.
+        :param fleet_lock: take the lock on the fleet itself (the balancer's, or lock files
+            on the hosts; see upgrader.fleetlock) before anything changes. Default: when the
+            rollout opens its own providers and keeps a journal.
+        :param lock_clock: the wall clock the fleet lock's lease is judged on (tests).
         :param state: a ``postgresql://`` URL for the journal and the fleet lock, shared by
             every controller (default ``$UPGRADER_STATE``; unset: SQLite in ``state_dir``).
             ``state_dir`` still holds this controller's control socket and token."""
@@ -173,7 +240,7 @@ class Rollout:
         self.plan = plan
         self._plugins = plugins
         self._clock = clock
-        self.state_dir = Path(state_dir) if state_dir else default_state_dir()
+        self.state_dir = Path(state_dir) if state_dir else default_state_dir(fleet)
         self._recover = recover
         self._interactive = interactive
         self._use_journal = journal
@@ -187,6 +254,11 @@ class Rollout:
         #: what the inventory found (None: not taken)
         self.inventory: Assessment | None = None
         self._lock: Any = None
+        #: the lock on the fleet itself (upgrader.fleetlock); None: injected providers and
+        #: ``fleet_lock`` not asked for, or no journal
+        self.fleet_lock: Any = None
+        self._take_fleet_lock = fleet_lock
+        self._lock_clock = lock_clock
         self.journal: Any = None
         self.engine: Engine | None = None
 
@@ -249,6 +321,10 @@ class Rollout:
 
                 self._plugins = Plugins()
             self._providers = await _open_checked(self.fleet, self._plugins, str(self.state_dir))
+        observers = list(self._observers)
+        # the lock on the fleet first: a second controller is told who drives the fleet, not
+        # that the hosts it is upgrading look unlike the fleet file
+        await self._acquire_fleet_lock(observers)
         if not self._recover and inventory_applies(self.fleet, self._inventory):
             # before the journal's begin: a refusal leaves no rollout behind
             self.inventory = await take_inventory(self.fleet, self._providers.transport,
@@ -256,7 +332,6 @@ class Rollout:
             if self.inventory.problems:
                 raise InventoryRefused(refusal_text(self.fleet.name, self.inventory),
                                        [p.to_json() for p in self.inventory.problems])
-        observers = list(self._observers)
         if self._plugins is not None and hasattr(self._plugins, "emit_event"):
             observers.append(self._plugins.emit_event)
         self.engine = Engine(self.fleet, self.plan, self._providers, clock=self._clock,
@@ -265,6 +340,47 @@ class Rollout:
                              metrics_interval=self._metrics_interval,
                              override_window=self._override_window,
                              inventory=self.inventory)
+
+    async def _acquire_fleet_lock(self, observers: list[Callable[[Event], None]]) -> None:
+        """Take the lock held on the fleet itself, before the engine changes anything;
+        journal a takeover of a dead holder's lock; keep it alive while the rollout runs."""
+        wanted = self._take_fleet_lock
+        if wanted is None:
+            wanted = self._own_providers and self._use_journal
+        if not wanted or self._providers is None:
+            return
+        import time
+
+        from .fleetlock import FleetLock, keeper_for
+
+        keeper = keeper_for(self.fleet, self._providers.transport, self._providers.balancer)
+        lock = FleetLock(self.fleet.name, keeper, clock=self._lock_clock or time.time)
+        rollout_id = None
+        if self._recover and self.journal is not None:
+            record = await asyncio.to_thread(self.journal.unfinished, self.fleet.name)
+            rollout_id = record.id if record is not None else None
+        await lock.acquire(rollout_id)
+        self.fleet_lock = lock
+        if lock.takeover is not None and self.journal is not None:
+            await asyncio.to_thread(
+                self.journal.note_lock, self.fleet.name, "taken over",
+                f"{lock.takeover.reason} ({keeper.where})", lock.takeover.previous.to_json())
+
+        def current_rollout() -> str | None:
+            return self.engine.rollout_id or None if self.engine is not None else rollout_id
+
+        def on_event(event: Event) -> None:
+            if lock.holder is not None and event.rollout and event.rollout != lock.holder.rollout:
+                lock.nudge()        # the rollout id is known: name it in the lock at once
+
+        def on_lost() -> None:
+            # another controller may drive the fleet now: stop changing it at the next step
+            # (paused, still unfinished in the journal) and let an operator decide
+            if self.engine is not None:
+                self.engine.pause()
+
+        observers.append(on_event)
+        lock.start_heartbeat(current_rollout, on_lost)
 
     async def _with_rollout(self, message: str) -> str:
         """A lock refusal, plus the rollout the holder drives when the message lacks it."""
@@ -288,6 +404,14 @@ class Rollout:
         return f"{head}, rollout {record.id}{sep}{tail}"
 
     async def _close(self) -> None:
+        try:
+            if self.fleet_lock is not None:
+                lock, self.fleet_lock = self.fleet_lock, None
+                await lock.release()        # before the providers it goes through close
+        finally:
+            await self._close_rest()
+
+    async def _close_rest(self) -> None:
         try:
             if self._providers is not None and self._own_providers:
                 await self._providers.aclose()

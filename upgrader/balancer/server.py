@@ -428,9 +428,29 @@ def _state(value: Any) -> str:
     return str(value)
 
 
+#: the longest holder object ``POST /admin/lock`` accepts (it is a few names and numbers)
+MAX_LOCK_HOLDER_BYTES = 4096
+
+
+def _lock_holder(data: Mapping[str, Any]) -> dict[str, Any]:
+    holder = data.get("holder")
+    if not isinstance(holder, dict):
+        raise BadRequest("holder must be an object with at least an id")
+    _string(holder, "id", "holder.")
+    if len(json.dumps(holder)) > MAX_LOCK_HOLDER_BYTES:
+        raise BadRequest(f"holder must be at most {MAX_LOCK_HOLDER_BYTES} bytes of JSON")
+    return {key: value for key, value in holder.items() if key != "age"}
+
+
 class Admin:
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, clock: Callable[[], float] = time.monotonic) -> None:
         self.table = table
+        #: the fleet lock (docs/BALANCER.md, "The fleet lock"): the holder object, and when
+        #: (on ``clock``) it was last taken or renewed. Each handler checks and sets it with
+        #: no await in between, so taking it is atomic in this process.
+        self.lock: dict[str, Any] | None = None
+        self.lock_renewed = 0.0
+        self._clock = clock
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -443,7 +463,64 @@ class Admin:
             web.put("/admin/routes", self.put_routes),
             web.put("/admin/maintenance", self.put_maintenance),
             web.get("/admin/stats", self.get_stats),
+            web.get("/admin/lock", self.get_lock),
+            web.post("/admin/lock", self.post_lock),
+            web.put("/admin/lock", self.put_lock),
+            web.delete("/admin/lock", self.delete_lock),
         ]
+
+    # -- the fleet lock
+
+    def _lock_json(self) -> dict[str, Any] | None:
+        if self.lock is None:
+            return None
+        return {**self.lock, "age": round(max(0.0, self._clock() - self.lock_renewed), 3)}
+
+    async def get_lock(self, request: web.Request) -> web.Response:
+        return web.json_response({"lock": self._lock_json()})
+
+    async def post_lock(self, request: web.Request) -> web.Response:
+        """Take the lock: free, already ours, or held by ``replace`` (a dead holder)."""
+        data = await _body(request)
+        _only(data, {"holder", "replace"})
+        holder = _lock_holder(data)
+        replace = data.get("replace")
+        if replace is not None and (not isinstance(replace, str) or not replace):
+            raise BadRequest("replace must be a non-empty string or null")
+        current = self.lock
+        if current is not None and current["id"] not in (holder["id"], replace):
+            return web.json_response({"taken": False, "lock": self._lock_json(),
+                                      "error": "the fleet lock is held"}, status=409)
+        self.lock, self.lock_renewed = holder, self._clock()
+        log.info("fleet lock taken by %s%s", holder["id"],
+                 f" (replacing {current['id']})" if current is not None
+                 and current["id"] != holder["id"] else "")
+        return web.json_response({"taken": True, "lock": self._lock_json()})
+
+    async def put_lock(self, request: web.Request) -> web.Response:
+        """Renew the lock (heartbeat, new holder fields) while ``holder.id`` holds it."""
+        data = await _body(request)
+        _only(data, {"holder"})
+        holder = _lock_holder(data)
+        if self.lock is None or self.lock["id"] != holder["id"]:
+            return web.json_response({"renewed": False, "lock": self._lock_json(),
+                                      "error": "not the holder of the fleet lock"}, status=409)
+        self.lock, self.lock_renewed = holder, self._clock()
+        return web.json_response({"renewed": True, "lock": self._lock_json()})
+
+    async def delete_lock(self, request: web.Request) -> web.Response:
+        """Release the lock held by ``?id=``; without it, whoever holds it (unlock by hand)."""
+        lock_id = request.query.get("id")
+        current = self._lock_json()
+        if current is None:
+            return web.json_response({"released": None})
+        if lock_id is not None and current["id"] != lock_id:
+            return web.json_response({"released": None, "lock": current,
+                                      "error": "not the holder of the fleet lock"}, status=409)
+        self.lock = None
+        log.info("fleet lock of %s released%s", current["id"],
+                 "" if lock_id is not None else " by hand")
+        return web.json_response({"released": current})
 
     def _backend(self, request: web.Request) -> Backend:
         name = request.match_info["name"]

@@ -395,3 +395,32 @@ class PoolStatsReader(Protocol):
 
     async def pool_stats(self) -> Mapping[str, BackendStats]:
         """Cumulative counters per pool name, as ``Balancer.stats`` per backend."""
+
+
+# --------------------------------------------------------------------------------------------
+# The fleet lock held on the fleet itself (upgrader.fleetlock uses it; docs/STATE.md)
+
+
+@runtime_checkable
+class FleetLockHolder(Protocol):
+    """A balancer that keeps the fleet's lock itself, so every controller that reaches the
+    balancer sees it (the built-in balancer's ``/admin/lock``). A holder is a JSON object with
+    at least ``id`` (a fresh random text per acquisition); the keeper adds ``age``, the seconds
+    since the holder last took or renewed it, measured on the keeper's clock. Every call is
+    atomic on the keeper's side. Balancers without it are locked through host lock files."""
+
+    async def take_fleet_lock(self, holder: Mapping[str, Any],
+                              replace: str | None = None) -> Mapping[str, Any] | None:
+        """Take the lock for ``holder`` when nobody holds it, or when the holder's ``id`` is
+        ``replace`` (taking over a dead holder); None when taken, else the holder as it is."""
+
+    async def renew_fleet_lock(self, holder: Mapping[str, Any]) -> bool:
+        """Refresh the lock's holder (heartbeat, rollout id); False when ``holder['id']`` no
+        longer holds it."""
+
+    async def release_fleet_lock(self, lock_id: str | None) -> Mapping[str, Any] | None:
+        """Remove the lock when ``lock_id`` holds it (None: whoever holds it, an unlock by
+        hand); returns the holder removed, or None."""
+
+    async def read_fleet_lock(self) -> Mapping[str, Any] | None:
+        """The holder now (with ``age``), or None."""

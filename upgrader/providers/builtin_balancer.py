@@ -72,7 +72,9 @@ class BuiltinBalancer:
 
     async def _call(self, method: str, path: str, body: Any = None, *,
                     params: Mapping[str, str] | None = None,
-                    timeout: float | None = None) -> Any:
+                    timeout: float | None = None, conflict_ok: bool = False) -> Any:
+        """The JSON answer; BalancerError for an HTTP error (``conflict_ok``: a 409's body is
+        returned instead, for the fleet lock's "held by someone else")."""
         what = f"{method} {path}"
         kwargs: dict[str, Any] = {}
         if body is not None:
@@ -88,6 +90,8 @@ class BuiltinBalancer:
                     data = await resp.json(content_type=None)
                 except ValueError:
                     data = None
+                if resp.status == 409 and conflict_ok and isinstance(data, dict):
+                    return data
                 if resp.status >= 300:
                     error = data.get("error") if isinstance(data, dict) else None
                     raise BalancerError(
@@ -159,6 +163,40 @@ class BuiltinBalancer:
             }
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BalancerError(f"GET /admin/stats: unexpected answer: {exc!r}") from exc
+
+    # -- the fleet lock (FleetLockHolder): /admin/lock, atomic in the balancer process
+
+    async def take_fleet_lock(self, holder: Mapping[str, Any],
+                              replace: str | None = None) -> Mapping[str, Any] | None:
+        data = await self._call("POST", "/admin/lock",
+                                {"holder": dict(holder), "replace": replace}, conflict_ok=True)
+        if data.get("taken"):
+            return None
+        return _lock_from_json("POST /admin/lock", data.get("lock"))
+
+    async def renew_fleet_lock(self, holder: Mapping[str, Any]) -> bool:
+        data = await self._call("PUT", "/admin/lock", {"holder": dict(holder)},
+                                conflict_ok=True)
+        return bool(data.get("renewed"))
+
+    async def release_fleet_lock(self, lock_id: str | None) -> Mapping[str, Any] | None:
+        data = await self._call("DELETE", "/admin/lock",
+                                params={"id": lock_id} if lock_id is not None else None,
+                                conflict_ok=True)
+        released = data.get("released")
+        return _lock_from_json("DELETE /admin/lock", released) if released else None
+
+    async def read_fleet_lock(self) -> Mapping[str, Any] | None:
+        data = await self._call("GET", "/admin/lock")
+        return _lock_from_json("GET /admin/lock", data.get("lock"))
+
+
+def _lock_from_json(what: str, lock: Any) -> Mapping[str, Any] | None:
+    if lock is None:
+        return None
+    if not isinstance(lock, dict) or not isinstance(lock.get("id"), str):
+        raise BalancerError(f"{what}: unexpected answer: lock {lock!r}")
+    return lock
 
 
 def _routes_to_json(routes: RouteTable) -> dict[str, Any]:
