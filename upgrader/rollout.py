@@ -21,7 +21,14 @@ from .clock import Clock
 from .engine.core import Engine, Providers, RolloutResult
 from .engine.inventory import Assessment, Fixes, Problem, refusal_text, take_inventory
 from .engine.resume import replay
-from .errors import ConfigError, InventoryRefused, JournalError, PolicyRefused, UpgraderError
+from .errors import (
+    ConfigError,
+    InventoryRefused,
+    JournalError,
+    PolicyRefused,
+    ProviderError,
+    UpgraderError,
+)
 from .events import Event
 from .model import Fleet
 from .plan import Pause, Plan, Verify, with_release_gates
@@ -322,16 +329,19 @@ class Rollout:
                 self._plugins = Plugins()
             self._providers = await _open_checked(self.fleet, self._plugins, str(self.state_dir))
         observers = list(self._observers)
+        inventory = not self._recover and inventory_applies(self.fleet, self._inventory)
         # the lock on the fleet first: a second controller is told who drives the fleet, not
         # that the hosts it is upgrading look unlike the fleet file
-        await self._acquire_fleet_lock(observers)
-        if not self._recover and inventory_applies(self.fleet, self._inventory):
-            # before the journal's begin: a refusal leaves no rollout behind
-            self.inventory = await take_inventory(self.fleet, self._providers.transport,
-                                                  self._providers.balancer)
-            if self.inventory.problems:
-                raise InventoryRefused(refusal_text(self.fleet.name, self.inventory),
-                                       [p.to_json() for p in self.inventory.problems])
+        try:
+            await self._acquire_fleet_lock(observers)
+        except ProviderError:
+            # the lock lives on the balancer or the hosts: when they do not answer, the
+            # inventory says which and how to fix it (exit 3) better than the lock's error
+            if inventory:
+                await self._take_inventory()
+            raise
+        if inventory:
+            await self._take_inventory()
         if self._plugins is not None and hasattr(self._plugins, "emit_event"):
             observers.append(self._plugins.emit_event)
         self.engine = Engine(self.fleet, self.plan, self._providers, clock=self._clock,
@@ -340,6 +350,15 @@ class Rollout:
                              metrics_interval=self._metrics_interval,
                              override_window=self._override_window,
                              inventory=self.inventory)
+
+    async def _take_inventory(self) -> None:
+        """Read the fleet before the journal's begin: a refusal leaves no rollout behind."""
+        assert self._providers is not None
+        self.inventory = await take_inventory(self.fleet, self._providers.transport,
+                                              self._providers.balancer)
+        if self.inventory.problems:
+            raise InventoryRefused(refusal_text(self.fleet.name, self.inventory),
+                                   [p.to_json() for p in self.inventory.problems])
 
     async def _acquire_fleet_lock(self, observers: list[Callable[[Event], None]]) -> None:
         """Take the lock held on the fleet itself, before the engine changes anything;
