@@ -185,7 +185,8 @@ exit "$s"
 #: The wrapper exits as the keeper did (by its signal, or with its status). ``$2`` is the
 #: lock dir ("" = ``$XDG_RUNTIME_DIR``, else /tmp), ``$3`` the lock file's name, ``$4`` the
 #: lock wait, ``$7`` the controller's token, then the command.
-WRAPPER = r"""k=$1 d=${2:-${XDG_RUNTIME_DIR:-/tmp}} name=$3 wait=$4 grace=$5 sudo=$6 token=$7; shift 7
+WRAPPER = r"""k=$1 d=${2:-${XDG_RUNTIME_DIR:-/tmp}} name=$3 wait=$4 grace=$5 sudo=$6 token=$7
+shift 7
 for tool in flock setsid; do
   command -v "$tool" >/dev/null 2>&1 || { printf 'missing %s\n' "$tool"; exit 127; }
 done
