@@ -528,8 +528,8 @@ class SshTransport:
 
     async def aclose(self) -> None:
         """Wait for the kills of cancelled commands, then close every connection (jump hosts
-        last). A command still running is not signalled by sshd when its connection closes
-        (see docs/SSH.md)."""
+        last). A command still running is not signalled by sshd when its connection closes;
+        with ``host_lock`` the host's wrapper ends it then (see docs/SSH.md)."""
         self._closed = True
         if self._reapers:    # commands being killed after a cancellation: let them finish
             _, pending = await asyncio.wait(set(self._reapers),
