@@ -35,6 +35,9 @@ ROUNDS = int(os.environ.get("UPGRADER_KILL_ROUNDS", "4"))
 #: 0 shows the failure this test guards against (the transport as it was: a plain exec)
 HOST_LOCK = os.environ.get("UPGRADER_KILL_HOST_LOCK", "1") != "0"
 HOSTS = ("web-01", "web-02")
+#: longer than a resume takes to reach its install (about 3 s here), so that without the
+#: wrapper the killed controller's install is still running when the resume's starts
+INSTALL_SECONDS = 5
 RELEASES = ("1.0.0", "1.1.0")
 
 
@@ -79,7 +82,7 @@ def fleet_text(lab: SshLab, name: str, current: str, target: str, *,
             "for p in $(grep ^start {root}/kill.log | cut -d' ' -f3); do "
             "kill -0 $p 2>/dev/null && echo overlap $(date +%s.%N) $p >> {root}/kill.log; "
             "done; "
-            "echo start $(date +%s.%N) $$ >> {root}/kill.log; sleep 1.5; "
+            f"echo start $(date +%s.%N) $$ >> {{root}}/kill.log; sleep {INSTALL_SECONDS}; "
             f"{install} && echo done $(date +%s.%N) $$ {{release}} >> {{root}}/kill.log")
     transport = ""
     if not host_lock:          # the lab's own transport settings, plus host_lock = false
