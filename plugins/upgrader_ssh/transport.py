@@ -3,10 +3,13 @@
 One connection per host, opened on first use (a lock per host: concurrent first commands open
 one connection) and reused for every later command as a new session (channel) on it. A
 connection found dropped is opened again, once per command. Sessions are pty-less; a command
-is an argument list, quoted with ``shlex.join`` for the remote login shell and prefixed with
-``exec`` so that the shell is replaced by the command (a signal then reaches the command
-itself). See docs/SSH.md for the settings, the host key policy and what a timeout does to
-the remote process.
+is an argument list, quoted with ``shlex.join`` for the remote login shell. By default
+(``host_lock``) it runs under a small POSIX-sh wrapper (:data:`WRAPPER`, :data:`KEEPER`):
+in a process group of its own, holding the host's lock file (``flock``) for its whole life,
+and killed (TERM, then KILL after ``kill_grace``) as soon as its channel closes, so that no
+command outlives its controller and a resumed controller waits for the lock rather than
+running a second command beside a surviving one. See docs/SSH.md for the settings, the host
+key policy, the wrapper and what a timeout does to the remote process.
 
 Only the public plugin API of upgrader is used: ``upgrader.hookspecs``,
 ``upgrader.providers.base`` and ``upgrader.errors``.
@@ -18,10 +21,11 @@ import asyncio
 import getpass
 import logging
 import os
+import re
 import secrets
 import shlex
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +89,16 @@ SETTINGS: tuple[Setting, ...] = (
             "commands (and connection attempts) in flight over all hosts"),
     Setting("sudo", bool, False,
             "run every command as root through `sudo -n --` (needs passwordless sudo)"),
+    Setting("host_lock", bool, True,
+            "run each command under the host's lock file (flock), in a process group of its "
+            "own that is killed when its channel closes (needs flock and setsid, util-linux, "
+            "on the host); false: as a plain `exec`, which may outlive its controller"),
+    Setting("lock_dir", str, None,
+            "directory of the lock files on the hosts (upgrader-<fleet>-<host>.lock); "
+            "default: $XDG_RUNTIME_DIR of the login, else /tmp"),
+    Setting("lock_wait", float, 120.0,
+            "seconds a command waits for its host's lock, held by a command still running "
+            "(e.g. of a killed controller), before failing"),
 )
 
 #: how many trailing lines of stderr an error message quotes
@@ -123,6 +137,103 @@ def remote_command(argv: Sequence[str], *, sudo: bool = False) -> str:
     asked."""
     parts = ["sudo", "-n", "--", *argv] if sudo else list(argv)
     return "echo $$; exec " + shlex.join(parts)
+
+
+#: The keeper: runs in a session (and process group) of its own; prints its pid (the group to
+#: signal), then takes the host's lock and runs the command (``$4...``) holding it. The lock
+#: (``$1``) is held SHARED by every running command of one controller (``$3``, a token of the
+#: transport), so one controller's commands on a host run side by side; a command of another
+#: controller (a resumed one) waits, at most ``$2`` seconds and saying so (``wait``), until
+#: none of them runs. ``$1.owner`` serializes the check and names the owner (token and pid).
+#: The command runs with neither lock descriptor (a daemon it starts holds no lock) nor the
+#: channel's stdin. TERM/HUP/INT are caught so that the keeper, and the lock, outlive a
+#: command that ignores them (KILL ends both); a command killed by a signal ends the keeper by
+#: the same signal. The shell's own notices go to /dev/null, the command's stderr does not.
+KEEPER = r"""lock=$1 wait=$2 token=$3; shift 3
+printf '%s\n' "$$"
+for f in "$lock" "$lock.owner"; do
+  if [ -L "$f" ]; then printf 'symlink %s\n' "$f"; exit 125; fi
+done
+exec 9<>"$lock" 7<>"$lock.owner" || { printf 'unopenable %s\n' "$lock"; exit 125; }
+told=
+while :; do
+  flock -x -w "$wait" 7 || { printf 'timeout ? %s\n' "$lock.owner"; exit 75; }
+  owner=; holder=; read -r owner holder <"$lock.owner"
+  if [ "$owner" = "$token" ] || flock -n -x 9; then
+    printf '%-60s\n' "$token $$" >"$lock.owner"
+    flock -s 9; flock -u 7; break
+  fi
+  flock -u 7
+  [ -n "$told" ] || { told=1; printf 'wait %s %s\n' "${holder:-?}" "$lock"; }
+  flock -x -w "$wait" 9 || { printf 'timeout %s %s\n' "${holder:-?}" "$lock"; exit 75; }
+  flock -u 9
+done
+printf 'run\n'
+trap : HUP INT TERM
+exec 8>&2 2>/dev/null
+(exec "$@") 2>&8 8>&- 9>&- 7>&-
+s=$?
+if [ "$s" -gt 128 ]; then trap - HUP INT TERM; kill -s "$(kill -l "$s")" "$$"; fi
+exit "$s"
+"""
+
+#: The wrapper: checks for flock and setsid, starts the keeper (``$1``) in a new session
+#: (``setsid`` does not fork: a background job is no group leader, so the keeper's pid is its
+#: group's), and a watcher that reads the channel's stdin, which the controller never closes:
+#: at EOF (the channel closed: the controller died, or dropped the connection) it sends TERM
+#: to the keeper's group, KILL ``$5`` seconds later (through ``sudo -n --`` when ``$6`` is 1).
+#: The wrapper exits as the keeper did (by its signal, or with its status). ``$2`` is the
+#: lock dir ("" = ``$XDG_RUNTIME_DIR``, else /tmp), ``$3`` the lock file's name, ``$4`` the
+#: lock wait, ``$7`` the controller's token, then the command.
+WRAPPER = r"""k=$1 d=${2:-${XDG_RUNTIME_DIR:-/tmp}} name=$3 wait=$4 grace=$5 sudo=$6 token=$7
+shift 7
+for tool in flock setsid; do
+  command -v "$tool" >/dev/null 2>&1 || { printf 'missing %s\n' "$tool"; exit 127; }
+done
+exec 3<&0
+setsid sh -c "$k" upgrader-keeper "$d/$name" "$wait" "$token" "$@" 0</dev/null 3<&- &
+g=$!
+(
+  while IFS= read -r _; do :; done
+  if [ "$sudo" = 1 ]; then k="sudo -n --"; else k=; fi
+  $k kill -s TERM -- "-$g"
+  sleep "$grace"
+  $k kill -s KILL -- "-$g"
+) 0<&3 >/dev/null 2>&1 &
+w=$!
+exec 3<&- 2>/dev/null
+wait "$g"; s=$?
+kill "$w"
+if [ "$s" -gt 128 ]; then kill -s "$(kill -l "$s")" "$$"; fi
+exit "$s"
+"""
+
+#: the status the keeper exits with when the lock stayed busy past ``lock_wait``
+LOCK_BUSY_STATUS = 75
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def lock_name(fleet: str | None, host: str) -> str:
+    """The lock file's name on a host: ``upgrader-<fleet>-<host>.lock``, every character
+    outside ``[A-Za-z0-9._-]`` as ``_`` (the host's name is in it: the hosts of a lab share
+    one file system)."""
+    parts = ["upgrader", *([fleet] if fleet else []), host]
+    return re.sub(r"[^A-Za-z0-9._-]", "_", "-".join(parts)) + ".lock"
+
+
+def wrapped_command(argv: Sequence[str], *, lock_dir: str | None, lock_file: str,
+                    lock_wait: float, kill_grace: float, token: str,
+                    sudo: bool = False) -> str:
+    """The command line sent to the remote login shell with ``host_lock``: ``exec sh -c
+    WRAPPER`` with the keeper, the lock's place, the bounds and the command as arguments,
+    every one quoted with ``shlex.join`` (nothing is pasted into a script)."""
+    parts = ["sudo", "-n", "--", *argv] if sudo else list(argv)
+    return "exec " + shlex.join(["sh", "-c", WRAPPER, "upgrader-run", KEEPER, lock_dir or "",
+                                 lock_file, _seconds(lock_wait), _seconds(kill_grace),
+                                 "1" if sudo else "0", token, *parts])
 
 
 def kill_command(pid: int, signame: str, *, sudo: bool = False) -> str:
@@ -168,18 +279,49 @@ class _Client(asyncssh.SSHClient):
 
 
 class _Session(asyncssh.SSHClientSession[bytes]):
-    """Collects one command's output and how it ended."""
+    """Collects one command's output and how it ended.
 
-    def __init__(self, done: asyncio.Future[None]) -> None:
+    A ``wrapped`` command's stdout starts with the wrapper's header lines (see
+    :data:`KEEPER`): its group's pid, ``wait``/``timeout HOLDER LOCK`` about the host's lock,
+    ``missing TOOL``, ``symlink``/``unopenable LOCK``, and ``run`` once the command starts;
+    the command's own output follows. A plain command's first line is its pid."""
+
+    def __init__(self, done: asyncio.Future[None], *, wrapped: bool = False) -> None:
         self.stdout: list[bytes] = []
         self.stderr: list[bytes] = []
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
         self.lost: BaseException | None = None
         self.done = done
+        self.wrapped = wrapped
+        self._head = b""
+        self._pid: int | None = None
+        self.header: list[str] = []          # the wrapper's lines after the pid
+        self.started = done.get_loop().create_future()
+        self.event = asyncio.Event()         # a header line arrived
+        if not wrapped:
+            self.started.set_result(None)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        (self.stderr if datatype == asyncssh.EXTENDED_DATA_STDERR else self.stdout).append(data)
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.stderr.append(data)
+        elif self.wrapped and not self.started.done():
+            self._head += data
+            while not self.started.done() and b"\n" in self._head:
+                line, _, self._head = self._head.partition(b"\n")
+                text = line.decode("utf-8", "replace")
+                if self._pid is None and text.isdigit():
+                    self._pid = int(text)
+                elif text == "run":
+                    self.started.set_result(None)
+                    if self._head:
+                        self.stdout.append(self._head)
+                    self._head = b""
+                else:
+                    self.header.append(text)
+                self.event.set()
+        else:
+            self.stdout.append(data)
 
     def exit_status_received(self, status: int) -> None:
         self.exit_status = status
@@ -192,18 +334,31 @@ class _Session(asyncssh.SSHClientSession[bytes]):
         self.lost = exc
         if not self.done.done():
             self.done.set_result(None)
+        self.event.set()
 
     def pid(self) -> int | None:
-        """The remote command's pid, from the first line of stdout (see remote_command)."""
+        """The remote command's process group (see remote_command and KEEPER)."""
+        if self.wrapped:
+            return self._pid
         head = b"".join(self.stdout[:2])[:24]
         line, newline, _ = head.partition(b"\n")
         return int(line) if newline and line.isdigit() else None
 
+    def header_line(self, word: str) -> list[str] | None:
+        """The last header line starting with ``word``, split in its word and up to two
+        fields (the last field may hold spaces: a path)."""
+        for text in reversed(self.header):
+            fields = text.split(" ", 2)
+            if fields[0] == word:
+                return fields
+        return None
+
     def output(self) -> tuple[str, str]:
         out = b"".join(self.stdout)
-        line, newline, rest = out.partition(b"\n")
-        if newline and line.isdigit():
-            out = rest
+        if not self.wrapped:
+            line, newline, rest = out.partition(b"\n")
+            if newline and line.isdigit():
+                out = rest
         return (out.decode("utf-8", "replace"), b"".join(self.stderr).decode("utf-8", "replace"))
 
     def status(self) -> int | None:
@@ -228,14 +383,15 @@ class _Attempt:
 class _SessionFactory:
     """Makes the session once the channel opened, and marks the attempt started."""
 
-    def __init__(self, attempt: _Attempt) -> None:
+    def __init__(self, attempt: _Attempt, *, wrapped: bool = False) -> None:
         self.attempt = attempt
+        self.wrapped = wrapped
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.session: _Session | None = None
 
     def __call__(self) -> _Session:
         self.attempt.started = True
-        self.session = _Session(self.done)
+        self.session = _Session(self.done, wrapped=self.wrapped)
         return self.session
 
 
@@ -263,13 +419,15 @@ class SshTransport:
                  port: int | None = None, connect_timeout: float = 10.0,
                  timeout: float | None = 300.0, kill_grace: float = 2.0,
                  keepalive_interval: float = 15.0, max_sessions: int = 10,
-                 max_parallel: int = 100, sudo: bool = False) -> None:
+                 max_parallel: int = 100, sudo: bool = False, host_lock: bool = True,
+                 lock_dir: str | None = None, lock_wait: float = 120.0,
+                 fleet: str | None = None) -> None:
         for key, count, low in (("max_sessions", max_sessions, 1),
                                 ("max_parallel", max_parallel, 1)):
             if count < low:
                 raise ConfigError(f"must be at least {low}, got {count}", key=f"transport.{key}")
         for key, seconds in (("connect_timeout", connect_timeout), ("timeout", timeout),
-                             ("kill_grace", kill_grace)):
+                             ("kill_grace", kill_grace), ("lock_wait", lock_wait)):
             if seconds is not None and seconds <= 0:
                 raise ConfigError(f"must be above 0 seconds, got {seconds}",
                                   key=f"transport.{key}")
@@ -309,6 +467,16 @@ class SshTransport:
         self.max_sessions = max_sessions
         self.max_parallel = max_parallel
         self.sudo = sudo
+        if lock_dir is not None and not lock_dir.startswith("/"):
+            raise ConfigError(f"an absolute directory on the hosts, got {lock_dir!r}",
+                              key="transport.lock_dir")
+        self.host_lock = host_lock
+        self.lock_dir = lock_dir
+        self.lock_wait = lock_wait
+        self.fleet = fleet
+        #: this controller's name in the hosts' lock files: its commands share the lock
+        self.token = f"{os.getpid()}.{secrets.token_hex(6)}"
+        self._lock_listeners: list[Callable[[str, str], Awaitable[None]]] = []
         self._parallel = asyncio.Semaphore(max_parallel)
         self._host_slots: dict[tuple[Any, ...], asyncio.Semaphore] = {}
         self._locks: dict[tuple[Any, ...], asyncio.Lock] = {}
@@ -342,7 +510,10 @@ class SshTransport:
                    kill_grace=settings["kill_grace"],
                    keepalive_interval=settings["keepalive_interval"],
                    max_sessions=settings["max_sessions"],
-                   max_parallel=settings["max_parallel"], sudo=settings["sudo"])
+                   max_parallel=settings["max_parallel"], sudo=settings["sudo"],
+                   host_lock=settings["host_lock"], lock_dir=settings["lock_dir"],
+                   lock_wait=settings["lock_wait"],
+                   fleet=context.fleet.name if context and context.fleet else None)
 
     def __repr__(self) -> str:   # no secrets: the passphrase is left out
         return (f"SshTransport(known_hosts={self.host_keys.paths!r}, "
@@ -357,8 +528,8 @@ class SshTransport:
 
     async def aclose(self) -> None:
         """Wait for the kills of cancelled commands, then close every connection (jump hosts
-        last). A command still running is not signalled by sshd when its connection closes
-        (see docs/SSH.md)."""
+        last). A command still running is not signalled by sshd when its connection closes;
+        with ``host_lock`` the host's wrapper ends it then (see docs/SSH.md)."""
         self._closed = True
         if self._reapers:    # commands being killed after a cancellation: let them finish
             _, pending = await asyncio.wait(set(self._reapers),
@@ -378,6 +549,16 @@ class SshTransport:
 
     # ---------------------------------------------------------------------------------------
     # addressing
+
+    def watch_lock_waits(self, callback: Callable[[str, str], Awaitable[None]]) -> None:
+        """Optional capability: ``await callback(host_name, message)`` when a command has to
+        wait for its host's lock (a command of a previous controller still holds it). The
+        engine turns it into a ``log`` event."""
+        self._lock_listeners.append(callback)
+
+    def lock_file(self, host: Any) -> str:
+        """The name of ``host``'s lock file (in ``lock_dir`` on the host)."""
+        return lock_name(self.fleet, host.name)
 
     def target(self, host: Any) -> Target:
         """Where ``host``'s commands go: ``vars.ssh_host`` (else its address), ``vars.ssh_port``
@@ -622,14 +803,20 @@ class SshTransport:
             raise TransportError("an argument contains a NUL character, which no command "
                                  "line can carry", host=host.name, argv=argv)
         target = self.target(host)
-        command = remote_command(argv, sudo=self.sudo)
+        if self.host_lock:
+            command = wrapped_command(argv, lock_dir=self.lock_dir,
+                                      lock_file=self.lock_file(host), lock_wait=self.lock_wait,
+                                      kill_grace=self.kill_grace, token=self.token,
+                                      sudo=self.sudo)
+        else:
+            command = remote_command(argv, sudo=self.sudo)
         limit = self.timeout if timeout is None else timeout
         async with self._slots(target), self._parallel:
             factory: _SessionFactory | None = None
 
             async def open_session(conn: asyncssh.SSHClientConnection, attempt: _Attempt) -> Any:
                 nonlocal factory
-                factory = _SessionFactory(attempt)
+                factory = _SessionFactory(attempt, wrapped=self.host_lock)
                 chan, _ = await conn.create_session(factory, command, encoding=None,
                                                     request_pty=False)
                 return chan
@@ -683,15 +870,29 @@ class SshTransport:
                       conn: asyncssh.SSHClientConnection,
                       chan: asyncssh.SSHClientChannel[bytes], session: _Session,
                       limit: float | None, check: bool) -> CommandResult:
+        if not session.wrapped:
+            try:
+                chan.write_eof()        # stdin: nothing (as /dev/null)
+            except (OSError, asyncssh.Error):
+                pass
+        # else the channel's stdin stays open: its EOF tells the wrapper the controller left
         try:
-            chan.write_eof()        # stdin: nothing (as /dev/null)
-        except (OSError, asyncssh.Error):
-            pass
-        try:
-            done, _ = await asyncio.wait({session.done}, timeout=limit)
+            if not session.started.done():
+                await self._wait_for_lock(host, target, session)
+            if session.started.done():
+                done, _ = await asyncio.wait({session.done}, timeout=limit)
+            elif not session.done.done():       # the host stopped answering: end it
+                how = await self._kill(conn, chan, session)
+                stdout, stderr = session.output()
+                raise CommandTimeout(
+                    f"{command_text(argv)} did not start within {self.lock_wait:g}s "
+                    f"(transport.lock_wait): {how}", host=host.name, argv=argv,
+                    stdout=stdout, stderr=stderr)
         except asyncio.CancelledError:
             self._end_in_background(conn, chan, session)
             raise
+        if not session.started.done():
+            raise self._not_started(host, target, argv, session)
         if not done:
             how = await self._kill(conn, chan, session)
             stdout, stderr = session.output()
@@ -712,6 +913,71 @@ class SshTransport:
                                  host=host.name, argv=argv, exit_status=status,
                                  stdout=stdout, stderr=stderr)
         return CommandResult(exit_status=status, stdout=stdout, stderr=stderr)
+
+    async def _wait_for_lock(self, host: Any, target: Target, session: _Session) -> None:
+        """Until the wrapped command starts (or its channel ends): tell the listeners when it
+        waits for the host's lock. The wait is bounded on the host (``flock -w lock_wait``);
+        here by ``lock_wait`` plus a margin, should the host stop answering."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.lock_wait + 10 * CLOSE_WAIT + self.connect_timeout
+        told = False
+        while not session.started.done() and not session.done.done():
+            session.event.clear()
+            waiting = session.header_line("wait")
+            if waiting is not None and not told:
+                told = True
+                holder = waiting[1] if len(waiting) > 1 else "?"
+                lock = waiting[2] if len(waiting) > 2 else "?"
+                message = (f"waiting for a command of a previous controller to end (pid "
+                           f"{holder} holds {lock} on {target.label()}; at most "
+                           f"{self.lock_wait:g}s, transport.lock_wait)")
+                log.warning("%s: %s", host.name, message)
+                for listener in self._lock_listeners:
+                    await listener(host.name, message)
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            try:
+                await asyncio.wait_for(session.event.wait(), left)
+            except TimeoutError:
+                return
+
+    def _not_started(self, host: Any, target: Target, argv: tuple[str, ...],
+                     session: _Session) -> TransportError:
+        """Why a wrapped command never started, from the wrapper's header."""
+        stdout, stderr = session.output()
+        what = command_text(argv)
+        where = target.label()
+        if (line := session.header_line("timeout")) is not None:
+            holder = line[1] if len(line) > 1 else "?"
+            lock = line[2] if len(line) > 2 else "?"
+            message = (f"{what} not started on {where}: its lock {lock} is still held by pid "
+                       f"{holder} after {self.lock_wait:g}s (transport.lock_wait): a command "
+                       f"of an earlier controller still runs there; let it end or kill its "
+                       f"process group (kill -- -{holder}), then resume")
+        elif (line := session.header_line("missing")) is not None:
+            tool = line[1] if len(line) > 1 else "flock"
+            message = (f"{what} not started on {where}: `{tool}` is not installed there; the "
+                       f"ssh transport runs every command under a lock file with flock and "
+                       f"setsid (util-linux): install util-linux on the host, or set "
+                       f"transport.host_lock = false (then a command may outlive its "
+                       f"controller)")
+        elif (line := session.header_line("symlink") or session.header_line("unopenable")):
+            lock = " ".join(line[1:]) or "?"
+            reason = "is a symbolic link" if line[0] == "symlink" else "cannot be opened"
+            message = (f"{what} not started on {where}: the lock file {lock} {reason} "
+                       f"(transport.lock_dir: a directory the login user may write)"
+                       + (f": {output_tail(stderr)}" if output_tail(stderr) else ""))
+        elif session.status() is None:
+            reason = _exc_text(session.lost) if session.lost else "the channel closed"
+            message = (f"the connection to {where} dropped before {what} was seen to start "
+                       f"({reason}); if it started, the host's wrapper ends it as its channel "
+                       f"closed")
+        else:
+            tail = output_tail(stderr) or output_tail(stdout) or "(no output)"
+            message = (f"the command wrapper for {what} on {where} failed before the command "
+                       f"started ({describe_exit(session.status() or 0)}): {tail}")
+        return TransportError(message, host=host.name, argv=argv, stdout=stdout, stderr=stderr)
 
     async def _kill(self, conn: asyncssh.SSHClientConnection,
                     chan: asyncssh.SSHClientChannel[bytes], session: _Session) -> str:

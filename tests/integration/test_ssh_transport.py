@@ -553,3 +553,158 @@ def test_an_encrypted_key_with_its_passphrase_from_the_environment(env, monkeypa
     with pytest.raises(ConfigError) as missing:
         make_transport(settings)
     assert missing.value.key == "transport.passphrase_env"
+
+
+# --------------------------------------------------------------------------------------------
+# the host lock: no command outlives its controller, and no two controllers' commands overlap
+
+
+def _pids_in_group(pgid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                found.append(int(entry.name))
+    return found
+
+
+def test_closing_the_connection_kills_the_commands_process_group(env, tmp_path):
+    """Without the wrapper, sshd leaves a pty-less command running when its connection
+    closes (the controller killed): the command, and its child, would still run."""
+    sshd = env.server("web-01", "127.0.0.21")
+    pids = tmp_path / "pids"
+    script = f"sleep 60 & echo $$ $! > {pids}; wait"
+
+    async def main():
+        transport = make_transport(env.settings(sshd, lock_dir=str(tmp_path)))
+        task = asyncio.ensure_future(transport.run(host_of(sshd), ["sh", "-c", script]))
+        deadline = time.monotonic() + 10
+        while not pids.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        # what a SIGKILLed controller does: its TCP connection just closes
+        for conn in list(transport._links.values()):
+            conn.abort()
+        with pytest.raises(TransportError):
+            await task
+        await transport.aclose()
+
+    run(main())
+    shell, child = (int(p) for p in pids.read_text().split())
+    pgid = os.getpgid(shell) if not process_gone(shell) else None
+    wait_for(lambda: process_gone(shell) and process_gone(child), within=10,
+             what="the command and its child ended")
+    for pid in (shell, child):        # kill -0 fails, or only a zombie is left to reap
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        assert process_gone(pid)
+    if pgid is not None:
+        assert _pids_in_group(pgid) == []
+
+
+def test_a_second_controller_waits_for_the_first_ones_command(env, tmp_path):
+    """One transport's commands on a host run side by side; another transport's (a resumed
+    controller's) command waits for them, is announced, and never overlaps them."""
+    sshd = env.server("web-01", "127.0.0.22")
+    log = tmp_path / "log"
+    gate = tmp_path / "gate"
+    slow = ["sh", "-c", f"echo start >> {log}; while [ ! -e {gate} ]; do sleep 0.02; done; "
+                        f"echo done >> {log}"]
+    told: list[tuple[str, str]] = []
+
+    async def main():
+        settings = env.settings(sshd, lock_dir=str(tmp_path))
+        first = make_transport(settings)
+        second = make_transport(settings)
+
+        async def listener(host: str, message: str) -> None:
+            told.append((host, message))
+
+        second.watch_lock_waits(listener)
+        host = host_of(sshd)
+        a = asyncio.ensure_future(first.run(host, slow))
+        b = asyncio.ensure_future(first.run(host, slow))       # same controller: side by side
+        deadline = time.monotonic() + 10
+        while (not log.exists() or log.read_text().count("start") < 2) \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        c = asyncio.ensure_future(second.run(host, ["sh", "-c", f"echo second >> {log}"]))
+        while not told and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert log.read_text().split() == ["start", "start"]    # still waiting
+        gate.touch()
+        await asyncio.gather(a, b, c)
+        await first.aclose()
+        await second.aclose()
+
+    run(main())
+    assert log.read_text().split() == ["start", "start", "done", "done", "second"]
+    assert len(told) == 1 and told[0][0] == "web-01"
+    assert "waiting for a command of a previous controller" in told[0][1]
+    assert str(tmp_path / "upgrader-web-01.lock") in told[0][1]
+
+
+def test_past_lock_wait_the_command_fails_naming_the_lock_and_its_holder(env, tmp_path):
+    sshd = env.server("web-01", "127.0.0.23")
+    pid_file = tmp_path / "pid"
+
+    async def main():
+        settings = env.settings(sshd, lock_dir=str(tmp_path))
+        first = make_transport(settings)
+        second = make_transport({**settings, "lock_wait": "500ms"})
+        task = asyncio.ensure_future(first.run(
+            host_of(sshd), ["sh", "-c", f"echo $$ > {pid_file}; sleep 30"]))
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(TransportError) as info:
+            await second.run(host_of(sshd), ["true"])
+        elapsed = time.monotonic() - started
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await first.aclose()
+        await second.aclose()
+        return info.value, elapsed
+
+    error, elapsed = run(main())
+    holder = os.getpgid(int(pid_file.read_text())) if not process_gone(
+        int(pid_file.read_text())) else None
+    assert not isinstance(error, CommandTimeout)
+    assert str(tmp_path / "upgrader-web-01.lock") in str(error)
+    assert "lock_wait" in str(error) and "still held by pid" in str(error)
+    assert holder is None or f"pid {holder}" in str(error)
+    assert error.argv == ("true",) and error.host == "web-01"
+    assert elapsed < 5
+
+
+def test_a_host_without_flock_fails_clearly(env, tmp_path):
+    """The wrapper looks flock and setsid up in the login's PATH: a host without util-linux
+    (simulated by a PATH without them) refuses with the fix, and nothing runs."""
+    sshd = env.server("web-01", "127.0.0.24")
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("sh", "cat", "sleep", "kill", "touch"):
+        found = shutil.which(tool)
+        if found:
+            (bare / tool).symlink_to(found)
+    marker = tmp_path / "ran"
+    transport_settings = env.settings(sshd, lock_dir=str(tmp_path))
+
+    async def bare_login():
+        async with make_transport(transport_settings) as transport:
+            from upgrader_ssh.transport import wrapped_command
+            command = "PATH=" + str(bare) + "; " + wrapped_command(
+                ["touch", str(marker)], lock_dir=str(tmp_path), lock_file="x.lock",
+                lock_wait=1, kill_grace=1, token="t")
+            conn = await transport._link(transport.target(host_of(sshd)))
+            return await conn.run(command, check=False)
+
+    result = run(bare_login())
+    assert result.exit_status == 127 and result.stdout == "missing flock\n"
+    assert not marker.exists()

@@ -99,6 +99,49 @@ def test_the_remote_command_quotes_every_argument():
     assert sudo == "echo $$; exec sudo -n -- id -u"
 
 
+def test_the_wrapped_command_passes_every_value_as_a_quoted_argument():
+    from upgrader_ssh.transport import KEEPER, WRAPPER, lock_name, wrapped_command
+
+    argv = ["printf", "%s", "a;b", "$(id)", "`id`", "x\ny", "", "it's"]
+    command = wrapped_command(argv, lock_dir="/run/a dir", lock_file=lock_name("shop; x", "w/1"),
+                              lock_wait=120, kill_grace=2.5, token="123.ab")
+    assert command.startswith("exec ")
+    words = shlex.split(command.removeprefix("exec "))
+    assert words[:4] == ["sh", "-c", WRAPPER, "upgrader-run"]
+    assert words[4:11] == [KEEPER, "/run/a dir", "upgrader-shop__x-w_1.lock", "120", "2.5",
+                           "0", "123.ab"]
+    assert words[11:] == argv
+    sudo = shlex.split(wrapped_command(["id"], lock_dir=None, lock_file="l", lock_wait=1,
+                                       kill_grace=1, token="t", sudo=True)[5:])
+    assert sudo[5:] == ["", "l", "1", "1", "1", "t", "sudo", "-n", "--", "id"]
+
+
+def test_a_command_the_wrapper_did_not_start_is_explained():
+    import asyncio
+
+    from upgrader.errors import TransportError
+    from upgrader_ssh.transport import _Session
+
+    transport = create({"lock_wait": "30s"})
+    host = Host("web-01", "10.0.0.11")
+
+    def explain(*lines: str, status: int) -> TransportError:
+        async def main() -> TransportError:
+            session = _Session(asyncio.get_running_loop().create_future(), wrapped=True)
+            session.data_received("".join(f"{line}\n" for line in lines).encode(), None)
+            session.exit_status_received(status)
+            return transport._not_started(host, transport.target(host), ("install",), session)
+        return asyncio.run(main())
+
+    busy = explain("4242", "wait 4100 /tmp/l.lock", "timeout 4100 /tmp/l.lock", status=75)
+    assert "/tmp/l.lock is still held by pid 4100 after 30s" in str(busy)
+    assert "kill -- -4100" in str(busy) and busy.host == "web-01" and busy.stdout == ""
+    missing = explain("missing flock", status=127)
+    assert "`flock` is not installed" in str(missing) and "host_lock = false" in str(missing)
+    link = explain("77", "symlink /tmp/l.lock", status=125)
+    assert "/tmp/l.lock is a symbolic link" in str(link)
+
+
 def test_the_plugin_imports_only_the_public_plugin_api():
     imported: set[str] = set()
     for path in PLUGIN_DIR.rglob("*.py"):

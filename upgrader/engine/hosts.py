@@ -50,6 +50,14 @@ class HostProcedure:
         self.bus = bus
         self.progress = progress
         self.traffic = traffic
+        # optional transport capability (the ssh transport): a command waiting for its host's
+        # lock, held by a command of a previous controller, is told as a log event
+        watch = getattr(transport, "watch_lock_waits", None)
+        if callable(watch):
+            watch(self._lock_wait)
+
+    async def _lock_wait(self, host: str, message: str) -> None:
+        await self.bus.emit("log", level="warning", message=f"{host}: {message}")
 
     # -- commands
 
