@@ -24,7 +24,9 @@
     │   ├── SshdError          an sshd host could not start or stop (upgrader.lab.sshd)
     │   └── NetworkError       an ``ip`` command failed (upgrader.lab.sshlab)
     ├── PolicyRefused          a policy (deploy window, fleet lock) refused the rollout (exit 3)
-    │   └── WindowRefused      outside the deploy window (upgrader.policy; .next_opening)
+    │   ├── WindowRefused      outside the deploy window (upgrader.policy; .next_opening)
+    │   └── LabMisfit          the running lab cannot serve the fleet's [lab] table
+    │                          (upgrader.lab.fleet_table)
     └── RolloutFailed          the rollout ended without reaching its target (exit 1)
 
 Every other UpgraderError exits the CLI with 1. Classes defined outside this module are
