@@ -147,5 +147,6 @@ def _print_next(layout: LabLayout, database: bool) -> None:
     for line in needs:
         print(f"              {line}")
     if needs:
-        print("            `upgrader lab down` then `upgrader lab up` (8 hosts) runs "
-              "canary.toml")
+        fits = ("`upgrader lab up --ssh --hosts 4` runs ssh-lab.toml" if layout.kind == "ssh"
+                else "`upgrader lab up` (8 hosts) runs canary.toml")
+        print(f"            `upgrader lab down`, then {fits}")
