@@ -141,7 +141,8 @@ def _print_next(layout: LabLayout, database: bool) -> None:
         print(f"  next:     {command}")
         return
     needs = sample_requirements()
-    print(f"  next:     no sample fleet fits this {layout.hosts}-host {layout.kind} lab"
+    print(f"  next:     no sample fleet fits this {layout.hosts}-host "
+          f"{'SSH' if layout.kind == 'ssh' else 'local'} lab"
           + ("; write a fleet with a [lab] table for it (docs/LAB.md)" if not needs else
              "; the samples in sample_fleets/ need:"))
     for line in needs:

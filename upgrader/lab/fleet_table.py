@@ -134,8 +134,8 @@ def misfits(fleet: LabLayout, lab: LabLayout) -> list[str]:
     what they run)."""
     problems = []
     if fleet.kind != lab.kind:
-        problems.append(f"the fleet is for a {fleet.kind} lab; the running lab is a {lab.kind}"
-                        " lab")
+        problems.append(f"the fleet is for {fleet.kind_text}; the running lab is "
+                        f"{lab.kind_text}")
     if fleet.hosts > lab.hosts:
         problems.append(f"the fleet needs {fleet.hosts} hosts; the running lab has "
                         f"{lab.hosts}")

@@ -120,6 +120,11 @@ class LabLayout:
         """``local`` (app processes behind the built-in balancer) or ``ssh``."""
         return "local"
 
+    @property
+    def kind_text(self) -> str:
+        """``a local lab`` / ``an SSH lab``: the kind in a sentence."""
+        return "an SSH lab" if self.kind == "ssh" else "a local lab"
+
     def ports_text(self) -> str:
         """The lab's ports, for messages: users, admin and the hosts' range."""
         first = self.base_port + 101
@@ -136,7 +141,7 @@ class LabLayout:
         if self.slots:
             extras.append("two slots each")
         more = f", {', '.join(extras)}" if extras else ""
-        return (f"a {self.kind} lab of {self.hosts} host{'s' if self.hosts != 1 else ''}{more} "
+        return (f"{self.kind_text} of {self.hosts} host{'s' if self.hosts != 1 else ''}{more} "
                 f"(base port {self.base_port}: {self.ports_text()}; base release "
                 f"{self.base_release}) in {self.dir}")
 
