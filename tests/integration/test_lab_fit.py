@@ -298,3 +298,34 @@ def test_the_ssh_lab_runs_its_next_command_and_resets_over_ssh(tmp_path):
         assert after["requests"] > before["requests"] and after["failed"] == 0, after
     finally:
         upgrader("lab", "down", "--dir", str(lab_dir), timeout=120)
+
+
+def test_a_stopped_host_leaves_no_request_in_flight_so_reset_does_not_wait(cli_lab):
+    """A request the balancer retried on another backend (the first refused the connection)
+    was counted off the retry's backend, not the refusing one: the stopped host's in-flight
+    count stayed above 0 for ever (and the other's went below), so every later drain of it
+    (a rollout's or `lab reset`'s) waited its whole timeout. Now both read 0 once the
+    requests are answered, and the reset finds web-01 drained at once."""
+    base = free_base_port()
+    cli_lab.up("--hosts", "4", "--base-port", str(base), "--rps", "50")
+    root = cli_lab.dir / "hosts" / "web-01"
+    subprocess.run([sys.executable, "-m", "upgrader.lab.hostctl", "stop", "--root", str(root),
+                    "--slot", "default", "--port", str(base + 101)], check=True, timeout=30)
+    lab = open_lab(cli_lab.dir)
+    seen = lab.traffic_stats().get("requests", 0)
+    wait_until(lambda: lab.traffic_stats().get("requests", 0) > seen + 100, 20,
+               "100 more user requests with web-01 stopped")
+
+    async def inflight() -> dict[str, int]:
+        balancer = lab.balancer()
+        try:
+            return {b.name: b.inflight for b in (await balancer.state()).backends.values()}
+        finally:
+            await balancer.aclose()
+
+    assert asyncio.run(inflight())["web-01"] == 0
+    assert min(asyncio.run(inflight()).values()) >= 0
+    result = upgrader("lab", "reset", "--dir", str(cli_lab.dir), check=True)
+    assert "1 reset (web-01)" in result.stdout, result.stdout
+    assert cli_lab.current("web-01") == "1.0.0" and served_version(base + 101) == "1.0.0"
+    assert cli_lab.stats_after(time.time())["failed"] == 0
