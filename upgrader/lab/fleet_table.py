@@ -235,11 +235,18 @@ def _sample_layout(table: dict[str, Any], lab: LabLayout) -> LabLayout | None:
 
 
 def _shown(path: Path) -> str:
-    """``path`` relative to the working directory when it lies under it."""
+    """``path`` relative to the working directory when it lies under it, or when the working
+    directory has a ``sample_fleets/`` of its own with that file (a checkout, a copy); else
+    absolute."""
+    cwd = Path.cwd()
     try:
-        return str(path.relative_to(Path.cwd()))
+        return str(path.relative_to(cwd))
     except ValueError:
-        return str(path)
+        pass
+    local = cwd / path.parent.name / path.name
+    if local.is_file():
+        return str(local.relative_to(cwd))
+    return str(path)
 
 
 def next_command(lab: LabLayout, database: bool = False) -> str | None:
