@@ -129,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--dir", help="lab folder (default .upgrader/lab)")
         if name == "status":
             sp.add_argument("--json", action="store_true")
+    reset = lab_sub.add_parser("reset", help="put every host of the running lab back on its "
+                                             "base release (drained first: no failed request)")
+    reset.add_argument("--dir", help="lab folder (default .upgrader/lab)")
 
     demo = sub.add_parser("demo", help="a lab, live traffic and a canary upgrade, no setup")
     demo.add_argument("--headless", action="store_true",

@@ -26,8 +26,10 @@
     ├── PolicyRefused          a policy (deploy window, fleet lock) refused the rollout (exit 3)
     │   ├── WindowRefused      outside the deploy window (upgrader.policy; .next_opening)
     │   ├── InventoryRefused   the fleet is not what the fleet file says (.problems)
-    │   └── FleetLocked        another controller holds the fleet's lock (.holder: user,
-    │                          machine, pid, rollout, since)
+    │   ├── FleetLocked        another controller holds the fleet's lock (.holder: user,
+    │   │                      machine, pid, rollout, since)
+    │   └── LabMisfit          the running lab cannot serve the fleet's [lab] table
+    │                          (upgrader.lab.fleet_table)
     └── RolloutFailed          the rollout ended without reaching its target (exit 1)
 
 Every other UpgraderError exits the CLI with 1. Classes defined outside this module are

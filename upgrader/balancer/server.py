@@ -275,8 +275,9 @@ class Proxy:
         assert self.session is not None
         while True:
             tried += (backend,)
-            backend.inflight += 1
-            backend.idle.clear()
+            attempt = backend       # a retry rebinds backend before `finally` runs
+            attempt.inflight += 1
+            attempt.idle.clear()
             started = time.monotonic()
             answered = False
             try:
@@ -310,9 +311,9 @@ class Proxy:
                 log.debug("backend %s failed: %r", backend.name, exc)
                 return _error(502, "Bad gateway.", backend.name)
             finally:
-                backend.inflight -= 1
-                if backend.inflight == 0:
-                    backend.idle.set()
+                attempt.inflight -= 1
+                if attempt.inflight == 0:
+                    attempt.idle.set()
 
 
 def _forward_headers(request: web.Request) -> CIMultiDict[str]:

@@ -1,4 +1,4 @@
-"""``upgrader lab up|down|status``: the lab from the command line (a thin front end)."""
+"""``upgrader lab up|down|status|reset``: the lab from the command line (a thin front end)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"  users:    {layout.balancer_url}  (HAProxy; {args.rps} requests/s of lab "
                   "traffic)")
             print(f"  admin:    {layout.haproxy_site().socket_path}  (HAProxy Runtime API)")
-            print("  next:     upgrader run sample_fleets/ssh-lab.toml --headless")
+            _print_next(layout, database=False)
             return 0
         print(f"lab up in {layout.dir}: {layout.hosts} hosts on {layout.base_release}"
               + (f", {layout.new_hosts} new hosts" if layout.new_hosts else "")
@@ -82,12 +82,25 @@ def main(args: argparse.Namespace) -> int:
         print(f"  admin:    {layout.admin_url}  (token in {layout.token_file})")
         if migration is not None:
             print(f"  database: {layout.database_file}  (release {migration.release}'s views)")
-        print("  next:     upgrader run sample_fleets/canary.toml --headless")
+        _print_next(layout, database=migration is not None)
         return 0
     directory = Path(args.dir).expanduser().resolve() if args.dir else default_lab_dir()
     from .sshlab import open_lab
 
     lab = open_lab(directory)
+    if args.lab_command == "reset":
+        before = lab.traffic_stats()
+        result = asyncio.run(lab.reset())
+        after = lab.traffic_stats()
+        failed = int(after.get("failed", 0)) - int(before.get("failed", 0))
+        reset, unchanged = result["reset"], result["unchanged"]
+        print(f"lab reset in {result['seconds']:.1f} s: every host on "
+              f"{lab.layout.base_release} as `lab up` left it; "
+              + (f"{len(reset)} reset ({_names(reset)})" if reset else "nothing to reset")
+              + (f", {len(unchanged)} already there" if reset and unchanged else ""))
+        if before:
+            print(f"  traffic during the reset: {failed} failed requests")
+        return 0
     if args.lab_command == "down":
         stats = asyncio.run(lab.down())
         print(f"lab down; traffic: {stats.get('requests', 0)} requests, "
@@ -113,3 +126,28 @@ def main(args: argparse.Namespace) -> int:
         print(f"  traffic: {stats.get('requests', 0)} requests, {stats.get('failed', 0)} failed, "
               f"{stats.get('maintenance', 0)} maintenance")
     return 0
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names) if len(names) <= 4 else f"{names[0]} .. {names[-1]}"
+
+
+def _print_next(layout: LabLayout, database: bool) -> None:
+    """``next:`` a command that runs against this lab, or which sample fleets need what."""
+    from .fleet_table import next_command, sample_requirements
+
+    command = next_command(layout, database)
+    if command is not None:
+        print(f"  next:     {command}")
+        return
+    needs = sample_requirements()
+    print(f"  next:     no sample fleet fits this {layout.hosts}-host "
+          f"{'SSH' if layout.kind == 'ssh' else 'local'} lab"
+          + ("; write a fleet with a [lab] table for it (docs/LAB.md)" if not needs else
+             "; the samples in sample_fleets/ need:"))
+    for line in needs:
+        print(f"              {line}")
+    if needs:
+        fits = ("`upgrader lab up --ssh --hosts 4` runs ssh-lab.toml" if layout.kind == "ssh"
+                else "`upgrader lab up` (8 hosts) runs canary.toml")
+        print(f"            `upgrader lab down`, then {fits}")

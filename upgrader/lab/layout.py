@@ -112,3 +112,53 @@ class LabLayout:
 
     def health_spec(self) -> ProviderSpec:
         return ProviderSpec("http", {"path": "/healthz", "timeout": 2.0})
+
+    # what a lab is, in words and as the command that starts it -------------------------
+
+    @property
+    def kind(self) -> str:
+        """``local`` (app processes behind the built-in balancer) or ``ssh``."""
+        return "local"
+
+    @property
+    def kind_text(self) -> str:
+        """``a local lab`` / ``an SSH lab``: the kind in a sentence."""
+        return "an SSH lab" if self.kind == "ssh" else "a local lab"
+
+    def ports_text(self) -> str:
+        """The lab's ports, for messages: users, admin and the hosts' range."""
+        first = self.base_port + 101
+        last = self.base_port + 100 + self.hosts + self.new_hosts
+        hosts = f"{first}" if first == last else f"{first}-{last}"
+        return f"users {self.balancer_port}, admin {self.admin_port}, hosts {hosts}"
+
+    def describe(self) -> str:
+        """``a local lab of 4 hosts (base port 19000: users 19000, ...; base release 1.0.0)
+        in DIR``: what a message says about the lab."""
+        extras = []
+        if self.new_hosts:
+            extras.append(f"{self.new_hosts} new hosts")
+        if self.slots:
+            extras.append("two slots each")
+        more = f", {', '.join(extras)}" if extras else ""
+        return (f"{self.kind_text} of {self.hosts} host{'s' if self.hosts != 1 else ''}{more} "
+                f"(base port {self.base_port}: {self.ports_text()}; base release "
+                f"{self.base_release}) in {self.dir}")
+
+    def up_options(self) -> list[str]:
+        """The ``upgrader lab up`` options that make this lab (defaults left out)."""
+        options = []
+        if self.hosts != 8:
+            options += ["--hosts", str(self.hosts)]
+        if self.new_hosts:
+            options += ["--new-hosts", str(self.new_hosts)]
+        if self.slots:
+            options.append("--slots")
+        if self.base_port != DEFAULT_BASE_PORT:
+            options += ["--base-port", str(self.base_port)]
+        if self.dir != default_lab_dir():
+            options += ["--dir", str(self.dir)]
+        return options
+
+    def up_command(self) -> str:
+        return " ".join(["upgrader", "lab", "up", *self.up_options()])

@@ -25,7 +25,8 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,12 +46,16 @@ BALANCER_READY_TIMEOUT = 15.0
 TRAFFIC_READY_TIMEOUT = 10.0
 HOSTCTL_TIMEOUT = 30.0
 PARALLEL_HOSTS = 8
+#: how long ``reset`` waits for a drained backend's requests in flight before stopping it
+RESET_DRAIN_TIMEOUT = 10.0
 PORT_SPAN = 400
 
 #: lab.json's content (JSON-ready)
 LabState = dict[str, Any]
 #: one step of :meth:`Lab.up`: starts a part of the lab and records its pids in the state
 StartStep = Callable[[LabState], Awaitable[None]]
+#: runs one host command of the lab (template, host, slot, port, release) on its host
+HostRunner = Callable[[Sequence[str] | None, Host, str, int, str], Awaitable[Any]]
 
 
 class Lab:
@@ -381,6 +386,21 @@ class Lab:
         token = self.layout.token_file.read_text(encoding="utf-8").strip()
         return BuiltinBalancer(self.layout.admin_url, token)
 
+    def balancer(self) -> Any:
+        """A balancer client (the Balancer protocol) on this lab's balancer (``aclose()`` it):
+        the built-in balancer's; the SSH lab's is the ``haproxy`` plugin."""
+        return self._balancer_client()
+
+    @asynccontextmanager
+    async def host_runner(self) -> AsyncIterator[HostRunner]:
+        """Runs a host command the way this kind of lab runs them: hostctl as a local
+        child process here; over SSH in the SSH lab."""
+        async def run(template: Sequence[str] | None, host: Host, slot: str, port: int,
+                      release: str = "") -> str:
+            return await self._hostctl(template, host, slot, port, release)
+
+        yield run
+
     def backend_name(self, host: Host, slot: str) -> str:
         """The balancer backend of a host slot: ``web-01``, or ``web-01@blue`` with slots."""
         return host.name if slot == "default" else f"{host.name}@{slot}"
@@ -416,6 +436,121 @@ class Lab:
                 raise LabError("the traffic generator wrote no stats within "
                                f"{TRAFFIC_READY_TIMEOUT:g} s")
             await asyncio.sleep(0.02)
+
+    # ----------------------------------------------------------------------------------------
+    # reset
+
+    async def reset(self) -> dict[str, Any]:
+        """Put the running lab back as ``up`` left it, without failing a user's request:
+        every main host's serving slot on the base release, running, in the balancer as
+        ``up`` registered it (pool = base release, weight 100, ready); other slots and the
+        new hosts stopped and out of the balancer; no split, no routes, no maintenance.
+
+        A host that needs work is drained first (no new requests; its requests in flight
+        finish, up to :data:`RESET_DRAIN_TIMEOUT`), then stopped, given the base release
+        and started through the lab's own host commands (hostctl, over SSH in an SSH lab),
+        and put back in service; a quarter of the main hosts at most at a time, so the
+        others serve. Hosts already as ``up`` left them are not touched. A one-host lab
+        cannot be reset without its users seeing failures while its host restarts.
+
+        Returns ``{"reset": [hosts changed], "unchanged": [...], "seconds": s}``. LabError
+        when no lab runs here. Do not reset a lab while a rollout drives it."""
+        if not await asyncio.to_thread(self.is_running):
+            raise LabError(f"no lab runs in {self.dir}: start one with `upgrader lab up`")
+        started = time.monotonic()
+        main = [h for h in self.hosts if h.cluster == "main"]
+        new = [h for h in self.hosts if h.cluster != "main"]
+        changed: list[str] = []
+        balancer = await asyncio.to_thread(self.balancer)
+        try:
+            table = await balancer.state()
+            if table.maintenance:
+                await balancer.set_maintenance(False)
+            if table.split is not None:
+                await balancer.set_split(None)
+            if table.routes is not None:
+                await balancer.set_routes(None)
+            async with self.host_runner() as run:
+                limit = asyncio.Semaphore(max(1, len(main) // 4))
+
+                async def one(host: Host) -> None:
+                    async with limit:
+                        if await self._reset_host(balancer, run, host):
+                            changed.append(host.name)
+
+                results = await asyncio.gather(*(one(h) for h in main),
+                                               return_exceptions=True)
+                errors = [r for r in results if isinstance(r, BaseException)]
+                if errors:
+                    raise errors[0]
+                for host in new:         # out of service once every main host serves again
+                    if await self._retire_slots(balancer, run, host, list(self.slots_of(host))):
+                        changed.append(host.name)
+        finally:
+            await balancer.aclose()
+        state = await asyncio.to_thread(self.read_state) or {}
+        state["reset_ts"] = time.time()
+        await asyncio.to_thread(self._write_state, state)
+        return {"reset": sorted(changed),
+                "unchanged": sorted(h.name for h in self.hosts if h.name not in changed),
+                "seconds": round(time.monotonic() - started, 3)}
+
+    async def _reset_host(self, balancer: Any, run: HostRunner, host: Host) -> bool:
+        """One main host back as ``up`` left it; True if anything had to change."""
+        slot = self.serving_slot()
+        port = self.slots_of(host)[slot]
+        root = self.layout.host_root(host.name)
+        base = self.layout.base_release
+        name = self.backend_name(host, slot)
+        current = await asyncio.to_thread(hostctl.current_release, root, slot)
+        pid = await asyncio.to_thread(hostctl.running_pid, root, slot, port)
+        backend = (await balancer.state()).backends.get(name)
+        commands = self.layout.commands()
+        changed = False
+        if current != base or pid is None:
+            if backend is not None and backend.state == "ready":
+                await balancer.set_backend_state(name, "drain")
+                if pid is not None:     # a stopped app has nothing in flight to wait for
+                    await balancer.wait_drained(name, RESET_DRAIN_TIMEOUT)
+            if pid is not None:
+                await run(commands.stop, host, slot, port, "")
+            if current != base:
+                await run(commands.install, host, slot, port, base)
+            await run(commands.start, host, slot, port, "")
+            backend, changed = None, True
+        if (backend is None or backend.state != "ready" or backend.pool != base
+                or backend.weight != 100 or backend.port != port
+                or backend.address != host.address):
+            await balancer.set_backend(name, address=host.address, port=port, pool=base,
+                                       weight=100, state="ready")
+            changed = True
+        others = [s for s in self.slots_of(host) if s != slot]
+        return await self._retire_slots(balancer, run, host, others) or changed
+
+    async def _retire_slots(self, balancer: Any, run: HostRunner, host: Host,
+                            slots: Sequence[str]) -> bool:
+        """``host``'s ``slots`` drained, out of the balancer and stopped; True if any was
+        in the balancer or running."""
+        changed = False
+        commands = self.layout.commands()
+        ports = self.slots_of(host)
+        root = self.layout.host_root(host.name)
+        table = await balancer.state()
+        for slot in slots:
+            name = self.backend_name(host, slot)
+            backend = table.backends.get(name)
+            running = await asyncio.to_thread(hostctl.running_pid, root, slot, ports[slot])
+            if backend is not None:
+                if backend.state == "ready":
+                    await balancer.set_backend_state(name, "drain")
+                if running:             # a stopped app has nothing in flight to wait for
+                    await balancer.wait_drained(name, RESET_DRAIN_TIMEOUT)
+                await balancer.remove_backend(name)
+                changed = True
+            if running:
+                await run(commands.stop, host, slot, ports[slot], "")
+                changed = True
+        return changed
 
     # ----------------------------------------------------------------------------------------
     # status

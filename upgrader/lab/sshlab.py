@@ -35,7 +35,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,15 @@ from ..errors import LabError, UpgraderError
 from ..model import Commands, Host, ProviderSpec
 from . import hostctl
 from .layout import LabLayout
-from .manager import STATE_VERSION, Lab, LabState, StartStep, plain, read_layout_fields
+from .manager import (
+    STATE_VERSION,
+    HostRunner,
+    Lab,
+    LabState,
+    StartStep,
+    plain,
+    read_layout_fields,
+)
 
 NETWORKS = ("auto", "netns", "loopback")
 DEFAULT_SUBNET = "10.231.0.0/24"
@@ -259,6 +268,24 @@ class SshLabLayout(LabLayout):
     def balancer_spec(self) -> ProviderSpec:
         site = self.haproxy_site()
         return ProviderSpec("haproxy", {**site.balancer_settings(), "delete_timeout": 15.0})
+
+    @property
+    def kind(self) -> str:
+        return "ssh"
+
+    def ports_text(self) -> str:
+        count = self.hosts + self.new_hosts
+        return (f"users {self.balancer_port} (HAProxy), apps "
+                f"{_span(self.base_port + 101, self.base_port + 100 + count)}, sshd "
+                f"{_span(self.ssh_port(1), self.ssh_port(count))}; subnet {self.subnet}")
+
+    def up_options(self) -> list[str]:
+        options = ["--ssh", *LabLayout.up_options(self)]
+        if self.network != "auto":
+            options += ["--network", self.network]
+        if self.subnet != DEFAULT_SUBNET:
+            options += ["--subnet", self.subnet]
+        return options
 
 
 # --------------------------------------------------------------------------------------------
@@ -522,6 +549,26 @@ class SshLab(Lab):
         """The ``haproxy`` balancer plugin on this lab's HAProxy (``aclose()`` it)."""
         return self._plugins().create("balancer", self.layout.balancer_spec())
 
+    @asynccontextmanager
+    async def host_runner(self) -> AsyncIterator[HostRunner]:
+        """Host commands over SSH, through the ``ssh`` transport a rollout uses."""
+        transport = self._plugins().create("transport", self.layout.transport_spec())
+
+        async def run(template: Sequence[str] | None, host: Host, slot: str, port: int,
+                      release: str = "") -> str:
+            assert template is not None
+            argv = self._render(template, host, slot, port, release)
+            try:
+                result = await transport.run(host, argv, timeout=COMMAND_TIMEOUT, check=True)
+            except UpgraderError as exc:
+                raise LabError(f"{host.name}: {exc}") from exc
+            return str(getattr(result, "stdout", ""))
+
+        try:
+            yield run
+        finally:
+            await transport.aclose()
+
     async def _register_backends(self) -> None:
         slot = self.serving_slot()
         balancer = self.balancer()
@@ -729,6 +776,22 @@ def make_lab(layout: LabLayout) -> Lab:
     return SshLab(layout) if isinstance(layout, SshLabLayout) else Lab(layout)
 
 
+def running_layout(directory: Path) -> LabLayout | None:
+    """The layout of the lab running in ``directory`` as its lab.json recorded it (ports,
+    host count, kind, base release), or None when no process of a lab runs there. Cheap:
+    reads lab.json and /proc; the fleet loader calls it for every ``[lab]`` table."""
+    if not (directory / "lab.json").is_file():
+        return None
+    try:
+        lab = open_lab(directory)
+    except LabError:
+        return None
+    state = lab.read_state() or {}
+    if not state.get("running", True) or not lab.is_running():
+        return None
+    return lab.layout
+
+
 def open_lab(path: str | Path | None = None) -> Lab:
     """Reattach to the lab whose ``lab.json`` is in ``path`` (default: the lab dir): an
     :class:`SshLab` when lab.json records an SSH layout, else a :class:`Lab`. LabError when
@@ -747,6 +810,10 @@ def _in_thread(step: Callable[[LabState], None]) -> StartStep:
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _span(first: int, last: int) -> str:
+    return f"{first}" if first == last else f"{first}-{last}"
 
 
 def _binary(name: str) -> str | None:
