@@ -58,11 +58,11 @@ from .describe import describe_error, describe_step
 from .failure import FailurePolicy
 from .gates import Gates
 from .hosts import DEFAULT_SLOT, HostProcedure, render
-from .inventory import Assessment
+from .inventory import Assessment, start_from_inventory
+from .leftover import report_left_behind
 from .machine import ACTIVE, Interrupted, StateMachine
 from .progress import ResumeState, RolloutProgress, backend_name
 from .reconcile import apply as apply_repair
-from .reconcile import read_hosts as read_host_releases
 from .reconcile import reconcile as reconcile_with_fleet
 from .status import rollout_status
 from .traffic import TrafficControl
@@ -74,8 +74,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("upgrader.engine")
 
-#: seconds to read the hosts and the balancer after an incomplete roll-back (what is left)
-LEFT_BEHIND_READ_S = 10.0
 
 __all__ = ["DEFAULT_SLOT", "Engine", "Providers", "ResumeState", "RolloutResult",
            "describe_error", "describe_step"]
@@ -326,7 +324,8 @@ class Engine:
         await self.machine.set_state(_FINAL_STATE.get(outcome, RolloutState.FAILED), error or "")
         hosts = {n: s.release for n, s in self.hosts.items()}
         if unfinished:
-            hosts = await self._left_behind(error or "roll-back incomplete", hosts)
+            hosts = await report_left_behind(self, error or "roll-back incomplete",
+                                             hosts)
         duration = self.clock.monotonic() - self.started
         await self.bus.emit("rollout_finished", outcome=outcome.value, hosts=hosts,
                             duration_s=round(duration, 3), error=error,
@@ -347,49 +346,6 @@ class Engine:
         return (self.machine.state is RolloutState.ROLLING_BACK
                 or (self._resume is not None and self._resume.rolling_back))
 
-    async def _left_behind(self, error: str,
-                           hosts: dict[str, str | None]) -> dict[str, str | None]:
-        """What an incomplete roll-back leaves, read from the fleet itself where it answers
-        (each host's ``current`` release, the balancer's backends), as a journaled
-        ``rollback_incomplete`` event that ``upgrader status`` shows. Returns the hosts'
-        releases as really read (the journal's where a host did not answer)."""
-        main = [h for h in self.fleet.hosts if h.cluster == "main"
-                or self.hosts[h.name].release is not None]
-        try:
-            readings = await asyncio.wait_for(read_host_releases(
-                self, [(h, self.progress.live_slot.get(h.name)) for h in main]),
-                LEFT_BEHIND_READ_S)
-        except Exception as exc:   # a dead host or balancer: reported, not raised
-            readings = {}
-            log.warning("reading the hosts after an incomplete roll-back failed: %s", exc)
-        report: dict[str, dict[str, Any]] = {}
-        real = dict(hosts)
-        for host in main:
-            status = self.hosts[host.name]
-            reading = readings.get((host.name, self.progress.live_slot.get(host.name)))
-            entry: dict[str, Any] = {"journal": status.release, "phase": status.phase.value}
-            if reading is not None and reading.release is not None:
-                entry["release"] = reading.release
-                real[host.name] = reading.release
-            elif reading is not None and reading.error:
-                entry["read_error"] = reading.error
-            if status.error:
-                entry["error"] = status.error
-            report[host.name] = entry
-        backends: dict[str, dict[str, Any]] | None = None
-        balancer_error: str | None = None
-        try:
-            state = await asyncio.wait_for(self.providers.balancer.state(), LEFT_BEHIND_READ_S)
-            backends = {n: {"pool": b.pool, "state": b.state, "weight": b.weight}
-                        for n, b in sorted(state.backends.items())}
-        except Exception as exc:   # a dead host or balancer: reported, not raised
-            balancer_error = describe_error(exc, "balancer")
-        await self.bus.emit("rollback_incomplete", error=error, hosts=report,
-                            backends=backends, balancer_error=balancer_error,
-                            target=self.fleet.releases.target,
-                            current=self.fleet.releases.current)
-        return real
-
     async def _begin(self) -> None:
         est = estimate(self.plan, self.fleet.timing)
         releases = self.fleet.releases
@@ -409,34 +365,13 @@ class Engine:
                             resumed=self._resume is not None)
         await self.window_guard.announce_override()
         if self.inventory is not None and self._resume is None:
-            await self._take_inventory(self.inventory)
+            self._nothing_to_do = await start_from_inventory(self, self.inventory)
         self.progress.read_balancer(await self.providers.balancer.state())
         if any(isinstance(s, (PrepareSlots, SwapSlots)) for s in self.plan.steps):
             await self.procedure.discover_slots()
         if self._resume is not None:
             await self._reconcile(self._resume)
         await self.machine.set_state(RolloutState.RUNNING)
-
-    async def _take_inventory(self, inventory: Assessment) -> None:
-        """Start from what the hosts run: each host's release as read; a host on the target
-        release and in service is done (``host_done`` mode ``ok``); one on the target release
-        but out of service runs its procedure without installing again."""
-        progress, target = self.progress, self.fleet.releases.target
-        for fact in inventory.hosts:
-            if fact.host not in progress.hosts:
-                continue
-            if inventory.releases_read:
-                progress.found(fact.host, fact.release, fact.slot, done=fact.done)
-            if fact.done:
-                await self.bus.emit("host_done", host=fact.host, release=fact.release,
-                                    slot=fact.slot, mode="ok")
-            elif inventory.releases_read and fact.release == target and fact.slot is None \
-                    and fact.release != self.fleet.releases.current:
-                progress.put_in_doubt(fact.host, HostPhase.INSTALLING, target)
-        self._nothing_to_do = inventory.nothing_to_do(self.plan)
-        await self.bus.emit("inventory", hosts=len(inventory.hosts),
-                            done=len(progress.already_done), target=target,
-                            nothing_to_do=self._nothing_to_do)
 
     async def _reconcile(self, resume: ResumeState) -> None:
         """On resume: compare the journal with the real balancer and hosts, and repair

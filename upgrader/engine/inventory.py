@@ -26,15 +26,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UpgraderError
-from ..model import Fleet, Host
+from ..model import Fleet, Host, HostPhase
 from ..plan import Plan, PrepareSlots, SetFlag, SwapSlots, TurnDown, UpgradeHosts
 from ..providers.base import Balancer, BalancerState, Transport
 from .hosts import render
 from .progress import backend_name
 from .reconcile import Reading
+
+if TYPE_CHECKING:
+    from .core import Engine
 
 #: hosts read at once when the transport does not say how many commands it runs at once
 DEFAULT_PARALLEL = 32
@@ -300,3 +303,27 @@ async def take_inventory(fleet: Fleet, transport: Transport, balancer: Balancer
                          ) -> Assessment:
     """Read the fleet and judge it (:func:`read_inventory`, then :func:`assess`)."""
     return assess(fleet, await read_inventory(fleet, transport, balancer))
+
+
+async def start_from_inventory(engine: Engine, inventory: Assessment) -> bool:
+    """Start from what the hosts run: each host's release as read; a host on the target
+    release and in service is done (``host_done`` mode ``ok``); one on the target release
+    but out of service runs its procedure without installing again. Returns whether nothing
+    is left to do (every host already runs the target and serves)."""
+    progress, target = engine.progress, engine.fleet.releases.target
+    for fact in inventory.hosts:
+        if fact.host not in progress.hosts:
+            continue
+        if inventory.releases_read:
+            progress.found(fact.host, fact.release, fact.slot, done=fact.done)
+        if fact.done:
+            await engine.bus.emit("host_done", host=fact.host, release=fact.release,
+                                  slot=fact.slot, mode="ok")
+        elif inventory.releases_read and fact.release == target and fact.slot is None \
+                and fact.release != engine.fleet.releases.current:
+            progress.put_in_doubt(fact.host, HostPhase.INSTALLING, target)
+    nothing_to_do = inventory.nothing_to_do(engine.plan)
+    await engine.bus.emit("inventory", hosts=len(inventory.hosts),
+                          done=len(progress.already_done), target=target,
+                          nothing_to_do=nothing_to_do)
+    return nothing_to_do
