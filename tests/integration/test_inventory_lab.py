@@ -126,7 +126,16 @@ def test_inventory_on_a_real_lab(tmp_path):
         bigger = fleet_file(tmp_path / "bigger.toml", layout, hosts=6)
         other = fleet_file(tmp_path / "other.toml", layout, hosts=4, current="1.0.0",
                            target="1.2.0")
-        for fleet, expected in ((bigger, {"web-05", "web-06"}), (other, set(names))):
+        # a fleet bigger than the running lab is refused when it is loaded (LabMisfit, exit 3,
+        # naming both labs), before any provider or inventory
+        for command in ("run", "check"):
+            out = upgrader(command, str(bigger), "--headless", "--json", cwd=tmp_path) \
+                if command == "run" else upgrader(command, str(bigger), cwd=tmp_path)
+            assert out.returncode == 3, out.stderr
+            assert "Traceback" not in out.stderr and out.stdout == ""
+            assert "does not fit the lab running" in out.stderr, out.stderr
+        assert status_json(good, tmp_path)["rollout"] == last     # nothing journaled
+        for fleet, expected in ((other, set(names)),):
             out = upgrader("run", str(fleet), "--headless", "--json", cwd=tmp_path)
             assert out.returncode == 3, out.stderr
             assert "Traceback" not in out.stderr and out.stdout == ""
