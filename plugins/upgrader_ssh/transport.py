@@ -793,6 +793,17 @@ class SshTransport:
             ``CommandTimeout`` raised.
         :param check: raise ``TransportError`` on a non-zero exit status.
         """
+        return await self._run(host, argv, timeout=timeout, check=check, wrap=self.host_lock)
+
+    async def run_unlocked(self, host: Any, argv: Sequence[str], *,
+                           timeout: float | None = None, check: bool = True) -> CommandResult:
+        """Optional capability: run a short bookkeeping command (the fleet lock's file) as a
+        plain ``exec``, beside whatever holds the host's command lock: a second controller
+        must learn at once that the fleet is taken, not after the first one's install."""
+        return await self._run(host, argv, timeout=timeout, check=check, wrap=False)
+
+    async def _run(self, host: Any, argv: Sequence[str], *, timeout: float | None,
+                   check: bool, wrap: bool) -> CommandResult:
         argv = tuple(argv)
         if self._closed:
             raise TransportError("the ssh transport is closed", host=host.name, argv=argv)
@@ -803,7 +814,7 @@ class SshTransport:
             raise TransportError("an argument contains a NUL character, which no command "
                                  "line can carry", host=host.name, argv=argv)
         target = self.target(host)
-        if self.host_lock:
+        if wrap:
             command = wrapped_command(argv, lock_dir=self.lock_dir,
                                       lock_file=self.lock_file(host), lock_wait=self.lock_wait,
                                       kill_grace=self.kill_grace, token=self.token,
@@ -816,7 +827,7 @@ class SshTransport:
 
             async def open_session(conn: asyncssh.SSHClientConnection, attempt: _Attempt) -> Any:
                 nonlocal factory
-                factory = _SessionFactory(attempt, wrapped=self.host_lock)
+                factory = _SessionFactory(attempt, wrapped=wrap)
                 chan, _ = await conn.create_session(factory, command, encoding=None,
                                                     request_pty=False)
                 return chan

@@ -283,6 +283,17 @@ class LocalTransport:
             process group is killed and ``CommandTimeout`` raised.
         :param check: raise ``TransportError`` on a non-zero exit status.
         """
+        return await self._run(host, argv, timeout=timeout, check=check, recorded=True)
+
+    async def run_unlocked(self, host: Host, argv: Sequence[str], *,
+                           timeout: float | None = None, check: bool = True) -> CommandResult:
+        """Optional capability: run a short bookkeeping command (the fleet lock's file)
+        unrecorded, without waiting for other controllers' commands on the host: a second
+        controller must learn at once that the fleet is taken."""
+        return await self._run(host, argv, timeout=timeout, check=check, recorded=False)
+
+    async def _run(self, host: Host, argv: Sequence[str], *, timeout: float | None,
+                   check: bool, recorded: bool) -> CommandResult:
         argv = tuple(argv)
         if self._closed:
             raise TransportError("the local transport is closed", host=host.name, argv=argv)
@@ -293,8 +304,9 @@ class LocalTransport:
         cwd = self._cwd_for(host)
         env = {**os.environ, **self.env} if self.env else None
         async with self._semaphore:
-            records = self._records(host, argv)
-            await self._wait_for_orphans(host, records, argv)
+            records = self._records(host, argv) if recorded else None
+            if records is not None:
+                await self._wait_for_orphans(host, records, argv)
             files = await asyncio.to_thread(_open_outputs)
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -308,9 +320,10 @@ class LocalTransport:
                     + (f" (cwd {cwd})" if cwd and isinstance(exc, FileNotFoundError)
                        and exc.filename == cwd else ""),
                     host=host.name, argv=argv) from exc
-            record = records / str(proc.pid)
+            record = records / str(proc.pid) if records is not None else None
             try:
-                record.write_text(f"{self.token} {os.getpid()} {argv[0]}\n")
+                if record is not None:
+                    record.write_text(f"{self.token} {os.getpid()} {argv[0]}\n")
             except OSError:
                 pass                    # the command runs all the same, unrecorded
             try:
@@ -333,7 +346,8 @@ class LocalTransport:
                     f.close()
                 raise
             finally:
-                record.unlink(missing_ok=True)
+                if record is not None:
+                    record.unlink(missing_ok=True)
             stdout, stderr = await asyncio.to_thread(_read_outputs, files)
         if check and status != 0:
             tail = output_tail(stderr) or output_tail(stdout) or "(no output)"
