@@ -292,24 +292,68 @@ def install(root: Path, slot: str, release: str) -> None:
     link.parent.mkdir(parents=True, exist_ok=True)
     tmp_link = link.with_name(f".{link.name}.{os.getpid()}.{secrets.token_hex(4)}")
     os.symlink(os.path.relpath(release_dir, link.parent), tmp_link)
-    try:
-        os.replace(tmp_link, link)
-    except BaseException:
-        try:
-            os.unlink(tmp_link)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(link.parent)
-
     record = json.dumps({"ts": time.time(), "release": release, "slot": slot}) + "\n"
     # one write(2) on an O_APPEND descriptor: concurrent installs never interleave
     fd = os.open(installs_log(root), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, record.encode("utf-8"))
+        # the switch and its record are one act: a controller killed between them would
+        # leave a host on the new release that installs.log says never installed it
+        with _not_interrupted():
+            try:
+                os.replace(tmp_link, link)
+            except BaseException:
+                try:
+                    os.unlink(tmp_link)
+                except OSError:
+                    pass
+                raise
+            os.write(fd, record.encode("utf-8"))
         os.fsync(fd)
     finally:
         os.close(fd)
+    _fsync_dir(link.parent)
+
+
+_PR_SET_PDEATHSIG = 1
+_DEFERRED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class _not_interrupted:
+    """A few system calls no controller death splits: TERM, INT and HUP wait until the end
+    (the SSH wrapper's way to stop a command), and so does the local transport's death signal
+    (``PR_SET_PDEATHSIG``, a KILL), which is re-armed afterwards: a controller that died
+    meanwhile ends the command then, with status 137."""
+
+    def __enter__(self) -> None:
+        self.parent = os.getppid()
+        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+        self.libc = _libc()
+        self.deathsig = 0
+        if self.libc is not None:
+            import ctypes
+            value = ctypes.c_int(0)
+            if self.libc.prctl(2, ctypes.byref(value), 0, 0, 0) == 0:   # PR_GET_PDEATHSIG
+                self.deathsig = value.value
+            if self.deathsig:
+                self.libc.prctl(_PR_SET_PDEATHSIG, 0, 0, 0, 0)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.libc is not None and self.deathsig:
+            self.libc.prctl(_PR_SET_PDEATHSIG, self.deathsig, 0, 0, 0)
+            if os.getppid() != self.parent:
+                os._exit(137)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+
+
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def _fsync_dir(path: Path) -> None:
