@@ -3,7 +3,6 @@ file, the key path and the exact line."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -552,32 +551,18 @@ def many_hosts(n: int) -> str:
         for i in range(n))
 
 
-def timed(function: Any, *args: Any) -> tuple[float, Any]:
-    started = time.perf_counter()
-    try:
-        result = function(*args)
-    except ConfigError as exc:
-        result = exc
-    return time.perf_counter() - started, result
-
-
-def test_ten_thousand_hosts_load_fast_and_errors_are_located_fast() -> None:
-    """Timings relative to tomllib parsing the same text, so that a busy machine does not fail
-    the test: checking and building 10,000 hosts costs less than parsing them again, and the
-    locator (run only for an error) about as much once more. Quadratic work would be ~1000x."""
-    import tomllib
-
+def test_ten_thousand_hosts_load_and_an_error_on_the_last_one_is_located() -> None:
+    """What a big fleet file gets right; how fast it loads (linear, against tomllib parsing the
+    same text) is measured by bench/config_load.py, not asserted here."""
     text = many_hosts(10_000)
-    parse, _ = timed(tomllib.loads, text)
-    load, fleet = timed(loads_fleet, text)
+    fleet = loads_fleet(text)
     assert len(fleet.hosts) == 10_000
-    assert load < 2.5 * parse + 0.1, f"parse {parse:.2f}s, load {load:.2f}s"
 
     last = 'name = "web-09999"'
     bad = text[: text.rindex(last)] + 'name = "web-00000"' + text[text.rindex(last) + len(last):]
-    fail, error = timed(loads_fleet, bad)
-    assert fail < 4 * parse + 0.1, f"parse {parse:.2f}s, load with error {fail:.2f}s"
-    assert isinstance(error, ConfigError)
+    with pytest.raises(ConfigError) as info:
+        loads_fleet(bad)
+    error = info.value
     assert error.key == "hosts[9999].name"
     assert bad.splitlines()[error.line - 1] == 'name = "web-00000"'
     assert "line 26" in str(error)
