@@ -63,13 +63,18 @@ class _UsePasswordEnv(type):
     into a ConfigError naming the file, the key and its line (the value is not repeated)."""
 
     def __instancecheck__(cls, instance: object) -> bool:
-        raise ValueError("a password is never written in the fleet file: put it in an "
+        # "refused;" first: front ends mask the word after "password:" (upgrader.redact)
+        raise ValueError("refused; a password is never written in the fleet file: put it in an "
                          "environment variable and name that variable in password_env "
                          "(e.g. password_env = \"UPGRADER_SSH_PASSWORD\")")
 
 
 class use_password_env(metaclass=_UsePasswordEnv):  # named for the error text
     """See :class:`_UsePasswordEnv`."""
+
+
+# what a type error says it expected (`password = true`): no value, the variable's name elsewhere
+use_password_env.__name__ = "no value here (name the variable in password_env)"
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("known_hosts", (str, list), DEFAULT_KNOWN_HOSTS,

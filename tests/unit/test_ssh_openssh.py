@@ -131,6 +131,22 @@ def test_a_literal_password_is_refused_naming_file_key_and_line(tmp_path):
     assert "password_env" in str(error) and "hunter2" not in str(error)
 
 
+def test_the_cli_refuses_a_literal_password_with_exit_2_and_changes_nothing(tmp_path, capsys):
+    from upgrader import cli
+
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(SAMPLE.read_text().replace(
+        LOCAL, 'kind = "ssh"\nusername = "deploy"\npassword = "hunter2"'))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = cli.main(["plan", str(fleet)])
+    err = capsys.readouterr().err
+    line = fleet.read_text().splitlines().index('password = "hunter2"') + 1
+    assert code == 2
+    assert err.startswith(f"upgrader: error: {fleet}:{line}: transport.password: ")
+    assert "password_env" in err and "hunter2" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_a_literal_password_is_refused_when_the_transport_is_built_too():
     with pytest.raises(ConfigError) as info:
         create({"password": "hunter2"})
