@@ -835,7 +835,10 @@ class SshTransport:
                                  f"{self.connect_timeout:g}s (connect_timeout)") from None
         except (OSError, asyncssh.Error) as exc:
             if tunnel is None and _refused(exc):
-                host, port, _ = await asyncio.to_thread(self._resolved, target)
+                try:
+                    host, port, _ = await asyncio.to_thread(self._resolved, target)
+                except (OSError, ValueError, asyncssh.Error):
+                    host, port = target.address, target.port or 22
                 raise TransportError(f"cannot connect to {role}{label}: connection refused by "
                                      f"{host}:{port} (no SSH server listens there)") from exc
             # a server that has none of the key types known_hosts holds for it gives up

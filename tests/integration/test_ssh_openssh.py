@@ -182,7 +182,6 @@ def test_keys_in_the_system_wide_known_hosts_files_are_trusted(env):
 
 def test_a_host_key_of_another_type_is_reported_as_changed(env):
     sshd = env.server("web-01", "127.0.1.5")                 # ed25519, trusted
-    old_fingerprint = sshd.host_key_fingerprint
     sshd.host_key_type = "ecdsa"
     sshd.restart(new_host_key=True)                          # reinstalled: an ecdsa key now
     assert sshd.host_public_key.startswith("ecdsa-sha2-nistp256 ")
@@ -192,7 +191,6 @@ def test_a_host_key_of_another_type_is_reported_as_changed(env):
     assert "host key changed" in text and "Connection reset" not in text
     assert f"known_hosts has ssh-ed25519 at {env.known_hosts}:1" in text
     assert f"server now offers ecdsa-sha2-nistp256 {sshd.host_key_fingerprint}" in text
-    assert old_fingerprint not in text or "ssh-ed25519" in text
     assert f"ssh-keygen -R '[{sshd.address}]:{sshd.port}'" in text
     assert sshd.accepted_connections() == 0
 
