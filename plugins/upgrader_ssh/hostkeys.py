@@ -12,6 +12,9 @@ refused), and remembers the offered key for the error message.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import threading
 from collections.abc import Sequence
@@ -24,6 +27,27 @@ import asyncssh
 def known_hosts_host(host: str, port: int | None) -> str:
     """The name known_hosts uses: ``host`` on port 22, else ``[host]:port``."""
     return host if port in (None, 22) else f"[{host}]:{port}"
+
+
+def hashed_host(name: str, salt: bytes | None = None) -> str:
+    """``name`` as a hashed known_hosts host field, as OpenSSH writes it with
+    ``HashKnownHosts yes``: ``|1|base64(salt)|base64(HMAC-SHA1(salt, name))``, a random
+    20-byte salt unless one is given."""
+    salt = os.urandom(20) if salt is None else salt
+    digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+
+@dataclass(frozen=True, slots=True)
+class KnownEntry:
+    """A known_hosts line that trusts a key for a host: where it is and its key type."""
+
+    path: str
+    line: int
+    algorithm: str
+
+    def __str__(self) -> str:
+        return f"{self.algorithm} at {self.path}:{self.line}"
 
 
 def key_text(key: asyncssh.SSHKey) -> tuple[str, str]:
@@ -51,8 +75,13 @@ class HostKeyPolicy:
 
     Thread-safe: parsing happens in worker threads (``asyncio.to_thread``)."""
 
-    def __init__(self, paths: Sequence[str], *, trust_on_first_use: bool = False) -> None:
+    def __init__(self, paths: Sequence[str], *, global_paths: Sequence[str] = (),
+                 trust_on_first_use: bool = False) -> None:
+        #: the user's files (the first receives trust-on-first-use records)
         self.paths = [str(Path(p).expanduser()) for p in paths]
+        #: the system-wide files, read after the user's
+        self.global_paths = [str(Path(p).expanduser()) for p in global_paths
+                             if str(Path(p).expanduser()) not in self.paths]
         self.trust_on_first_use = trust_on_first_use
         self._lock = threading.Lock()
         self._stamp: tuple[tuple[int, int] | None, ...] | None = None
@@ -62,9 +91,14 @@ class HostKeyPolicy:
     def record_path(self) -> str:
         return self.paths[0]
 
+    @property
+    def all_paths(self) -> list[str]:
+        """Every file read, the user's first."""
+        return self.paths + self.global_paths
+
     def _stamps(self) -> tuple[tuple[int, int] | None, ...]:
         stamps: list[tuple[int, int] | None] = []
-        for path in self.paths:
+        for path in self.all_paths:
             try:
                 st = os.stat(path)
                 stamps.append((st.st_mtime_ns, st.st_size))
@@ -80,20 +114,22 @@ class HostKeyPolicy:
             if self._parsed is not None and stamp == self._stamp:
                 return self._parsed
             text = []
-            for path, st in zip(self.paths, stamp):
+            for path, st in zip(self.all_paths, stamp):
                 if st is None:
                     continue
                 try:
                     with open(path, encoding="utf-8", errors="replace") as fh:
                         text.append(fh.read())
                 except OSError as exc:
+                    if path in self.global_paths:   # as ssh: an unreadable system file
+                        continue                    # trusts nothing
                     raise ValueError(f"cannot read known_hosts file {path}: "
                                      f"{exc.strerror or exc}") from exc
             joined = "\n".join(text)
             try:
                 parsed = asyncssh.import_known_hosts(joined)
             except (ValueError, asyncssh.KeyImportError) as exc:
-                raise ValueError(f"malformed known_hosts ({', '.join(self.paths)}): "
+                raise ValueError(f"malformed known_hosts ({', '.join(self.all_paths)}): "
                                  f"{exc}") from exc
             self._parsed, self._stamp = parsed, stamp
             return parsed
@@ -114,11 +150,36 @@ class HostKeyPolicy:
         return OfferedKey(host=host, port=port, key=key, known=known,
                           recorded=self.trust_on_first_use and not known)
 
-    def record(self, offered: OfferedKey) -> None:
-        """Append ``offered``'s key for its host to the first known_hosts file (blocking)."""
+    def entries(self, host: str, addr: str | None, port: int | None) -> list[KnownEntry]:
+        """The lines of the files that trust a key for ``host`` / ``addr`` on ``port``, hashed
+        lines included (blocking; for error messages: each line is parsed on its own)."""
+        found: list[KnownEntry] = []
+        for path in self.all_paths:
+            try:
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    lines = fh.read().splitlines()
+            except OSError:
+                continue
+            for number, text in enumerate(lines, 1):
+                if not text.strip() or text.lstrip().startswith("#"):
+                    continue
+                try:
+                    matched = asyncssh.match_known_hosts(
+                        asyncssh.import_known_hosts(text + "\n"), host, addr or "",
+                        None if port in (None, 22) else port)
+                except (ValueError, asyncssh.KeyImportError):
+                    continue
+                for key in (*matched[0], *matched[1]):
+                    found.append(KnownEntry(path, number, key.get_algorithm()))
+        return found
+
+    def record(self, offered: OfferedKey, *, hashed: bool = False) -> None:
+        """Append ``offered``'s key for its host to the first known_hosts file (blocking);
+        ``hashed``: the host as OpenSSH's ``HashKnownHosts yes`` writes it."""
         algorithm = offered.key.get_algorithm()
         blob = offered.key.export_public_key("openssh").split()[1].decode()
-        line = f"{known_hosts_host(offered.host, offered.port)} {algorithm} {blob}\n"
+        name = known_hosts_host(offered.host, offered.port)
+        line = f"{hashed_host(name) if hashed else name} {algorithm} {blob}\n"
         path = Path(self.record_path)
         with self._lock:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -137,10 +198,25 @@ class HostKeyPolicy:
 
     # messages ----------------------------------------------------------------------------
 
+    def type_changed(self, label: str, host: str, port: int | None,
+                     entries: Sequence[KnownEntry], key: asyncssh.SSHKey) -> str:
+        """The server offers a key of a type known_hosts has no entry of for it (asyncssh
+        offers the server only the known types, and the server gives up): say so as OpenSSH
+        does, with where the old entries are and the new key's fingerprint."""
+        algorithm, fp = key_text(key)
+        name = known_hosts_host(host, port)
+        known = ", ".join(str(e) for e in entries)
+        files = sorted({e.path for e in entries})
+        remove = "; ".join(f"ssh-keygen -R '{name}' -f {f}" for f in files)
+        return (f"host key of {label} CHANGED (host key changed): known_hosts has {known}, "
+                f"server now offers {algorithm} {fp}. Someone may be intercepting the "
+                f"connection, or the host was reinstalled; if expected: {remove}, then add "
+                f"the new key")
+
     def refusal(self, offered: OfferedKey | None, label: str, reason: str) -> str:
         """Why a host key was refused, for a TransportError: names the host and the offered
         key's SHA256 fingerprint, and says what to do."""
-        files = ", ".join(self.paths)
+        files = ", ".join(self.paths + [p for p in self.global_paths if os.path.exists(p)])
         if offered is None:
             return (f"host key of {label} could not be verified against {files}: {reason}")
         algorithm, fp = key_text(offered.key)

@@ -18,6 +18,7 @@ Only the public plugin API of upgrader is used: ``upgrader.hookspecs``,
 from __future__ import annotations
 
 import asyncio
+import errno
 import getpass
 import logging
 import os
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from asyncssh.config import SSHClientConfig, SSHConfig
 
 from upgrader.errors import CommandTimeout, ConfigError, TransportError
 from upgrader.providers.base import (
@@ -48,6 +50,31 @@ log = logging.getLogger("upgrader_ssh")
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_CONFIG = "~/.ssh/config"
+DEFAULT_SYSTEM_CONFIG = "/etc/ssh/ssh_config"
+DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+#: the identity files ssh (and asyncssh) tries when the config names none
+DEFAULT_IDENTITIES = ("id_ed25519_sk", "id_ecdsa_sk", "id_ed448", "id_ed25519", "id_ecdsa",
+                      "id_rsa", "id_dsa")
+
+
+class _UsePasswordEnv(type):
+    """The type of the ``password`` setting, which takes no value: a password never goes in a
+    fleet file. Checking a value against it raises the ``ValueError`` the fleet loader turns
+    into a ConfigError naming the file, the key and its line (the value is not repeated)."""
+
+    def __instancecheck__(cls, instance: object) -> bool:
+        # "refused;" first: front ends mask the word after "password:" (upgrader.redact)
+        raise ValueError("refused; a password is never written in the fleet file: put it in an "
+                         "environment variable and name that variable in password_env "
+                         "(e.g. password_env = \"UPGRADER_SSH_PASSWORD\")")
+
+
+class use_password_env(metaclass=_UsePasswordEnv):  # named for the error text
+    """See :class:`_UsePasswordEnv`."""
+
+
+# what a type error says it expected (`password = true`): no value, the variable's name elsewhere
+use_password_env.__name__ = "no value here (name the variable in password_env)"
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("known_hosts", (str, list), DEFAULT_KNOWN_HOSTS,
@@ -62,10 +89,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("passphrase_env", str, None,
             "name of an environment variable holding the passphrase of encrypted "
             "identity files"),
+    Setting("password_env", str, None,
+            "name of an environment variable holding the login password (password "
+            "authentication, tried after the keys); unset: no password login"),
+    Setting("password", use_password_env, None,
+            "refused: a password is never written in the fleet file, use password_env"),
     Setting("agent", bool, True, "also use the ssh-agent at SSH_AUTH_SOCK (or IdentityAgent)"),
     Setting("config", str, DEFAULT_CONFIG,
             "OpenSSH client config file (Host aliases, HostName, User, Port, IdentityFile, "
             "ProxyJump); \"\" reads none"),
+    Setting("system_config", str, DEFAULT_SYSTEM_CONFIG,
+            "OpenSSH's system-wide client config, read after `config` as ssh does (with its "
+            "Include lines, e.g. /etc/ssh/ssh_config.d/*.conf); \"\" reads none"),
+    Setting("global_known_hosts", list, list(DEFAULT_GLOBAL_KNOWN_HOSTS),
+            "system-wide known_hosts files, trusted after known_hosts as ssh does (missing "
+            "ones are skipped); [] reads none"),
     Setting("username", str, None,
             "login user unless the host's vars.ssh_user says otherwise; default: the config's "
             "User, else the local user"),
@@ -395,6 +433,23 @@ class _SessionFactory:
         return self.session
 
 
+class _ClientConfig(SSHClientConfig):
+    """asyncssh's client config reader, also reading ``HashKnownHosts`` (which asyncssh
+    itself ignores) for trust-on-first-use records."""
+
+    _handlers = {**SSHClientConfig._handlers,  # noqa: RUF012 (asyncssh's own attribute)
+                 "hashknownhosts": ("HashKnownHosts", SSHConfig._set_bool)}
+
+
+def _refused(exc: BaseException) -> bool:
+    """A refused TCP connection (every address of the host refused it)."""
+    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == \
+            errno.ECONNREFUSED:
+        return True
+    codes = re.findall(r"\[Errno (\d+)\]", str(exc))     # asyncio's "Multiple exceptions"
+    return bool(codes) and all(int(c) == errno.ECONNREFUSED for c in codes)
+
+
 def _dropped(exc: BaseException, conn: asyncssh.SSHClientConnection) -> bool:
     return (conn.is_closed()
             or isinstance(exc, (asyncssh.ConnectionLost, asyncssh.DisconnectError,
@@ -415,7 +470,11 @@ class SshTransport:
     def __init__(self, *, known_hosts: str | Sequence[str] = DEFAULT_KNOWN_HOSTS,
                  trust_on_first_use: bool = False, identity_files: Sequence[str] = (),
                  passphrase: str | None = None, agent: bool = True,
-                 config: str | None = DEFAULT_CONFIG, username: str | None = None,
+                 config: str | None = DEFAULT_CONFIG,
+                 system_config: str | None = DEFAULT_SYSTEM_CONFIG,
+                 global_known_hosts: Sequence[str] = DEFAULT_GLOBAL_KNOWN_HOSTS,
+                 password: str | None = None, password_env: str | None = None,
+                 passphrase_env: str | None = None, username: str | None = None,
                  port: int | None = None, connect_timeout: float = 10.0,
                  timeout: float | None = 300.0, kill_grace: float = 2.0,
                  keepalive_interval: float = 15.0, max_sessions: int = 10,
@@ -447,16 +506,30 @@ class SshTransport:
             if not os.path.isfile(path):
                 raise ConfigError(f"no such private key file: {path}",
                                   key="transport.identity_files")
+        # the user's config first, then the system-wide one: as in ssh, the first value
+        # obtained for an option is used
         self.config_paths: list[str] = []
-        if config:
-            expanded = str(Path(config).expanduser())
+        for key, config_path, default in (
+                ("config", config, DEFAULT_CONFIG),
+                ("system_config", system_config, DEFAULT_SYSTEM_CONFIG)):
+            if not config_path:
+                continue
+            expanded = str(Path(config_path).expanduser())
             if os.path.isfile(expanded):
-                self.config_paths = [expanded]
-            elif config != DEFAULT_CONFIG:
-                raise ConfigError(f"no such ssh config file: {expanded}", key="transport.config")
-        self.host_keys = HostKeyPolicy(paths, trust_on_first_use=trust_on_first_use)
+                self.config_paths.append(expanded)
+            elif config_path != default:
+                raise ConfigError(f"no such ssh config file: {expanded}", key=f"transport.{key}")
+        if isinstance(global_known_hosts, str) or not all(
+                isinstance(p, str) and p for p in global_known_hosts):
+            raise ConfigError("a list of file names ([] reads none)",
+                              key="transport.global_known_hosts")
+        self.host_keys = HostKeyPolicy(paths, global_paths=global_known_hosts,
+                                       trust_on_first_use=trust_on_first_use)
         self.trust_on_first_use = trust_on_first_use
         self._passphrase = passphrase           # never logged, never in a message
+        self.passphrase_env = passphrase_env
+        self._password = password               # never logged, never in a message
+        self.password_env = password_env
         self.agent = agent
         self.username = username
         self.port = port
@@ -501,10 +574,21 @@ class SshTransport:
             if passphrase is None:
                 raise ConfigError(f"environment variable {env_name} (the identity files' "
                                   f"passphrase) is not set", key="transport.passphrase_env")
+        password = None
+        password_env = settings["password_env"]
+        if password_env:
+            password = os.environ.get(password_env)
+            if password is None:
+                raise ConfigError(f"environment variable {password_env} (the login password) "
+                                  f"is not set", key="transport.password_env")
         return cls(known_hosts=settings["known_hosts"],
                    trust_on_first_use=settings["trust_on_first_use"],
                    identity_files=settings["identity_files"], passphrase=passphrase,
+                   passphrase_env=env_name or None, password=password,
+                   password_env=password_env or None,
                    agent=settings["agent"], config=settings["config"],
+                   system_config=settings["system_config"],
+                   global_known_hosts=settings["global_known_hosts"],
                    username=settings["username"], port=settings["port"],
                    connect_timeout=settings["connect_timeout"], timeout=settings["timeout"],
                    kill_grace=settings["kill_grace"],
@@ -515,7 +599,7 @@ class SshTransport:
                    lock_wait=settings["lock_wait"],
                    fleet=context.fleet.name if context and context.fleet else None)
 
-    def __repr__(self) -> str:   # no secrets: the passphrase is left out
+    def __repr__(self) -> str:   # no secrets: the passphrase and password are left out
         return (f"SshTransport(known_hosts={self.host_keys.paths!r}, "
                 f"trust_on_first_use={self.trust_on_first_use}, "
                 f"identity_files={self.identity_files!r}, sudo={self.sudo})")
@@ -593,22 +677,54 @@ class SshTransport:
                         asyncssh.load_keypairs, self.identity_files, self._passphrase)
                 except (asyncssh.KeyImportError, OSError, ValueError) as exc:
                     # the exception text never contains the passphrase or the key itself
+                    hint = ""
+                    if self._passphrase is None and "passphrase" in str(exc).lower():
+                        hint = (" (an identity file is encrypted and no passphrase_env is "
+                                "set: name the environment variable holding its passphrase "
+                                "in passphrase_env)")
                     raise ConfigError(f"cannot load the identity files "
-                                      f"{', '.join(self.identity_files)}: {_exc_text(exc)}",
-                                      key="transport.identity_files") from None
+                                      f"{', '.join(self.identity_files)}: {_exc_text(exc)}"
+                                      f"{hint}", key="transport.identity_files") from None
             return self._keys
 
     def _config_lookup(self, address: str, port: int | None,
                        username: str | None) -> Any:
-        from asyncssh.config import SSHClientConfig
-
         try:
             local_user = getpass.getuser()
         except (KeyError, OSError):  # pragma: no cover - no passwd entry
             local_user = ""
-        return SSHClientConfig.load(None, self.config_paths, False, False, False, local_user,
-                                    username if username else (), address,
-                                    port if port is not None else ())
+        return _ClientConfig.load(None, self.config_paths, False, False, False, local_user,
+                                  username if username else (), address,
+                                  port if port is not None else ())
+
+    def _resolved(self, target: Target) -> tuple[str, int, Any]:
+        """(host name, port, config) the connection to ``target`` uses after the ssh config
+        (HostName, Port; HostKeyAlias names the host in known_hosts); blocking."""
+        config = self._config_lookup(target.address, target.port, target.username)
+        host = str(config.get("HostName") or target.address)
+        port = target.port if target.port is not None else int(config.get("Port") or 22)
+        return host, port, config
+
+    def _skipped_identities(self, config: Any) -> list[str]:
+        """The identity files asyncssh skips silently: encrypted ones with no passphrase
+        (the config's IdentityFile, else ~/.ssh/id_*; blocking)."""
+        if self.identity_files or self._passphrase is not None:
+            return []
+        named = config.get("IdentityFile") if config is not None else None
+        paths = [str(Path(p).expanduser()) for p in named] if named else [
+            str(Path("~", ".ssh", name).expanduser()) for name in DEFAULT_IDENTITIES]
+        skipped = []
+        for path in paths:
+            if not os.path.isfile(path):
+                continue
+            try:
+                asyncssh.read_private_key(path)
+            except asyncssh.KeyEncryptionError:
+                skipped.append(path)
+            except (asyncssh.KeyImportError, OSError, ValueError) as exc:
+                if "passphrase" in str(exc).lower():
+                    skipped.append(path)
+        return skipped
 
     async def _proxy_jump(self, address: str, port: int | None,
                           username: str | None) -> str | None:
@@ -695,6 +811,8 @@ class SshTransport:
         }
         if self._passphrase is not None:
             options["passphrase"] = self._passphrase
+        if self._password is not None:
+            options["password"] = self._password
         if not self.agent:
             options["agent_path"] = None
         if target.port is not None:
@@ -708,24 +826,33 @@ class SshTransport:
             raise TransportError(self.host_keys.refusal(client.offered, role + label,
                                                         _exc_text(exc))) from None
         except asyncssh.KeyExchangeFailed as exc:
-            raise TransportError(self._kex_failure(target, role, exc)) from None
+            changed = await self._type_changed(target, tunnel, role)
+            raise TransportError(changed or self._kex_failure(target, role, exc)) from None
         except asyncssh.PermissionDenied as exc:
-            raise TransportError(
-                f"{role}{label} refused the login ({_exc_text(exc)}); tried "
-                + (f"the identity files {', '.join(self.identity_files)}"
-                   if self.identity_files else "the ssh config's IdentityFile or ~/.ssh/id_*")
-                + (" and the ssh-agent" if self.agent and os.environ.get("SSH_AUTH_SOCK")
-                   else "")) from None
+            raise TransportError(await self._login_refused(target, role, exc)) from None
         except TimeoutError:
             raise TransportError(f"cannot connect to {role}{label}: no answer within "
                                  f"{self.connect_timeout:g}s (connect_timeout)") from None
         except (OSError, asyncssh.Error) as exc:
+            if tunnel is None and _refused(exc):
+                try:
+                    host, port, _ = await asyncio.to_thread(self._resolved, target)
+                except (OSError, ValueError, asyncssh.Error):
+                    host, port = target.address, target.port or 22
+                raise TransportError(f"cannot connect to {role}{label}: connection refused by "
+                                     f"{host}:{port} (no SSH server listens there)") from exc
+            # a server that has none of the key types known_hosts holds for it gives up
+            # the key exchange by closing the connection: say why, as ssh does
+            changed = await self._type_changed(target, tunnel, role)
+            if changed:
+                raise TransportError(changed) from None
             raise TransportError(f"cannot connect to {role}{label}: {_exc_text(exc)}") from exc
         except ValueError as exc:        # asyncssh: bad config values, unknown user...
             raise TransportError(f"cannot connect to {role}{label}: {exc}") from None
         if client.offered is not None and client.offered.recorded:
             try:
-                await asyncio.to_thread(self.host_keys.record, client.offered)
+                hashed = await asyncio.to_thread(self._hash_known_hosts, target)
+                await asyncio.to_thread(self.host_keys.record, client.offered, hashed=hashed)
             except OSError as exc:
                 conn.close()
                 raise TransportError(
@@ -736,6 +863,63 @@ class SshTransport:
                         role + label, algorithm, client.offered.key.get_fingerprint("sha256"),
                         self.host_keys.record_path)
         return conn
+
+    def _hash_known_hosts(self, target: Target) -> bool:
+        """Whether ``HashKnownHosts yes`` is in effect for ``target`` (user's, then the
+        system-wide ssh config: Debian's sets it for every host); blocking."""
+        if not self.config_paths:
+            return False
+        try:
+            config = self._config_lookup(target.address, target.port, target.username)
+        except (OSError, ValueError, asyncssh.Error):
+            return False
+        return bool(config.get("HashKnownHosts"))
+
+    async def _type_changed(self, target: Target,
+                            tunnel: asyncssh.SSHClientConnection | None,
+                            role: str) -> str | None:
+        """When known_hosts has keys for ``target`` and the connection failed before the
+        server's key was seen: ask the server for its key with no restriction on its type. A
+        key of another type is a changed host key: the message says where the known entries
+        are and what the server offers now. None when that is not the case."""
+        try:
+            host, port, config = await asyncio.to_thread(self._resolved, target)
+            name = str(config.get("HostKeyAlias") or host)
+            entries = await asyncio.to_thread(self.host_keys.entries, name, None, port)
+        except (OSError, ValueError, asyncssh.Error):
+            return None
+        if not entries:
+            return None
+        try:
+            key = await asyncio.wait_for(
+                asyncssh.get_server_host_key(host, port, tunnel=tunnel or (), config=[]),
+                self.connect_timeout)
+        except (OSError, asyncssh.Error, TimeoutError, ValueError):
+            return None
+        if key is None or key.get_algorithm() in {e.algorithm for e in entries}:
+            return None
+        return self.host_keys.type_changed(role + target.label(), name, port, entries, key)
+
+    async def _login_refused(self, target: Target, role: str,
+                             exc: asyncssh.PermissionDenied) -> str:
+        """Why the login failed: what was tried, and which keys were skipped unread."""
+        try:
+            _, _, config = await asyncio.to_thread(self._resolved, target)
+            skipped = await asyncio.to_thread(self._skipped_identities, config)
+        except (OSError, ValueError, asyncssh.Error):
+            skipped = []
+        tried = [f"the identity files {', '.join(self.identity_files)}"
+                 if self.identity_files else "the ssh config's IdentityFile or ~/.ssh/id_*"]
+        if self.agent and os.environ.get("SSH_AUTH_SOCK"):
+            tried.append("the ssh-agent")
+        if self._password is not None:
+            tried.append(f"the password in ${self.password_env or 'password_env'}")
+        message = (f"{role}{target.label()} refused the login ({_exc_text(exc)}); tried "
+                   + " and ".join(tried))
+        for path in skipped:
+            message += (f"; identity file {path} is encrypted and no passphrase_env is set: "
+                        f"skipped")
+        return message
 
     def _kex_failure(self, target: Target, role: str, exc: BaseException) -> str:
         label = role + target.label()

@@ -84,7 +84,8 @@ class Env:
     def settings(self, sshd: Sshd | None = None, **overrides) -> dict:
         settings = {"known_hosts": str(self.known_hosts),
                     "identity_files": [str(self.key.private)],
-                    "config": "", "agent": False, "username": "root",
+                    "config": "", "system_config": "", "global_known_hosts": [],
+                    "agent": False, "username": "root",
                     "connect_timeout": "10s"}
         if sshd is not None:
             settings["port"] = sshd.port

@@ -5,13 +5,15 @@ Each :class:`Sshd` owns a directory holding everything it uses::
 
     sshd_config         generated (see :meth:`Sshd.config_text`)
     host_ed25519_key    its own host key (``.pub`` beside it), made with ssh-keygen
+                        (``host_<type>_key`` for another ``host_key_type``)
     authorized_keys     the client keys allowed to log in
     sshd.pid  sshd.log  pid file; the server's log (``-D -e``: foreground, log to stderr)
 
 The server runs in the foreground (``sshd -D -e``) in a session of its own, so stopping it
-never signals its caller. Password and keyboard-interactive logins are off; a client logs in
-with a key listed in ``authorized_keys`` (as the user running sshd, root included:
-``PermitRootLogin prohibit-password``). ``UsePAM no`` and ``StrictModes no`` let it run from
+never signals its caller. Password (unless ``password_authentication``) and
+keyboard-interactive logins are off; a client logs in with a key listed in
+``authorized_keys`` (as the user running sshd, root included: ``PermitRootLogin
+prohibit-password``). ``UsePAM no`` and ``StrictModes no`` let it run from
 any directory without touching the machine's PAM or ssh setup. sshd needs its privilege
 separation directory ``/run/sshd``; :func:`ensure_privsep_dir` creates it.
 
@@ -253,12 +255,19 @@ class Sshd:
         also every forwarded connection (a ProxyJump through this server).
     :param extra_config: more ``sshd_config`` lines, appended (for most keywords sshd keeps
         the first value it reads, so these add rather than override).
+    :param host_key_type: the type of the host key ssh-keygen makes (``ed25519``, ``ecdsa``,
+        ``rsa``); change :attr:`host_key_type` and ``restart(new_host_key=True)`` to serve a
+        key of another type.
+    :param password_authentication: also accept password logins (``PasswordAuthentication
+        yes``; with ``UsePAM no`` sshd checks the password in /etc/shadow itself, so sshd must
+        run as root). ``PermitRootLogin`` stays ``prohibit-password``.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, address: str = "127.0.0.1",
                  port: int | None = None, authorized_keys: Sequence[str] = (),
                  max_sessions: int = 10, log_level: str = "INFO",
-                 extra_config: Sequence[str] = ()) -> None:
+                 extra_config: Sequence[str] = (), host_key_type: str = "ed25519",
+                 password_authentication: bool = False) -> None:
         self.dir = Path(directory).resolve()
         self.address = address
         self._fixed_port = port
@@ -267,6 +276,8 @@ class Sshd:
         self.max_sessions = max_sessions
         self.log_level = log_level
         self.extra_config = list(extra_config)
+        self.host_key_type = host_key_type
+        self.password_authentication = password_authentication
         self._proc: subprocess.Popen[bytes] | None = None
 
     # paths -------------------------------------------------------------------------------
@@ -277,7 +288,7 @@ class Sshd:
 
     @property
     def host_key_path(self) -> Path:
-        return self.dir / "host_ed25519_key"
+        return self.dir / f"host_{self.host_key_type}_key"
 
     @property
     def authorized_keys_path(self) -> Path:
@@ -309,7 +320,8 @@ class Sshd:
     def new_host_key(self) -> str:
         """Replace the host key (takes effect on the next start); return the new public
         line."""
-        return make_key(self.host_key_path, comment=f"upgrader-lab-host-{self.address}").public
+        return make_key(self.host_key_path, comment=f"upgrader-lab-host-{self.address}",
+                        key_type=self.host_key_type).public
 
     # config ------------------------------------------------------------------------------
 
@@ -325,7 +337,7 @@ class Sshd:
             "PermitRootLogin prohibit-password",
             "StrictModes no",
             "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
+            f"PasswordAuthentication {'yes' if self.password_authentication else 'no'}",
             "KbdInteractiveAuthentication no",
             "PermitUserEnvironment no",
             "UseDNS no",

@@ -259,6 +259,8 @@ class SshLabLayout(LabLayout):
             "identity_files": [str(self.client_key)],
             "agent": False,
             "config": "",
+            "system_config": "",                  # the machine's ssh setup stays out
+            "global_known_hosts": [],
             "username": user,
             "connect_timeout": 5.0,
             "keepalive_interval": 5.0,
