@@ -175,6 +175,7 @@ class BalancerProcess:
         self.token_file = directory / "token"
         if token is not None:
             self.token_file.write_text(token + "\n")
+            self.token_file.chmod(0o600)        # a token file others may read is refused
         self.ready_file = directory / "ready.json"
         self.ready_file.unlink(missing_ok=True)
         self.log_file = directory / "balancer.log"
@@ -337,14 +338,14 @@ def test_bad_state_and_drained_parameters(balancer: BalancerProcess, farm: Backe
     assert "not valid JSON" in json.loads(caught.value.read())["error"]
 
 
-def test_refuses_a_public_admin_port_without_a_token(tmp_path: Path) -> None:
-    # refused before binding: nothing listens beyond loopback
+def test_refuses_a_missing_token_file(tmp_path: Path) -> None:
+    # refused before binding: a typo in --token-file is not "no token"
     result = subprocess.run(
         [sys.executable, "-m", "upgrader.balancer", "--listen", "127.0.0.1:0",
          "--admin", "0.0.0.0:0", "--token-file", str(tmp_path / "missing")],
         capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
-    assert "without a token" in result.stderr
+    assert f"{tmp_path / 'missing'}: --token-file: token file does not exist" in result.stderr
 
 
 # --------------------------------------------------------------------------------------------
@@ -687,10 +688,12 @@ def test_client_errors_never_show_the_token(balancer: BalancerProcess) -> None:
 
 def test_from_settings_needs_exactly_one_token_source(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # no generated token
     context = ProviderContext()
     url = "http://127.0.0.1:18001"
     token_file = tmp_path / "token"
     token_file.write_text(" from-file \n")
+    token_file.chmod(0o600)
     assert from_settings({"admin_url": url, "token_file": str(token_file)},
                          context)._token == "from-file"
     monkeypatch.setenv("UPGRADER_TEST_TOKEN", "from-env")
@@ -709,6 +712,7 @@ def test_from_settings_needs_exactly_one_token_source(
     ]
     empty = tmp_path / "empty"
     empty.write_text("\n")
+    empty.chmod(0o600)
     cases.append(({"admin_url": url, "token_file": str(empty)}, "token_file"))
     for settings, key in cases:
         with pytest.raises(ConfigError) as caught:

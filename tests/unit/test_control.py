@@ -19,7 +19,7 @@ from upgrader.control.controller import control_paths, read_token, write_token
 from upgrader.control.handle import RolloutHandle
 from upgrader.control.server import ControlServer
 from upgrader.engine.core import Engine, Providers
-from upgrader.errors import PolicyRefused, UpgraderError
+from upgrader.errors import ConfigError, PolicyRefused, UpgraderError
 from upgrader.events import Event
 from upgrader.model import StrategySpec, Timing, VerifySpec
 from upgrader.providers.noop import NoopBalancer, NoopHealthCheck, NoopTransport
@@ -371,5 +371,5 @@ def test_control_paths_and_token_files(tmp_path):
     assert read_token(token) == secret and len(secret) >= 32
     assert write_token(token) != secret
     os.chmod(token, 0o644)
-    with pytest.raises(PolicyRefused, match="readable by others"):
+    with pytest.raises(ConfigError, match=r"mode 0644: group or others .*chmod 600"):
         read_token(token)

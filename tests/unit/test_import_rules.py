@@ -74,6 +74,8 @@ RULES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(LEAVES, ()),
     # the checked-TOML toolkit raises ConfigError and reads durations and percentages
     "tomlsource": ("errors", "units"),
+    # the servers' bearer tokens: token files, the Authorization header
+    "tokens": ("errors",),
     "plan": ("model",),
     "providers.base": ("model",),
     # the storage layer (URLs, connections, driver errors) under journal, flags and schema
@@ -83,9 +85,10 @@ RULES: dict[str, tuple[str, ...]] = {
                "redact", "engine", "policy", "units"),
     # deploy windows: pure calendar logic the engine asks through WindowPolicy
     "policy": ("errors", "units", "tomlsource", "plan", "model"),
-    "balancer": ("hashing", "addresses", "providers.base", "balancer", "errors"),
+    "balancer": ("hashing", "addresses", "providers.base", "balancer", "errors", "tokens"),
     # feature flags: beside the engine, on the shared leaves only
-    "flags": ("errors", "hashing", "tomlsource", "units", "addresses", "flags", "db"),
+    "flags": ("errors", "hashing", "tomlsource", "units", "addresses", "flags", "db",
+              "tokens"),
 }
 FRONT_ENDS = ("cli", "frontend", "headless", "demo", "lab.cli", "flags.cli", "schema.cli", "tui")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
-import hmac
 import json
 import logging
 import math
@@ -30,10 +29,21 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..addresses import is_loopback, parse_host_port
-from ..errors import BadRequest  # a body or parameter that does not validate: answered 400
+from ..addresses import parse_host_port
+from ..errors import (
+    BadRequest,  # a body or parameter that does not validate: answered 400
+    ConfigError,
+)
 from ..hashing import in_percent
 from ..providers.base import BACKEND_STATES, LATENCY_BUCKETS
+from ..tokens import (
+    bearer_token,
+    ensure_generated_token,
+    generated_token_path,
+    read_token_file,
+    token_dir,
+    token_matches,
+)
 
 log = logging.getLogger("upgrader.balancer")
 
@@ -359,18 +369,20 @@ def _json_error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers or None)
 
 
-def _auth_middleware(token: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
-    expected = ("Bearer " + token).encode() if token else None
+def _auth_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Every admin request needs ``Authorization: Bearer <token>`` (the scheme in any case,
+    the token compared in constant time); there is no admin API without a token."""
+    if not token:
+        raise ValueError("the admin API needs a non-empty token")
+    expected = token.encode("utf-8")
 
     @web.middleware
     async def middleware(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                          ) -> web.StreamResponse:
-        if expected is not None:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return _json_error(401, "missing or wrong bearer token",
-                                   **{"WWW-Authenticate": "Bearer"})
+        if not token_matches(bearer_token(request.headers.get("Authorization")), expected):
+            return _json_error(401, "missing or wrong bearer token",
+                               **{"WWW-Authenticate": "Bearer"})
         try:
             return await handler(request)
         except BadRequest as exc:
@@ -725,15 +737,6 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def read_token(path: str | None) -> str:
-    if not path:
-        return ""
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return ""
-
-
 def write_ready_file(path: str, data: Mapping[str, Any]) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -756,9 +759,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--admin", required=True, metavar="HOST:PORT",
                         help="where the admin API listens (keep it on loopback)")
     parser.add_argument("--token-file", metavar="PATH",
-                        help="file holding the admin bearer token (required off loopback)")
+                        help="file holding the admin bearer token (mode 0600); without it a "
+                             "token is generated in "
+                             f"{token_dir() / 'balancer-<admin port>.token'}")
     parser.add_argument("--ready-file", metavar="PATH",
-                        help='written once listening: {"pid", "listen_port", "admin_port"}')
+                        help='written once listening: {"pid", "listen_port", "admin_port", '
+                             '"token_file"}')
     parser.add_argument("--connect-timeout", type=float, default=3.0, metavar="S",
                         help="seconds to connect to a backend (default 3)")
     parser.add_argument("--backend-timeout", type=float, default=60.0, metavar="S",
@@ -770,9 +776,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def serve(listen_sock: socket.socket, admin_sock: socket.socket, token: str,
                 ready_file: str | None, *, connect_timeout: float = 3.0,
-                backend_timeout: float = 60.0) -> None:
-    if not token and not is_loopback(str(admin_sock.getsockname()[0])):
-        # main() checks this too; a library caller of serve() must not get around it
+                backend_timeout: float = 60.0, token_file: str | None = None) -> None:
+    if not token:
+        # main() always has one (given or generated); a library caller must not get around it
         raise PermissionError(f"refusing to serve the admin API on "
                               f"{admin_sock.getsockname()[0]} without a token")
     table = Table()
@@ -781,7 +787,7 @@ async def serve(listen_sock: socket.socket, admin_sock: socket.socket, token: st
 
     proxy_app = web.Application(client_max_size=64 * 1024 * 1024)
     proxy_app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    admin_app = web.Application(middlewares=[_auth_middleware(token or None)])
+    admin_app = web.Application(middlewares=[_auth_middleware(token)])
     admin_app.add_routes(Admin(table).routes())
 
     proxy_runner = web.AppRunner(proxy_app, access_log=None,
@@ -800,8 +806,11 @@ async def serve(listen_sock: socket.socket, admin_sock: socket.socket, token: st
         listen_port = listen_sock.getsockname()[1]
         admin_port = admin_sock.getsockname()[1]
         if ready_file:
-            await asyncio.to_thread(write_ready_file, ready_file, {
-                "pid": os.getpid(), "listen_port": listen_port, "admin_port": admin_port})
+            ready: dict[str, Any] = {"pid": os.getpid(), "listen_port": listen_port,
+                                     "admin_port": admin_port}
+            if token_file:
+                ready["token_file"] = token_file
+            await asyncio.to_thread(write_ready_file, ready_file, ready)
         log.info("balancer listening on port %d, admin on port %d", listen_port, admin_port)
         await stop.wait()
         log.info("stopping: finishing requests in flight (at most %gs)", PROXY_SHUTDOWN_SECONDS)
@@ -823,18 +832,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"upgrader balancer: {exc}", file=sys.stderr)
         return 2
-    try:
-        token = read_token(args.token_file)
-    except OSError as exc:
-        print(f"upgrader balancer: cannot read --token-file: {exc.strerror}", file=sys.stderr)
-        return 2
-    if not token:
-        if not is_loopback(admin[0]):
-            print(f"upgrader balancer: refusing to serve the admin API on {admin[0]} without a "
-                  "token: --token-file is missing or empty", file=sys.stderr)
+    token = ""
+    if args.token_file:
+        try:
+            token = read_token_file(args.token_file, key="--token-file")
+        except ConfigError as exc:
+            print(f"upgrader balancer: {exc}", file=sys.stderr)
             return 2
-        log.warning("no admin token (--token-file missing or empty): the admin API on "
-                    "loopback accepts every local client")
     try:
         listen_sock = _bind(*listen)
     except OSError as exc:
@@ -846,7 +850,22 @@ def main(argv: list[str] | None = None) -> int:
         listen_sock.close()
         print(f"upgrader balancer: cannot listen on {args.admin}: {exc}", file=sys.stderr)
         return 1
+    token_file = os.path.abspath(os.path.expanduser(args.token_file)) if token else None
+    if not token:
+        # no --token-file: a generated one, where a client on this machine finds it by port
+        path = generated_token_path("balancer", admin_sock.getsockname()[1])
+        try:
+            token = ensure_generated_token(path)
+        except (ConfigError, OSError) as exc:
+            listen_sock.close()
+            admin_sock.close()
+            print(f"upgrader balancer: cannot write the generated admin token: {exc}",
+                  file=sys.stderr)
+            return 1
+        token_file = str(path)
+        print(f"upgrader balancer: no --token-file: the admin token is in {path} (mode 0600)",
+              file=sys.stderr, flush=True)
     asyncio.run(serve(listen_sock, admin_sock, token, args.ready_file,
                       connect_timeout=args.connect_timeout,
-                      backend_timeout=args.backend_timeout))
+                      backend_timeout=args.backend_timeout, token_file=token_file))
     return 0

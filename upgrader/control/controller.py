@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import secrets
 import stat
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ControlError, PolicyRefused
+from ..tokens import new_token, read_token_file, write_token_file
 from .client import RemoteRollout
 from .server import HEARTBEAT_S, MAX_SOCKET_PATH, ControlServer, socket_answers
 
@@ -71,30 +71,19 @@ def _ensure_private_dir(path: Path) -> None:
 
 def write_token(token_path: str | Path) -> str:
     """A fresh random token in ``token_path`` (0600, replaced atomically); returns it."""
-    path = Path(token_path)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, token.encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    token = new_token()
+    write_token_file(token_path, token)
     return token
 
 
 def read_token(token_path: str | Path) -> str:
+    """The controller's token. ``ControlError`` when there is none (no controller);
+    ``ConfigError`` (exit 2) when group or others may read it, with the ``chmod 600`` fix:
+    the same rule as every token file of upgrader (:mod:`upgrader.tokens`)."""
     path = Path(token_path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ControlError(f"no control token at {path}") from None
-    if st.st_mode & 0o077:
-        raise PolicyRefused(f"the control token {path} is readable by others "
-                            f"(mode {stat.S_IMODE(st.st_mode):o}); refusing to use it")
-    return path.read_text().strip()
+    if not path.exists():
+        raise ControlError(f"no control token at {path}")
+    return read_token_file(path)
 
 
 def _remove_token(token_path: Path, token: str) -> None:

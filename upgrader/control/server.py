@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hmac
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from aiohttp import web
 from ..errors import ControlError, PolicyRefused, UpgraderError
 from ..events import Event
 from ..redact import redact_data
+from ..tokens import bearer_token, token_matches
 from .handle import RolloutHandle
 
 log = logging.getLogger("upgrader.control")
@@ -219,10 +219,7 @@ class ControlServer:
     async def _auth_middleware(self, request: web.Request,
                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                                ) -> web.StreamResponse:
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 self._token):
+        if not token_matches(bearer_token(request.headers.get("Authorization")), self._token):
             response = _json_response(401, {"ok": False, "error": "unauthorized: a valid "
                                             "'Authorization: Bearer <token>' header is required"})
             response.headers["WWW-Authenticate"] = 'Bearer realm="upgrader"'

@@ -156,9 +156,11 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help=f"where to listen (default {DEFAULT_LISTEN}; port 0 picks one)")
     auth = parser.add_mutually_exclusive_group()
     auth.add_argument("--token", metavar="T",
-                      help="require 'Authorization: Bearer T' or 'X-API-Key: T' (required "
-                           "off loopback; prefer --token-file: arguments are visible in ps)")
-    auth.add_argument("--token-file", metavar="FILE", help="read the token from FILE")
+                      help="require 'Authorization: Bearer T' or 'X-API-Key: T' (prefer "
+                           "--token-file: arguments are visible in ps; without either, a "
+                           "token is generated and its file printed)")
+    auth.add_argument("--token-file", metavar="FILE",
+                      help="read the token from FILE (mode 0600, else refused)")
     add_common_arguments(parser, changes=False)
     parser.set_defaults(func=serve_command, flags_handler=serve_command)
     return parser
@@ -167,18 +169,19 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
 def serve_command(args: argparse.Namespace) -> int:
     import logging
 
+    from ..tokens import read_token_file
     from .ofrep import serve
 
     token = args.token
+    if args.token is not None and not args.token.strip():
+        print("upgrader flags serve: --token is empty", file=sys.stderr)
+        return 2
     if args.token_file:
         try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            print(f"upgrader flags serve: cannot read --token-file: {exc.strerror}",
-                  file=sys.stderr)
-            return 2
-        if not token:
-            print("upgrader flags serve: --token-file is empty", file=sys.stderr)
+            # mode 0600 or refused: a token others can read protects nothing
+            token = read_token_file(args.token_file, key="--token-file")
+        except ConfigError as exc:
+            print(f"upgrader flags serve: {exc}", file=sys.stderr)
             return 2
     store, env = resolve_store_and_env(args)
     if not logging.getLogger().handlers:

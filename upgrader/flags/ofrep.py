@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 import signal
@@ -24,6 +23,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..addresses import is_loopback, parse_host_port
+from ..tokens import (
+    bearer_token,
+    ensure_generated_token,
+    generated_token_path,
+    new_token,
+    token_matches,
+    write_generated_token,
+)
 from .watch import POLL_INTERVAL_S, FlagWatcher
 
 log = logging.getLogger("upgrader.flags.ofrep")
@@ -44,7 +51,8 @@ class OfrepServer:
 
     ``store`` is a store spec (a SQLite path or a ``postgresql://`` URL) or a store object.
     With a ``token``, every request must carry ``Authorization: Bearer <token>`` or
-    ``X-API-Key: <token>``; without one the server only listens on loopback.
+    ``X-API-Key: <token>``; without one the server only listens on loopback (an embedding
+    program's choice: the process, ``serve`` and ``upgrader flags serve``, always has one).
 
         server = OfrepServer("flags.db", "production", port=0)
         await server.start()        # raises ConfigError if the flag set does not load
@@ -121,19 +129,15 @@ class OfrepServer:
         return await handler(request)
 
     def _authorized(self, request: web.Request) -> bool:
-        """``X-API-Key: T`` or ``Authorization: Bearer T``, compared in constant time."""
+        """``X-API-Key: T`` or ``Authorization: Bearer T`` (the scheme in any case), compared
+        in constant time."""
         assert self._token is not None
-        candidates = []
         api_key = request.headers.get("X-API-Key")
-        if api_key is not None:
-            candidates.append(api_key.strip())
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            candidates.append(value.strip())
-        ok = False
-        for given in candidates:
-            ok |= hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self._token)
-        return ok
+        bearer = bearer_token(request.headers.get("Authorization"))
+        # both compared, always: the time taken does not tell which header was right
+        by_key = token_matches(api_key.strip() if api_key is not None else None, self._token)
+        by_bearer = token_matches(bearer, self._token)
+        return by_key or by_bearer
 
     async def _single(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
@@ -290,16 +294,31 @@ def _evaluate_all(evaluator: Any, context: Mapping[str, Any]) -> list[tuple[str,
 
 def serve(store_spec: str, env: str, listen: str = DEFAULT_LISTEN, token: str | None = None
           ) -> int:
-    """Run the OFREP server until SIGINT/SIGTERM. Exit status: 0 stopped, 1 could not listen,
-    2 bad input (bad --listen, no token off loopback, a flag set that does not load)."""
+    """Run the OFREP server until SIGINT/SIGTERM. Exit status: 0 stopped, 1 could not listen
+    (or write the generated token), 2 bad input (bad --listen, a flag set that does not load).
+
+    Without a ``token`` one is generated, 0600 in :func:`upgrader.tokens.generated_token_path`
+    ("ofrep", port), and its path printed: there is no OFREP server without a token."""
     from ..errors import ConfigError
 
+    generated = None
+    given_token = bool(token)
     try:
         host, port = parse_host_port(listen, "--listen")
-        server = OfrepServer(store_spec, env, host=host, port=port, token=token or None)
+        if not token:
+            if port:        # a fixed port: keep the token a previous run generated
+                generated = generated_token_path("ofrep", port)
+                token = ensure_generated_token(generated)
+            else:           # port 0: the file is named once the port is known
+                token = new_token()
+        server = OfrepServer(store_spec, env, host=host, port=port, token=token)
     except (ValueError, ConfigError) as exc:
         print(f"upgrader flags serve: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"upgrader flags serve: cannot write the generated token: {exc}",
+              file=sys.stderr)
+        return 1
 
     async def main() -> int:
         try:
@@ -310,12 +329,23 @@ def serve(store_spec: str, env: str, listen: str = DEFAULT_LISTEN, token: str | 
         except OSError as exc:
             print(f"upgrader flags serve: cannot listen on {listen}: {exc}", file=sys.stderr)
             return 1
+        token_path = generated
+        if token_path is None and not given_token:
+            token_path = generated_token_path("ofrep", server.port)
+            try:
+                await asyncio.to_thread(write_generated_token, token_path, str(token))
+            except (ConfigError, OSError) as exc:
+                await server.aclose()
+                print(f"upgrader flags serve: cannot write the generated token: {exc}",
+                      file=sys.stderr)
+                return 1
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        if not token:
-            log.warning("no token: every local client may read the flags")
+        if token_path is not None:
+            print(f"upgrader flags serve: no token given: the token is in {token_path} "
+                  "(mode 0600)", file=sys.stderr, flush=True)
         print(f"upgrader flags serve: OFREP for environment {env!r} on {server.url}"
               f"{PREFIX}/evaluate/flags", file=sys.stderr, flush=True)
         try:

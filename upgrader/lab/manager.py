@@ -31,7 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LabError
+from ..errors import ConfigError, LabError
 from ..model import Host
 from . import hostctl
 from .layout import LabLayout
@@ -383,7 +383,12 @@ class Lab:
         except ImportError as exc:
             raise LabError(f"the built-in balancer client is not available: {exc}"
                            ) from exc
-        token = self.layout.token_file.read_text(encoding="utf-8").strip()
+        from ..tokens import read_token_file
+
+        try:        # the same mode check as every client of the balancer's token
+            token = read_token_file(self.layout.token_file)
+        except ConfigError as exc:
+            raise LabError(f"the lab's balancer token: {exc}") from exc
         return BuiltinBalancer(self.layout.admin_url, token)
 
     def balancer(self) -> Any:

@@ -12,8 +12,10 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from ..addresses import is_loopback
 from ..errors import BalancerError, ConfigError
 from ..hookspecs import Register, hookimpl
+from ..tokens import generated_token_path, read_token_file
 from .base import (
     BackendState,
     BackendStats,
@@ -29,7 +31,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("admin_url", str, description="URL of the balancer's admin API, "
             "e.g. http://127.0.0.1:18001"),
     Setting("token", str, "", "the admin bearer token itself (prefer token_file or token_env)"),
-    Setting("token_file", str, "", "a file holding the admin bearer token"),
+    Setting("token_file", str, "", "a file holding the admin bearer token (mode 0600; by "
+            "default the token a balancer on this machine generated for admin_url's port)"),
     Setting("token_env", str, "", "an environment variable holding the admin bearer token"),
     Setting("timeout", (int, float), 10.0, "seconds for one admin request"),
 )
@@ -243,11 +246,17 @@ def _state_from_json(data: Mapping[str, Any]) -> BalancerState:
 
 
 def resolve_token(settings: Mapping[str, Any]) -> str:
-    """The token from exactly one of ``token``, ``token_file``, ``token_env``."""
+    """The token from exactly one of ``token``, ``token_file``, ``token_env``; with none of
+    them and a loopback ``admin_url``, the token a balancer started without ``--token-file``
+    generated for that port (:func:`upgrader.tokens.generated_token_path`)."""
     given = [key for key in _TOKEN_KEYS if settings.get(key)]
     if not given:
+        generated = _generated_token_file(settings.get("admin_url"))
+        if generated is not None and generated.exists():
+            return read_token_file(generated, key="token_file")
+        where = f" (none was generated at {generated})" if generated is not None else ""
         raise ConfigError("the built-in balancer needs an admin token: set one of "
-                          "token_file, token_env or token", key="token_file")
+                          f"token_file, token_env or token{where}", key="token_file")
     if len(given) > 1:
         raise ConfigError(f"set only one of {', '.join(given)}", key=given[1])
     key = given[0]
@@ -257,14 +266,8 @@ def resolve_token(settings: Mapping[str, Any]) -> str:
     if key == "token":
         token = value.strip()
     elif key == "token_file":
-        path = Path(value).expanduser()
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read token file {str(path)!r}: {exc.strerror}",
-                              key=key) from None
-        if not token:
-            raise ConfigError(f"token file {str(path)!r} is empty", key=key)
+        # the same rules as the balancer: a file others may read is refused (chmod 600)
+        token = read_token_file(value, key=key)
     else:
         token = os.environ.get(value, "").strip()
         if not token:
@@ -272,6 +275,21 @@ def resolve_token(settings: Mapping[str, Any]) -> str:
     if not token:
         raise ConfigError("the admin token is empty", key=key)
     return token
+
+
+def _generated_token_file(admin_url: Any) -> Path | None:
+    """Where a balancer on this machine put its generated token, for a loopback admin URL
+    (never for another machine's: that file is not that balancer's token)."""
+    if not isinstance(admin_url, str):
+        return None
+    try:
+        parts = urlsplit(admin_url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if host is None or port is None or not is_loopback(host):
+        return None
+    return generated_token_path("balancer", port)
 
 
 def from_settings(settings: Mapping[str, Any], context: ProviderContext) -> BuiltinBalancer:
