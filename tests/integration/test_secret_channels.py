@@ -95,7 +95,7 @@ DEFAULT_VARS = f'vars = {{ api_token = "{API_TOKEN}", db_password = "{DB_PASSWOR
 
 
 class _Hook(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         self.server.bodies.append(self.rfile.read(length).decode("utf-8", "replace"))  # type: ignore[attr-defined]
         self.send_response(200)
@@ -209,7 +209,7 @@ def test_secret_vars_reach_no_output_channel(tmp_path):
     on every channel (base commit: 20 on stdout, 14 on stderr, 16 in the journal, ...). The
     masked failure does arrive everywhere, so the search is not vacuous."""
     channels = collect(tmp_path)
-    assert hits(channels) == {where: 0 for where in channels}
+    assert hits(channels) == dict.fromkeys(channels, 0)
     failure = "auth failed: token *** password ***"
     for where in ("stdout (--json events)", "journal (SQLite, every table)",
                   "webhook payloads (headless)", "detached controller log",
@@ -240,7 +240,7 @@ def test_referenced_secrets_reach_no_output_channel(tmp_path):
                                                                         "{db_cred}")
     secrets = (ENV_SECRET, FILE_SECRET, MARKED_SECRET)
     channels = collect(tmp_path, vars_line, install, {"UPG_TEST_DEPLOY_CRED": ENV_SECRET})
-    assert hits(channels, secrets) == {where: 0 for where in channels}
+    assert hits(channels, secrets) == dict.fromkeys(channels, 0)
     assert "auth failed: token *** password *** note ***" in channels["stdout (--json events)"]
     # the command itself got the real values
     assert f"{ENV_SECRET} {FILE_SECRET} {MARKED_SECRET}" in (tmp_path / "seen.log").read_text()
