@@ -224,9 +224,10 @@ def redact_url(url: str) -> str:
 
 
 def _mask_known(text: str) -> str:
-    """Registered values masked until none is left (a mask next to a secret's own first or
-    last characters cannot spell it again)."""
-    for _ in range(8):
+    """Registered values masked until none is left (so a mask next to a secret's own first or
+    last characters cannot spell it again). Ends: each pass that changes the text replaces
+    at least one character other than ``*`` by ``*`` (no value is made only of ``*``)."""
+    while True:
         before = text
         pattern = _secret_re
         if pattern is not None:
