@@ -291,7 +291,8 @@ class Engine:
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able picture of the rollout now, redacted like the events (its state reason
         quotes a failed command's output, which may hold a secret)."""
-        return redact_data(rollout_status(self))
+        shown: dict[str, Any] = redact_data(rollout_status(self))
+        return shown
 
     # ------------------------------------------------------------------ run
 
