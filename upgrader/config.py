@@ -432,6 +432,9 @@ class _Loader:
                 values[key], is_secret = self.var_reference(item, path + (key,))
                 if is_secret:
                     secret.add(key)
+            elif not isinstance(item, str) and is_secret_name(key):
+                self.error(path + (key,), "expected a string or a var table, got "
+                                          f"{_kind_of(item)}")     # never the value itself
             else:
                 values[key] = item
         self.string_map(values, path, key_pattern=_VAR_RE)
@@ -451,6 +454,8 @@ class _Loader:
         source = sources[0]
         secret = self.boolean(ref, path, "secret", source != "value")
         where = path + (source,)
+        if not isinstance(ref[source], str):
+            self.error(where, f"expected a string, got {_kind_of(ref[source])}")
         text = self.string(ref, path, source)
         if source == "env":
             if not _ENV_NAME_RE.fullmatch(text):
@@ -699,3 +704,9 @@ def _pattern_words(pattern: re.Pattern[str]) -> str:
                        "digit, at most 63 characters",
         _LABEL_VALUE_RE: "letters, digits and . _ : / @ + = , -, at most 255 characters",
     }.get(pattern, pattern.pattern)
+
+
+def _kind_of(value: Any) -> str:
+    """'an integer', 'a boolean', ...: what :func:`describe_value` says, without the value (a
+    var's value may be a secret)."""
+    return describe_value(value).split(" (", 1)[0]

@@ -101,7 +101,10 @@ def test_a_hosts_own_secret_is_secret_on_that_host():
     ('{ deploy = { value = "x", secret = "yes" } }', "defaults.vars.deploy.secret", ""),
     ('{ deploy = { env = "NOT A NAME" } }', "defaults.vars.deploy.env",
      "is not an environment variable name"),
-    ('{ deploy = { value = 3 } }', "defaults.vars.deploy.value", "string"),
+    ('{ deploy = { value = 314159 } }', "defaults.vars.deploy.value",
+     "expected a string, got an integer"),
+    ('{ db_password = 314159 }', "defaults.vars.db_password",
+     "expected a string or a var table, got an integer"),
 ])
 def test_bad_references_name_the_file_key_and_line(vars_text, key, message, tmp_path):
     with pytest.raises(ConfigError) as caught:
@@ -109,6 +112,7 @@ def test_bad_references_name_the_file_key_and_line(vars_text, key, message, tmp_
     error = caught.value
     assert error.key == key and error.line == 15 and error.file.endswith("fleet.toml")
     assert message in error.message
+    assert "314159" not in str(error)           # a value (maybe a secret) is never shown
 
 
 def test_a_secret_file_with_two_lines_or_nothing_is_refused_without_showing_it(tmp_path):
