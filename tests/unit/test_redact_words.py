@@ -78,3 +78,16 @@ def test_passphrase_is_a_secret_name_and_its_pointers_are_not():
     for name in ("passphrase_env", "passphrase_file", "key_passphrase_env"):
         assert not redact.is_secret_name(name), name
     assert redact.redact_text("passphrase=correct-horse") == "passphrase=***"
+
+
+def test_the_secret_a_passphrase_env_setting_points_at_is_masked(monkeypatch):
+    """The ssh plugin's ``passphrase_env`` names a variable; its value is the secret."""
+    monkeypatch.setenv("UPG_TEST_KEY_PASSPHRASE_VALUE", "correct-horse-battery")
+    redact.add_settings_secrets({"passphrase_env": "UPG_TEST_KEY_PASSPHRASE_VALUE"})
+    try:
+        assert redact.redact_text("key unlocked with correct-horse-battery") == \
+            "key unlocked with ***"
+        assert redact.redact_settings({"passphrase_env": "UPG_TEST_KEY_PASSPHRASE_VALUE"}) == \
+            {"passphrase_env": "UPG_TEST_KEY_PASSPHRASE_VALUE"}
+    finally:
+        redact.forget_secrets()
