@@ -104,15 +104,26 @@ def add_secret(value: Any, *, declared: bool = False) -> None:
     says is a secret (a secret var) is then masked where it stands as a word of its own, not
     inside other words. Values made only of ``*`` cannot be told from the mask and are
     ignored."""
+    add_secrets((value,), declared=declared)
+
+
+def add_secrets(values: Iterable[Any], *, declared: bool = False) -> None:
+    """:func:`add_secret` for many values, compiling the pattern once (not once per host of
+    a fleet whose hosts each have their own secret var)."""
     global _secrets, _secret_re, _short_secrets, _short_re
-    if not isinstance(value, str):
-        return
-    value = value.strip()
-    if not value.strip("*"):
-        return
-    forms = _forms(value)
-    long_forms = {f for f in forms if len(f) >= MIN_SECRET_LENGTH}
-    short_forms = (forms - long_forms) if declared else set()
+    long_forms: set[str] = set()
+    short_forms: set[str] = set()
+    for value in values:
+        if not isinstance(value, str):
+            continue
+        value = value.strip()
+        if not value.strip("*"):
+            continue
+        for form in _forms(value):
+            if len(form) >= MIN_SECRET_LENGTH:
+                long_forms.add(form)
+            elif declared:
+                short_forms.add(form)
     if long_forms <= _secrets and short_forms <= _short_secrets:
         return
     with _lock:
@@ -136,13 +147,15 @@ def add_host_secrets(hosts: Iterable[Any]) -> None:
     """Register the secret ``vars`` of ``hosts`` (:class:`upgrader.model.Host`): those whose
     names say they are secret, those the fleet file marked secret (``secret_vars``: written
     as an ``env`` / ``file`` reference or with ``secret = true``), and URL passwords in any."""
+    declared: set[str] = set()
     for host in hosts:
         marked = getattr(host, "secret_vars", ())
         for name, value in getattr(host, "vars", {}).items():
             if name in marked or is_secret_name(str(name)):
-                add_secret(value, declared=True)
-            if isinstance(value, str):
+                declared.add(value)
+            if isinstance(value, str) and "://" in value:
                 add_url_secret(value)
+    add_secrets(declared, declared=True)
 
 
 def add_url_secret(url: str | None) -> None:
