@@ -19,6 +19,7 @@ linear time.
 
 from __future__ import annotations
 
+import os
 import re
 import string
 from collections.abc import Iterable, Iterator, Mapping
@@ -43,6 +44,7 @@ from .model import (
 )
 from .policy import parse_windows
 from .providers.base import ProviderFactory, Setting
+from .redact import is_secret_name
 from .schema.loader import parse_schema
 from .strategies.table import parse_strategy, where_in_file
 from .tomlsource import (
@@ -155,6 +157,12 @@ _GROUP_KEYS = ("name", "header_values", "percent", "description")
 _ROUTING_KEYS = ("group_header", "user_header")
 _HOST_KEYS = ("name", "address", "port", "labels", "vars", "cluster", "slots")
 _DEFAULTS_KEYS = ("labels", "vars", "port")
+#: a var written as a table: where its value comes from, and whether it is secret
+_VAR_SOURCES = ("env", "file", "value")
+_VAR_REFERENCE_KEYS = (*_VAR_SOURCES, "secret")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: a secret file larger than this is a mistake (a key pair, a log), not one value
+_VAR_FILE_LIMIT = 64 * 1024
 
 
 class _Loader:
@@ -351,14 +359,14 @@ class _Loader:
         defaults = self.table(data.get("defaults", {}), ("defaults",), _DEFAULTS_KEYS,
                               "[defaults]")
         default_labels = self.labels(defaults.get("labels", {}), ("defaults", "labels"))
-        default_vars = self.string_map(defaults.get("vars", {}), ("defaults", "vars"),
-                                       key_pattern=_VAR_RE)
-        self.check_var_names(default_vars, ("defaults", "vars"))
+        default_vars, default_secrets = self.host_vars(defaults.get("vars", {}),
+                                                       ("defaults", "vars"))
         default_port = self.port(defaults, ("defaults",), "port")
 
         items = self.array_of_tables(data, "hosts")
         if not items and lab is not None:
-            hosts = [self.with_defaults(h, default_labels, default_vars, default_port)
+            hosts = [self.with_defaults(h, default_labels, default_vars, default_port,
+                                        default_secrets)
                      for h in lab.host_objects()]
             return tuple(hosts)
         if not items:
@@ -382,30 +390,116 @@ class _Loader:
             port = self.port(table, path, "port")
             labels = self.labels(table["labels"], path + ("labels",)) \
                 if "labels" in table else {}
-            host_vars = self.string_map(table["vars"], path + ("vars",), key_pattern=_VAR_RE) \
-                if "vars" in table else {}
-            if host_vars:
-                self.check_var_names(host_vars, path + ("vars",))
+            host_vars, secret_vars = self.host_vars(table["vars"], path + ("vars",)) \
+                if "vars" in table else ({}, frozenset())
             cluster = self.choice(table, path, "cluster", CLUSTERS, "main")
             slots = self.slots(table["slots"], path + ("slots",)) if "slots" in table else {}
             host = Host(name=name, address=address, port=port, labels=labels, vars=host_vars,
-                        cluster=cluster, slots=slots)
-            result.append(self.with_defaults(host, default_labels, default_vars, default_port))
+                        cluster=cluster, slots=slots, secret_vars=secret_vars)
+            result.append(self.with_defaults(host, default_labels, default_vars, default_port,
+                                             default_secrets))
         return tuple(result)
 
     @staticmethod
     def with_defaults(host: Host, labels: dict[str, str], host_vars: dict[str, str],
-                      port: int | None) -> Host:
-        """[defaults] under a host's own values (per key for labels and vars)."""
+                      port: int | None, secret_vars: frozenset[str] = frozenset()) -> Host:
+        """[defaults] under a host's own values (per key for labels and vars). A var is secret
+        as the table that gives its value says: a host's own plain value overrides a secret
+        default, and is then secret only if its name says so."""
         if not labels and not host_vars and port is None:
             return host
+        inherited = frozenset(name for name in secret_vars if name not in host.vars)
         return Host(
             name=host.name, address=host.address,
             port=host.port if host.port is not None else port,
             labels={**labels, **host.labels} if labels else host.labels,
             vars={**host_vars, **host.vars} if host_vars else host.vars,
             cluster=host.cluster, slots=host.slots,
+            secret_vars=host.secret_vars | inherited,
         )
+
+    def host_vars(self, value: Any, path: KeyPath) -> tuple[dict[str, str], frozenset[str]]:
+        """``vars``: each a string, or a table saying where the value comes from
+        (``{ env = "NAME" }``, ``{ file = "PATH" }``, ``{ value = "..." }``) and whether it is
+        secret (``secret``; true by default for ``env`` and ``file``). References are
+        resolved here, so a missing variable or an unreadable file stops the load. Returns
+        the values and the names of the secret ones (those, and the secret-named)."""
+        table = self.table(value, path, None, "")
+        values: dict[str, str] = {}
+        secret: set[str] = set()
+        for key, item in table.items():
+            if isinstance(item, dict):
+                values[key], is_secret = self.var_reference(item, path + (key,))
+                if is_secret:
+                    secret.add(key)
+            elif not isinstance(item, str) and is_secret_name(key):
+                self.error(path + (key,), "expected a string or a var table, got "
+                                          f"{_kind_of(item)}")     # never the value itself
+            else:
+                values[key] = item
+        self.string_map(values, path, key_pattern=_VAR_RE)
+        self.check_var_names(values, path)
+        secret.update(key for key in values if is_secret_name(key))
+        return values, frozenset(secret)
+
+    def var_reference(self, ref: dict[str, Any], path: KeyPath) -> tuple[str, bool]:
+        """One var written as a table: its value and whether it is secret. Errors never show
+        the value."""
+        self.table(ref, path, _VAR_REFERENCE_KEYS, "a var table (env, file or value; secret)")
+        sources = [key for key in _VAR_SOURCES if key in ref]
+        if len(sources) != 1:
+            self.error(path, "a var table needs exactly one of env = \"NAME\", file = \"PATH\" "
+                             "or value = \"...\"" + (f" (got {', '.join(sources)})"
+                                                     if sources else ""))
+        source = sources[0]
+        secret = self.boolean(ref, path, "secret", source != "value")
+        where = path + (source,)
+        if not isinstance(ref[source], str):
+            self.error(where, f"expected a string, got {_kind_of(ref[source])}")
+        text = self.string(ref, path, source)
+        if source == "env":
+            if not _ENV_NAME_RE.fullmatch(text):
+                self.error(where, f"{text!r} is not an environment variable name")
+            found = os.environ.get(text)
+            if found is None:
+                self.error(where, f"environment variable {text} is not set")
+            if not found:
+                self.error(where, f"environment variable {text} is empty")
+            return self.var_text(found, where, f"environment variable {text}"), secret
+        if source == "file":
+            if not text:
+                self.error(where, "expected a file path, got an empty string")
+            file = Path(text).expanduser()
+            if not file.is_absolute():
+                file = (self.base_dir or Path.cwd()) / file
+            try:
+                with open(file, "rb") as handle:
+                    data = handle.read(_VAR_FILE_LIMIT + 1)
+            except OSError as exc:
+                self.error(where, f"cannot read {file}: {exc.strerror or exc}")
+            if len(data) > _VAR_FILE_LIMIT:
+                self.error(where, f"{file} is larger than {_VAR_FILE_LIMIT // 1024} KiB; a var "
+                                  "file holds one value")
+            try:
+                content = data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.error(where, f"{file} is not UTF-8 text")
+            # one trailing line break is how editors and `echo` end a file, not part of it
+            content = content[:-1] if content.endswith("\n") else content
+            content = content[:-1] if content.endswith("\r") else content
+            if not content:
+                self.error(where, f"{file} is empty")
+            return self.var_text(content, where, str(file)), secret
+        return text, secret
+
+    def var_text(self, text: str, path: KeyPath, origin: str) -> str:
+        """A var's value read from outside the file: one line, no control characters."""
+        if "\n" in text or "\r" in text:
+            self.error(path, f"the value of {origin} has a line break; a var is one line")
+        if _CONTROL_RE.search(text):
+            self.error(path, f"the value of {origin} has control characters (NUL, escape, "
+                             "...); they are not allowed in a var")
+        return text
 
     def check_var_names(self, host_vars: Mapping[str, str], path: KeyPath) -> None:
         for key in host_vars:
@@ -610,3 +704,9 @@ def _pattern_words(pattern: re.Pattern[str]) -> str:
                        "digit, at most 63 characters",
         _LABEL_VALUE_RE: "letters, digits and . _ : / @ + = , -, at most 255 characters",
     }.get(pattern, pattern.pattern)
+
+
+def _kind_of(value: Any) -> str:
+    """'an integer', 'a boolean', ...: what :func:`describe_value` says, without the value (a
+    var's value may be a secret)."""
+    return describe_value(value).split(" (", 1)[0]

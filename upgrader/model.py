@@ -32,6 +32,9 @@ class Host:
     cluster: str = "main"
     #: blue-green: slot name -> port, e.g. {"blue": 8101, "green": 8102}
     slots: Mapping[str, int] = field(default_factory=dict)
+    #: names of ``vars`` whose values are secret (secret-named, or written in the fleet file
+    #: as ``{ env = ... }``, ``{ file = ... }`` or ``secret = true``): masked in every output
+    secret_vars: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

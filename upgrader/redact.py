@@ -7,16 +7,22 @@ upgrader (events, the journal, log records, error messages on stderr, the contro
   in a libpq connection string or a query string (``?token=...``);
 - the value of an ``Authorization`` / ``X-API-Key`` header, and ``Bearer <token>``;
 - known secret values: settings whose names say they are secret (``token``, ``password``,
-  ``secret``, ``api_key``, ...), environment variables with such names (``PGPASSWORD``,
-  ``DEPLOY_TOKEN``) and passwords of configured URLs, registered with :func:`add_secret`
-  when a rollout opens. A command that echoes its ``$DEPLOY_TOKEN`` in an error message is
-  therefore masked too.
+  ``secret``, ``api_key``, ``passphrase``, ...), environment variables with such names
+  (``PGPASSWORD``, ``DEPLOY_TOKEN``), passwords of configured URLs and the hosts' secret
+  ``vars`` (secret-named, or written as a reference: ``{ env = "NAME" }``,
+  ``{ file = "PATH" }``, ``{ value = "...", secret = true }``), registered with
+  :func:`add_secret` when a rollout opens. A command that echoes its ``$DEPLOY_TOKEN`` in an
+  error message, or whose rendered argv holds a secret var, is therefore masked too.
+
+A ``key: value`` pattern masks a value, not prose: ``password: unknown key`` keeps "unknown"
+(an ordinary word followed by more words is the rest of a sentence, not a password).
 
 A leaf module: it imports nothing from upgrader, so every layer may use it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -32,9 +38,9 @@ MASK = "***"
 MIN_SECRET_LENGTH = 6
 
 #: a setting or variable whose name has one of these words holds a secret
-_SECRET_WORDS = ("password", "passwd", "pass", "secret", "token", "apikey", "api_key",
-                 "key", "credential", "credentials", "auth", "authorization", "cookie",
-                 "private_key", "access_key", "dsn")
+_SECRET_WORDS = ("password", "passwd", "pass", "passphrase", "secret", "token", "apikey",
+                 "api_key", "key", "credential", "credentials", "auth", "authorization",
+                 "cookie", "private_key", "access_key", "dsn")
 #: ... unless the name ends like this: it says where the secret is, not what it is
 _POINTER_SUFFIXES = ("_file", "_env", "_path", "_var", "_name", "_id", "_kind", "_url", "_host",
                      "_port", "_user", "_username", "_sock", "_socket", "_dir", "_mode",
@@ -42,9 +48,14 @@ _POINTER_SUFFIXES = ("_file", "_env", "_path", "_var", "_name", "_id", "_kind", 
 
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):(?P<pw>[^@\s/]*)@")
 _KEYWORD = re.compile(
-    r"(?P<head>\b(?:password|passwd|pwd|token|access_token|api_key|apikey|secret|"
-    r"client_secret|sslpassword)\s*[=:]\s*)(?P<value>'[^']*'|\"[^\"]*\"|[^\s&;,'\"]+)",
+    r"(?P<head>\b(?:password|passwd|passphrase|pwd|token|access_token|api_key|apikey|secret|"
+    r"client_secret|sslpassword)\s*(?P<sep>[=:])(?P<space>\s*))"
+    r"(?P<value>'[^']*'|\"[^\"]*\"|[^\s&;,'\"]+)",
     re.IGNORECASE)
+#: after ``key: `` an ordinary word (letters, at most a capital first) followed by another
+#: word is the rest of a sentence ("no token: every local client may ..."), not a secret
+_PROSE_WORD = re.compile(r"[A-Za-z][a-z]*")
+_PROSE_NEXT = re.compile(r" +[A-Za-z'\"(]")
 _HEADER = re.compile(
     r"(?P<head>\b(?:proxy-)?authorization\s*[:=]\s*(?:(?:bearer|basic|token|digest)\s+)?|"
     r"\bx-api-key\s*[:=]\s*)(?P<value>[^\s,;'\"}]+)", re.IGNORECASE)
@@ -52,8 +63,12 @@ _BEARER = re.compile(r"(?P<head>\bbearer\s+)(?P<value>[A-Za-z0-9._~+/=-]{8,})",
                      re.IGNORECASE)
 
 _lock = threading.Lock()
+#: registered values masked wherever they occur (MIN_SECRET_LENGTH or longer)
 _secrets: frozenset[str] = frozenset()
 _secret_re: re.Pattern[str] | None = None
+#: declared secrets shorter than that: masked where they stand as a word of their own
+_short_secrets: frozenset[str] = frozenset()
+_short_re: re.Pattern[str] | None = None
 _log_redaction_installed = False
 
 
@@ -65,23 +80,82 @@ def is_secret_name(name: str) -> bool:
     words = [w for w in re.split(r"[_.\s]+", lowered) if w]
     joined = "_".join(words)
     return any(w in _SECRET_WORDS for w in words) or any(
-        w in joined for w in ("password", "secret", "token", "api_key", "apikey", "private_key",
-                              "access_key", "credential"))
+        w in joined for w in ("password", "passphrase", "secret", "token", "api_key", "apikey",
+                              "private_key", "access_key", "credential"))
 
 
-def add_secret(value: Any) -> None:
-    """Mask ``value`` from now on wherever upgrader writes text (no-op for short values)."""
-    global _secrets, _secret_re
-    if not isinstance(value, str):
-        return
-    value = value.strip()
-    if len(value) < MIN_SECRET_LENGTH or value in _secrets:
+def _forms(value: str) -> set[str]:
+    """``value`` as it may be written out: itself, JSON-escaped (with and without
+    ``ensure_ascii``) and inside a Python ``repr`` (backslashes, quotes, unicode escapes)."""
+    return {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
+            repr(value)[1:-1]}
+
+
+def _alternation(values: Iterable[str]) -> str:
+    ordered = sorted(values, key=len, reverse=True)   # longest first: no partial masks
+    return "|".join(re.escape(v) for v in ordered)
+
+
+def add_secret(value: Any, *, declared: bool = False) -> None:
+    """Mask ``value`` from now on wherever upgrader writes text.
+
+    A value shorter than :data:`MIN_SECRET_LENGTH` is ignored (masking every "1" or "true"
+    would garble every message and protect nothing), unless ``declared``: a value the fleet
+    says is a secret (a secret var) is then masked where it stands as a word of its own, not
+    inside other words. Values made only of ``*`` cannot be told from the mask and are
+    ignored."""
+    add_secrets((value,), declared=declared)
+
+
+def add_secrets(values: Iterable[Any], *, declared: bool = False) -> None:
+    """:func:`add_secret` for many values, compiling the pattern once (not once per host of
+    a fleet whose hosts each have their own secret var)."""
+    global _secrets, _secret_re, _short_secrets, _short_re
+    long_forms: set[str] = set()
+    short_forms: set[str] = set()
+    for value in values:
+        if not isinstance(value, str):
+            continue
+        value = value.strip()
+        if not value.strip("*"):
+            continue
+        for form in _forms(value):
+            if len(form) >= MIN_SECRET_LENGTH:
+                long_forms.add(form)
+            elif declared:
+                short_forms.add(form)
+    if long_forms <= _secrets and short_forms <= _short_secrets:
         return
     with _lock:
-        secrets = _secrets | {value}
-        ordered = sorted(secrets, key=len, reverse=True)   # longest first: no partial masks
-        _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
-        _secrets = frozenset(secrets)
+        if not long_forms <= _secrets:
+            _secrets = _secrets | long_forms
+            _secret_re = re.compile(_alternation(_secrets))
+        if not short_forms <= _short_secrets:
+            _short_secrets = _short_secrets | short_forms
+            _short_re = re.compile(rf"(?<!\w)(?:{_alternation(_short_secrets)})(?!\w)")
+
+
+def forget_secrets() -> None:
+    """Forget every registered value (tests; a long-lived process between fleets)."""
+    global _secrets, _secret_re, _short_secrets, _short_re
+    with _lock:
+        _secrets, _secret_re = frozenset(), None
+        _short_secrets, _short_re = frozenset(), None
+
+
+def add_host_secrets(hosts: Iterable[Any]) -> None:
+    """Register the secret ``vars`` of ``hosts`` (:class:`upgrader.model.Host`): those whose
+    names say they are secret, those the fleet file marked secret (``secret_vars``: written
+    as an ``env`` / ``file`` reference or with ``secret = true``), and URL passwords in any."""
+    declared: set[str] = set()
+    for host in hosts:
+        marked = getattr(host, "secret_vars", ())
+        for name, value in getattr(host, "vars", {}).items():
+            if name in marked or is_secret_name(str(name)):
+                declared.add(value)
+            if isinstance(value, str) and "://" in value:
+                add_url_secret(value)
+    add_secrets(declared, declared=True)
 
 
 def add_url_secret(url: str | None) -> None:
@@ -139,7 +213,7 @@ def add_settings_secrets(settings: Mapping[str, Any]) -> None:
 
 
 def known_secret_count() -> int:
-    return len(_secrets)
+    return len(_secrets) + len(_short_secrets)
 
 
 def redact_url(url: str) -> str:
@@ -162,20 +236,49 @@ def redact_url(url: str) -> str:
     return redact_text(urlunsplit(parts._replace(netloc=netloc)))
 
 
+def _mask_known(text: str) -> str:
+    """Registered values masked until none is left (so a mask next to a secret's own first or
+    last characters cannot spell it again). Ends: each pass that changes the text replaces
+    at least one character other than ``*`` by ``*`` (no value is made only of ``*``)."""
+    while True:
+        before = text
+        pattern = _secret_re
+        if pattern is not None:
+            text = pattern.sub(MASK, text)
+        short = _short_re
+        if short is not None:
+            text = short.sub(MASK, text)
+        if text == before:
+            break
+    return text
+
+
+def _mask_pair(match: re.Match[str]) -> str:
+    value = match["value"]
+    if value == MASK:
+        return match[0]
+    if match["sep"] == ":" and match["space"] and _PROSE_WORD.fullmatch(value) \
+            and _PROSE_NEXT.match(match.string, match.end()):
+        return match[0]                 # "no token: every local client ...": a sentence
+    return match["head"] + MASK
+
+
 def redact_text(text: str) -> str:
     """``text`` with URL passwords, credential headers, ``password=``-style pairs and every
     registered secret value replaced by ``***``."""
     if not text:
         return text
-    pattern = _secret_re
-    if pattern is not None:
-        text = pattern.sub(MASK, text)
+    known = _secret_re is not None or _short_re is not None
+    if known:
+        text = _mask_known(text)
     if "://" in text:
         text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
     if "=" in text or ":" in text:
-        text = _KEYWORD.sub(lambda m: m["head"] + MASK if m["value"] != MASK else m[0], text)
+        text = _KEYWORD.sub(_mask_pair, text)
         text = _HEADER.sub(lambda m: m["head"] + MASK, text)
     text = _BEARER.sub(lambda m: m["head"] + MASK, text)
+    if known:
+        text = _mask_known(text)        # a kept head next to a mask spells no secret either
     return text
 
 
@@ -231,12 +334,14 @@ def install_log_redaction() -> None:
     logging.setLogRecordFactory(factory)
 
 
-def register_all(urls: Iterable[str | None] = (), settings: Iterable[Mapping[str, Any]] = ()
-                 ) -> None:
-    """Register environment secrets, URL passwords and settings secrets, and redact logs."""
+def register_all(urls: Iterable[str | None] = (), settings: Iterable[Mapping[str, Any]] = (),
+                 hosts: Iterable[Any] = ()) -> None:
+    """Register environment secrets, URL passwords, settings secrets and the hosts' secret
+    vars, and redact logs."""
     add_environment_secrets()
     for url in urls:
         add_url_secret(url)
     for table in settings:
         add_settings_secrets(table)
+    add_host_secrets(hosts)
     install_log_redaction()

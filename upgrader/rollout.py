@@ -206,14 +206,14 @@ async def inspect_fleet(fleet: Fleet, plugins: Any = None) -> Assessment:
 
 def _register_secrets(fleet: Fleet, state: str | None) -> None:
     """Tell the redaction helper every secret this rollout knows, before anything is logged,
-    emitted or journaled: provider settings, the flag store's and the state's passwords, and
-    secret-named environment variables."""
+    emitted or journaled: provider settings, the flag store's and the state's passwords,
+    secret-named environment variables and the hosts' secret vars."""
     from . import redact
 
     specs = [fleet.transport, fleet.balancer, fleet.health, fleet.snapshot, *fleet.notifiers]
     redact.register_all(
         urls=[state, fleet.flags.store if fleet.flags is not None else None],
-        settings=[spec.settings for spec in specs if spec is not None])
+        settings=[spec.settings for spec in specs if spec is not None], hosts=fleet.hosts)
 
 
 class Rollout:

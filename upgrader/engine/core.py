@@ -53,6 +53,7 @@ from ..providers.base import (
     SnapshotProvider,
     Transport,
 )
+from ..redact import redact_data
 from .bus import EventBus
 from .describe import describe_error, describe_step
 from .failure import FailurePolicy
@@ -288,8 +289,10 @@ class Engine:
     # ------------------------------------------------------------------ status (front ends)
 
     def snapshot(self) -> dict[str, Any]:
-        """A JSON-able picture of the rollout now."""
-        return rollout_status(self)
+        """A JSON-able picture of the rollout now, redacted like the events (its state reason
+        quotes a failed command's output, which may hold a secret)."""
+        shown: dict[str, Any] = redact_data(rollout_status(self))
+        return shown
 
     # ------------------------------------------------------------------ run
 

@@ -234,7 +234,7 @@ class SshLabLayout(LabLayout):
                 name=host.name, address=self.host_address(i, mode), port=host.port,
                 labels=host.labels,
                 vars={**host.vars, "ssh_port": str(self.ssh_port(i))},
-                cluster=host.cluster, slots=host.slots))
+                cluster=host.cluster, slots=host.slots, secret_vars=host.secret_vars))
         return tuple(result)
 
     # providers ---------------------------------------------------------------------------
