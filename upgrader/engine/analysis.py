@@ -75,11 +75,19 @@ def analyze(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
     return verdicts
 
 
-def health_verdict(results: Mapping[str, bool]) -> Verdict:
+def health_verdict(results: Mapping[str, bool], *, serving: int | None = None,
+                   oldest: tuple[str, float] | None = None) -> Verdict:
+    """The health round's verdict: ``results`` of the hosts checked this round (a sample of
+    the ``serving`` ones); ``oldest``: the serving host least recently checked, and how many
+    seconds ago."""
     bad = sorted(name for name, ok in results.items() if not ok)
+    parts = ["unhealthy: " + ", ".join(bad[:10])] if bad else []
+    if serving is not None:
+        parts.append(f"checked {len(results)} of {serving} serving")
+    if oldest is not None:
+        parts.append(f"least recently checked {oldest[0]}, {oldest[1]:g}s ago")
     return Verdict("health", "fail" if bad else ("pass" if results else "no_data"),
-                   float(len(bad)), 0.0, len(results), None,
-                   ("unhealthy: " + ", ".join(bad[:10])) if bad else "")
+                   float(len(bad)), 0.0, len(results), None, "; ".join(parts))
 
 
 def traffic_figures(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],

@@ -1,31 +1,40 @@
 """Verification: the loops that watch a rollout's traffic, beside the pure ``analysis.py``.
 
 The analyzer compares the target release's error rate and latency with the current release's
-each ``verify.interval`` (and checks the serving hosts' health), judges each verdict against
-``consecutive_failures`` and fails the rollout when a metric keeps failing. A ``Verify`` step's
-hold waits until at least one round has judged the traffic since it began. The monitor only
-reports traffic figures to front ends (``metrics`` events); it never judges.
+each ``verify.interval`` (and health-checks a bounded sample of the serving hosts: those that
+changed, those that failed, the least recently checked; see ``sampling.py``), judges each
+verdict against ``consecutive_failures`` and fails the rollout when a metric keeps failing. A
+``Verify`` step's hold waits until at least one round has judged the traffic since it began.
+The monitor only reports traffic figures to front ends (``metrics`` events: every pool, and
+the hosts that changed lately or that a front end watches); it never judges.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from ..clock import Clock
 from ..errors import ProviderError, RolloutFailed
 from ..events import RolloutState, Verdict
 from ..model import Fleet
 from ..plan import Plan, Verify
-from ..providers.base import BackendStats, Balancer, PoolStatsReader
+from ..providers.base import BackendStats, BackendStatsReader, Balancer, PoolStatsReader
 from .analysis import analyze, health_verdict, traffic_figures
 from .bus import EventBus
 from .machine import StateMachine
 from .progress import RolloutProgress
+from .sampling import FigureScope, HealthSampler
 from .traffic import TrafficControl
 
 #: the balancer's cumulative counters (per backend, or per pool)
 Counters = Mapping[str, BackendStats]
+
+#: seconds a backend the engine changed keeps its own figures in ``metrics`` events
+RECENT_CHANGE_S = 60.0
+#: a fleet of at most this many backends has every host's figures in each ``metrics`` event
+#: (a screenful: front ends behind the control API, which cannot say what they show, too)
+SMALL_FLEET = 50
 
 
 class Verification:
@@ -42,6 +51,17 @@ class Verification:
         self.balancer: Balancer = traffic.balancer
         #: the balancer keeps counters per pool (credited when each request was served)
         self._pools = self.balancer if isinstance(self.balancer, PoolStatsReader) else None
+        #: ... and reads the counters of a few named backends without copying them all
+        self._some = self.balancer if isinstance(self.balancer, BackendStatsReader) else None
+        spec = fleet.verify
+        self.health = HealthSampler(spec.health_sample, spec.health_period, spec.interval)
+        #: the last health round's coverage: checked, serving, the least recently seen
+        self.health_coverage: dict[str, object] = {}
+        self.figures = FigureScope(limit=2000, recent=RECENT_CHANGE_S)
+        backends = self._backends_of(h.name for h in fleet.hosts)
+        if len(backends) <= SMALL_FLEET:
+            self.figures.always = tuple(backends)
+        progress.on_change.append(self._changed)
         #: the last verdict per metric, and how many times in a row it failed
         self.last_verdicts: dict[str, Verdict] = {}
         self._consecutive: dict[str, int] = {}
@@ -55,6 +75,34 @@ class Verification:
         self._due: float | None = None
         self._busy = False
         self._ended = asyncio.Event()
+
+    def _changed(self, backend: str) -> None:
+        self.health.changed(backend)
+        self.figures.changed(backend, self.clock.monotonic())
+
+    def watch(self, hosts: Iterable[str]) -> None:
+        """Report per-host figures for these hosts (a front end's visible rows) in every
+        ``metrics`` event from now on, besides the hosts that changed lately."""
+        self.figures.watch(self._backends_of(hosts))
+
+    def _backends_of(self, hosts: Iterable[str]) -> list[str]:
+        """The balancer's names for ``hosts`` (a host with slots has one per slot)."""
+        backends: list[str] = []
+        for name in hosts:
+            host = self.progress.hosts_by_name.get(name)
+            if host is None:
+                continue
+            backends.append(name)
+            backends.extend(f"{name}@{slot}" for slot in host.slots)
+        return backends
+
+    def health_seen(self, host: str) -> float | None:
+        """Wall time of ``host``'s last health check by the analyzer (any of its slots)."""
+        seen = self.health.last_seen_wall
+        times = [seen[b] for b in (host, *(f"{host}@{s}" for s in
+                                           self.progress.hosts_by_name[host].slots))
+                 if b in seen] if host in self.progress.hosts_by_name else []
+        return max(times) if times else None
 
     def forget_failures(self) -> None:
         """The operator accepted a failure: count failing rounds from zero again."""
@@ -170,7 +218,7 @@ class Verification:
                 verdicts = analyze(previous, stats, new, old, spec)
             previous = stats
             if spec.health and progress.serving_target:
-                verdicts.append(await self._health_round(sorted(progress.serving_target)))
+                verdicts.append(await self._health_round())
         except Exception as exc:   # analysis that cannot run is "no data", never a pass
             previous = None
             verdicts = [Verdict("analysis", "no_data", None, None, 0, None,
@@ -179,17 +227,32 @@ class Verification:
             return previous
         self._rounds += 1
         for verdict in verdicts:
-            await self._judge(verdict)
+            await self._judge(verdict, **(self.health_coverage if verdict.metric == "health"
+                                          else {}))
         return previous
 
-    async def _health_round(self, backends: list[str]) -> Verdict:
+    async def _health_round(self) -> Verdict:
+        """Check the sample :class:`HealthSampler` picks (bounded), not every serving host."""
+        serving = self.progress.serving_target
+        backends = self.health.pick(serving)
+
         async def one(backend: str) -> tuple[str, bool]:
             return backend, await self.traffic.probe(backend)
 
         results = dict(await asyncio.gather(*(one(b) for b in backends)))
-        return health_verdict(results)
+        now, wall = self.clock.monotonic(), self.clock.wall()
+        for backend, ok in results.items():
+            self.health.record(backend, ok, now, wall)
+        oldest = self.health.oldest(serving)
+        oldest_age = round(now - oldest[1], 3) if oldest is not None else None
+        self.health_coverage = {"checked": len(results), "serving": len(serving),
+                                "oldest_seen": oldest[0] if oldest is not None else None,
+                                "oldest_seen_s": oldest_age}
+        return health_verdict(results, serving=len(serving),
+                              oldest=(oldest[0], oldest_age) if oldest is not None and
+                              oldest_age is not None else None)
 
-    async def _judge(self, verdict: Verdict) -> None:
+    async def _judge(self, verdict: Verdict, **extra: object) -> None:
         spec = self.fleet.verify
         count = self._consecutive.get(verdict.metric, 0)
         if verdict.result == "fail" or (verdict.result == "no_data" and spec.no_data == "fail"):
@@ -201,7 +264,7 @@ class Verification:
         self._consecutive[verdict.metric] = count
         self.last_verdicts[verdict.metric] = verdict
         await self.bus.emit("verdict", **verdict.to_json(), consecutive=count,
-                            limit=spec.consecutive_failures)
+                            limit=spec.consecutive_failures, **extra)
         if count >= spec.consecutive_failures and self.machine.failure is None:
             reason = f"analysis: {verdict.describe()} ({count} in a row)"
             await self.bus.emit("analysis_failed", metric=verdict.metric, detail=reason)
@@ -210,10 +273,14 @@ class Verification:
     # -- the monitor
 
     async def monitor(self, interval: float, host_limit: int) -> None:
-        """Traffic figures for front ends every ``interval`` seconds: per pool always, per
-        host for fleets up to ``host_limit`` backends. Read-only; never judges."""
-        balancer = self.balancer
-        previous: Counters | None = None
+        """Traffic figures for front ends every ``interval`` seconds: per pool always; per
+        host for the backends that changed in the last ``RECENT_CHANGE_S`` seconds and those
+        a front end watches (:meth:`watch`), at most ``host_limit``. Read-only; never judges.
+
+        A balancer with the optional summaries (``PoolStatsReader``, ``BackendStatsReader``)
+        is read through them: no copy of its whole table each interval."""
+        self.figures.limit = host_limit
+        previous: dict[str, BackendStats] = {}
         previous_pools: Counters | None = None
         before = self.clock.monotonic()
         while True:
@@ -221,30 +288,46 @@ class Verification:
             now = self.clock.monotonic()
             seconds = now - before
             before = now
+            wanted = self.figures.backends(now)
             try:
-                state = await balancer.state()
-                per_host = len(state.backends) <= host_limit
-                stats = await balancer.stats() if per_host else None
-                pools_now = await self._pools.pool_stats() if self._pools is not None else None
+                pools_now, members, stats = await self._read_figures(wanted)
             except ProviderError:
-                previous = previous_pools = None
+                previous, previous_pools = {}, None
                 continue
-            members: dict[str, list[str]] = {}
-            for name, backend in state.backends.items():
-                members.setdefault(backend.pool, []).append(name)
             pools: dict[str, object] = {}
             hosts: dict[str, object] = {}
             if pools_now is not None and previous_pools is not None:
                 pools = {p: traffic_figures(previous_pools, pools_now, [p], seconds)
                          for p in pools_now}
-            if stats is not None and previous is not None:
-                hosts = {n: traffic_figures(previous, stats, [n], seconds) for n in stats}
-                if not pools:
-                    pools = {p: traffic_figures(previous, stats, names, seconds)
-                             for p, names in members.items()}
-            previous, previous_pools = stats, pools_now
+            if members is not None and previous:
+                pools = {p: traffic_figures(previous, stats, names, seconds)
+                         for p, names in members.items()}
+            # a backend's first reading has nothing to compare with: figures from the next
+            hosts = {n: traffic_figures(previous, stats, [n], seconds)
+                     for n in wanted if n in previous and n in stats}
+            previous = dict(stats) if members is not None else \
+                {n: stats[n] for n in wanted if n in stats}
+            previous_pools = pools_now
             if pools or hosts:
                 self.last_metrics = {"interval_s": round(seconds, 3), "pools": pools,
                                      "hosts": hosts}
                 await self.bus.emit("metrics", **self.last_metrics)
 
+    async def _read_figures(self, wanted: list[str]) -> tuple[
+            Counters | None, dict[str, list[str]] | None, Counters]:
+        """Pool counters (None without ``PoolStatsReader``), the pools' members when pools
+        must be added up from every backend (else None), and the backends' counters."""
+        balancer = self.balancer
+        if self._pools is not None:
+            pools = await self._pools.pool_stats()
+            if not wanted:
+                return pools, None, {}
+            if self._some is not None:
+                return pools, None, await self._some.backend_stats(wanted)
+            return pools, None, await balancer.stats()
+        # no pool counters: add the pools up from every backend (a full read)
+        state = await balancer.state()
+        members: dict[str, list[str]] = {}
+        for name, backend in state.backends.items():
+            members.setdefault(backend.pool, []).append(name)
+        return None, members, await balancer.stats()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -228,6 +228,12 @@ class NoopBalancer:
         return {pool: BackendStats(c.requests, c.errors, tuple(c.buckets))
                 for pool, c in self._pool_counters.items()}
 
+    async def backend_stats(self, names: Iterable[str]) -> Mapping[str, BackendStats]:
+        """The counters of the named backends only: O(names), whatever the fleet's size."""
+        counters = self._counters
+        return {name: BackendStats(c.requests, c.errors, tuple(c.buckets))
+                for name in names if (c := counters.get(name)) is not None}
+
     async def backend_state(self, name: str) -> BackendState | None:
         """One backend's state (None if absent), without copying the whole table."""
         return self._backends.get(name)
@@ -252,6 +258,17 @@ class NoopBalancer:
                     if latency <= bound:
                         counters.buckets[index] += 1
                         break
+
+    def record_pool(self, pool: str, *, requests: int, errors: int = 0,
+                    latency: float | None = None) -> None:
+        """Add traffic served by ``pool`` as a whole (simulations of many users: no walk
+        over the backends), every request of latency ``latency`` seconds when given."""
+        counters = self._pool_counters.setdefault(pool, _Counters())
+        counters.requests += requests
+        counters.errors += errors
+        if latency is not None:
+            index = next(i for i, bound in enumerate(LATENCY_BUCKETS) if latency <= bound)
+            counters.buckets[index] += requests
 
     def set_inflight(self, name: str, inflight: int) -> None:
         """Pretend ``inflight`` requests are in flight on a backend (0 wakes wait_drained)."""
