@@ -25,9 +25,8 @@ def _delta(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
         requests += now.requests - before.requests
         errors += now.errors - before.errors
         if now.latency_buckets != before.latency_buckets:
-            for i, (a, b) in enumerate(zip(now.latency_buckets, before.latency_buckets)):
-                if a > b:
-                    buckets[i] += a - b
+            buckets = [total + (a - b if a > b else 0) for total, a, b in
+                       zip(buckets, now.latency_buckets, before.latency_buckets)]
     return requests, errors, buckets
 
 
@@ -88,6 +87,12 @@ def health_verdict(results: Mapping[str, bool], *, serving: int | None = None,
         parts.append(f"least recently checked {oldest[0]}, {oldest[1]:g}s ago")
     return Verdict("health", "fail" if bad else ("pass" if results else "no_data"),
                    float(len(bad)), 0.0, len(results), None, "; ".join(parts))
+
+
+def idle_figures(seconds: float) -> dict[str, float | int | None]:
+    """``traffic_figures`` of an interval without a request (counters unchanged)."""
+    return {"requests": 0, "rps": 0.0 if seconds > 0 else None, "error_rate": None,
+            "p95": None}
 
 
 def traffic_figures(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],

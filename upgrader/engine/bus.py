@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from typing import Any
@@ -91,7 +90,7 @@ class EventBus:
         data = dict(old.data)
         data["hosts_dropped"] = len(data.pop("hosts", None) or ())
         data["hosts"] = {}
-        history[index] = replace(old, data=data)
+        history[index] = Event(old.kind, old.ts, old.rollout, old.seq, data)
 
     def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         """Run ``coro`` beside the rollout; :meth:`close` waits for it."""

@@ -90,6 +90,9 @@ class RolloutProgress:
         #: called with a backend's name each time the engine changes it (verification
         #: checks a host when it changes and reports its figures for a while)
         self.on_change: list[Callable[[str], None]] = []
+        #: called with a backend's name and the result each time the host procedure
+        #: health-checks it (verification need not check it again at once)
+        self.on_checked: list[Callable[[str, bool], None]] = []
         #: flags this rollout turned on (a feature roll-out's analysis and roll-back)
         self.flags_on: set[str] = set()
         self.maintenance_on = False
@@ -178,6 +181,11 @@ class RolloutProgress:
             self.serving_target.discard(backend)
         for listener in self.on_change:
             listener(backend)
+
+    def checked(self, backend: str, ok: bool) -> None:
+        """The host procedure health-checked ``backend``."""
+        for listener in self.on_checked:
+            listener(backend, ok)
 
     def read_balancer(self, state: BalancerState) -> None:
         """Start over from a full read of the balancer."""

@@ -26,12 +26,14 @@ class HealthSampler:
         self.last_seen: OrderedDict[str, float] = OrderedDict()
         #: backend -> wall time of its last check (what front ends show)
         self.last_seen_wall: dict[str, float] = {}
-        self._changed: dict[str, None] = {}
+        #: backend -> when it last changed, not checked since
+        self._changed: dict[str, float] = {}
         self.failing: set[str] = set()
 
-    def changed(self, backend: str) -> None:
-        """The engine changed ``backend`` (added, moved, drained, enabled)."""
-        self._changed[backend] = None
+    def changed(self, backend: str, now: float) -> None:
+        """The engine changed ``backend`` (added, moved, drained, enabled) at ``now``; one
+        the host procedure checked since (or within the last round) is not checked again."""
+        self._changed[backend] = now
 
     def quota(self, serving: int) -> int:
         """How many of the least recently checked backends a round checks."""
@@ -43,8 +45,9 @@ class HealthSampler:
         """The backends to check this round, out of ``serving`` (in service on the target)."""
         chosen: dict[str, None] = {}
         changed, self._changed = self._changed, {}
-        for backend in changed:
-            if backend in serving:
+        for backend, when in changed.items():
+            seen = self.last_seen.get(backend)
+            if backend in serving and (seen is None or when - seen >= self.interval):
                 chosen[backend] = None
         for backend in sorted(self.failing):
             if backend in serving:
@@ -111,14 +114,17 @@ class FigureScope:
 
     def backends(self, now: float) -> list[str]:
         """The backends to report now (watched ones first)."""
-        while self._changed:
-            backend, when = next(iter(self._changed.items()))
+        changed = self._changed
+        while changed:
+            backend, when = next(iter(changed.items()))
             if now - when <= self.recent:
                 break
-            self._changed.popitem(last=False)
+            changed.popitem(last=False)
+        if not changed and not self.watched:
+            return list(self.always[: self.limit])
         wanted = dict.fromkeys(self.always[: self.limit])
         wanted.update(dict.fromkeys(self.watched[: self.limit - len(wanted)]))
-        for backend in reversed(self._changed):
+        for backend in reversed(changed):
             if len(wanted) >= self.limit:
                 break
             wanted[backend] = None

@@ -20,7 +20,7 @@ from ..events import RolloutState, Verdict
 from ..model import Fleet
 from ..plan import Plan, Verify
 from ..providers.base import BackendStats, BackendStatsReader, Balancer, PoolStatsReader
-from .analysis import analyze, health_verdict, traffic_figures
+from .analysis import analyze, health_verdict, idle_figures, traffic_figures
 from .bus import EventBus
 from .machine import StateMachine
 from .progress import RolloutProgress
@@ -31,7 +31,7 @@ from .traffic import TrafficControl
 Counters = Mapping[str, BackendStats]
 
 #: seconds a backend the engine changed keeps its own figures in ``metrics`` events
-RECENT_CHANGE_S = 60.0
+RECENT_CHANGE_S = 5.0
 #: a fleet of at most this many backends has every host's figures in each ``metrics`` event
 #: (a screenful: front ends behind the control API, which cannot say what they show, too)
 SMALL_FLEET = 50
@@ -62,6 +62,7 @@ class Verification:
         if len(backends) <= SMALL_FLEET:
             self.figures.always = tuple(backends)
         progress.on_change.append(self._changed)
+        progress.on_checked.append(self._checked)
         #: the last verdict per metric, and how many times in a row it failed
         self.last_verdicts: dict[str, Verdict] = {}
         self._consecutive: dict[str, int] = {}
@@ -77,8 +78,12 @@ class Verification:
         self._ended = asyncio.Event()
 
     def _changed(self, backend: str) -> None:
-        self.health.changed(backend)
-        self.figures.changed(backend, self.clock.monotonic())
+        now = self.clock.monotonic()
+        self.health.changed(backend, now)
+        self.figures.changed(backend, now)
+
+    def _checked(self, backend: str, ok: bool) -> None:
+        self.health.record(backend, ok, self.clock.monotonic(), self.clock.wall())
 
     def watch(self, hosts: Iterable[str]) -> None:
         """Report per-host figures for these hosts (a front end's visible rows) in every
@@ -303,8 +308,12 @@ class Verification:
                 pools = {p: traffic_figures(previous, stats, names, seconds)
                          for p, names in members.items()}
             # a backend's first reading has nothing to compare with: figures from the next
-            hosts = {n: traffic_figures(previous, stats, [n], seconds)
-                     for n in wanted if n in previous and n in stats}
+            for name in wanted:
+                now_stats, before_stats = stats.get(name), previous.get(name)
+                if now_stats is None or before_stats is None:
+                    continue
+                hosts[name] = (idle_figures(seconds) if now_stats == before_stats else
+                               traffic_figures(previous, stats, [name], seconds))
             previous = dict(stats) if members is not None else \
                 {n: stats[n] for n in wanted if n in stats}
             previous_pools = pools_now
