@@ -320,6 +320,9 @@ class Verification:
             if pools or hosts:
                 self.last_metrics = {"interval_s": round(seconds, 3), "pools": pools,
                                      "hosts": hosts}
+                if not self.figures.always:
+                    # figures for some backends only: not the pools' sum (front ends)
+                    self.last_metrics["hosts_partial"] = True
                 await self.bus.emit("metrics", **self.last_metrics)
 
     async def _read_figures(self, wanted: list[str]) -> tuple[
