@@ -69,14 +69,16 @@ def health_rounds_while_waiting(seen):
 
 
 def test_a_round_checks_a_bounded_sample_not_every_upgraded_host(fleet_factory):
-    fleet = canary_then_pause(fleet_factory, health_sample=7)
+    # the defaults: [verify] health on, health_sample 10, no health_period
+    fleet = canary_then_pause(fleet_factory)
     result, seen, health, _ = run(fleet)
     assert result.outcome is Outcome.COMPLETED
     rounds = health_rounds_while_waiting(seen)
     assert len(rounds) >= 50                       # 10 minutes of 10 s rounds
     for verdict, checks in rounds:
-        assert checks == 7                          # the health check really ran 7 times
-        assert verdict["checked"] == verdict["samples"] == 7
+        assert checks == 10                         # the health check really ran 10 times
+        assert verdict["samples"] == 10
+        assert verdict["checked"] == 10
         assert verdict["serving"] == SERVING
         assert verdict["result"] == "pass"
 
