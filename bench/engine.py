@@ -79,7 +79,7 @@ def _credit(balancer, pool: str, requests: int) -> None:
     if record_pool is not None:
         record_pool(pool, requests=requests, latency=0.008)
         return
-    from upgrader.providers.noop import _Counters   # the base commit has no record_pool
+    from upgrader.providers.noop import _Counters  # the base commit has no record_pool
 
     counters = balancer._pool_counters.setdefault(pool, _Counters())
     counters.requests += requests
