@@ -104,9 +104,10 @@ class Verification:
     def health_seen(self, host: str) -> float | None:
         """Wall time of ``host``'s last health check by the analyzer (any of its slots)."""
         seen = self.health.last_seen_wall
-        times = [seen[b] for b in (host, *(f"{host}@{s}" for s in
-                                           self.progress.hosts_by_name[host].slots))
-                 if b in seen] if host in self.progress.hosts_by_name else []
+        known = self.progress.hosts_by_name.get(host)
+        if known is None or not known.slots:
+            return seen.get(host)
+        times = [seen[b] for b in (host, *(f"{host}@{s}" for s in known.slots)) if b in seen]
         return max(times) if times else None
 
     def forget_failures(self) -> None:
