@@ -149,3 +149,17 @@ def test_sampler_picks_changes_failures_then_the_stalest():
     # quota with a period: every serving backend at least every period
     assert HealthSampler(sample=2, period=60.0, interval=10.0).quota(120) == 20
     assert HealthSampler(sample=30, period=60.0, interval=10.0).quota(120) == 30
+
+
+def test_backends_found_serving_at_a_start_are_sampled_in_turn_not_all_at_once():
+    from upgrader.engine.sampling import HealthSampler
+
+    sampler = HealthSampler(sample=3, period=None, interval=10.0)
+    serving = {f"h{i}" for i in range(100)}
+    for name in sorted(serving):
+        sampler.found(name, 0.0)
+    picked = sampler.pick(serving)
+    assert len(picked) == 3
+    for name in picked:
+        sampler.record(name, True, 10.0, 10.0)
+    assert not set(sampler.pick(serving)) & set(picked)

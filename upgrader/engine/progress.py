@@ -93,6 +93,9 @@ class RolloutProgress:
         #: called with a backend's name and the result each time the host procedure
         #: health-checks it (verification need not check it again at once)
         self.on_checked: list[Callable[[str, bool], None]] = []
+        #: called with each backend found serving the target by a full read of the balancer
+        #: (the start of a rollout, a resume): not changed by this rollout, not yet checked
+        self.on_found: list[Callable[[str], None]] = []
         #: flags this rollout turned on (a feature roll-out's analysis and roll-back)
         self.flags_on: set[str] = set()
         self.maintenance_on = False
@@ -191,7 +194,7 @@ class RolloutProgress:
         """Start over from a full read of the balancer."""
         self.serving_target = {n for n, b in state.backends.items()
                                if b.pool == self.target and b.state == "ready"}
-        for listener in self.on_change:
+        for listener in self.on_found:
             for backend in self.serving_target:
                 listener(backend)
         self.maintenance_on = state.maintenance

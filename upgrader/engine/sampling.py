@@ -35,6 +35,13 @@ class HealthSampler:
         the host procedure checked since (or within the last round) is not checked again."""
         self._changed[backend] = now
 
+    def found(self, backend: str, now: float) -> None:
+        """``backend`` serves the target already (found so at a start or resume): first in
+        line for the sample, not checked all at once with every other one found."""
+        if backend not in self.last_seen:
+            self.last_seen[backend] = now
+            self.last_seen.move_to_end(backend, last=False)
+
     def quota(self, serving: int) -> int:
         """How many of the least recently checked backends a round checks."""
         if self.period is None:

@@ -63,6 +63,8 @@ class Verification:
             self.figures.always = tuple(backends)
         progress.on_change.append(self._changed)
         progress.on_checked.append(self._checked)
+        progress.on_found.append(lambda backend: self.health.found(backend,
+                                                                   self.clock.monotonic()))
         #: the last verdict per metric, and how many times in a row it failed
         self.last_verdicts: dict[str, Verdict] = {}
         self._consecutive: dict[str, int] = {}
