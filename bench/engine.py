@@ -8,6 +8,7 @@ Measures CPU seconds and peak RSS of a fresh process per run; reports the median
 
     .venv/bin/python bench/engine.py [--sizes 1000 10000 100000] [--runs 3]
     .venv/bin/python bench/engine.py --pause 30 --sizes 2000 10000   # the "real-time" mode
+    .venv/bin/python bench/engine.py --bare --sizes 10000            # peer: the engine alone
 
 ``--pause MINUTES`` plays what a real-time canary reaches after that long a pause: one host
 upgraded, then a pause of MINUTES with the metrics event every second; it reads the process's
@@ -86,7 +87,7 @@ def _credit(balancer, pool: str, requests: int) -> None:
     counters.buckets[3] += requests                  # 8 ms: the 10 ms bucket
 
 
-def one_run(hosts: int, pause_minutes: float | None) -> dict:
+def one_run(hosts: int, pause_minutes: float | None, bare: bool = False) -> dict:
     """Runs in a child process: build the fleet, compile, run in virtual time."""
     import asyncio
 
@@ -101,6 +102,7 @@ def one_run(hosts: int, pause_minutes: float | None) -> dict:
         Releases,
         StrategySpec,
         Timing,
+        VerifySpec,
     )
     from upgrader.providers.noop import NoopBalancer
     from upgrader.rollout import Rollout
@@ -119,6 +121,8 @@ def one_run(hosts: int, pause_minutes: float | None) -> dict:
         transport=ProviderSpec("noop"), balancer=ProviderSpec("noop"), health=ProviderSpec("noop"),
         strategy=StrategySpec("canary", params),
         timing=Timing(host_upgrade=600.0),
+        # --bare: the engine alone, as the bench measured it before issue 17
+        **({"verify": VerifySpec(health=False)} if bare else {}),
     )
     samples: list[dict] = []
     health = BenchHealth()
@@ -130,7 +134,8 @@ def one_run(hosts: int, pause_minutes: float | None) -> dict:
         providers = Providers(BenchTransport(), balancer, health)
         with tempfile.TemporaryDirectory() as state_dir:
             async with Rollout(fleet, providers=providers, clock=LoopClock(), journal=False,
-                               state_dir=state_dir) as rollout:
+                               state_dir=state_dir,
+                               metrics_interval=None if bare else 1.0) as rollout:
                 async def users():
                     while True:
                         await asyncio.sleep(1.0)
@@ -178,10 +183,13 @@ def main() -> None:
                         help="play one host then a pause this long (memory over a pause)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="give up on a run after this many seconds (reported as such)")
+    parser.add_argument("--bare", action="store_true",
+                        help="the engine alone: no health checks in analysis, no metrics "
+                             "events (a peer: what the defaults add)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(one_run(args.child, args.pause)))
+        print(json.dumps(one_run(args.child, args.pause, args.bare)))
         return
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}", flush=True)
@@ -192,6 +200,8 @@ def main() -> None:
             command = [sys.executable, __file__, "--child", str(size)]
             if args.pause is not None:
                 command += ["--pause", str(args.pause)]
+            if args.bare:
+                command.append("--bare")
             try:
                 out = subprocess.run(command, capture_output=True, text=True, check=True,
                                      timeout=args.timeout)

@@ -162,3 +162,25 @@ def test_bus_strips_host_figures_from_older_readings_only():
     assert [bool(e.data["hosts"]) for e in readings] == [False] * 40 + [True] * 60
     assert all(e.data["hosts_dropped"] == 2 for e in readings[:40])
     assert [e.data["pools"]["p"]["rps"] for e in readings] == list(range(100))
+
+
+def test_one_counter_figures_are_the_general_figures():
+    import random
+
+    from upgrader.engine.analysis import counter_figures, traffic_figures
+    from upgrader.providers.base import LATENCY_BUCKETS, BackendStats
+
+    rng = random.Random(17)
+    for _ in range(200):
+        before = BackendStats(rng.randint(0, 50), 0,
+                              tuple(rng.randint(0, 5) for _ in LATENCY_BUCKETS))
+        grown = tuple(b + rng.randint(0, 5) for b in before.latency_buckets)
+        now = BackendStats(before.requests + sum(grown) - sum(before.latency_buckets),
+                           rng.randint(0, 3), grown)
+        if rng.random() < 0.2:                          # a reset backend
+            now = BackendStats(rng.randint(0, 5), 0, tuple(0 for _ in LATENCY_BUCKETS))
+        seconds = rng.choice([0.0, 1.0, 2.5])
+        assert counter_figures(before, now, seconds) == \
+            traffic_figures({"x": before}, {"x": now}, ["x"], seconds)
+        assert counter_figures(None, now, seconds) == traffic_figures({}, {"x": now}, ["x"],
+                                                                      seconds)

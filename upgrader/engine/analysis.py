@@ -89,6 +89,22 @@ def health_verdict(results: Mapping[str, bool], *, serving: int | None = None,
                    float(len(bad)), 0.0, len(results), None, "; ".join(parts))
 
 
+def counter_figures(before: BackendStats | None, now: BackendStats,
+                    seconds: float) -> dict[str, float | int | None]:
+    """``traffic_figures`` of one counter set (a pool, a backend) between two readings."""
+    if before is None or before.requests > now.requests:     # new or reset
+        requests, errors = now.requests, now.errors
+        buckets = list(now.latency_buckets)
+    else:
+        requests, errors = now.requests - before.requests, now.errors - before.errors
+        buckets = [a - b if a > b else 0
+                   for a, b in zip(now.latency_buckets, before.latency_buckets)]
+    return {"requests": requests,
+            "rps": round(requests / seconds, 2) if seconds > 0 else None,
+            "error_rate": round(100.0 * errors / requests, 3) if requests else None,
+            "p95": percentile(buckets, 0.95) if requests else None}
+
+
 def idle_figures(seconds: float) -> dict[str, float | int | None]:
     """``traffic_figures`` of an interval without a request (counters unchanged)."""
     return {"requests": 0, "rps": 0.0 if seconds > 0 else None, "error_rate": None,

@@ -20,7 +20,13 @@ from ..events import RolloutState, Verdict
 from ..model import Fleet
 from ..plan import Plan, Verify
 from ..providers.base import BackendStats, BackendStatsReader, Balancer, PoolStatsReader
-from .analysis import analyze, health_verdict, idle_figures, traffic_figures
+from .analysis import (
+    analyze,
+    counter_figures,
+    health_verdict,
+    idle_figures,
+    traffic_figures,
+)
 from .bus import EventBus
 from .machine import StateMachine
 from .progress import RolloutProgress
@@ -305,8 +311,8 @@ class Verification:
             pools: dict[str, object] = {}
             hosts: dict[str, object] = {}
             if pools_now is not None and previous_pools is not None:
-                pools = {p: traffic_figures(previous_pools, pools_now, [p], seconds)
-                         for p in pools_now}
+                pools = {p: counter_figures(previous_pools.get(p), counts, seconds)
+                         for p, counts in pools_now.items()}
             if members is not None and previous:
                 pools = {p: traffic_figures(previous, stats, names, seconds)
                          for p, names in members.items()}
@@ -316,7 +322,7 @@ class Verification:
                 if now_stats is None or before_stats is None:
                     continue
                 hosts[name] = (idle_figures(seconds) if now_stats == before_stats else
-                               traffic_figures(previous, stats, [name], seconds))
+                               counter_figures(before_stats, now_stats, seconds))
             previous = dict(stats) if members is not None else \
                 {n: stats[n] for n in wanted if n in stats}
             previous_pools = pools_now
