@@ -7,13 +7,13 @@ Measures CPU seconds and peak RSS of a fresh process per run; reports the median
 ``--runs`` runs per size and the growth per host between sizes.
 
     .venv/bin/python bench/engine.py [--sizes 1000 10000 100000] [--runs 3]
-    .venv/bin/python bench/engine.py --pause 30 --sizes 2000 10000   # the "real-time" mode
+    .venv/bin/python bench/engine.py --pause 30 --watch 40 --sizes 2000 10000   # "real time"
     .venv/bin/python bench/engine.py --bare --sizes 10000            # peer: the engine alone
 
 ``--pause MINUTES`` plays what a real-time canary reaches after that long a pause: one host
 upgraded, then a pause of MINUTES with the metrics event every second; it reads the process's
 RSS every 5 minutes of the pause (memory must stay flat) and counts the per-host figures the
-event history keeps.
+event history keeps; ``--watch ROWS`` has a front end show that many hosts' rows meanwhile.
 
 What differs from a user's run, and why: the balancer, transport and health check are the
 in-memory no-op balancer and bench-local transport and health check that keep no record
@@ -87,7 +87,8 @@ def _credit(balancer, pool: str, requests: int) -> None:
     counters.buckets[3] += requests                  # 8 ms: the 10 ms bucket
 
 
-def one_run(hosts: int, pause_minutes: float | None, bare: bool = False) -> dict:
+def one_run(hosts: int, pause_minutes: float | None, bare: bool = False,
+            watch: int = 0) -> dict:
     """Runs in a child process: build the fleet, compile, run in virtual time."""
     import asyncio
 
@@ -146,6 +147,8 @@ def one_run(hosts: int, pause_minutes: float | None, bare: bool = False) -> dict
                     loop = asyncio.get_running_loop()
                     begun = loop.time()
                     assert pause_minutes is not None
+                    if watch and hasattr(rollout.engine, "watch_hosts"):   # bd21cc4: none
+                        rollout.engine.watch_hosts([h.name for h in fleet.hosts[:watch]])
                     for minute in range(5, int(pause_minutes) + 1, 5):
                         await asyncio.sleep(begun + 60.0 * minute - loop.time())
                         history = rollout.engine.history
@@ -186,10 +189,12 @@ def main() -> None:
     parser.add_argument("--bare", action="store_true",
                         help="the engine alone: no health checks in analysis, no metrics "
                              "events (a peer: what the defaults add)")
+    parser.add_argument("--watch", type=int, default=0, metavar="ROWS",
+                        help="with --pause: a front end shows this many hosts' rows")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(one_run(args.child, args.pause, args.bare)))
+        print(json.dumps(one_run(args.child, args.pause, args.bare, args.watch)))
         return
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}", flush=True)
@@ -202,6 +207,8 @@ def main() -> None:
                 command += ["--pause", str(args.pause)]
             if args.bare:
                 command.append("--bare")
+            if args.watch:
+                command += ["--watch", str(args.watch)]
             try:
                 out = subprocess.run(command, capture_output=True, text=True, check=True,
                                      timeout=args.timeout)
