@@ -184,3 +184,19 @@ def test_one_counter_figures_are_the_general_figures():
             traffic_figures({"x": before}, {"x": now}, ["x"], seconds)
         assert counter_figures(None, now, seconds) == traffic_figures({}, {"x": now}, ["x"],
                                                                       seconds)
+
+
+def test_figure_scope_changed_lately_watched_and_bounded():
+    from upgrader.engine.sampling import FigureScope
+
+    scope = FigureScope(limit=4, recent=3.0)
+    scope.changed("a", 10.0)
+    scope.changed("b", 11.0)
+    assert set(scope.backends(12.0)) == {"a", "b"}
+    assert scope.backends(13.5) == ["b"]            # a changed 3.5 s ago: dropped
+    assert scope.backends(20.0) == []
+    scope.watch(["w1", "w2", "w3"])
+    for name in "cdefgh":
+        scope.changed(name, 30.0)
+    wanted = scope.backends(30.0)
+    assert len(wanted) == 4 and wanted[:3] == ["w1", "w2", "w3"]   # watched first, bounded

@@ -36,8 +36,9 @@ from .traffic import TrafficControl
 #: the balancer's cumulative counters (per backend, or per pool)
 Counters = Mapping[str, BackendStats]
 
-#: seconds a backend the engine changed keeps its own figures in ``metrics`` events
-RECENT_CHANGE_S = 5.0
+#: seconds a backend the engine changed keeps its own figures in ``metrics`` events (at
+#: least 2.5 intervals: its counters at one reading, its figures at the next ones)
+RECENT_CHANGE_S = 3.0
 #: a fleet of at most this many backends has every host's figures in each ``metrics`` event
 #: (a screenful: front ends behind the control API, which cannot say what they show, too)
 SMALL_FLEET = 50
@@ -288,12 +289,14 @@ class Verification:
 
     async def monitor(self, interval: float, host_limit: int) -> None:
         """Traffic figures for front ends every ``interval`` seconds: per pool always; per
-        host for the backends that changed in the last ``RECENT_CHANGE_S`` seconds and those
+        host for the backends that changed in the last ``RECENT_CHANGE_S`` seconds (at least
+        2.5 intervals) and those
         a front end watches (:meth:`watch`), at most ``host_limit``. Read-only; never judges.
 
         A balancer with the optional summaries (``PoolStatsReader``, ``BackendStatsReader``)
         is read through them: no copy of its whole table each interval."""
         self.figures.limit = host_limit
+        self.figures.recent = max(RECENT_CHANGE_S, 2.5 * interval)
         previous: dict[str, BackendStats] = {}
         previous_pools: Counters | None = None
         before = self.clock.monotonic()
@@ -321,7 +324,8 @@ class Verification:
                 now_stats, before_stats = stats.get(name), previous.get(name)
                 if now_stats is None or before_stats is None:
                     continue
-                hosts[name] = (idle_figures(seconds) if now_stats == before_stats else
+                hosts[name] = (idle_figures(seconds) if now_stats is before_stats or
+                               now_stats == before_stats else
                                counter_figures(before_stats, now_stats, seconds))
             previous = dict(stats) if members is not None else \
                 {n: stats[n] for n in wanted if n in stats}
