@@ -88,7 +88,7 @@ def _credit(balancer, pool: str, requests: int) -> None:
 
 
 def one_run(hosts: int, pause_minutes: float | None, bare: bool = False,
-            watch: int = 0) -> dict:
+            rows: int = 0) -> dict:
     """Runs in a child process: build the fleet, compile, run in virtual time."""
     import asyncio
 
@@ -143,12 +143,12 @@ def one_run(hosts: int, pause_minutes: float | None, bare: bool = False,
                         _credit(balancer, "1.1.0", 10)
                         _credit(balancer, "1.0.0", 90)
 
-                async def watch():
+                async def sample_the_pause():
                     loop = asyncio.get_running_loop()
                     begun = loop.time()
                     assert pause_minutes is not None
-                    if watch and hasattr(rollout.engine, "watch_hosts"):   # bd21cc4: none
-                        rollout.engine.watch_hosts([h.name for h in fleet.hosts[:watch]])
+                    if rows and hasattr(rollout.engine, "watch_hosts"):    # bd21cc4: none
+                        rollout.engine.watch_hosts([h.name for h in fleet.hosts[:rows]])
                     for minute in range(5, int(pause_minutes) + 1, 5):
                         await asyncio.sleep(begun + 60.0 * minute - loop.time())
                         history = rollout.engine.history
@@ -160,7 +160,8 @@ def one_run(hosts: int, pause_minutes: float | None, bare: bool = False,
                     rollout.abort(rollback=False)
 
                 feed = asyncio.ensure_future(users())
-                watcher = asyncio.ensure_future(watch()) if pause_minutes is not None else None
+                watcher = (asyncio.ensure_future(sample_the_pause())
+                           if pause_minutes is not None else None)
                 try:
                     return await rollout.run()
                 finally:
@@ -172,6 +173,8 @@ def one_run(hosts: int, pause_minutes: float | None, bare: bool = False,
     cpu = time.process_time() - start_cpu
     if pause_minutes is None:
         assert result.outcome.value == "completed", result.error
+    else:
+        assert len(samples) == int(pause_minutes) // 5, "the pause was not sampled"
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"hosts": hosts, "cpu_s": cpu, "peak_mb": peak_mb, "virtual_s": result.duration_s,
             "outcome": result.outcome.value, "health_checks": health.count,
