@@ -111,14 +111,17 @@ class _Counters:
     requests: int = 0
     errors: int = 0
     buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
-    #: the last reading, until traffic changes the counters (an unchanged backend reads as
-    #: the very same object: readers compare cheaply)
+    #: a pool's last reading, until traffic changes its counters (read every second; a
+    #: backend's is not kept: one per backend of a big fleet is memory for nothing)
     reading: BackendStats | None = None
 
     def read(self) -> BackendStats:
         if self.reading is None:
-            self.reading = BackendStats(self.requests, self.errors, tuple(self.buckets))
+            self.reading = self.snapshot()
         return self.reading
+
+    def snapshot(self) -> BackendStats:
+        return BackendStats(self.requests, self.errors, tuple(self.buckets))
 
 
 class NoopBalancer:
@@ -229,7 +232,7 @@ class NoopBalancer:
         self.operations.append(("set_maintenance", bool(on), retry_after))
 
     async def stats(self) -> Mapping[str, BackendStats]:
-        return {name: c.read() for name, c in self._counters.items()}
+        return {name: c.snapshot() for name, c in self._counters.items()}
 
     async def pool_stats(self) -> Mapping[str, BackendStats]:
         """Cumulative counters per pool: O(pools), whatever the fleet's size."""
@@ -238,7 +241,8 @@ class NoopBalancer:
     async def backend_stats(self, names: Iterable[str]) -> Mapping[str, BackendStats]:
         """The counters of the named backends only: O(names), whatever the fleet's size."""
         counters = self._counters
-        return {name: c.read() for name in names if (c := counters.get(name)) is not None}
+        return {name: c.snapshot() for name in names
+                if (c := counters.get(name)) is not None}
 
     async def backend_state(self, name: str) -> BackendState | None:
         """One backend's state (None if absent), without copying the whole table."""
