@@ -163,3 +163,27 @@ def test_backends_found_serving_at_a_start_are_sampled_in_turn_not_all_at_once()
     for name in picked:
         sampler.record(name, True, 10.0, 10.0)
     assert not set(sampler.pick(serving)) & set(picked)
+
+
+def test_bad_health_sample_and_period_name_the_key_and_line(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_config import BASE, assert_at, load_error, replaced
+
+    good = replaced('for = "1m"\n', 'for = "1m"\nhealth_sample = 3\nhealth_period = "5m"\n')
+    from upgrader.config import load_fleet
+
+    path = tmp_path / "good.toml"
+    path.write_text(good, encoding="utf-8")
+    verify = load_fleet(path).verify
+    assert (verify.health_sample, verify.health_period) == (3, 300.0)
+    assert (VerifySpec().health_sample, VerifySpec().health_period) == (10, None)
+    line = BASE[:BASE.index('for = "1m"')].count("\n") + 2
+    error = load_error(tmp_path, replaced('for = "1m"\n', 'for = "1m"\nhealth_sample = 0\n'))
+    assert_at(error, "verify.health_sample", line, "at least 1")
+    error = load_error(tmp_path, replaced('for = "1m"\n', 'for = "1m"\nhealth_period = "0s"\n'))
+    assert_at(error, "verify.health_period", line)
+    error = load_error(tmp_path, replaced('for = "1m"\n', 'for = "1m"\nhealth_sampel = 5\n'))
+    assert_at(error, "verify.health_sampel", line, "health_sample")
