@@ -150,7 +150,8 @@ _RELEASE_KEYS = ("current", "target", "migration")
 _COMMAND_KEYS = ("install", "start", "stop", "system_test", "current", "pre_release_test")
 _REQUIRED_COMMANDS = ("install", "start", "stop")
 _VERIFY_KEYS = ("error_rate_max", "p95_latency_max", "min_requests", "consecutive_failures",
-                "interval", "for", "no_data", "health")
+                "interval", "for", "no_data", "health", "health_sample",
+                "health_period")
 _TIMING_KEYS = ("host_upgrade", "drain_timeout", "health_timeout", "health_interval",
                 "command_timeout")
 _GROUP_KEYS = ("name", "header_values", "percent", "description")
@@ -633,6 +634,10 @@ class _Loader:
             for_=self.duration(table, path, "for", d.for_),
             no_data=self.choice(table, path, "no_data", NO_DATA, d.no_data),
             health=self.boolean(table, path, "health", d.health),
+            health_sample=self.integer(table, path, "health_sample", d.health_sample,
+                                       minimum=1),
+            health_period=self.duration(table, path, "health_period", d.health_period,
+                                        positive=True),
         )
 
     def timing(self, data: dict[str, Any]) -> Timing:

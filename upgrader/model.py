@@ -76,7 +76,9 @@ class VerifySpec:
     interval: float = 10.0               # seconds between analysis runs
     for_: float = 60.0                   # default hold of a Verify step
     no_data: str = "fail"                # fail | pass | wait
-    health: bool = True                  # also run the health check on every upgraded host
+    health: bool = True                  # also health-check the upgraded hosts each round:
+    health_sample: int = 10              # the hosts least recently checked, this many a round
+    health_period: float | None = None   # and every upgraded host at least this often
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,9 +25,8 @@ def _delta(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
         requests += now.requests - before.requests
         errors += now.errors - before.errors
         if now.latency_buckets != before.latency_buckets:
-            for i, (a, b) in enumerate(zip(now.latency_buckets, before.latency_buckets)):
-                if a > b:
-                    buckets[i] += a - b
+            buckets = [total + (a - b if a > b else 0) for total, a, b in
+                       zip(buckets, now.latency_buckets, before.latency_buckets)]
     return requests, errors, buckets
 
 
@@ -75,11 +74,41 @@ def analyze(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
     return verdicts
 
 
-def health_verdict(results: Mapping[str, bool]) -> Verdict:
+def health_verdict(results: Mapping[str, bool], *, serving: int | None = None,
+                   oldest: tuple[str, float] | None = None) -> Verdict:
+    """The health round's verdict: ``results`` of the hosts checked this round (a sample of
+    the ``serving`` ones); ``oldest``: the serving host least recently checked, and how many
+    seconds ago."""
     bad = sorted(name for name, ok in results.items() if not ok)
+    parts = ["unhealthy: " + ", ".join(bad[:10])] if bad else []
+    if serving is not None:
+        parts.append(f"checked {len(results)} of {serving} serving")
+    if oldest is not None:
+        parts.append(f"least recently checked {oldest[0]}, {oldest[1]:g}s ago")
     return Verdict("health", "fail" if bad else ("pass" if results else "no_data"),
-                   float(len(bad)), 0.0, len(results), None,
-                   ("unhealthy: " + ", ".join(bad[:10])) if bad else "")
+                   float(len(bad)), 0.0, len(results), None, "; ".join(parts))
+
+
+def counter_figures(before: BackendStats | None, now: BackendStats,
+                    seconds: float) -> dict[str, float | int | None]:
+    """``traffic_figures`` of one counter set (a pool, a backend) between two readings."""
+    if before is None or before.requests > now.requests:     # new or reset
+        requests, errors = now.requests, now.errors
+        buckets = list(now.latency_buckets)
+    else:
+        requests, errors = now.requests - before.requests, now.errors - before.errors
+        buckets = [a - b if a > b else 0
+                   for a, b in zip(now.latency_buckets, before.latency_buckets)]
+    return {"requests": requests,
+            "rps": round(requests / seconds, 2) if seconds > 0 else None,
+            "error_rate": round(100.0 * errors / requests, 3) if requests else None,
+            "p95": percentile(buckets, 0.95) if requests else None}
+
+
+def idle_figures(seconds: float) -> dict[str, float | int | None]:
+    """``traffic_figures`` of an interval without a request (counters unchanged)."""
+    return {"requests": 0, "rps": 0.0 if seconds > 0 else None, "error_rate": None,
+            "p95": None}
 
 
 def traffic_figures(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],

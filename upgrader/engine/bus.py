@@ -22,6 +22,11 @@ log = logging.getLogger("upgrader.engine")
 #: observations, not transitions: front ends get them, the journal does not
 NOT_JOURNALED = frozenset({"metrics"})
 
+#: ``metrics`` events that keep their per-host figures in the history (the latest ones);
+#: older ones keep their pools only, so the history's memory is bounded however long the
+#: rollout and however many hosts a reading named
+METRICS_WITH_HOSTS = 60
+
 
 class EventBus:
     """Every event of one rollout goes through :meth:`emit`."""
@@ -37,6 +42,8 @@ class EventBus:
         self.seq = seq
         #: the most recent events, oldest first
         self.history: deque[Event] = deque(maxlen=history)
+        #: the ``metrics`` events in the history that still carry per-host figures
+        self._with_hosts: deque[Event] = deque()
         self._observers: list[Callable[[Event], None]] = list(observers)
         self._queues: list[asyncio.Queue[Event | None]] = []
         self._tasks: set[asyncio.Task[object]] = set()
@@ -51,6 +58,8 @@ class EventBus:
         if self.journal is not None and self.rollout_id and kind not in NOT_JOURNALED:
             await self.journal.aappend(self.rollout_id, event.seq, event.ts, kind, dict(payload))
         self.history.append(event)
+        if kind == "metrics" and payload.get("hosts"):
+            self._bound_host_figures(event)
         for callback in list(self._observers):
             try:
                 callback(event)
@@ -61,6 +70,27 @@ class EventBus:
         for notifier in self.notifiers:
             self.spawn(self._notify(notifier, event))
         return event
+
+    def _bound_host_figures(self, event: Event) -> None:
+        """Keep per-host figures in the latest ``METRICS_WITH_HOSTS`` metrics events of the
+        history only: the oldest one is replaced there by a copy without them (its pools,
+        its place and its number stay; ``hosts_dropped`` says how many figures went)."""
+        self._with_hosts.append(event)
+        if len(self._with_hosts) <= METRICS_WITH_HOSTS:
+            return
+        old = self._with_hosts.popleft()
+        history = self.history
+        if not history or history[0].seq > old.seq:
+            return                                  # already out of the history
+        index = old.seq - history[0].seq
+        if not (0 <= index < len(history) and history[index] is old):
+            index = next((i for i, e in enumerate(history) if e is old), -1)
+            if index < 0:
+                return
+        data = dict(old.data)
+        data["hosts_dropped"] = len(data.pop("hosts", None) or ())
+        data["hosts"] = {}
+        history[index] = Event(old.kind, old.ts, old.rollout, old.seq, data)
 
     def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         """Run ``coro`` beside the rollout; :meth:`close` waits for it."""

@@ -279,6 +279,11 @@ class Engine:
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         return self.bus.subscribe(callback)
 
+    def watch_hosts(self, hosts: Iterable[str]) -> None:
+        """Per-host figures for these hosts in every ``metrics`` event from now on (a front
+        end's visible rows); hosts the engine changed lately have them anyway."""
+        self.verification.watch(hosts)
+
     def events(self) -> AsyncIterator[Event]:
         """Every event from the moment of this call on, until the rollout finishes."""
         return self.bus.stream()

@@ -93,6 +93,7 @@ class HostProcedure:
             result = await self.health.check(host, port=port_of(host, slot))
             if result.ok:
                 self.progress.hosts[host.name].healthy = True
+                self.progress.checked(backend_name(host.name, slot), True)
                 return
             detail = result.detail
             if self.clock.monotonic() >= deadline:

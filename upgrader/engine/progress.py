@@ -10,7 +10,7 @@ rollout (``upgrader.engine.resume.replay``); a progress starts from it on resume
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,15 @@ class RolloutProgress:
         #: backends in service on the target release, kept in step with every balancer change
         #: the engine makes (read back and asserted), so analysis costs O(pools), not O(hosts)
         self.serving_target: set[str] = set()
+        #: called with a backend's name each time the engine changes it (verification
+        #: checks a host when it changes and reports its figures for a while)
+        self.on_change: list[Callable[[str], None]] = []
+        #: called with a backend's name and the result each time the host procedure
+        #: health-checks it (verification need not check it again at once)
+        self.on_checked: list[Callable[[str, bool], None]] = []
+        #: called with each backend found serving the target by a full read of the balancer
+        #: (the start of a rollout, a resume): not changed by this rollout, not yet checked
+        self.on_found: list[Callable[[str], None]] = []
         #: flags this rollout turned on (a feature roll-out's analysis and roll-back)
         self.flags_on: set[str] = set()
         self.maintenance_on = False
@@ -173,9 +182,19 @@ class RolloutProgress:
             self.serving_target.add(backend)
         else:
             self.serving_target.discard(backend)
+        for listener in self.on_change:
+            listener(backend)
+
+    def checked(self, backend: str, ok: bool) -> None:
+        """The host procedure health-checked ``backend``."""
+        for listener in self.on_checked:
+            listener(backend, ok)
 
     def read_balancer(self, state: BalancerState) -> None:
         """Start over from a full read of the balancer."""
         self.serving_target = {n for n, b in state.backends.items()
                                if b.pool == self.target and b.state == "ready"}
+        for listener in self.on_found:
+            for backend in self.serving_target:
+                listener(backend)
         self.maintenance_on = state.maintenance

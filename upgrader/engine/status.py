@@ -33,7 +33,9 @@ def rollout_status(engine: Engine) -> dict[str, Any]:
         "elapsed_s": clock.monotonic() - engine.started if engine.started else 0.0,
         "estimated_s": est.total_s, "remaining_s": remaining,
         "hosts": {n: {"release": s.release, "phase": s.phase.value, "slot": s.slot,
-                      "healthy": s.healthy, "error": s.error} for n, s in hosts.items()},
+                      "healthy": s.healthy, "error": s.error,
+                      "health_seen": engine.verification.health_seen(n)}
+                  for n, s in hosts.items()},
         "verdicts": {m: v.to_json() for m, v in engine.last_verdicts.items()},
         "plan": [{"index": i, "step": s.kind, "wave": s.wave,
                   "description": describe_step(s), "duration_s": step_duration(s, timing)}

@@ -1,31 +1,47 @@
 """Verification: the loops that watch a rollout's traffic, beside the pure ``analysis.py``.
 
 The analyzer compares the target release's error rate and latency with the current release's
-each ``verify.interval`` (and checks the serving hosts' health), judges each verdict against
-``consecutive_failures`` and fails the rollout when a metric keeps failing. A ``Verify`` step's
-hold waits until at least one round has judged the traffic since it began. The monitor only
-reports traffic figures to front ends (``metrics`` events); it never judges.
+each ``verify.interval`` (and health-checks a bounded sample of the serving hosts: those that
+changed, those that failed, the least recently checked; see ``sampling.py``), judges each
+verdict against ``consecutive_failures`` and fails the rollout when a metric keeps failing. A
+``Verify`` step's hold waits until at least one round has judged the traffic since it began.
+The monitor only reports traffic figures to front ends (``metrics`` events: every pool, and
+the hosts that changed lately or that a front end watches); it never judges.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from ..clock import Clock
 from ..errors import ProviderError, RolloutFailed
 from ..events import RolloutState, Verdict
 from ..model import Fleet
 from ..plan import Plan, Verify
-from ..providers.base import BackendStats, Balancer, PoolStatsReader
-from .analysis import analyze, health_verdict, traffic_figures
+from ..providers.base import BackendStats, BackendStatsReader, Balancer, PoolStatsReader
+from .analysis import (
+    analyze,
+    counter_figures,
+    health_verdict,
+    idle_figures,
+    traffic_figures,
+)
 from .bus import EventBus
 from .machine import StateMachine
 from .progress import RolloutProgress
+from .sampling import FigureScope, HealthSampler
 from .traffic import TrafficControl
 
 #: the balancer's cumulative counters (per backend, or per pool)
 Counters = Mapping[str, BackendStats]
+
+#: seconds a backend the engine changed keeps its own figures in ``metrics`` events (at
+#: least 2.5 intervals: its counters at one reading, its figures at the next ones)
+RECENT_CHANGE_S = 3.0
+#: a fleet of at most this many backends has every host's figures in each ``metrics`` event
+#: (a screenful: front ends behind the control API, which cannot say what they show, too)
+SMALL_FLEET = 50
 
 
 class Verification:
@@ -42,6 +58,20 @@ class Verification:
         self.balancer: Balancer = traffic.balancer
         #: the balancer keeps counters per pool (credited when each request was served)
         self._pools = self.balancer if isinstance(self.balancer, PoolStatsReader) else None
+        #: ... and reads the counters of a few named backends without copying them all
+        self._some = self.balancer if isinstance(self.balancer, BackendStatsReader) else None
+        spec = fleet.verify
+        self.health = HealthSampler(spec.health_sample, spec.health_period, spec.interval)
+        #: the last health round's coverage: checked, serving, the least recently seen
+        self.health_coverage: dict[str, object] = {}
+        self.figures = FigureScope(limit=2000, recent=RECENT_CHANGE_S)
+        backends = self._backends_of(h.name for h in fleet.hosts)
+        if len(backends) <= SMALL_FLEET:
+            self.figures.always = tuple(backends)
+        progress.on_change.append(self._changed)
+        progress.on_checked.append(self._checked)
+        progress.on_found.append(lambda backend: self.health.found(backend,
+                                                                   self.clock.monotonic()))
         #: the last verdict per metric, and how many times in a row it failed
         self.last_verdicts: dict[str, Verdict] = {}
         self._consecutive: dict[str, int] = {}
@@ -55,6 +85,39 @@ class Verification:
         self._due: float | None = None
         self._busy = False
         self._ended = asyncio.Event()
+
+    def _changed(self, backend: str) -> None:
+        now = self.clock.monotonic()
+        self.health.changed(backend, now)
+        self.figures.changed(backend, now)
+
+    def _checked(self, backend: str, ok: bool) -> None:
+        self.health.record(backend, ok, self.clock.monotonic(), self.clock.wall())
+
+    def watch(self, hosts: Iterable[str]) -> None:
+        """Report per-host figures for these hosts (a front end's visible rows) in every
+        ``metrics`` event from now on, besides the hosts that changed lately."""
+        self.figures.watch(self._backends_of(hosts))
+
+    def _backends_of(self, hosts: Iterable[str]) -> list[str]:
+        """The balancer's names for ``hosts`` (a host with slots has one per slot)."""
+        backends: list[str] = []
+        for name in hosts:
+            host = self.progress.hosts_by_name.get(name)
+            if host is None:
+                continue
+            backends.append(name)
+            backends.extend(f"{name}@{slot}" for slot in host.slots)
+        return backends
+
+    def health_seen(self, host: str) -> float | None:
+        """Wall time of ``host``'s last health check by the analyzer (any of its slots)."""
+        seen = self.health.last_seen_wall
+        known = self.progress.hosts_by_name.get(host)
+        if known is None or not known.slots:
+            return seen.get(host)
+        times = [seen[b] for b in (host, *(f"{host}@{s}" for s in known.slots)) if b in seen]
+        return max(times) if times else None
 
     def forget_failures(self) -> None:
         """The operator accepted a failure: count failing rounds from zero again."""
@@ -170,7 +233,7 @@ class Verification:
                 verdicts = analyze(previous, stats, new, old, spec)
             previous = stats
             if spec.health and progress.serving_target:
-                verdicts.append(await self._health_round(sorted(progress.serving_target)))
+                verdicts.append(await self._health_round())
         except Exception as exc:   # analysis that cannot run is "no data", never a pass
             previous = None
             verdicts = [Verdict("analysis", "no_data", None, None, 0, None,
@@ -179,17 +242,32 @@ class Verification:
             return previous
         self._rounds += 1
         for verdict in verdicts:
-            await self._judge(verdict)
+            await self._judge(verdict, **(self.health_coverage if verdict.metric == "health"
+                                          else {}))
         return previous
 
-    async def _health_round(self, backends: list[str]) -> Verdict:
+    async def _health_round(self) -> Verdict:
+        """Check the sample :class:`HealthSampler` picks (bounded), not every serving host."""
+        serving = self.progress.serving_target
+        backends = self.health.pick(serving)
+
         async def one(backend: str) -> tuple[str, bool]:
             return backend, await self.traffic.probe(backend)
 
         results = dict(await asyncio.gather(*(one(b) for b in backends)))
-        return health_verdict(results)
+        now, wall = self.clock.monotonic(), self.clock.wall()
+        for backend, ok in results.items():
+            self.health.record(backend, ok, now, wall)
+        oldest = self.health.oldest(serving)
+        oldest_age = round(now - oldest[1], 3) if oldest is not None else None
+        self.health_coverage = {"checked": len(results), "serving": len(serving),
+                                "oldest_seen": oldest[0] if oldest is not None else None,
+                                "oldest_seen_s": oldest_age}
+        return health_verdict(results, serving=len(serving),
+                              oldest=(oldest[0], oldest_age) if oldest is not None and
+                              oldest_age is not None else None)
 
-    async def _judge(self, verdict: Verdict) -> None:
+    async def _judge(self, verdict: Verdict, **extra: object) -> None:
         spec = self.fleet.verify
         count = self._consecutive.get(verdict.metric, 0)
         if verdict.result == "fail" or (verdict.result == "no_data" and spec.no_data == "fail"):
@@ -201,7 +279,7 @@ class Verification:
         self._consecutive[verdict.metric] = count
         self.last_verdicts[verdict.metric] = verdict
         await self.bus.emit("verdict", **verdict.to_json(), consecutive=count,
-                            limit=spec.consecutive_failures)
+                            limit=spec.consecutive_failures, **extra)
         if count >= spec.consecutive_failures and self.machine.failure is None:
             reason = f"analysis: {verdict.describe()} ({count} in a row)"
             await self.bus.emit("analysis_failed", metric=verdict.metric, detail=reason)
@@ -210,10 +288,16 @@ class Verification:
     # -- the monitor
 
     async def monitor(self, interval: float, host_limit: int) -> None:
-        """Traffic figures for front ends every ``interval`` seconds: per pool always, per
-        host for fleets up to ``host_limit`` backends. Read-only; never judges."""
-        balancer = self.balancer
-        previous: Counters | None = None
+        """Traffic figures for front ends every ``interval`` seconds: per pool always; per
+        host for the backends that changed in the last ``RECENT_CHANGE_S`` seconds (at least
+        2.5 intervals) and those
+        a front end watches (:meth:`watch`), at most ``host_limit``. Read-only; never judges.
+
+        A balancer with the optional summaries (``PoolStatsReader``, ``BackendStatsReader``)
+        is read through them: no copy of its whole table each interval."""
+        self.figures.limit = host_limit
+        self.figures.recent = max(RECENT_CHANGE_S, 2.5 * interval)
+        previous: dict[str, BackendStats] = {}
         previous_pools: Counters | None = None
         before = self.clock.monotonic()
         while True:
@@ -221,30 +305,56 @@ class Verification:
             now = self.clock.monotonic()
             seconds = now - before
             before = now
+            wanted = self.figures.backends(now)
             try:
-                state = await balancer.state()
-                per_host = len(state.backends) <= host_limit
-                stats = await balancer.stats() if per_host else None
-                pools_now = await self._pools.pool_stats() if self._pools is not None else None
+                pools_now, members, stats = await self._read_figures(wanted)
             except ProviderError:
-                previous = previous_pools = None
+                previous, previous_pools = {}, None
                 continue
-            members: dict[str, list[str]] = {}
-            for name, backend in state.backends.items():
-                members.setdefault(backend.pool, []).append(name)
             pools: dict[str, object] = {}
             hosts: dict[str, object] = {}
             if pools_now is not None and previous_pools is not None:
-                pools = {p: traffic_figures(previous_pools, pools_now, [p], seconds)
-                         for p in pools_now}
-            if stats is not None and previous is not None:
-                hosts = {n: traffic_figures(previous, stats, [n], seconds) for n in stats}
-                if not pools:
-                    pools = {p: traffic_figures(previous, stats, names, seconds)
-                             for p, names in members.items()}
-            previous, previous_pools = stats, pools_now
+                pools = {p: counter_figures(previous_pools.get(p), counts, seconds)
+                         for p, counts in pools_now.items()}
+            if members is not None and previous:
+                pools = {p: traffic_figures(previous, stats, names, seconds)
+                         for p, names in members.items()}
+            # a backend's first reading has nothing to compare with: figures from the next
+            for name in wanted:
+                now_stats, before_stats = stats.get(name), previous.get(name)
+                if now_stats is None or before_stats is None:
+                    continue
+                hosts[name] = (idle_figures(seconds) if now_stats is before_stats or
+                               now_stats == before_stats else
+                               counter_figures(before_stats, now_stats, seconds))
+            previous = dict(stats) if members is not None else \
+                {n: stats[n] for n in wanted if n in stats}
+            previous_pools = pools_now
             if pools or hosts:
                 self.last_metrics = {"interval_s": round(seconds, 3), "pools": pools,
                                      "hosts": hosts}
+                if not self.figures.always:
+                    # figures for some backends only: not the pools' sum (front ends)
+                    self.last_metrics["hosts_partial"] = True
                 await self.bus.emit("metrics", **self.last_metrics)
 
+    async def _read_figures(self, wanted: list[str]) -> tuple[
+            Counters | None, dict[str, list[str]] | None, Counters]:
+        """Pool counters (None without ``PoolStatsReader``), the pools' members when pools
+        must be added up from every backend (else None), and the backends' counters."""
+        balancer = self.balancer
+        if self._pools is not None:
+            pools = await self._pools.pool_stats()
+            if not wanted:
+                return pools, None, {}
+            if self._some is not None:
+                return pools, None, await self._some.backend_stats(wanted)
+            if len(self.fleet.hosts) > self.figures.limit:
+                return pools, None, {}     # no per-host figures at the price of a full read
+            return pools, None, await balancer.stats()
+        # no pool counters: add the pools up from every backend (a full read)
+        state = await balancer.state()
+        members: dict[str, list[str]] = {}
+        for name, backend in state.backends.items():
+            members.setdefault(backend.pool, []).append(name)
+        return None, members, await balancer.stats()

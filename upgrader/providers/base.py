@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shlex
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
@@ -267,6 +267,8 @@ class Balancer(Protocol):
     #       one backend without reading the whole table
     #   async def pool_stats(self) -> Mapping[str, BackendStats]
     #       cumulative counters per pool, credited when each request was served
+    #   async def backend_stats(self, names: Iterable[str]) -> Mapping[str, BackendStats]
+    #       the counters of a few backends without reading them all
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,6 +397,17 @@ class PoolStatsReader(Protocol):
 
     async def pool_stats(self) -> Mapping[str, BackendStats]:
         """Cumulative counters per pool name, as ``Balancer.stats`` per backend."""
+
+
+@runtime_checkable
+class BackendStatsReader(Protocol):
+    """A balancer that reads the counters of a few named backends without reading them all
+    (the engine's ``metrics`` event carries per-host figures only for the hosts that changed
+    lately and those a front end shows; with it, a big fleet is not copied each second)."""
+
+    async def backend_stats(self, names: Iterable[str]) -> Mapping[str, BackendStats]:
+        """Cumulative counters of the backends called ``names``, as ``Balancer.stats``; a
+        name the balancer does not have is left out."""
 
 
 # --------------------------------------------------------------------------------------------

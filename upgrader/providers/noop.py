@@ -8,8 +8,9 @@ the ``Balancer`` protocol: what is set is what reads back, and 10,000 backends a
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -110,6 +111,17 @@ class _Counters:
     requests: int = 0
     errors: int = 0
     buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    #: a pool's last reading, until traffic changes its counters (read every second; a
+    #: backend's is not kept: one per backend of a big fleet is memory for nothing)
+    reading: BackendStats | None = None
+
+    def read(self) -> BackendStats:
+        if self.reading is None:
+            self.reading = self.snapshot()
+        return self.reading
+
+    def snapshot(self) -> BackendStats:
+        return BackendStats(self.requests, self.errors, tuple(self.buckets))
 
 
 class NoopBalancer:
@@ -220,13 +232,17 @@ class NoopBalancer:
         self.operations.append(("set_maintenance", bool(on), retry_after))
 
     async def stats(self) -> Mapping[str, BackendStats]:
-        return {name: BackendStats(c.requests, c.errors, tuple(c.buckets))
-                for name, c in self._counters.items()}
+        return {name: c.snapshot() for name, c in self._counters.items()}
 
     async def pool_stats(self) -> Mapping[str, BackendStats]:
         """Cumulative counters per pool: O(pools), whatever the fleet's size."""
-        return {pool: BackendStats(c.requests, c.errors, tuple(c.buckets))
-                for pool, c in self._pool_counters.items()}
+        return {pool: c.read() for pool, c in self._pool_counters.items()}
+
+    async def backend_stats(self, names: Iterable[str]) -> Mapping[str, BackendStats]:
+        """The counters of the named backends only: O(names), whatever the fleet's size."""
+        counters = self._counters
+        return {name: c.snapshot() for name in names
+                if (c := counters.get(name)) is not None}
 
     async def backend_state(self, name: str) -> BackendState | None:
         """One backend's state (None if absent), without copying the whole table."""
@@ -245,6 +261,7 @@ class NoopBalancer:
         backend = self._get(name)
         pool = self._pool_counters.setdefault(backend.pool, _Counters())
         for counters in (self._counters[name], pool):
+            counters.reading = None
             counters.requests += requests or len(latencies)
             counters.errors += errors
             for latency in latencies:
@@ -252,6 +269,17 @@ class NoopBalancer:
                     if latency <= bound:
                         counters.buckets[index] += 1
                         break
+
+    def record_pool(self, pool: str, *, requests: int, errors: int = 0,
+                    latency: float | None = None) -> None:
+        """Add traffic served by ``pool`` as a whole (simulations of many users: no walk
+        over the backends), every request of latency ``latency`` seconds when given."""
+        counters = self._pool_counters.setdefault(pool, _Counters())
+        counters.reading = None
+        counters.requests += requests
+        counters.errors += errors
+        if latency is not None:
+            counters.buckets[bisect.bisect_left(LATENCY_BUCKETS, latency)] += requests
 
     def set_inflight(self, name: str, inflight: int) -> None:
         """Pretend ``inflight`` requests are in flight on a backend (0 wakes wait_drained)."""

@@ -20,6 +20,7 @@ from ..control.handle import RolloutHandle
 from .messages import EventDescriber, EventFeed, RolloutUpdated
 from .screens import FlagsScreen, HelpScreen, LogScreen, MainScreen, QuitDialog, RollbackDialog
 from .view import MOVING_STATES, RolloutView, as_clock, fmt_duration
+from .widgets import FleetTable
 
 if TYPE_CHECKING:
     from ..flags.store import FlagStore
@@ -57,6 +58,8 @@ class UpgraderApp(App[str]):
         self.title = title or "upgrader"
         self._unsubscribe: Callable[[], None] | None = None
         self._snapshot_failed = False
+        #: the hosts whose traffic figures the engine was last asked for
+        self._watched: tuple[str, ...] = ()
 
     @property
     def detachable(self) -> bool:
@@ -94,7 +97,21 @@ class UpgraderApp(App[str]):
                 pass
             self._unsubscribe = None
 
+    def _watch_visible(self) -> None:
+        """Ask the engine for the traffic figures of the hosts on screen (it reports per-host
+        figures only for the hosts that changed lately and those a front end watches). A
+        handle without ``watch_hosts`` (the control API's) is left alone."""
+        watch = getattr(self.handle, "watch_hosts", None)
+        if watch is None:
+            return
+        tables = self.screen.query(FleetTable)
+        names = tables.first().visible_hosts() if tables else ()
+        if names != self._watched:
+            self._watched = names
+            watch(names)
+
     def _tick(self) -> None:
+        self._watch_visible()
         view = self.view
         batch = self.feed.take()
         changed: set[str] = set()

@@ -357,6 +357,11 @@ class RolloutView:
         self.backend_figures = figures or {}
         self.figures_version += 1
         self._figures_total = None
+        if metrics.get("hosts_partial") and metrics.get("pools"):
+            # figures for some hosts only (those on screen, those changed lately): a host's
+            # share is of all the traffic, the pools' total
+            self._figures_total = sum(float(p.get("rps") or 0.0)
+                                      for p in metrics["pools"].values())
         self._slot_backends = None
 
     def figures(self, name: str) -> HostFigures:

@@ -110,6 +110,14 @@ class FleetTable(ScrollView, can_focus=True):
             for index in self._visible_changed(changed):
                 self.refresh_line(index + 1)
 
+    def visible_hosts(self) -> tuple[str, ...]:
+        """The hosts on the rows shown now (the engine reports traffic figures for them)."""
+        if self._view is None:
+            return ()
+        order = self._view.order
+        top = int(self.scroll_offset.y)
+        return tuple(order[top:min(len(order), top + max(0, self.size.height - 1))])
+
     def _visible_changed(self, changed: set[str] | frozenset[str]) -> list[int]:
         assert self._view is not None
         order = self._view.order
