@@ -29,6 +29,7 @@ import re
 import threading
 import traceback
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -70,6 +71,9 @@ _secret_re: re.Pattern[str] | None = None
 _short_secrets: frozenset[str] = frozenset()
 _short_re: re.Pattern[str] | None = None
 _log_redaction_installed = False
+# Bumped whenever the registered values change: cached results are keyed on it, so a result
+# computed before a secret was added is never served after.
+_generation = 0
 
 
 def is_secret_name(name: str) -> bool:
@@ -110,7 +114,7 @@ def add_secret(value: Any, *, declared: bool = False) -> None:
 def add_secrets(values: Iterable[Any], *, declared: bool = False) -> None:
     """:func:`add_secret` for many values, compiling the pattern once (not once per host of
     a fleet whose hosts each have their own secret var)."""
-    global _secrets, _secret_re, _short_secrets, _short_re
+    global _secrets, _secret_re, _short_secrets, _short_re, _generation
     long_forms: set[str] = set()
     short_forms: set[str] = set()
     for value in values:
@@ -133,14 +137,16 @@ def add_secrets(values: Iterable[Any], *, declared: bool = False) -> None:
         if not short_forms <= _short_secrets:
             _short_secrets = _short_secrets | short_forms
             _short_re = re.compile(rf"(?<!\w)(?:{_alternation(_short_secrets)})(?!\w)")
+        _generation += 1            # after the patterns: a result cached under it used them
 
 
 def forget_secrets() -> None:
     """Forget every registered value (tests; a long-lived process between fleets)."""
-    global _secrets, _secret_re, _short_secrets, _short_re
+    global _secrets, _secret_re, _short_secrets, _short_re, _generation
     with _lock:
         _secrets, _secret_re = frozenset(), None
         _short_secrets, _short_re = frozenset(), None
+        _generation += 1
 
 
 def add_host_secrets(hosts: Iterable[Any]) -> None:
@@ -268,6 +274,22 @@ def redact_text(text: str) -> str:
     registered secret value replaced by ``***``."""
     if not text:
         return text
+    if len(text) <= _CACHED_LENGTH:
+        # events repeat the same short strings (host names, phases, releases) many times a
+        # second on a big fleet: their redaction is remembered per set of registered values
+        return _redact_cached(text, _generation)
+    return _redact_text(text)
+
+
+_CACHED_LENGTH = 200
+
+
+@lru_cache(maxsize=16384)
+def _redact_cached(text: str, generation: int) -> str:
+    return _redact_text(text)
+
+
+def _redact_text(text: str) -> str:
     known = _secret_re is not None or _short_re is not None
     if known:
         text = _mask_known(text)
@@ -285,6 +307,13 @@ def redact_text(text: str) -> str:
 def redact_data(value: Any) -> Any:
     """``value`` (JSON-like data: dicts, lists, strings) with every string redacted. Keys and
     non-string values are kept; the input is not changed."""
+    kind = type(value)
+    if kind is str:
+        return redact_text(value)
+    if kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {k: redact_data(v) for k, v in value.items()}
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):

@@ -91,3 +91,21 @@ def test_the_secret_a_passphrase_env_setting_points_at_is_masked(monkeypatch):
             {"passphrase_env": "UPG_TEST_KEY_PASSPHRASE_VALUE"}
     finally:
         redact.forget_secrets()
+
+
+def test_a_string_redacted_before_a_secret_was_registered_is_masked_after():
+    """Short strings' redaction is cached (a big fleet's events repeat them): the cache must
+    never serve a result from before a secret was added, nor keep one after it is forgotten."""
+    text = "install failed: deploy --token s3cr3t-value-42 on web-01"
+    try:
+        assert redact.redact_text(text) == text          # cached with no secret known
+        redact.add_secret("s3cr3t-value-42")
+        assert "s3cr3t-value-42" not in redact.redact_text(text)
+        assert redact.redact_text(text) == "install failed: deploy --token *** on web-01"
+        redact.forget_secrets()
+        assert redact.redact_text(text) == text
+        long_text = text + " " + "x" * 300                # past the cached length
+        redact.add_secret("s3cr3t-value-42")
+        assert "s3cr3t-value-42" not in redact.redact_text(long_text)
+    finally:
+        redact.forget_secrets()
