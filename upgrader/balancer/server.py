@@ -33,7 +33,7 @@ from ..addresses import is_loopback, parse_host_port
 from ..errors import BadRequest  # a body or parameter that does not validate: answered 400
 from ..hashing import in_percent
 from ..providers.base import BACKEND_STATES, LATENCY_BUCKETS
-from .proxy import ProxyServer
+from .proxy import ProxyServer, event_loop_factory
 
 log = logging.getLogger("upgrader.balancer")
 
@@ -620,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds to connect to a backend (default 3)")
     parser.add_argument("--backend-timeout", type=float, default=60.0, metavar="S",
                         help="seconds for a backend to answer in full (default 60)")
+    parser.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"),
+                        help="event loop: uvloop when importable (auto, the default; pip "
+                             "install 'upgrader[fast]'), or asyncio's own")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
@@ -652,7 +655,8 @@ async def serve(listen_sock: socket.socket, admin_sock: socket.socket, token: st
         if ready_file:
             await asyncio.to_thread(write_ready_file, ready_file, {
                 "pid": os.getpid(), "listen_port": listen_port, "admin_port": admin_port})
-        log.info("balancer listening on port %d, admin on port %d", listen_port, admin_port)
+        log.info("balancer listening on port %d, admin on port %d (event loop: %s)",
+                 listen_port, admin_port, type(loop).__module__.split(".")[0])
         await stop.wait()
         log.info("stopping: finishing requests in flight (at most %gs)", PROXY_SHUTDOWN_SECONDS)
     finally:
@@ -695,7 +699,15 @@ def main(argv: list[str] | None = None) -> int:
         listen_sock.close()
         print(f"upgrader balancer: cannot listen on {args.admin}: {exc}", file=sys.stderr)
         return 1
-    asyncio.run(serve(listen_sock, admin_sock, token, args.ready_file,
-                      connect_timeout=args.connect_timeout,
-                      backend_timeout=args.backend_timeout))
+    try:
+        loop_factory = event_loop_factory(args.loop)
+    except ImportError as exc:
+        listen_sock.close()
+        admin_sock.close()
+        print(f"upgrader balancer: --loop uvloop: {exc}", file=sys.stderr)
+        return 2
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(listen_sock, admin_sock, token, args.ready_file,
+                         connect_timeout=args.connect_timeout,
+                         backend_timeout=args.backend_timeout))
     return 0
