@@ -294,7 +294,8 @@ class _Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self.waiter: asyncio.Future[Response] | None = None
+        self.exchange: Exchange | None = None     # the request it carries, if any
+        self.deadline = 0.0
         self.buf = bytearray()
         self.head_request = False
         self.answered = False
@@ -318,7 +319,7 @@ class _Upstream(asyncio.Protocol):
         self._fail(UpstreamClosed(self.answered, f"connection lost ({exc!r})"))
 
     def eof_received(self) -> bool:
-        if self.waiter is not None and self.state == self._UNTIL_CLOSE:
+        if self.exchange is not None and self.state == self._UNTIL_CLOSE:
             self.reusable = False
             self._finish(bytes(self.buf))
         else:
@@ -326,7 +327,7 @@ class _Upstream(asyncio.Protocol):
         return False
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None or self.waiter.done():
+        if self.exchange is None:
             self.close()          # an answer nobody asked for: the connection is unusable
             return
         self.answered = True
@@ -411,36 +412,36 @@ class _Upstream(asyncio.Protocol):
         return True
 
     def _finish(self, body: bytes) -> None:
-        waiter = self.waiter
-        self.waiter = None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(Response(self.status, self.reason, self.fields, self.first, body,
-                                       self.reusable))
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            self.pool.proxy.answered(self, exchange, Response(
+                self.status, self.reason, self.fields, self.first, body, self.reusable))
 
     def _fail(self, exc: Exception) -> None:
-        waiter = self.waiter
-        self.waiter = None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            self.pool.proxy.failed(self, exchange, exc)
 
     # -- used by the proxy
 
-    def send(self, head: bytes, body: bytes, head_request: bool) -> asyncio.Future[Response]:
+    def send(self, exchange: Exchange, head: bytes) -> None:
         assert self.transport is not None
-        waiter = self.pool.loop.create_future()
-        self.waiter = waiter
+        self.exchange = exchange
+        self.deadline = self.pool.proxy.now + self.pool.proxy.backend_timeout
         self.buf.clear()
-        self.head_request = head_request
+        self.head_request = exchange.request.method == b"HEAD"
         self.answered = False
         self.state = self._HEAD
         self.chunked = None
         self.reusable = True
+        body = exchange.request.body
         if len(body) <= JOIN_LIMIT:
             self.transport.write(head + body if body else head)
         else:
             self.transport.write(head)
             self.transport.write(body)
-        return waiter
 
     def time_out(self) -> None:
         self._fail(TimeoutError())
@@ -455,8 +456,8 @@ class _Upstream(asyncio.Protocol):
 class _Pool:
     """Idle keep-alive connections to one backend address, newest last (reused first)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, address: str, port: int) -> None:
-        self.loop = loop
+    def __init__(self, proxy: ProxyServer, address: str, port: int) -> None:
+        self.proxy = proxy
         self.address = address
         self.port = port
         self.idle: list[_Upstream] = []
@@ -550,7 +551,7 @@ class _Client(asyncio.Protocol):
             return
         self.busy = True
         self.proxy.active += 1
-        self.proxy.loop.create_task(self.proxy.serve(self, request))
+        self.proxy.dispatch(self, request)
 
     def _read(self) -> Request | None:
         buf = self.buf
@@ -627,10 +628,9 @@ class _Client(asyncio.Protocol):
             proxy.stopping.set()
         self.busy = False
         self.last_active = proxy.now
-        if self.closed:
-            return
         transport = self.transport
-        assert transport is not None
+        if self.closed or transport is None or transport.is_closing():
+            return
         keep = request.keep_alive and not self.eof and proxy.stopping is None
         if not keep:
             head += b"Connection: close\r\n\r\n"
@@ -651,8 +651,24 @@ class _Client(asyncio.Protocol):
         if self.paused:
             self.paused = False
             transport.resume_reading()
-        if self.buf:
-            self._next()
+        if self.buf:      # a pipelined request: later, not deeper in this call stack
+            proxy.loop.call_soon(self._next)
+
+
+class Exchange:
+    """A user's request on its way through one backend or more."""
+
+    __slots__ = ("backend", "client", "forward", "pool_name", "request", "started", "tried")
+
+    def __init__(self, client: _Client, request: Request, pool_name: str | None,
+                 forward: bytes) -> None:
+        self.client = client
+        self.request = request
+        self.pool_name = pool_name
+        self.forward = forward          # the head for the backend, less Host and the last CRLF
+        self.tried: tuple[Backend, ...] = ()
+        self.backend: Backend | None = None
+        self.started = 0.0
 
 
 _REASONS = {400: b"Bad Request", 413: b"Payload Too Large", 431: b"Request Header Fields Too Large",
@@ -693,6 +709,8 @@ class ProxyServer:
         self.loop = asyncio.get_running_loop()
         self.clients: set[_Client] = set()
         self.pools: dict[tuple[str, int], _Pool] = {}
+        #: connections carrying a request (their deadlines are checked once a second)
+        self.busy: set[_Upstream] = set()
         self.active = 0
         self.stopping: asyncio.Event | None = None
         self.now = clock()
@@ -706,7 +724,7 @@ class ProxyServer:
             lambda: _Client(self), sock=sock, backlog=backlog)  # type: ignore[call-overload]
 
     def _tick(self) -> None:
-        """Once a second: the Date header, and closing idle connections."""
+        """Once a second: the Date header, closing idle connections, backend timeouts."""
         self.now = now = self.clock()
         self.date = b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
         for client in [c for c in self.clients if not c.busy
@@ -716,6 +734,8 @@ class ProxyServer:
         for pool in self.pools.values():
             if pool.idle and pool.idle[0].idle_since < now - UPSTREAM_IDLE_SECONDS:
                 pool.close_idle(now - UPSTREAM_IDLE_SECONDS)
+        for upstream in [u for u in self.busy if u.deadline <= now]:
+            upstream.time_out()
         self._ticker = self.loop.call_later(1.0, self._tick)
 
     async def close(self, grace: float) -> None:
@@ -735,6 +755,8 @@ class ProxyServer:
         for client in list(self.clients):
             if client.transport is not None:
                 client.transport.abort()
+        for upstream in list(self.busy):
+            upstream.close()
         for pool in self.pools.values():
             pool.close_idle()
         if self._ticker is not None:
@@ -742,112 +764,128 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    # -- one request
+    # -- one request: dispatch, then answered() or failed() when the backend is done
 
-    async def serve(self, client: _Client, request: Request) -> None:
+    def dispatch(self, client: _Client, request: Request) -> None:
         try:
-            head, body = await self._handle(client, request)
-        except Exception:                      # a bug here must not leave the user waiting
-            log.exception("proxying %s %s failed", request.method, request.target)
-            head, body = _simple(500, b"Internal Server Error", b"Internal error.\n", b"")
-        client.answer(request, head, body)
+            self._begin(client, request)
+        except Exception:                  # a bug here must not leave the user waiting
+            log.exception("proxying %r %r failed", request.method, request.target)
+            client.answer(request, *_simple(500, b"Internal Server Error", b"Internal error.\n",
+                                            self.date))
 
-    async def _handle(self, client: _Client, request: Request) -> tuple[bytes, bytes]:
+    def _begin(self, client: _Client, request: Request) -> None:
         table = self.table
         if table.maintenance:
             table.counters.maintenance_responses += 1
-            return _simple(503, b"Service Unavailable",
-                           b"Service under maintenance, retry later.\n",
-                           b"Retry-After: %d\r\n" % table.retry_after + self.date)
+            client.answer(request, *_simple(
+                503, b"Service Unavailable", b"Service under maintenance, retry later.\n",
+                b"Retry-After: %d\r\n" % table.retry_after + self.date))
+            return
         pool_name = table.choose_pool(request.header, request.cookie) \
             if table.routes is not None or table.split else None
         backend = table.choose_backend(pool_name)
         if backend is None:
             table.counters.no_backend += 1
-            return _simple(503, b"Service Unavailable", b"No backend available.\n", self.date)
-
+            client.answer(request, *_simple(503, b"Service Unavailable",
+                                            b"No backend available.\n", self.date))
+            return
         forward = _forward_head(request, client.peer)
-        method = request.method
-        body = request.body
-        if body or method in _BODY_METHODS:
-            forward += b"Content-Length: %d\r\n" % len(body)
-        idempotent = method in IDEMPOTENT_METHODS
-        head_request = method == b"HEAD"
-        tried: tuple[Backend, ...] = ()
-        while True:
-            tried += (backend,)
-            attempt = backend       # a retry rebinds backend before `finally` runs
-            attempt.inflight += 1
-            attempt.idle.clear()
-            started = time.monotonic()
-            try:
-                if b"host" in request.first:
-                    head = forward + b"\r\n"
-                else:
-                    head = forward + _host_line(backend) + b"\r\n"
-                response = await self._exchange(backend, head, body, head_request)
-                backend.record(time.monotonic() - started, response.status >= 500)
-                return self._relay(response, backend.name, head_request), response.body
-            except (ConnectFailed, UpstreamClosed, TimeoutError) as exc:
-                elapsed = time.monotonic() - started
-                never_sent = isinstance(exc, ConnectFailed)
-                if never_sent:
-                    backend.connect_failures += 1
-                    backend.down_until = time.monotonic() + PASSIVE_DOWN_SECONDS
-                retryable = never_sent or (
-                    idempotent and isinstance(exc, UpstreamClosed) and not exc.answered)
-                if retryable and len(tried) <= MAX_RETRIES:
-                    retry_with = table.choose_backend(pool_name, tried)
-                    if retry_with is not None:
-                        table.counters.retries += 1
-                        backend = retry_with
-                        continue
-                backend.record(elapsed, True)
-                name = backend.name.encode()
-                if isinstance(exc, TimeoutError):
-                    return _simple(504, b"Gateway Timeout", b"Backend timed out.\n",
-                                   b"X-Upgrader-Backend: " + name + b"\r\n" + self.date)
-                log.debug("backend %s failed: %r", backend.name, exc)
-                return _simple(502, b"Bad Gateway", b"Bad gateway.\n",
-                               b"X-Upgrader-Backend: " + name + b"\r\n" + self.date)
-            finally:
-                attempt.inflight -= 1
-                if attempt.inflight == 0:
-                    attempt.idle.set()
+        if request.body or request.method in _BODY_METHODS:
+            forward += b"Content-Length: %d\r\n" % len(request.body)
+        self._attempt(Exchange(client, request, pool_name, forward), backend)
 
-    async def _exchange(self, backend: Backend, head: bytes, body: bytes,
-                        head_request: bool) -> Response:
+    def _attempt(self, exchange: Exchange, backend: Backend) -> None:
+        exchange.tried += (backend,)
+        exchange.backend = backend
+        backend.inflight += 1
+        backend.idle.clear()
+        exchange.started = time.monotonic()
+        if b"host" in exchange.request.first:
+            head = exchange.forward + b"\r\n"
+        else:
+            head = exchange.forward + _host_line(backend) + b"\r\n"
         key = (backend.address, backend.port)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = _Pool(self.loop, backend.address, backend.port)
+            pool = self.pools[key] = _Pool(self, backend.address, backend.port)
         upstream = pool.take()
         if upstream is None:
-            upstream = await self._connect(pool)
-        waiter = upstream.send(head, body, head_request)
-        timer = self.loop.call_later(self.backend_timeout, upstream.time_out)
-        try:
-            response = await waiter
-        except BaseException:
-            upstream.close()
-            raise
-        finally:
-            timer.cancel()
-        if response.reusable and self.stopping is None:
-            pool.give_back(upstream, self.now)
-        else:
-            upstream.close()
-        return response
+            self.loop.create_task(self._connect_and_send(pool, exchange, head))
+            return
+        self.busy.add(upstream)
+        upstream.send(exchange, head)
 
-    async def _connect(self, pool: _Pool) -> _Upstream:
+    async def _connect_and_send(self, pool: _Pool, exchange: Exchange, head: bytes) -> None:
         try:
             _transport, upstream = await asyncio.wait_for(
                 self.loop.create_connection(lambda: _Upstream(pool), pool.address, pool.port),
                 self.connect_timeout)
         except (OSError, TimeoutError) as exc:
-            raise ConnectFailed(f"cannot connect to {pool.address}:{pool.port}: {exc!r}") \
-                from exc
-        return upstream
+            self.failed(None, exchange, ConnectFailed(
+                f"cannot connect to {pool.address}:{pool.port}: {exc!r}"))
+            return
+        self.busy.add(upstream)
+        upstream.send(exchange, head)
+
+    def _done(self, exchange: Exchange) -> Backend:
+        backend = exchange.backend
+        assert backend is not None
+        backend.inflight -= 1
+        if backend.inflight == 0:
+            backend.idle.set()
+        return backend
+
+    def answered(self, upstream: _Upstream, exchange: Exchange, response: Response) -> None:
+        """The backend's whole answer: count it, keep the connection, answer the user."""
+        self.busy.discard(upstream)
+        try:
+            backend = self._done(exchange)
+            if response.reusable and self.stopping is None:
+                upstream.pool.give_back(upstream, self.now)
+            else:
+                upstream.close()
+            backend.record(time.monotonic() - exchange.started, response.status >= 500)
+            head = self._relay(response, backend.name, exchange.request.method == b"HEAD")
+        except Exception:
+            log.exception("relaying an answer failed")
+            head, response.body = _simple(500, b"Internal Server Error",
+                                          b"Internal error.\n", self.date)
+        exchange.client.answer(exchange.request, head, response.body)
+
+    def failed(self, upstream: _Upstream | None, exchange: Exchange, exc: Exception) -> None:
+        """No whole answer: retry on another backend when that is safe, else 502 or 504."""
+        table = self.table
+        request = exchange.request
+        if upstream is not None:
+            self.busy.discard(upstream)
+            upstream.close()
+        try:
+            backend = self._done(exchange)
+            elapsed = time.monotonic() - exchange.started
+            never_sent = isinstance(exc, ConnectFailed)
+            if never_sent:
+                backend.connect_failures += 1
+                backend.down_until = time.monotonic() + PASSIVE_DOWN_SECONDS
+            retryable = never_sent or (request.method in IDEMPOTENT_METHODS and isinstance(
+                exc, UpstreamClosed) and not exc.answered)
+            if retryable and len(exchange.tried) <= MAX_RETRIES:
+                retry_with = table.choose_backend(exchange.pool_name, exchange.tried)
+                if retry_with is not None:
+                    table.counters.retries += 1
+                    self._attempt(exchange, retry_with)
+                    return
+            backend.record(elapsed, True)
+            named = b"X-Upgrader-Backend: " + backend.name.encode() + b"\r\n" + self.date
+            if isinstance(exc, TimeoutError):
+                answer = _simple(504, b"Gateway Timeout", b"Backend timed out.\n", named)
+            else:
+                log.debug("backend %s failed: %r", backend.name, exc)
+                answer = _simple(502, b"Bad Gateway", b"Bad gateway.\n", named)
+        except Exception:
+            log.exception("handling a backend's failure failed")
+            answer = _simple(500, b"Internal Server Error", b"Internal error.\n", self.date)
+        exchange.client.answer(request, *answer)
 
     def _relay(self, response: Response, backend: str, head_request: bool) -> bytes:
         parts = [b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason)]
