@@ -113,6 +113,8 @@ def _parse_fields(lines: list[bytes]) -> tuple[list[tuple[bytes, bytes]], dict[b
 
 
 def _content_length(raw: bytes) -> int:
+    if raw.isdigit():
+        return int(raw)
     values = {v.strip() for v in raw.split(b",")}
     if len(values) != 1:
         raise BadMessage(400, "Bad request: conflicting Content-Length headers.")
