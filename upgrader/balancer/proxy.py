@@ -684,7 +684,7 @@ _REASONS = {400: b"Bad Request", 413: b"Payload Too Large", 431: b"Request Heade
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """``auto``: uvloop's loop when uvloop is importable (an optional extra,
-    ``upgrader[fast]``: about a third more requests a second), else asyncio's (None);
+    ``upgrader[fast]``: about 1.2x the requests a second), else asyncio's (None);
     ``uvloop``: uvloop's or ImportError; ``asyncio``: asyncio's."""
     if choice == "asyncio":
         return None
