@@ -220,6 +220,27 @@ def wrk(url: str, seconds: int, connections: int) -> tuple[float, float, float]:
     return rps, percentile("50"), percentile("99")
 
 
+def ab(url: str, seconds: int, connections: int) -> tuple[float, float, float]:
+    """The same from ``ab -k`` (HTTP/1.0 keep-alive) for ``seconds``: ab's percentiles are
+    whole milliseconds."""
+    out = subprocess.run(["ab", "-k", "-q", "-c", str(connections), "-t", str(seconds),
+                          "-n", "10000000", url], capture_output=True, text=True,
+                         check=True).stdout
+    failed = re.search(r"Failed requests:\s+(\d+)", out)
+    non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    if (failed and int(failed.group(1))) or non2xx:
+        raise SystemExit(f"ab saw failed responses from {url}:\n{out}")
+    rps = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def percentile(label: str) -> float:
+        found = re.search(rf"^\s+{label}%\s+(\d+)", out, re.M)
+        if found is None:
+            raise SystemExit(f"no {label}% latency in ab's output:\n{out}")
+        return float(found.group(1))
+
+    return rps, percentile("50"), percentile("99")
+
+
 async def fixed_rate(url: str, rps: int, seconds: float) -> tuple[float, float, int]:
     """Open loop: one request every 1/rps s; p50 and p99 latency in ms, failures."""
     import aiohttp
@@ -272,23 +293,27 @@ def main() -> int:
                         help="also measure the built-in balancer of this checkout")
     parser.add_argument("--no-asyncio", dest="asyncio", action="store_false",
                         help="leave out the built-in balancer on asyncio's loop")
+    parser.add_argument("--client", choices=("wrk", "ab"), default="wrk",
+                        help="the closed-loop load generator (ab -k: whole-ms percentiles)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("bench/balancer.py needs wrk (apt-get install wrk)")
+    if shutil.which(args.client) is None:
+        raise SystemExit(f"bench/balancer.py --client {args.client}: {args.client} is not "
+                         "installed (apt-get install wrk, or apache2-utils for ab)")
+    load = wrk if args.client == "wrk" else ab
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-balancer-") as tmp:
         stack = Stack(Path(tmp), args)
         try:
             stack.up()
             for url in stack.urls.values():        # warm up every path once
-                wrk(url, 1, args.connections)
+                load(url, 1, args.connections)
             for run in range(args.runs):
                 for name, url in stack.urls.items():   # interleaved: same conditions
                     row = results.setdefault(name, {"rps": [], "p50": [], "p99": [],
                                                     "rate_p50": [], "rate_p99": [],
                                                     "failed": []})
-                    rps, p50, p99 = wrk(url, args.seconds, args.connections)
+                    rps, p50, p99 = load(url, args.seconds, args.connections)
                     row["rps"].append(rps)
                     row["p50"].append(p50)
                     row["p99"].append(p99)
@@ -317,7 +342,8 @@ def main() -> int:
         print(json.dumps({"median": med, "ratio_to_haproxy": ratios, "runs": results}))
         return 0
     c = args.connections
-    print(f"| path | req/s (wrk -c{c}) | x HAProxy | p50 ms (-c{c}) | p99 ms (-c{c}) | "
+    tool = args.client
+    print(f"| path | req/s ({tool} -c{c}) | x HAProxy | p50 ms (-c{c}) | p99 ms (-c{c}) | "
           f"p99 x HAProxy | p50 ms at {args.rate:,}/s | p99 ms at {args.rate:,}/s | failed |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 
