@@ -27,7 +27,7 @@ log = logging.getLogger("upgrader.balancer")
 MAX_HEAD_BYTES = 64 * 1024
 #: the largest request body accepted (413 past it), as aiohttp's client_max_size was
 MAX_BODY_BYTES = 64 * 1024 * 1024
-#: a user's keep-alive connection with no request for this long is closed
+#: a user's connection that sent nothing and waited for no answer this long is closed
 CLIENT_IDLE_SECONDS = 75.0
 #: an idle connection to a backend is closed after this long
 UPSTREAM_IDLE_SECONDS = 30.0
@@ -534,6 +534,7 @@ class _Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        self.last_active = self.proxy.now     # a slow upload is not an idle connection
         if self.busy:
             if len(self.buf) > MAX_PIPELINE_BYTES and not self.paused:
                 self.paused = True
