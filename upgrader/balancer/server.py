@@ -1,5 +1,6 @@
-"""The built-in L7 load balancer: an aiohttp reverse proxy with weights, drain, group and cohort
-routing, maintenance mode, per-backend stats, and a token-protected JSON admin API.
+"""The built-in L7 load balancer: a reverse proxy with weights, drain, group and cohort
+routing, maintenance mode, per-backend stats, and a token-protected JSON admin API. The data
+path (users' requests) is proxy.py, on raw asyncio protocols; the admin API is aiohttp, here.
 
 It runs as a process of its own (``python -m upgrader.balancer`` or ``upgrader balancer
 serve``) so users' traffic goes on if the controller dies. See docs/BALANCER.md.
@@ -25,9 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from ..addresses import parse_host_port
 from ..errors import (
@@ -44,35 +43,15 @@ from ..tokens import (
     token_dir,
     token_matches,
 )
+from .proxy import ProxyServer, event_loop_factory
 
 log = logging.getLogger("upgrader.balancer")
 
 MAX_WEIGHT = 256
-#: how long a backend that refused a connection is skipped while others can serve
-PASSIVE_DOWN_SECONDS = 2.0
-MAX_RETRIES = 2
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 DRAIN_POLL_SECONDS = 0.02
 MAX_DRAIN_WAIT = 3600.0
 PROXY_SHUTDOWN_SECONDS = 5.0
 ADMIN_SHUTDOWN_SECONDS = 0.5
-
-# RFC 9110 7.6.1, plus the proxy headers a client must not be able to forge through us
-_HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-})
-_REQUEST_DROP = _HOP_BY_HOP | {"content-length"}
-_RESPONSE_DROP = _HOP_BY_HOP | {"content-length", "date", "server"}
-
-# Failures where the backend never saw the request: safe to retry for every method.
-_CONNECT_FAILURES: tuple[type[BaseException], ...] = (
-    aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
-)
-# Failures before any response, after the request may have been sent: retry idempotent only.
-_EARLY_FAILURES: tuple[type[BaseException], ...] = (
-    aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,16 +156,18 @@ class Table:
 
     # -- selection
 
-    def choose_pool(self, request: web.BaseRequest) -> str | None:
+    def choose_pool(self, header: Callable[[str], str | None],
+                    cookie: Callable[[str], str | None]) -> str | None:
+        """The pool the routes or the split give a request, read through ``header`` (a
+        request header by name) and ``cookie`` (a cookie by name); None: any pool."""
         routes = self.routes
         if routes is not None:
-            headers = request.headers
-            # request.cookies parses the Cookie header: only when the header did not answer
-            group = headers.get(routes.group_header) or request.cookies.get("group")
+            # the Cookie header is parsed only when the header did not answer
+            group = header(routes.group_header) or cookie("group")
             if group and group in routes.groups:
                 return routes.groups[group]
             if routes.cohorts:
-                user = headers.get(routes.user_header) or request.cookies.get("user")
+                user = header(routes.user_header) or cookie("user")
                 if user:
                     for _name, percent, pool in routes.cohorts:
                         if in_percent(user, percent):
@@ -235,130 +216,6 @@ def _draw(candidates: list[Backend] | tuple[()], exclude: tuple[Backend, ...]) -
         if point < 0:
             return backend
     return pick_from[-1]
-
-
-# --------------------------------------------------------------------------------------------
-# The proxy
-
-
-class Proxy:
-    def __init__(self, table: Table, *, connect_timeout: float, backend_timeout: float) -> None:
-        self.table = table
-        self.connect_timeout = connect_timeout
-        self.backend_timeout = backend_timeout
-        self.session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=30,
-                                         ttl_dns_cache=60)
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=self.backend_timeout,
-                                          sock_connect=self.connect_timeout),
-        )
-
-    async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        table = self.table
-        if table.maintenance:
-            table.counters.maintenance_responses += 1
-            return web.Response(status=503, text="Service under maintenance, retry later.\n",
-                                headers={"Retry-After": str(table.retry_after)})
-
-        pool = table.choose_pool(request)
-        backend = table.choose_backend(pool)
-        if backend is None:
-            table.counters.no_backend += 1
-            return web.Response(status=503, text="No backend available.\n")
-
-        body = await request.read()
-        headers = _forward_headers(request)
-        url = request.rel_url
-        method = request.method
-        idempotent = method in IDEMPOTENT_METHODS
-        tried: tuple[Backend, ...] = ()
-        assert self.session is not None
-        while True:
-            tried += (backend,)
-            attempt = backend       # a retry rebinds backend before `finally` runs
-            attempt.inflight += 1
-            attempt.idle.clear()
-            started = time.monotonic()
-            answered = False
-            try:
-                async with self.session.request(
-                    method, backend.base_url + str(url), headers=headers,
-                    data=body or None, allow_redirects=False,
-                    skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-                ) as resp:
-                    answered = True
-                    payload = await resp.read()
-                    elapsed = time.monotonic() - started
-                    backend.record(elapsed, resp.status >= 500)
-                    return _response(resp, payload, backend.name, method)
-            except Exception as exc:
-                elapsed = time.monotonic() - started
-                never_sent = isinstance(exc, _CONNECT_FAILURES)
-                if never_sent:
-                    backend.connect_failures += 1
-                    backend.down_until = time.monotonic() + PASSIVE_DOWN_SECONDS
-                retryable = never_sent or (
-                    idempotent and not answered and isinstance(exc, _EARLY_FAILURES))
-                if retryable and len(tried) <= MAX_RETRIES:
-                    retry_with = table.choose_backend(pool, tried)
-                    if retry_with is not None:
-                        table.counters.retries += 1
-                        backend = retry_with
-                        continue
-                backend.record(elapsed, True)
-                if isinstance(exc, asyncio.TimeoutError):
-                    return _error(504, "Backend timed out.", backend.name)
-                log.debug("backend %s failed: %r", backend.name, exc)
-                return _error(502, "Bad gateway.", backend.name)
-            finally:
-                attempt.inflight -= 1
-                if attempt.inflight == 0:
-                    attempt.idle.set()
-
-
-def _forward_headers(request: web.Request) -> CIMultiDict[str]:
-    incoming = request.headers
-    drop = _REQUEST_DROP
-    connection = incoming.get("Connection")
-    if connection:
-        drop = drop | {token.strip().lower() for token in connection.split(",")}
-    headers: CIMultiDict[str] = CIMultiDict()
-    for key, value in incoming.items():
-        if key.lower() not in drop:
-            headers.add(key, value)
-    peer = request.remote or ""
-    previous = incoming.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
-    headers["X-Forwarded-Proto"] = request.scheme
-    return headers
-
-
-def _response(resp: aiohttp.ClientResponse, payload: bytes, backend: str,
-              method: str) -> web.Response:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for key, value in resp.headers.items():
-        if key.lower() not in _RESPONSE_DROP:
-            headers.add(key, value)
-    headers["X-Upgrader-Backend"] = backend
-    if method == "HEAD" and "Content-Length" in resp.headers:
-        headers["Content-Length"] = resp.headers["Content-Length"]
-    return web.Response(status=resp.status, reason=resp.reason, body=payload or None,
-                        headers=headers)
-
-
-def _error(status: int, text: str, backend: str) -> web.Response:
-    return web.Response(status=status, text=text + "\n",
-                        headers={"X-Upgrader-Backend": backend})
 
 
 # --------------------------------------------------------------------------------------------
@@ -769,6 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds to connect to a backend (default 3)")
     parser.add_argument("--backend-timeout", type=float, default=60.0, metavar="S",
                         help="seconds for a backend to answer in full (default 60)")
+    parser.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"),
+                        help="event loop: uvloop when importable (auto, the default; "
+                             "uvloop is a dependency except on Windows), or asyncio's own")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
@@ -782,16 +642,10 @@ async def serve(listen_sock: socket.socket, admin_sock: socket.socket, token: st
         raise PermissionError(f"refusing to serve the admin API on "
                               f"{admin_sock.getsockname()[0]} without a token")
     table = Table()
-    proxy = Proxy(table, connect_timeout=connect_timeout, backend_timeout=backend_timeout)
-    await proxy.start()
-
-    proxy_app = web.Application(client_max_size=64 * 1024 * 1024)
-    proxy_app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    proxy = ProxyServer(table, connect_timeout=connect_timeout, backend_timeout=backend_timeout)
     admin_app = web.Application(middlewares=[_auth_middleware(token)])
     admin_app.add_routes(Admin(table).routes())
 
-    proxy_runner = web.AppRunner(proxy_app, access_log=None,
-                                 shutdown_timeout=PROXY_SHUTDOWN_SECONDS)
     admin_runner = web.AppRunner(admin_app, access_log=None,
                                  shutdown_timeout=ADMIN_SHUTDOWN_SECONDS)
     stop = asyncio.Event()
@@ -799,9 +653,8 @@ async def serve(listen_sock: socket.socket, admin_sock: socket.socket, token: st
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await proxy_runner.setup()
         await admin_runner.setup()
-        await web.SockSite(proxy_runner, listen_sock, backlog=1024).start()
+        await proxy.start(listen_sock, backlog=1024)
         await web.SockSite(admin_runner, admin_sock).start()
         listen_port = listen_sock.getsockname()[1]
         admin_port = admin_sock.getsockname()[1]
@@ -811,15 +664,15 @@ async def serve(listen_sock: socket.socket, admin_sock: socket.socket, token: st
             if token_file:
                 ready["token_file"] = token_file
             await asyncio.to_thread(write_ready_file, ready_file, ready)
-        log.info("balancer listening on port %d, admin on port %d", listen_port, admin_port)
+        log.info("balancer listening on port %d, admin on port %d (event loop: %s)",
+                 listen_port, admin_port, type(loop).__module__.split(".")[0])
         await stop.wait()
         log.info("stopping: finishing requests in flight (at most %gs)", PROXY_SHUTDOWN_SECONDS)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        await asyncio.gather(proxy_runner.cleanup(), admin_runner.cleanup(),
+        await asyncio.gather(proxy.close(PROXY_SHUTDOWN_SECONDS), admin_runner.cleanup(),
                              return_exceptions=True)
-        await proxy.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -850,6 +703,13 @@ def main(argv: list[str] | None = None) -> int:
         listen_sock.close()
         print(f"upgrader balancer: cannot listen on {args.admin}: {exc}", file=sys.stderr)
         return 1
+    try:
+        loop_factory = event_loop_factory(args.loop)
+    except ImportError as exc:
+        listen_sock.close()
+        admin_sock.close()
+        print(f"upgrader balancer: --loop uvloop: {exc}", file=sys.stderr)
+        return 2
     token_file = os.path.abspath(os.path.expanduser(args.token_file)) if token else None
     if not token:
         # no --token-file: a generated one, where a client on this machine finds it by port
@@ -865,7 +725,8 @@ def main(argv: list[str] | None = None) -> int:
         token_file = str(path)
         print(f"upgrader balancer: no --token-file: the admin token is in {path} (mode 0600)",
               file=sys.stderr, flush=True)
-    asyncio.run(serve(listen_sock, admin_sock, token, args.ready_file,
-                      connect_timeout=args.connect_timeout,
-                      backend_timeout=args.backend_timeout, token_file=token_file))
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(listen_sock, admin_sock, token, args.ready_file,
+                         connect_timeout=args.connect_timeout,
+                         backend_timeout=args.backend_timeout, token_file=token_file))
     return 0
