@@ -130,6 +130,7 @@ class Balancer:
     def __init__(self, directory: Path, loop: str) -> None:
         token_file = directory / "token"
         token_file.write_text(TOKEN)
+        token_file.chmod(0o600)        # a token file others can read is refused
         ready_file = directory / "ready.json"
         self.log = (directory / "balancer.log").open("wb")
         self.process = subprocess.Popen(
