@@ -227,3 +227,65 @@ def test_remote_watch_hosts_sends_only_changes_and_again_on_a_new_stream(tmp_pat
             assert srv.watched == () and handle.calls[-1] == ()
 
     run(main())
+
+
+# ---------------------------------------------------------------------- the TUI, attached
+
+
+def test_an_attached_tui_has_the_engine_watch_its_visible_rows(fleet_factory, tmp_path):
+    """The TUI on a ``RemoteRollout`` (as ``upgrader attach``) over a ControlServer on a real
+    Engine of 200 hosts: the rows on screen reach ``Engine.watch_hosts``, and scrolling
+    changes them; detaching forgets them."""
+    from upgrader.clock import LoopClock
+    from upgrader.engine.core import Engine, Providers
+    from upgrader.providers.noop import NoopBalancer, NoopHealthCheck, NoopTransport
+    from upgrader.strategies import get
+    from upgrader.tui import make_app
+    from upgrader.tui.widgets import FleetTable
+
+    class _Where:
+        def error(self, key, message):
+            raise AssertionError(f"{key}: {message}")
+
+    async def main():
+        fleet = fleet_factory(200)
+        module = get("canary")
+        plan = module.compile(fleet, module.parse_params({"steps": [{"hosts": "100%"}]},
+                                                         _Where()))
+        engine = Engine(fleet, plan, Providers(NoopTransport(), NoopBalancer(),
+                                               NoopHealthCheck()), clock=LoopClock())
+        watched = lambda: engine.verification.figures.watched   # noqa: E731
+        path = tmp_path / "ctl" / "w.sock"
+        async with ControlServer(engine, socket_path=path, token=TOKEN,
+                                 heartbeat=0.05) as srv:
+            remote = RemoteRollout(path, TOKEN, heartbeat=0.05)
+            await remote.connect()
+            asked: list[tuple[str, ...]] = []
+            send = remote.watch_hosts
+            remote.watch_hosts = lambda names: (asked.append(tuple(names)),  # type: ignore
+                                                send(names))
+            app = make_app(remote, on_quit=lambda choice: choice)
+            async with app.run_test(size=(140, 45)) as pilot:
+
+                async def until(predicate, what):
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + 10
+                    while not predicate():
+                        assert loop.time() < deadline, f"timed out waiting for {what}"
+                        await pilot.pause(0.02)
+
+                table = app.screen.query_one(FleetTable)
+                await until(lambda: bool(watched()), "the visible rows watched")
+                first = table.visible_hosts()
+                assert watched() == first and first[0] == "web-0001"
+                assert 10 < len(first) < 60                     # a screenful, not the fleet
+                await pilot.press("pagedown", "pagedown")
+                await until(lambda: watched() != first, "the next rows watched")
+                assert watched() == table.visible_hosts() and "web-0001" not in watched()
+                # what reached the controller is what the TUI asked for, no more often
+                assert asked[-1] == watched() and remote.watch_posts <= len(asked)
+            await remote.aclose()
+            await wait_for(lambda: srv.active_streams == 0, what="the stream closed")
+            assert watched() == () and srv.watched == ()
+
+    run(main())
