@@ -4,6 +4,7 @@
     await remote.connect()           # status + history; then live events in the background
     remote.subscribe(on_event)       # as with an in-process Engine
     remote.pause()                   # fire-and-forget; failures arrive as ``log`` events
+    remote.watch_hosts(rows)         # per-host figures for these hosts (sent when it changes)
     outcome = await remote.wait_finished()
     await remote.aclose()
 
@@ -18,7 +19,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import aiohttp
 
 from ..errors import ControlError
 from ..events import Event, RolloutState
-from .server import ACTIONS, API_PREFIX, HEARTBEAT_S
+from .server import ACTIONS, API_PREFIX, HEARTBEAT_S, MAX_WATCH_HOSTS, STREAM_HEADER
 
 log = logging.getLogger("upgrader.control.client")
 
@@ -86,6 +87,14 @@ class RemoteRollout:
         self._closed = False
         self._stream_worked = False
         self._outage = False
+        #: the open event stream's id (its ``Upgrader-Stream`` header), None between streams
+        self._stream_id: str | None = None
+        #: the hosts a front end asked to watch, and (stream id, hosts) last sent for them
+        self._watch_wanted: tuple[str, ...] = ()
+        self._watch_sent: tuple[str | None, tuple[str, ...]] = (None, ())
+        self._watch_dirty = asyncio.Event()
+        #: how many ``POST /v1/watch`` requests this handle has sent (coalescing shows here)
+        self.watch_posts = 0
 
     def __repr__(self) -> str:  # never the token
         return f"RemoteRollout(socket_path={str(self.socket_path)!r}, last_seq={self._last_seq})"
@@ -119,7 +128,9 @@ class RemoteRollout:
             self._tasks = [loop.create_task(self._reader(), name="upgrader-control-events"),
                            loop.create_task(self._refresher(), name="upgrader-control-status"),
                            loop.create_task(self._control_worker(),
-                                            name="upgrader-control-controls")]
+                                            name="upgrader-control-controls"),
+                           loop.create_task(self._watch_worker(),
+                                            name="upgrader-control-watch")]
             self._connected = True
             waiter = asyncio.ensure_future(self._caught_up.wait())
             stopper = asyncio.ensure_future(self._stopped.wait())
@@ -146,7 +157,7 @@ class RemoteRollout:
         self._closed = True
         if self._controls is not None and self._tasks:
             self._controls.put_nowait(None)
-            worker = self._tasks[-1]
+            worker = self._tasks[2]     # the control worker
             try:
                 await asyncio.wait_for(asyncio.shield(worker), 5.0)
             except (TimeoutError, Exception):
@@ -190,6 +201,18 @@ class RemoteRollout:
 
     def abort(self, rollback: bool = True) -> None:
         self._fire("abort", {"rollback": bool(rollback)})
+
+    def watch_hosts(self, hosts: Iterable[str]) -> None:
+        """Per-host figures for these hosts in every ``metrics`` event from now on (a front
+        end's visible rows), as ``Engine.watch_hosts``. Cheap to call often: the set is sent
+        (``POST /v1/watch``) only when it changed, the latest one only while one is on its
+        way, and again on each new event stream (the controller forgets a client's set when
+        its stream ends). At most ``MAX_WATCH_HOSTS`` names are kept."""
+        wanted = tuple(dict.fromkeys(hosts))[:MAX_WATCH_HOSTS]
+        if wanted == self._watch_wanted:
+            return
+        self._watch_wanted = wanted
+        self._watch_dirty.set()
 
     # ------------------------------------------------------------------ extras
 
@@ -322,6 +345,12 @@ class RemoteRollout:
 
     async def _follow(self) -> None:
         """One connection to ``/v1/events``, from the last seq seen, until it ends."""
+        try:
+            await self._follow_one()
+        finally:
+            self._stream_id = None      # the controller dropped what we watched on it
+
+    async def _follow_one(self) -> None:
         session = self._require_session()
         self._stream_worked = False
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5,
@@ -333,6 +362,9 @@ class RemoteRollout:
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(resp.request_info, resp.history,
                                                   status=resp.status, message=resp.reason or "")
+            self._stream_id = resp.headers.get(STREAM_HEADER) or None
+            if self._stream_id is not None and self._watch_wanted:
+                self._watch_dirty.set()     # a new stream: tell it what we watch
             pending: list[bytes] = []
             pending_size = 0
             async for chunk in resp.content.iter_any():
@@ -512,6 +544,49 @@ class RemoteRollout:
                 self._local_log("error", str(exc))
             else:
                 self._dirty.set()
+
+
+    # ------------------------------------------------------------------ internals: watch
+
+    async def _watch_worker(self) -> None:
+        """Send the watched hosts when they (or the event stream) changed: one request in
+        flight at a time, always the latest set."""
+        while True:
+            await self._watch_dirty.wait()
+            self._watch_dirty.clear()
+            stream, wanted = self._stream_id, self._watch_wanted
+            if stream is None or (stream, wanted) == self._watch_sent:
+                continue        # no stream yet (the next one sets the flag again)
+            if self._watch_sent[0] != stream and not wanted:
+                continue        # a new stream knows of nothing to forget
+            self.watch_posts += 1
+            try:
+                await self._post_watch(stream, wanted)
+            except _StreamGone:
+                continue        # the next stream sends the set again
+            except ControlError as exc:
+                self._local_log("warning", f"watch: {exc}")
+                continue
+            self._watch_sent = (stream, wanted)
+
+    async def _post_watch(self, stream: str, hosts: tuple[str, ...]) -> None:
+        session = self._require_session()
+        try:
+            async with session.post(f"{API_PREFIX}/watch",
+                                    json={"stream": stream, "hosts": list(hosts)},
+                                    timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                if resp.status == 409:
+                    raise _StreamGone
+                if resp.status == 501:
+                    return      # a rollout without per-host figures: nothing to ask
+                await self._json_body(resp)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise ControlError(f"cannot reach the controller at {self.socket_path}: "
+                               f"{_describe(exc)}") from exc
+
+
+class _StreamGone(Exception):
+    """``POST /v1/watch`` named an event stream that has ended."""
 
 
 def _describe(exc: BaseException) -> str:

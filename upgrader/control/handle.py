@@ -3,6 +3,10 @@
 The TUI and the headless display only use this Protocol, so they work the same on an engine
 running in-process (``upgrader.engine.core.Engine`` satisfies it directly) and on a detached
 controller reached through the control API (``upgrader.control.client.RemoteRollout``).
+
+Optional, outside the Protocol (front ends look it up with ``getattr``): ``watch_hosts(names)``,
+the hosts whose traffic figures a front end shows (``Engine.watch_hosts``; the remote handle
+posts it to ``/v1/watch``).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
     GET  /v1/status                     the rollout's snapshot (``RolloutHandle.snapshot()``)
     GET  /v1/events?since=SEQ           NDJSON: history after SEQ, then live events, then the end
     POST /v1/control/{action}           pause | resume | promote | promote_all | abort
+    POST /v1/watch                      {"stream": ID, "hosts": [...]}: per-host figures for
+                                        these hosts while that event stream is open
 
 The socket file is 0600 in a 0700 folder and every request must carry
 ``Authorization: Bearer <token>``; docs/CONTROL.md describes the protocol.
@@ -15,9 +17,10 @@ import errno
 import json
 import logging
 import os
+import secrets
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,54 @@ MAX_BACKLOG = 10_000
 HEARTBEAT_S = 5.0
 #: a Unix socket path must fit in ``sockaddr_un.sun_path`` (108 bytes with the NUL)
 MAX_SOCKET_PATH = 107
+#: ``POST /v1/watch``: at most this many host names (the engine's per-host figure limit) ...
+MAX_WATCH_HOSTS = 2000
+#: ... of at most this many characters each
+MAX_HOST_NAME = 255
+#: a request body larger than this is refused (2,000 names of 255 characters, quoted)
+MAX_WATCH_BODY = 1024 * 1024
+#: the response header of ``GET /v1/events`` that names the stream (for ``POST /v1/watch``)
+STREAM_HEADER = "Upgrader-Stream"
+
+
+class WatchRequestError(ValueError):
+    """A ``POST /v1/watch`` body that is not ``{"stream": ID, "hosts": [NAME, ...]}``."""
+
+
+def parse_watch_body(text: str) -> tuple[str, tuple[str, ...]]:
+    """``(stream id, host names)`` of a ``POST /v1/watch`` body, names de-duplicated in
+    order. ``WatchRequestError`` says what is wrong and where."""
+    try:
+        body = json.loads(text) if text.strip() else None
+    except ValueError as exc:
+        raise WatchRequestError(f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise WatchRequestError('body must be a JSON object {"stream": ID, "hosts": [...]}')
+    unknown = sorted(set(body) - {"stream", "hosts"})
+    if unknown:
+        raise WatchRequestError(f"unknown key(s) {', '.join(map(repr, unknown))}; the body is "
+                                '{"stream": ID, "hosts": [...]}')
+    stream = body.get("stream")
+    if not isinstance(stream, str) or not stream:
+        raise WatchRequestError('"stream" must be the id of one of your open event streams '
+                                "(its Upgrader-Stream header), a non-empty string")
+    if "hosts" not in body:
+        raise WatchRequestError('"hosts" is missing: a list of host names ([] to stop)')
+    hosts = body["hosts"]
+    if not isinstance(hosts, list):
+        raise WatchRequestError(f'"hosts" must be a list of host names, not '
+                                f"{type(hosts).__name__}")
+    if len(hosts) > MAX_WATCH_HOSTS:
+        raise WatchRequestError(f'"hosts" has {len(hosts)} names; at most {MAX_WATCH_HOSTS}')
+    for index, name in enumerate(hosts):
+        if not isinstance(name, str) or not name:
+            shown = repr(name)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise WatchRequestError(f'"hosts"[{index}] must be a non-empty string, not {shown}')
+        if len(name) > MAX_HOST_NAME:
+            raise WatchRequestError(f'"hosts"[{index}] is {len(name)} characters long; '
+                                    f"at most {MAX_HOST_NAME}")
+    return stream, tuple(dict.fromkeys(hosts))
 
 
 def _dumps(value: Any) -> str:
@@ -53,11 +104,13 @@ def _json_response(status: int, body: dict[str, Any]) -> web.Response:
 class _Stream:
     """One client's live event feed: a bounded queue filled by the handle's callback."""
 
-    __slots__ = ("overflowed", "queue")
+    __slots__ = ("id", "overflowed", "queue")
 
     def __init__(self, maxsize: int) -> None:
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=maxsize)
         self.overflowed = False
+        #: named to the client in the ``Upgrader-Stream`` header; ``POST /v1/watch`` names it
+        self.id = secrets.token_urlsafe(12)
 
     def offer(self, event: Event) -> None:
         if self.overflowed:
@@ -92,6 +145,10 @@ class ControlServer:
         self.max_backlog = max_backlog
         self._runner: web.AppRunner | None = None
         self._streams: set[_Stream] = set()
+        #: open stream id -> the hosts its client watches (``POST /v1/watch``)
+        self._watches: dict[str, tuple[str, ...]] = {}
+        #: what the handle was last asked to watch: the union of ``_watches``
+        self.watched: tuple[str, ...] = ()
         self._finished_seq: int | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._inode: tuple[int, int] | None = None
@@ -137,6 +194,7 @@ class ControlServer:
         app.router.add_get(f"{API_PREFIX}/status", self._status)
         app.router.add_get(f"{API_PREFIX}/events", self._events)
         app.router.add_post(f"{API_PREFIX}/control/{{action}}", self._control)
+        app.router.add_post(f"{API_PREFIX}/watch", self._watch)
         runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0,
                                access_log=logging.getLogger("upgrader.control.access"),
                                access_log_format='%r %s %b %Tfs')
@@ -207,6 +265,25 @@ class ControlServer:
 
     # ------------------------------------------------------------------ events in
 
+    def _stream_ids(self) -> dict[str, _Stream]:
+        return {stream.id: stream for stream in self._streams}
+
+    def _set_watch(self, stream_id: str, hosts: Iterable[str]) -> None:
+        """Record one stream's watched hosts (none: forget it) and give the handle the union
+        of every open stream's, when that changed."""
+        hosts = tuple(hosts)
+        if hosts:
+            self._watches[stream_id] = hosts
+        elif self._watches.pop(stream_id, None) is None:
+            return
+        union = tuple(dict.fromkeys(name for names in self._watches.values() for name in names))
+        if union == self.watched:
+            return
+        self.watched = union
+        watch = getattr(self.handle, "watch_hosts", None)
+        if watch is not None:
+            watch(union)
+
     def _on_event(self, event: Event) -> None:
         if event.kind == "rollout_finished":
             self._finished_seq = event.seq
@@ -266,6 +343,30 @@ class ControlServer:
         return _json_response(200, {"ok": True, "action": action,
                                     "state": self.handle.snapshot().get("state")})
 
+    async def _watch(self, request: web.Request) -> web.Response:
+        if getattr(self.handle, "watch_hosts", None) is None:
+            return _json_response(501, {"ok": False, "error": "this rollout does not take "
+                                        "watched hosts"})
+        if (request.content_length or 0) > MAX_WATCH_BODY:
+            return _json_response(413, {"ok": False, "error": f"POST {API_PREFIX}/watch: body "
+                                        f"larger than {MAX_WATCH_BODY} bytes"})
+        text = await request.text()
+        try:
+            stream_id, hosts = parse_watch_body(text)
+        except WatchRequestError as exc:
+            return _json_response(400, {"ok": False, "error": f"POST {API_PREFIX}/watch: {exc}"})
+        if stream_id not in self._stream_ids():
+            # the stream ended (its set went with it) or never was: the client re-sends its
+            # set on the stream it opens next
+            return _json_response(409, {"ok": False, "error": f"no open event stream "
+                                        f"{stream_id!r}: a watch lives as long as the event "
+                                        "stream it names"})
+        self._set_watch(stream_id, hosts)
+        log.debug("watch: stream %s, %d host(s); %d in all", stream_id, len(hosts),
+                  len(self.watched))
+        return _json_response(200, {"ok": True, "stream": stream_id, "hosts": len(hosts),
+                                    "watched": len(self.watched)})
+
     async def _events(self, request: web.Request) -> web.StreamResponse:
         try:
             since = int(request.query.get("since", "0"))
@@ -279,7 +380,8 @@ class ControlServer:
         backlog = list(self.handle.history)
         self.streams_opened += 1
         response = web.StreamResponse(headers={"Content-Type": NDJSON,
-                                               "Cache-Control": "no-store"})
+                                               "Cache-Control": "no-store",
+                                               STREAM_HEADER: stream.id})
         try:
             await response.prepare(request)
             last = since
@@ -326,6 +428,7 @@ class ControlServer:
             pass    # the client went away; it reconnects with its last seq if it wants more
         finally:
             self._streams.discard(stream)
+            self._set_watch(stream.id, ())    # its client's rows go with it
         return response
 
 

@@ -99,8 +99,9 @@ class UpgraderApp(App[str]):
 
     def _watch_visible(self) -> None:
         """Ask the engine for the traffic figures of the hosts on screen (it reports per-host
-        figures only for the hosts that changed lately and those a front end watches). A
-        handle without ``watch_hosts`` (the control API's) is left alone."""
+        figures only for the hosts that changed lately and those a front end watches): an
+        in-process ``Engine`` and a ``RemoteRollout`` (``POST /v1/watch``) alike. A handle
+        without ``watch_hosts`` is left alone."""
         watch = getattr(self.handle, "watch_hosts", None)
         if watch is None:
             return
