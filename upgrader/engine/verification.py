@@ -40,7 +40,8 @@ Counters = Mapping[str, BackendStats]
 #: least 2.5 intervals: its counters at one reading, its figures at the next ones)
 RECENT_CHANGE_S = 3.0
 #: a fleet of at most this many backends has every host's figures in each ``metrics`` event
-#: (a screenful: front ends behind the control API, which cannot say what they show, too)
+#: (a screenful; front ends that say what they show use ``watch_hosts``, also over the
+#: control API's ``POST /v1/watch``)
 SMALL_FLEET = 50
 
 
