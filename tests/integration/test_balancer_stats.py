@@ -200,6 +200,7 @@ def test_the_monitor_reads_the_summaries_not_the_whole_balancer(
     async def main() -> Any:
         client = CountingClient(balancer.admin_url, TOKEN)
         for host in fleet.main_hosts:
+            assert host.port is not None
             await client.set_backend(host.name, address=host.address, port=host.port,
                                      pool=fleet.releases.current)
         plan = strategies.get("canary").compile(fleet, fleet.strategy.params)
@@ -245,8 +246,9 @@ def test_the_monitor_reads_the_summaries_not_the_whole_balancer(
     assert calls["GET /admin/stats"] == 0, calls          # the whole table, never
     assert calls["GET /admin/stats?by"] >= 20, calls       # pool counters each reading
     assert calls["GET /admin/stats?backend"] >= 20, calls  # the named backends' counters
-    assert all(set(r.data["pools"]) <= {"1.0.0", "1.1.0"} for r in readings)
-    assert any(r.data["pools"] for r in readings)
+    # (the balancer keeps the pools of earlier tests: a pool's counters outlive its backends)
+    with_pools = [r for r in readings if r.data["pools"]]
+    assert with_pools and all({"1.0.0", "1.1.0"} <= set(r.data["pools"]) for r in with_pools)
 
 
 class _Where:
