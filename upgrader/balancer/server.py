@@ -59,6 +59,19 @@ ADMIN_SHUTDOWN_SECONDS = 0.5
 
 
 @dataclass(slots=True, eq=False)
+class Tally:
+    """Cumulative counters of one pool: what its backends served while they were in it."""
+
+    requests: int = 0
+    errors: int = 0
+    latency: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+
+    def public(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors,
+                "latency_buckets": list(self.latency)}
+
+
+@dataclass(slots=True, eq=False)
 class Backend:
     name: str
     address: str
@@ -74,6 +87,9 @@ class Backend:
     latency: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
     down_until: float = 0.0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the tally of the pool it is in now (``Table.rebuild`` keeps it so): a request is
+    #: credited to the pool that served it, and a move does not carry history along
+    pool_tally: Tally = field(default_factory=Tally)
 
     def __post_init__(self) -> None:
         self.base_url = _base_url(self.address, self.port)
@@ -85,10 +101,20 @@ class Backend:
         self.down_until = 0.0
 
     def record(self, latency: float, error: bool) -> None:
+        index = bisect.bisect_left(LATENCY_BUCKETS, latency)
+        tally = self.pool_tally
         self.requests += 1
+        tally.requests += 1
         if error:
             self.errors += 1
-        self.latency[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
+            tally.errors += 1
+        self.latency[index] += 1
+        tally.latency[index] += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors,
+                "latency_buckets": list(self.latency), "inflight": self.inflight,
+                "connect_failures": self.connect_failures}
 
     def public(self) -> dict[str, Any]:
         return {"address": self.address, "port": self.port, "pool": self.pool,
@@ -137,6 +163,8 @@ class Table:
         self.maintenance = False
         self.retry_after = 60
         self.counters = Counters()
+        #: cumulative counters per pool name, kept when a pool empties (as HAProxy's)
+        self.pool_tallies: dict[str, Tally] = {}
         self._by_pool: dict[str, list[Backend]] = {}
         self._all: list[Backend] = []
         self._split_pools: list[str] = []
@@ -145,7 +173,12 @@ class Table:
     def rebuild(self) -> None:
         by_pool: dict[str, list[Backend]] = {}
         every: list[Backend] = []
+        tallies = self.pool_tallies
         for backend in self.backends.values():
+            tally = tallies.get(backend.pool)
+            if tally is None:
+                tally = tallies[backend.pool] = Tally()
+            backend.pool_tally = tally
             if backend.state == "ready" and backend.weight > 0:
                 by_pool.setdefault(backend.pool, []).append(backend)
                 every.append(backend)
@@ -333,6 +366,7 @@ class Admin:
             web.put("/admin/routes", self.put_routes),
             web.put("/admin/maintenance", self.put_maintenance),
             web.get("/admin/stats", self.get_stats),
+            web.post("/admin/stats", self.post_stats),
             web.get("/admin/lock", self.get_lock),
             web.post("/admin/lock", self.post_lock),
             web.put("/admin/lock", self.put_lock),
@@ -525,21 +559,59 @@ class Admin:
         return web.json_response({"maintenance": on, "retry_after": retry_after})
 
     async def get_stats(self, request: web.Request) -> web.Response:
+        """Every backend's counters and the balancer's own; ``?by=pool``: the pools'
+        counters instead; ``?backend=NAME&backend=NAME2``: only those backends'."""
+        query = request.query
+        _only(query, {"by", "backend"}, "the query")
+        if "by" in query:
+            by = query.getall("by")
+            if by != ["pool"]:
+                raise BadRequest(f"by must be 'pool' (once), got {', '.join(map(repr, by))}")
+            if "backend" in query:
+                raise BadRequest("by=pool and backend= cannot be combined")
+            return web.json_response({
+                "pools": {pool: tally.public()
+                          for pool, tally in self.table.pool_tallies.items()},
+                "latency_bounds": _LATENCY_BOUNDS,
+            })
+        if "backend" in query:
+            return self._some_stats(query.getall("backend"), "backend=")
         table = self.table
         counters = table.counters
         return web.json_response({
-            "backends": {
-                name: {"requests": b.requests, "errors": b.errors,
-                       "latency_buckets": list(b.latency), "inflight": b.inflight,
-                       "connect_failures": b.connect_failures}
-                for name, b in table.backends.items()
-            },
-            "latency_bounds": [b if math.isfinite(b) else None for b in LATENCY_BUCKETS],
+            "backends": {name: b.stats() for name, b in table.backends.items()},
+            "latency_bounds": _LATENCY_BOUNDS,
             "maintenance_responses": counters.maintenance_responses,
             "no_backend": counters.no_backend,
             "fallbacks": counters.fallbacks,
             "retries": counters.retries,
         })
+
+    async def post_stats(self, request: web.Request) -> web.Response:
+        """``{"backends": [names]}``: those backends' counters (for more names than a
+        query string holds)."""
+        data = await _body(request)
+        _only(data, {"backends"})
+        names = data.get("backends")
+        if not isinstance(names, list):
+            raise BadRequest("backends must be a list of backend names")
+        return self._some_stats(names, "backends[]")
+
+    def _some_stats(self, names: list[Any], where: str) -> web.Response:
+        """The counters of the named backends; a name the table does not have is left out."""
+        backends = self.table.backends
+        out: dict[str, Any] = {}
+        for index, name in enumerate(names):
+            if not isinstance(name, str) or not name:
+                raise BadRequest(f"{where} must be non-empty backend names, "
+                                 f"got {name!r} at position {index}")
+            backend = backends.get(name)
+            if backend is not None:
+                out[name] = backend.stats()
+        return web.json_response({"backends": out, "latency_bounds": _LATENCY_BOUNDS})
+
+
+_LATENCY_BOUNDS = [b if math.isfinite(b) else None for b in LATENCY_BUCKETS]
 
 
 def _parse_routes(raw: Any) -> Routes:

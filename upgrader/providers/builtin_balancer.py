@@ -4,7 +4,7 @@ over its JSON admin API. Registered as balancer ``builtin``."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -38,6 +38,9 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 _TOKEN_KEYS = ("token", "token_file", "token_env")
+
+#: ``backend_stats`` names up to this long a query string (GET); more go in a POST's body
+MAX_QUERY_CHARS = 2000
 
 
 class BuiltinBalancer:
@@ -74,7 +77,7 @@ class BuiltinBalancer:
         return self._session
 
     async def _call(self, method: str, path: str, body: Any = None, *,
-                    params: Mapping[str, str] | None = None,
+                    params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
                     timeout: float | None = None, conflict_ok: bool = False) -> Any:
         """The JSON answer; BalancerError for an HTTP error (``conflict_ok``: a 409's body is
         returned instead, for the fleet lock's "held by someone else")."""
@@ -158,14 +161,28 @@ class BuiltinBalancer:
 
     async def stats(self) -> Mapping[str, BackendStats]:
         data = await self._call("GET", "/admin/stats")
-        try:
-            return {
-                name: BackendStats(requests=int(item["requests"]), errors=int(item["errors"]),
-                                   latency_buckets=tuple(int(n) for n in item["latency_buckets"]))
-                for name, item in data["backends"].items()
-            }
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BalancerError(f"GET /admin/stats: unexpected answer: {exc!r}") from exc
+        return _stats_from_json("GET /admin/stats", data, "backends")
+
+    # -- the optional summaries (PoolStatsReader, BackendStatsReader)
+
+    async def pool_stats(self) -> Mapping[str, BackendStats]:
+        """Cumulative counters per pool, credited to the pool that served each request (a
+        backend moved between pools does not carry its history along)."""
+        data = await self._call("GET", "/admin/stats", params={"by": "pool"})
+        return _stats_from_json("GET /admin/stats?by=pool", data, "pools")
+
+    async def backend_stats(self, names: Iterable[str]) -> Mapping[str, BackendStats]:
+        """The counters of the backends called ``names`` (a name the balancer does not have
+        is left out): a GET for a few names, a POST of the list for many."""
+        wanted = list(dict.fromkeys(names))
+        if not wanted:
+            return {}
+        if sum(len(quote(name, safe="")) + 9 for name in wanted) <= MAX_QUERY_CHARS:
+            data = await self._call("GET", "/admin/stats",
+                                    params=[("backend", name) for name in wanted])
+            return _stats_from_json("GET /admin/stats?backend=", data, "backends")
+        data = await self._call("POST", "/admin/stats", {"backends": wanted})
+        return _stats_from_json("POST /admin/stats", data, "backends")
 
     # -- the fleet lock (FleetLockHolder): /admin/lock, atomic in the balancer process
 
@@ -192,6 +209,17 @@ class BuiltinBalancer:
     async def read_fleet_lock(self) -> Mapping[str, Any] | None:
         data = await self._call("GET", "/admin/lock")
         return _lock_from_json("GET /admin/lock", data.get("lock"))
+
+
+def _stats_from_json(what: str, data: Any, key: str) -> Mapping[str, BackendStats]:
+    try:
+        return {
+            name: BackendStats(requests=int(item["requests"]), errors=int(item["errors"]),
+                               latency_buckets=tuple(int(n) for n in item["latency_buckets"]))
+            for name, item in data[key].items()
+        }
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BalancerError(f"{what}: unexpected answer: {exc!r}") from exc
 
 
 def _lock_from_json(what: str, lock: Any) -> Mapping[str, Any] | None:
