@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..units import plural
 from .layout import DEFAULT_BASE_PORT, MAX_LAB_HOSTS, LabLayout, default_lab_dir
 
 
@@ -63,8 +64,9 @@ def main(args: argparse.Namespace) -> int:
         state = asyncio.run(lab.up(traffic_rps=args.rps, database=migration))
         if isinstance(layout, SshLabLayout):
             hosts = [h for h in layout.host_objects() if h.cluster == "main"]
-            print(f"SSH lab up in {layout.dir}: {layout.hosts} hosts on {layout.base_release}"
-                  + (f", {layout.new_hosts} new hosts" if layout.new_hosts else "")
+            print(f"SSH lab up in {layout.dir}: {plural(layout.hosts, 'host')} on "
+                  f"{layout.base_release}"
+                  + (f", {plural(layout.new_hosts, 'new host')}" if layout.new_hosts else "")
                   + (", two slots each" if layout.slots else "")
                   + (f", each in a network namespace on {layout.subnet}"
                      if state.get("network") == "netns" else ", on loopback addresses"))
@@ -75,8 +77,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"  admin:    {layout.haproxy_site().socket_path}  (HAProxy Runtime API)")
             _print_next(layout, database=False)
             return 0
-        print(f"lab up in {layout.dir}: {layout.hosts} hosts on {layout.base_release}"
-              + (f", {layout.new_hosts} new hosts" if layout.new_hosts else "")
+        print(f"lab up in {layout.dir}: {plural(layout.hosts, 'host')} on {layout.base_release}"
+              + (f", {plural(layout.new_hosts, 'new host')}" if layout.new_hosts else "")
               + (", two slots each" if layout.slots else ""))
         print(f"  users:    {layout.balancer_url}  ({args.rps} requests/s of lab traffic)")
         print(f"  admin:    {layout.admin_url}  (token in {layout.token_file})")
