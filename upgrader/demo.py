@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .units import plural
 
 STRATEGY_TABLES = {
     "canary": """
@@ -303,9 +304,11 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     lab = Lab(fleet.lab)
     display = HeadlessDisplay(total_hosts=len(fleet.main_hosts), target=fleet.releases.target,
                               quiet=not args.headless)
-    display.line(f"demo: {len(fleet.main_hosts)} hosts on 1.0.0 behind the built-in balancer, "
-                 f"{args.rps} user requests/s; {args.strategy} upgrade to "
-                 f"{fleet.releases.target} (lab in {lab_dir})", "bold")
+    what = ("feature flag demo-feature on for a growing share of users" if
+            args.strategy == "feature" else
+            f"{args.strategy} upgrade to {fleet.releases.target}")
+    display.line(f"demo: {plural(len(fleet.main_hosts), 'host')} on 1.0.0 behind the built-in "
+                 f"balancer, {args.rps} user requests/s; {what} (lab in {lab_dir})", "bold")
     stats: dict[str, Any] = {}
     result: Any = None
     try:
