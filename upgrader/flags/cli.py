@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, UpgraderError
+from ..units import plural
 from .describe import targeting
 from .model import DEFAULT_ENV
 
@@ -367,7 +368,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             serves = flag.default_in(args.env) if on else flag.off_in(args.env)
             rows.append([flag.key, str(flag.kind), "on" if on else "off", serves,
                          _summary(flag, args.env) if on else "-", flag.description])
-        print(f"# {len(flagset.flags)} flags in {args.env}, store version {flagset.version}")
+        print(f"# {plural(len(flagset.flags), 'flag')} in {args.env}, "
+              f"store version {flagset.version}")
         if flagset.flags:
             print(_table(rows))
     return EXIT_OK
@@ -516,7 +518,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         most = len(current.flags) + len(flagset.flags) + 1       # audit rows one import writes
         changed = sum(1 for entry in store.history(None, most) if entry.version == after
                       and entry.flag is not None) if after != before else 0
-    print(f"imported {args.file}: {len(flagset.flags)} flags, {changed} changed "
+    print(f"imported {args.file}: {plural(len(flagset.flags), 'flag')}, {changed} changed "
           f"({_changed(before, after)})")
     return EXIT_OK
 
@@ -538,7 +540,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         temporary.unlink(missing_ok=True)
         raise ConfigError(f"cannot write the flags file: {exc}", file=args.file) from exc
-    print(f"exported {len(flagset.flags)} flags (store version {flagset.version}) to {args.file}",
+    print(f"exported {plural(len(flagset.flags), 'flag')} (store version {flagset.version}) "
+          f"to {args.file}",
           file=sys.stderr)
     return EXIT_OK
 

@@ -50,6 +50,16 @@ def _layout_from_args(args: argparse.Namespace) -> LabLayout:
                      slots=args.slots, base_port=base)
 
 
+def down_message(stats: dict[str, object]) -> str:
+    """What ``lab down`` says about the traffic the lab served."""
+    def count(key: str) -> int:
+        value = stats.get(key, 0)
+        return int(value) if isinstance(value, (int, float)) else 0
+
+    return (f"lab down; traffic: {plural(count('requests'), 'request')}, "
+            f"{count('failed'):,} failed, {count('maintenance'):,} maintenance")
+
+
 def main(args: argparse.Namespace) -> int:
     if args.lab_command == "up":
         layout = _layout_from_args(args)
@@ -104,9 +114,15 @@ def main(args: argparse.Namespace) -> int:
             print(f"  traffic during the reset: {failed} failed requests")
         return 0
     if args.lab_command == "down":
-        stats = asyncio.run(lab.down())
-        print(f"lab down; traffic: {stats.get('requests', 0)} requests, "
-              f"{stats.get('failed', 0)} failed, {stats.get('maintenance', 0)} maintenance")
+        state = lab.read_state()
+        was_up = state is not None and state.get("running", True)
+        stats = asyncio.run(lab.down())     # idempotent: stops whatever is left either way
+        if not was_up:
+            # the traffic stats are the old lab's, already printed by the first `lab down`
+            print(f"no lab up in {lab.layout.dir}: it is down already "
+                  "(`upgrader lab up` starts one)")
+            return 0
+        print(down_message(stats))
         return 0
     status = asyncio.run(lab.status())
     if getattr(args, "json", False):
