@@ -111,11 +111,11 @@ def main(args: argparse.Namespace) -> int:
               + (f"{len(reset)} reset ({_names(reset)})" if reset else "nothing to reset")
               + (f", {len(unchanged)} already there" if reset and unchanged else ""))
         if before:
-            print(f"  traffic during the reset: {failed} failed requests")
+            print(f"  traffic during the reset: {plural(failed, 'failed request')}")
         return 0
     if args.lab_command == "down":
-        state = lab.read_state()
-        was_up = state is not None and state.get("running", True)
+        lab_state = lab.read_state()
+        was_up = lab_state is not None and lab_state.get("running", True)
         stats = asyncio.run(lab.down())     # idempotent: stops whatever is left either way
         if not was_up:
             # the traffic stats are the old lab's, already printed by the first `lab down`
