@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-unit test-integration lint bench clean
 
+# libvirt-python builds against libvirt's headers: installed when they are there (CI),
+# otherwise the libvirt plugin's tests skip with that reason. (Comments stay out of recipes:
+# make would echo them.)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
-	# libvirt-python builds against libvirt's headers: installed when they are there (CI),
-	# otherwise the libvirt plugin's tests skip with that reason
 	if pkg-config --exists libvirt 2>/dev/null; then \
 	    $(PY) -m pip install --quiet --disable-pip-version-check -e '.[libvirt]'; fi
 	touch $(STAMP)

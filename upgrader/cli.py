@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from .errors import ConfigError, ControlError, PolicyRefused, UpgraderError
 from .redact import install_log_redaction, redact_text
-from .units import format_duration
+from .units import format_duration, plural
 
 if TYPE_CHECKING:
     from .control.handle import RolloutHandle
@@ -63,23 +63,27 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="print what a strategy will do and how long it takes")
     fleet_args(plan)
-    plan.add_argument("--json", action="store_true")
+    plan.add_argument("--json", action="store_true", help="the plan as one JSON document")
     plan.add_argument("--all-waves", action="store_true", help="list every wave")
     plan.add_argument("--at", metavar="ISO_TIME",
                       help="start the calendar of waves at this time (default: now)")
 
     resume = sub.add_parser("resume", help="finish a rollout whose controller died")
     fleet_args(resume, strategy=False)
-    resume.add_argument("--headless", action="store_true")
-    resume.add_argument("--json", action="store_true")
-    resume.add_argument("--detach", action="store_true")
+    resume.add_argument("--headless", action="store_true", help="no TUI: progress on stderr")
+    resume.add_argument("--json", action="store_true", help="JSON event lines on stdout")
+    resume.add_argument("--detach", action="store_true",
+                        help="resume in a controller process of its own; "
+                             "follow it with `upgrader attach`")
     resume.add_argument("--control", action="store_true", help=argparse.SUPPRESS)
 
     attach = sub.add_parser("attach", help="watch and steer a running (detached) rollout")
     fleet_args(attach, strategy=False)
-    attach.add_argument("--headless", action="store_true")
-    attach.add_argument("--json", action="store_true")
-    attach.add_argument("--timeout", type=float, default=10.0)
+    attach.add_argument("--headless", action="store_true",
+                        help="no TUI: the rollout's progress on stderr")
+    attach.add_argument("--json", action="store_true", help="JSON event lines on stdout")
+    attach.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="how long to wait for the controller to answer (default 10)")
     for sp in (run, attach):
         sp.add_argument("--flags-store", help="flag store for the TUI's flags screen (default: "
                                               "the fleet's [flags] store, else "
@@ -87,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="the fleet's last rollout, from the journal")
     fleet_args(status, strategy=False)
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="the status as one JSON document")
     unlock = sub.add_parser("unlock", help="remove a fleet's lock by hand (journaled)")
     fleet_args(unlock, strategy=False)
     unlock.add_argument("--reason", required=True,
@@ -101,13 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="read the fleet (releases, balancer, reachability) and "
                                          "say whether a rollout would run; changes nothing")
     fleet_args(check, strategy=False)
-    check.add_argument("--json", action="store_true")
+    check.add_argument("--json", action="store_true", help="the findings as one JSON document")
 
     lab = sub.add_parser("lab", help="a real local fleet: app processes, balancer, traffic")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
     up = lab_sub.add_parser("up", help="start a lab")
     up.add_argument("--fleet", help="take the lab layout from this fleet file's [lab] table")
-    up.add_argument("--hosts", type=int, default=8)
+    up.add_argument("--hosts", type=int, default=8, help="how many hosts (default 8)")
     up.add_argument("--new-hosts", type=int, default=0, help="parallel cluster (shedding)")
     up.add_argument("--slots", action="store_true", help="two slots per host (blue-green)")
     up.add_argument("--ssh", action="store_true",
@@ -118,26 +122,34 @@ def _parser() -> argparse.ArgumentParser:
                          "(auto: namespaces where the machine allows them)")
     up.add_argument("--subnet", default=None,
                     help="SSH lab: the hosts' network (default 10.231.0.0/24)")
-    up.add_argument("--base-port", type=int, default=None)
+    up.add_argument("--base-port", type=int, default=None,
+                    help="first port of the lab's balancer and hosts (default 18000)")
     up.add_argument("--dir", help="lab folder (default .upgrader/lab)")
     up.add_argument("--rps", type=int, default=100, help="user requests per second (0: none)")
     up.add_argument("--database", metavar="MIGRATION",
                     help="give the lab a database (app.sqlite in the lab folder) made by this "
                          "migration; the apps then record visits through their release's views")
-    for name in ("down", "status"):
-        sp = lab_sub.add_parser(name, help=f"{name} the lab")
+    for name, text in (("down", "stop the lab: its processes and traffic"),
+                       ("status", "the lab's hosts, releases and traffic")):
+        sp = lab_sub.add_parser(name, help=text, description=text)
         sp.add_argument("--dir", help="lab folder (default .upgrader/lab)")
         if name == "status":
-            sp.add_argument("--json", action="store_true")
+            sp.add_argument("--json", action="store_true",
+                            help="the status as one JSON document")
     reset = lab_sub.add_parser("reset", help="put every host of the running lab back on its "
                                              "base release (drained first: no failed request)")
     reset.add_argument("--dir", help="lab folder (default .upgrader/lab)")
 
-    demo = sub.add_parser("demo", help="a lab, live traffic and a canary upgrade, no setup")
+    demo = sub.add_parser("demo", help="a lab, live traffic and a canary upgrade, no setup",
+                          description="A real local fleet (app processes, the built-in "
+                                      "balancer, live traffic) and an upgrade under that "
+                                      "traffic, with no setup; the lab goes away afterwards.")
     demo.add_argument("--headless", action="store_true",
                       help="no TUI: progress on stderr, one JSON summary line on stdout")
-    demo.add_argument("--strategy", choices=names, default="canary")
-    demo.add_argument("--hosts", type=int, default=8)
+    demo.add_argument("--strategy", choices=names, default="canary",
+                      help="the upgrade to show (default canary)")
+    demo.add_argument("--hosts", type=int, default=8,
+                      help="how many hosts the demo's lab has (1-60, default 8)")
     demo.add_argument("--bad-release", action="store_true",
                       help="upgrade to a release that answers 5xx to some requests")
     demo.add_argument("--speed", type=float, default=1.0, help="compress pauses by this factor")
@@ -160,7 +172,22 @@ def _parser() -> argparse.ArgumentParser:
     from .schema.cli import add_schema_parser
 
     add_schema_parser(sub)
+    _describe_subcommands(p)
     return p
+
+
+def _describe_subcommands(parser: argparse.ArgumentParser) -> None:
+    """A subcommand without a description of its own shows its help line in its ``--help``
+    (argparse shows nothing there otherwise)."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, sub in action.choices.items():
+            text = helps.get(name)
+            if not sub.description and text and text != argparse.SUPPRESS:
+                sub.description = text[0].upper() + text[1:] + "."
+            _describe_subcommands(sub)
 
 
 def _version() -> str:
@@ -241,7 +268,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         }))
         return EXIT_OK
     print(f"fleet {fleet.name}: {plan.strategy} {fleet.releases.current} -> "
-          f"{fleet.releases.target} on {plan.total_hosts} hosts, {len(wave_list)} waves")
+          f"{fleet.releases.target} on {plural(plan.total_hosts, 'host')}, "
+          f"{plural(len(wave_list), 'wave')}")
     print(f"{'wave':>5}  {'starts':>12}  {'hosts':>6}  {'done':>6}  {'exposed':>8}  "
           f"{'pause':>8}  what")
     shown = wave_list if args.all_waves or len(wave_list) <= 30 else \
@@ -659,7 +687,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(info))
     else:
         print(f"rollout {record.id}: {record.strategy} {record.current} -> {record.target}: "
-              f"{record.status} ({len(entries)} events, {len(hosts)} hosts changed, "
+              f"{record.status} ({plural(len(entries), 'event')}, "
+              f"{plural(len(hosts), 'host')} changed, "
               f"controller {record.controller})")
         if left is not None:
             _print_left_behind(left, record.current)
@@ -789,7 +818,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return code
     releases = fleet.releases
     print(f"fleet {fleet.name}: {releases.current} -> {releases.target} on "
-          f"{len(fleet.hosts)} hosts; balancer {fleet.balancer.kind} "
+          f"{plural(len(fleet.hosts), 'host')}; balancer {fleet.balancer.kind} "
           + ("answers" if found.balancer_ok else "does not answer"))
     for fact in found.hosts:
         backend = (f"{fact.state} in {fact.pool} w{fact.weight}" if fact.state

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .units import plural
 
 STRATEGY_TABLES = {
     "canary": """
@@ -48,7 +49,32 @@ pause = "5s"
     "bluegreen": """
 kind = "bluegreen"
 """,
+    "feature": """
+kind = "feature"
+flag = "demo-feature"
+# no host changes: the flag goes on for 1 % of users, a quarter, then everyone
+steps = [{percent = 1, pause = "10s"}, {percent = 25, pause = "5s"}, {percent = 100}]
+""",
 }
+
+#: the flag store of a feature demo: one flag, off, in the demo's environment
+DEMO_FLAGS = """
+environments = ["lab"]
+
+[flags.demo-feature]
+description = "the demo's feature"
+kind = "release"
+
+[flags.demo-feature.environments.lab]
+enabled = false
+default = "on"
+"""
+
+FLAGS_TABLE = """
+[flags]
+store = "{store}"
+environment = "lab"
+"""
 
 FLEET_TEMPLATE = """
 [fleet]
@@ -84,6 +110,7 @@ command_timeout = "30s"
 [strategy]
 on_failure = "rollback"
 {strategy_table}
+{flags_table}
 
 [[groups]]
 name = "internal"
@@ -96,13 +123,33 @@ name = "paid"
 """
 
 
+def demo_flags_store(lab_dir: Path) -> Path:
+    """Where a feature demo keeps its flag store (inside the lab folder: it goes with it)."""
+    return lab_dir / "flags.sqlite"
+
+
 def demo_fleet_text(strategy: str, *, hosts: int, bad: bool, base_port: int,
                     lab_dir: Path) -> str:
+    flags_table = FLAGS_TABLE.format(store=demo_flags_store(lab_dir)) \
+        if strategy == "feature" else ""
+    # a feature roll-out changes no release
+    target = "1.0.0" if strategy == "feature" else "1.1.0-bad" if bad else "1.1.0"
     return FLEET_TEMPLATE.format(
-        strategy=strategy, target="1.1.0-bad" if bad else "1.1.0", hosts=hosts,
+        strategy=strategy, target=target, hosts=hosts,
         new_hosts=hosts if strategy == "shedding" else 0,
         slots="true" if strategy == "bluegreen" else "false", base_port=base_port,
-        lab_dir=str(lab_dir), strategy_table=STRATEGY_TABLES[strategy])
+        lab_dir=str(lab_dir), strategy_table=STRATEGY_TABLES[strategy],
+        flags_table=flags_table)
+
+
+def fill_demo_flags(lab_dir: Path) -> None:
+    """A feature demo's flag store, with its one flag (off)."""
+    from .flags.loader import loads
+    from .flags.store import open_store
+
+    with open_store(demo_flags_store(lab_dir)) as store:
+        store.replace(loads(DEMO_FLAGS, source="<demo flags>"), actor="upgrader demo",
+                      reason="the demo's flag")
 
 
 #: after a signal, how long the demo lets its roll-back run before it stops the lab anyway
@@ -239,19 +286,29 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     stop.install()
     lab_dir = Path(tempfile.mkdtemp(prefix="upgrader-demo-"))
     plugins = Plugins()
-    text = demo_fleet_text(args.strategy, hosts=args.hosts, bad=args.bad_release,
-                           base_port=free_base_port(), lab_dir=lab_dir)
-    fleet = loads_fleet(text, source="<demo fleet>", registry=plugins)
-    plan = compile_plan(fleet)
-    fleet, plan = compress(fleet, plan, args.speed)
+    try:
+        text = demo_fleet_text(args.strategy, hosts=args.hosts, bad=args.bad_release,
+                               base_port=free_base_port(), lab_dir=lab_dir)
+        if args.strategy == "feature":
+            fill_demo_flags(lab_dir)
+        fleet = loads_fleet(text, source="<demo fleet>", registry=plugins)
+        plan = compile_plan(fleet)
+        fleet, plan = compress(fleet, plan, args.speed)
+    except BaseException:
+        # nothing ran yet: the demo leaves no empty lab folder behind
+        stop.uninstall()
+        shutil.rmtree(lab_dir, ignore_errors=True)
+        raise
     # the demo fleet has a [lab] table, which the fleet loader turns into a LabLayout
     assert isinstance(fleet.lab, LabLayout)
     lab = Lab(fleet.lab)
     display = HeadlessDisplay(total_hosts=len(fleet.main_hosts), target=fleet.releases.target,
                               quiet=not args.headless)
-    display.line(f"demo: {len(fleet.main_hosts)} hosts on 1.0.0 behind the built-in balancer, "
-                 f"{args.rps} user requests/s; {args.strategy} upgrade to "
-                 f"{fleet.releases.target} (lab in {lab_dir})", "bold")
+    what = ("feature flag demo-feature on for a growing share of users" if
+            args.strategy == "feature" else
+            f"{args.strategy} upgrade to {fleet.releases.target}")
+    display.line(f"demo: {plural(len(fleet.main_hosts), 'host')} on 1.0.0 behind the built-in "
+                 f"balancer, {args.rps} user requests/s; {what} (lab in {lab_dir})", "bold")
     stats: dict[str, Any] = {}
     result: Any = None
     try:

@@ -62,6 +62,11 @@ def format_duration(seconds: float) -> str:
     return " ".join(parts) or "0s"
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """'1 host', '2 hosts', '0 hosts' (``nouns``: an irregular plural)."""
+    return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
+
+
 def parse_percent(value: object, *, allow_zero: bool = True) -> float:
     """'1%', '12.5%' or a number 0..100 -> percent as a float. Over 100 is an error."""
     if isinstance(value, bool):

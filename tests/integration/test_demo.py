@@ -213,3 +213,22 @@ def test_demo_refuses_zero_hosts(demo):
     assert "--hosts" in err and "Traceback" not in err
     assert out == ""
     assert not list(demo.tmp.glob("upgrader-demo-*"))     # no lab was started
+
+
+# --------------------------------------------------------------------------------------------
+# a feature roll-out: no host changes, a flag goes on for everyone (issue 16: it crashed)
+
+
+def test_demo_feature_turns_its_flag_on_for_everyone(demo, request):
+    code, out, err, elapsed = demo.run("--strategy", "feature", "--hosts", "4",
+                                       "--speed", "3", "--rps", "200")
+    summary = one_json_line(out, err)
+    record(request, summary, elapsed)
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in err
+    assert summary["outcome"] == "completed"
+    assert summary["strategy"] == "feature"
+    # no host changed release
+    assert summary["hosts"] == dict.fromkeys(MAIN_HOSTS[:4], "1.0.0")
+    assert summary["failed_requests"] == 0, summary
+    assert "feature flag demo-feature on for a growing share of users" in err

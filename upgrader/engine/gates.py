@@ -17,6 +17,7 @@ from ..events import RolloutState
 from ..model import Fleet
 from ..plan import Gate, Plan
 from ..providers.base import FlagSwitch, SchemaSwitch
+from ..units import plural
 from .bus import EventBus
 from .describe import describe_error, describe_step
 from .hosts import HostProcedure
@@ -79,7 +80,8 @@ class Gates:
             await self.bus.emit("verdict", metric="system_test", result="fail",
                                 value=float(len(failures)), threshold=0.0, samples=len(hosts),
                                 baseline=None, detail=detail[-500:])
-            raise RolloutFailed(f"{step.gate} failed on {len(failures)} of {len(hosts)} hosts "
+            raise RolloutFailed(f"{step.gate} failed on {len(failures)} of "
+                                f"{plural(len(hosts), 'host')} "
                                 f"(first: {detail[-500:]})")
         await self.bus.emit("verdict", metric="system_test", result="pass", value=0.0,
                             threshold=0.0, samples=len(hosts), baseline=None, detail="")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, UpgraderError
+from ..units import plural
 from .describe import targeting
 from .model import DEFAULT_ENV
 
@@ -78,23 +79,24 @@ def add_flags_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     command("list", cmd_list, "the flags and their state in one environment")
     show = command("show", cmd_show, "one flag's definition (TOML)")
-    show.add_argument("key", metavar="KEY")
+    show.add_argument("key", metavar="KEY", help="the flag's key")
     for name, handler, verb in (("enable", cmd_enable, "turn a flag on"),
                                 ("disable", cmd_disable, "turn a flag off (its off variant)")):
         parser = command(name, handler, f"{verb} in one environment", changes=True)
-        parser.add_argument("key", metavar="KEY")
+        parser.add_argument("key", metavar="KEY", help="the flag's key")
     rollout = command("rollout", cmd_rollout, "set a flag's roll-out percentage", changes=True)
-    rollout.add_argument("key", metavar="KEY")
+    rollout.add_argument("key", metavar="KEY", help="the flag's key")
     rollout.add_argument("percent", metavar="PCT", type=_percent_argument,
                          help="0 to 100 (two decimals at most; '25%%' works too)")
     rollout.add_argument("--rule", help="the percentage rule to change (when there are several)")
     rollout.add_argument("--variant", help="the variant the roll-out serves "
                                            "(default: the one whose value is true)")
     set_ = command("set", cmd_set, "set the variant served by default", changes=True)
-    set_.add_argument("key", metavar="KEY")
-    set_.add_argument("--variant", required=True)
+    set_.add_argument("key", metavar="KEY", help="the flag's key")
+    set_.add_argument("--variant", required=True,
+                      help="the variant served by default (required)")
     eval_ = command("eval", cmd_eval, "evaluate a flag for a user")
-    eval_.add_argument("key", metavar="KEY")
+    eval_.add_argument("key", metavar="KEY", help="the flag's key")
     eval_.add_argument("--user", help="the user key (targetingKey)")
     eval_.add_argument("--group", action="append", default=[], help="a group (repeatable)")
     eval_.add_argument("--tier", help="the membership tier")
@@ -104,11 +106,13 @@ def add_flags_parser(subparsers: Any) -> argparse.ArgumentParser:
     eval_.add_argument("--json", action="store_true",
                        help='print {"value", "variant", "reason", "rule"}')
     history = command("history", cmd_history, "the audit trail, newest first")
-    history.add_argument("key", metavar="KEY", nargs="?")
-    history.add_argument("--limit", type=int, default=50)
+    history.add_argument("key", metavar="KEY", nargs="?",
+                         help="only this flag's changes (default: every flag)")
+    history.add_argument("--limit", type=int, default=50,
+                         help="at most this many entries, newest first (default 50)")
     import_ = command("import", cmd_import, "replace the store's flags by a flags file",
                       changes=True)
-    import_.add_argument("file", metavar="FILE")
+    import_.add_argument("file", metavar="FILE", help="the flags file (TOML)")
     export = command("export", cmd_export, "write the store's flags as a flags file")
     export.add_argument("file", metavar="FILE", nargs="?", help="default: standard output")
     add_serve_parser(sub)
@@ -364,7 +368,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             serves = flag.default_in(args.env) if on else flag.off_in(args.env)
             rows.append([flag.key, str(flag.kind), "on" if on else "off", serves,
                          _summary(flag, args.env) if on else "-", flag.description])
-        print(f"# {len(flagset.flags)} flags in {args.env}, store version {flagset.version}")
+        print(f"# {plural(len(flagset.flags), 'flag')} in {args.env}, "
+              f"store version {flagset.version}")
         if flagset.flags:
             print(_table(rows))
     return EXIT_OK
@@ -513,7 +518,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         most = len(current.flags) + len(flagset.flags) + 1       # audit rows one import writes
         changed = sum(1 for entry in store.history(None, most) if entry.version == after
                       and entry.flag is not None) if after != before else 0
-    print(f"imported {args.file}: {len(flagset.flags)} flags, {changed} changed "
+    print(f"imported {args.file}: {plural(len(flagset.flags), 'flag')}, {changed} changed "
           f"({_changed(before, after)})")
     return EXIT_OK
 
@@ -535,7 +540,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         temporary.unlink(missing_ok=True)
         raise ConfigError(f"cannot write the flags file: {exc}", file=args.file) from exc
-    print(f"exported {len(flagset.flags)} flags (store version {flagset.version}) to {args.file}",
+    print(f"exported {plural(len(flagset.flags), 'flag')} (store version {flagset.version}) "
+          f"to {args.file}",
           file=sys.stderr)
     return EXIT_OK
 

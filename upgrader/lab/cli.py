@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..units import plural
 from .layout import DEFAULT_BASE_PORT, MAX_LAB_HOSTS, LabLayout, default_lab_dir
 
 
@@ -49,6 +50,16 @@ def _layout_from_args(args: argparse.Namespace) -> LabLayout:
                      slots=args.slots, base_port=base)
 
 
+def down_message(stats: dict[str, object]) -> str:
+    """What ``lab down`` says about the traffic the lab served."""
+    def count(key: str) -> int:
+        value = stats.get(key, 0)
+        return int(value) if isinstance(value, (int, float)) else 0
+
+    return (f"lab down; traffic: {plural(count('requests'), 'request')}, "
+            f"{count('failed'):,} failed, {count('maintenance'):,} maintenance")
+
+
 def main(args: argparse.Namespace) -> int:
     if args.lab_command == "up":
         layout = _layout_from_args(args)
@@ -63,8 +74,9 @@ def main(args: argparse.Namespace) -> int:
         state = asyncio.run(lab.up(traffic_rps=args.rps, database=migration))
         if isinstance(layout, SshLabLayout):
             hosts = [h for h in layout.host_objects() if h.cluster == "main"]
-            print(f"SSH lab up in {layout.dir}: {layout.hosts} hosts on {layout.base_release}"
-                  + (f", {layout.new_hosts} new hosts" if layout.new_hosts else "")
+            print(f"SSH lab up in {layout.dir}: {plural(layout.hosts, 'host')} on "
+                  f"{layout.base_release}"
+                  + (f", {plural(layout.new_hosts, 'new host')}" if layout.new_hosts else "")
                   + (", two slots each" if layout.slots else "")
                   + (f", each in a network namespace on {layout.subnet}"
                      if state.get("network") == "netns" else ", on loopback addresses"))
@@ -75,8 +87,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"  admin:    {layout.haproxy_site().socket_path}  (HAProxy Runtime API)")
             _print_next(layout, database=False)
             return 0
-        print(f"lab up in {layout.dir}: {layout.hosts} hosts on {layout.base_release}"
-              + (f", {layout.new_hosts} new hosts" if layout.new_hosts else "")
+        print(f"lab up in {layout.dir}: {plural(layout.hosts, 'host')} on {layout.base_release}"
+              + (f", {plural(layout.new_hosts, 'new host')}" if layout.new_hosts else "")
               + (", two slots each" if layout.slots else ""))
         print(f"  users:    {layout.balancer_url}  ({args.rps} requests/s of lab traffic)")
         print(f"  admin:    {layout.admin_url}  (token in {layout.token_file})")
@@ -99,12 +111,18 @@ def main(args: argparse.Namespace) -> int:
               + (f"{len(reset)} reset ({_names(reset)})" if reset else "nothing to reset")
               + (f", {len(unchanged)} already there" if reset and unchanged else ""))
         if before:
-            print(f"  traffic during the reset: {failed} failed requests")
+            print(f"  traffic during the reset: {plural(failed, 'failed request')}")
         return 0
     if args.lab_command == "down":
-        stats = asyncio.run(lab.down())
-        print(f"lab down; traffic: {stats.get('requests', 0)} requests, "
-              f"{stats.get('failed', 0)} failed, {stats.get('maintenance', 0)} maintenance")
+        lab_state = lab.read_state()
+        was_up = lab_state is not None and lab_state.get("running", True)
+        stats = asyncio.run(lab.down())     # idempotent: stops whatever is left either way
+        if not was_up:
+            # the traffic stats are the old lab's, already printed by the first `lab down`
+            print(f"no lab up in {lab.layout.dir}: it is down already "
+                  "(`upgrader lab up` starts one)")
+            return 0
+        print(down_message(stats))
         return 0
     status = asyncio.run(lab.status())
     if getattr(args, "json", False):

@@ -59,7 +59,8 @@ def add_schema_parser(subparsers: Any) -> argparse.ArgumentParser:
     plan = command("plan", cmd_plan, "the SQL a phase would run, without running it",
                    json_flag=True)
     plan.add_argument("migration", metavar="MIGRATION", help="the migration file (TOML)")
-    plan.add_argument("--phase", choices=("start", "complete", "rollback"), default="start")
+    plan.add_argument("--phase", choices=("start", "complete", "rollback"), default="start",
+                      help="the phase whose SQL to print (default start)")
     check = command("check", cmd_check, "would the migration break the previous release? "
                                         "how to split it (expand/contract)", db=False,
                     json_flag=True)
@@ -120,6 +121,13 @@ def _migration_name(text: str) -> str:
     return text
 
 
+def start_message(name: str, release: str, beside: list[str]) -> str:
+    """What ``schema start`` says: the new release, and the releases live beside it."""
+    if not beside:
+        return f"started {name}: release {release} is live, the only release"
+    return f"started {name}: release {release} is live beside {', '.join(beside)}"
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     from .loader import load_migration
 
@@ -128,8 +136,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         db.start(migration)
         status = db.status()
     beside = [r.release for r in status.live if r.release != migration.release]
-    print(f"started {migration.name}: release {migration.release} is live beside "
-          f"{', '.join(beside) or 'none'}")
+    print(start_message(migration.name, migration.release, beside))
     return EXIT_OK
 
 
