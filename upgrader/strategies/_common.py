@@ -91,9 +91,10 @@ def rate(where: Where, key: str, value: Any) -> float:
 def positive_int(where: Where, key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         where.error(key, f"expected a whole number of hosts (at least 1), got {value!r}")
-    if not 1 <= value <= MAX_HOSTS:
-        where.error(key, f"expected a whole number of hosts (between 1 and {MAX_HOSTS}), "
-                         f"got {value!r}")
+    if value < 1:
+        where.error(key, f"expected a whole number of hosts (at least 1), got {value!r}")
+    if value > MAX_HOSTS:
+        where.error(key, f"a host count must be between 1 and {MAX_HOSTS}, got {value}")
     return value
 
 
