@@ -51,6 +51,7 @@ from .tomlsource import (
     REQUIRED,
     Checker,
     KeyPath,
+    check_path,
     check_url,
     describe_value,
     format_key_path,
@@ -703,9 +704,16 @@ def _check_setting_text(name: str, value: Any) -> None:
     """Rules for the text of every provider setting, on top of its declared type: a URL
     setting is a URL without whitespace or control characters (``admin_url = "x\\ntouch y"``
     would put a second line into a request); no string anywhere in a setting holds a NUL,
-    which no file name, header or command can carry. ValueError names the problem."""
+    which no file name, header or command can carry; a ``*_file``, ``*_dir`` or ``*_files``
+    setting holds paths the OS can take (:func:`check_path`). ValueError names the problem."""
     if _is_url_setting(name) and isinstance(value, str):
         check_url(value, what=f"{name} (a URL)")
+    if name.endswith(("_file", "_dir")) and isinstance(value, str) and value:
+        check_path(value, what=f"{name} path")
+    if name.endswith("_files") and isinstance(value, (list, tuple)):
+        for item in value:
+            if isinstance(item, str):
+                check_path(item, what=f"path in {name}")
     for item in _strings_in(value):
         if "\x00" in item:
             raise ValueError("a NUL character is not allowed in a setting")

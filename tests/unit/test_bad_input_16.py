@@ -246,3 +246,12 @@ def test_config_error_is_what_the_cli_turns_into_exit_2() -> None:
         loads_fleet(fleet_text(release='migration = "' + "m" * 5000 + '"',
                                tables='[schema]\ndatabase = "db.sqlite"'))
     assert info.value.key == "release.migration"
+
+
+def test_a_file_setting_too_long_for_the_os(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            no_providers: list[tuple]) -> None:
+    """``*_file`` / ``*_dir`` / ``*_files`` provider settings are paths, checked at load."""
+    text = fleet_text().replace('kind = "builtin"',
+                                'kind = "builtin"\ntoken_file = "/run/' + "t" * 5000 + '"')
+    err = refused(tmp_path, capsys, no_providers, text, "balancer.token_file", "token_file =")
+    assert "bytes long" in err
