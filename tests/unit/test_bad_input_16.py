@@ -255,3 +255,11 @@ def test_a_file_setting_too_long_for_the_os(tmp_path: Path, capsys: pytest.Captu
                                 'kind = "builtin"\ntoken_file = "/run/' + "t" * 5000 + '"')
     err = refused(tmp_path, capsys, no_providers, text, "balancer.token_file", "token_file =")
     assert "bytes long" in err
+
+
+@pytest.mark.parametrize("value", ['"' + "d" * 5000 + '"', '"lab\\u0000"', '" "'],
+                         ids=["5000-chars", "nul", "blank"])
+def test_a_lab_dir_the_os_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  no_providers: list[tuple], value: str) -> None:
+    text = fleet_text().replace("[[hosts]]", f"[lab]\nhosts = 2\ndir = {value}\n\n[[hosts]]")
+    refused(tmp_path, capsys, no_providers, text, "lab.dir", "dir =")
