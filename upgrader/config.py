@@ -51,6 +51,8 @@ from .tomlsource import (
     REQUIRED,
     Checker,
     KeyPath,
+    check_path,
+    check_url,
     describe_value,
     format_key_path,
     parse_key_path,
@@ -303,7 +305,10 @@ class _Loader:
         if "flags" in data:
             table = self.table(data["flags"], ("flags",), ("store", "environment"), "[flags]")
             store = self.string(table, ("flags",), "store", what="flag store")
-            if "://" not in store:
+            if "://" in store:
+                self.checker.url(table, ("flags",), "store", what="flag store URL")
+            else:
+                self.checker.path(table, ("flags",), "store", what="flag store path")
                 # like [lab] dir and `upgrader flags --store`: relative to the working folder
                 store = str(Path(store).expanduser().resolve())
             flags = FlagsSpec(store=store, environment=self.string(
@@ -468,16 +473,16 @@ class _Loader:
                 self.error(where, f"environment variable {text} is empty")
             return self.var_text(found, where, f"environment variable {text}"), secret
         if source == "file":
-            if not text:
-                self.error(where, "expected a file path, got an empty string")
+            self.checker.path(ref, path, source, what="var file path")
             file = Path(text).expanduser()
             if not file.is_absolute():
                 file = (self.base_dir or Path.cwd()) / file
             try:
                 with open(file, "rb") as handle:
                     data = handle.read(_VAR_FILE_LIMIT + 1)
-            except OSError as exc:
-                self.error(where, f"cannot read {file}: {exc.strerror or exc}")
+            except (OSError, ValueError) as exc:
+                self.error(where, f"cannot read {file}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}")
             if len(data) > _VAR_FILE_LIMIT:
                 self.error(where, f"{file} is larger than {_VAR_FILE_LIMIT // 1024} KiB; a var "
                                   "file holds one value")
@@ -610,6 +615,7 @@ class _Loader:
                                  f"the settings of {category} {kind!r}")
             try:
                 coerce_setting(setting, value)
+                _check_setting_text(key, value)
             except (ValueError, TypeError) as exc:
                 self.error(path + (key,), str(exc))
         for setting in factory.settings:
@@ -687,6 +693,42 @@ class _Loader:
     def strategy(self, data: dict[str, Any], override: str | None) -> Any:
         """``[strategy]``: :func:`upgrader.strategies.table.parse_strategy`."""
         return parse_strategy(data.get("strategy"), self.checker.under("strategy"), override)
+
+
+def _is_url_setting(name: str) -> bool:
+    """``url``, ``admin_url``, ``uri``, ...: a provider setting that holds a URL."""
+    return name in ("url", "uri") or name.endswith(("_url", "_uri"))
+
+
+def _check_setting_text(name: str, value: Any) -> None:
+    """Rules for the text of every provider setting, on top of its declared type: a URL
+    setting is a URL without whitespace or control characters (``admin_url = "x\\ntouch y"``
+    would put a second line into a request); no string anywhere in a setting holds a NUL,
+    which no file name, header or command can carry; a ``*_file``, ``*_dir`` or ``*_files``
+    setting holds paths the OS can take (:func:`check_path`). ValueError names the problem."""
+    if _is_url_setting(name) and isinstance(value, str):
+        check_url(value, what=f"{name} (a URL)")
+    if name.endswith(("_file", "_dir")) and isinstance(value, str) and value:
+        check_path(value, what=f"{name} path")
+    if name.endswith("_files") and isinstance(value, (list, tuple)):
+        for item in value:
+            if isinstance(item, str):
+                check_path(item, what=f"path in {name}")
+    for item in _strings_in(value):
+        if "\x00" in item:
+            raise ValueError("a NUL character is not allowed in a setting")
+
+
+def _strings_in(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings_in(item)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings_in(key)
+            yield from _strings_in(item)
 
 
 def _placeholders(argv: Iterable[str]) -> Iterator[str]:

@@ -46,9 +46,11 @@ __all__ = [
     "check_choice",
     "check_duration",
     "check_integer",
+    "check_path",
     "check_percentage",
     "check_port",
     "check_string",
+    "check_url",
     "describe_value",
     "did_you_mean",
     "format_key_path",
@@ -506,6 +508,52 @@ def check_integer(value: object, *, minimum: int | None = None,
     return value
 
 
+#: a file name longer than this (bytes, one path component) no file system takes (NAME_MAX)
+PATH_NAME_MAX: Final = 255
+#: a whole path longer than this (bytes) the OS refuses (PATH_MAX)
+PATH_MAX: Final = 4095
+#: C0 and C1 control characters and DEL (NUL included)
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_path(value: object, *, what: str = "file path") -> str:
+    """A file path the OS can take: a non-empty string without control characters (NUL, line
+    breaks, ...), no name longer than 255 bytes, the whole at most 4095 bytes. Checked before
+    the path is opened, so a bad one is an error naming its key, never an ``OSError`` ("File
+    name too long") or ``ValueError`` ("embedded null byte") from the OS."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a {what} (a string), got {describe_value(value)}")
+    if not value.strip():
+        raise ValueError(f"expected a {what}, got an empty string")
+    if _CONTROL_CHARS.search(value):
+        raise ValueError(f"a {what} may not contain control characters (NUL, line breaks, "
+                         "escape, ...)")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > PATH_MAX:
+        raise ValueError(f"the {what} is {size} bytes long; the most a path can be is "
+                         f"{PATH_MAX} bytes")
+    for part in value.replace("\\", "/").split("/"):
+        if len(part.encode("utf-8", "surrogatepass")) > PATH_NAME_MAX:
+            raise ValueError(f"the {what} has a name longer than {PATH_NAME_MAX} bytes "
+                             f"({part[:20]}...)")
+    return value
+
+
+def check_url(value: object, *, what: str = "URL") -> str:
+    """A URL: a non-empty string without whitespace or control characters (a line break in
+    a URL would smuggle a second line into a request or a shell)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a {what} (a string), got {describe_value(value)}")
+    if not value:
+        raise ValueError(f"expected a {what}, got an empty string")
+    if _CONTROL_CHARS.search(value) or any(ch.isspace() for ch in value):
+        raise ValueError(f"{value!r} is not a valid {what}: it may not contain whitespace or "
+                         "control characters (write a space as %20)")
+    if len(value) > PATH_MAX:
+        raise ValueError(f"the {what} is {len(value)} characters long; at most {PATH_MAX}")
+    return value
+
+
 def check_port(value: object) -> int:
     """A TCP port, 1 to 65535."""
     return check_integer(value, minimum=1, maximum=65535)
@@ -664,6 +712,18 @@ class Checker:
     def port(self, table: Mapping[str, Any], path: KeyPath, key: str,
              default: _T | _Required = REQUIRED) -> int | _T:
         result: int | _T = self._value(table, path, key, default, check_port)
+        return result
+
+    def path(self, table: Mapping[str, Any], path: KeyPath, key: str,
+             default: _T | _Required = REQUIRED, *, what: str = "file path") -> str | _T:
+        """A file path (:func:`check_path`)."""
+        result: str | _T = self._value(table, path, key, default, check_path, what=what)
+        return result
+
+    def url(self, table: Mapping[str, Any], path: KeyPath, key: str,
+            default: _T | _Required = REQUIRED, *, what: str = "URL") -> str | _T:
+        """A URL (:func:`check_url`)."""
+        result: str | _T = self._value(table, path, key, default, check_url, what=what)
         return result
 
     def boolean(self, table: Mapping[str, Any], path: KeyPath, key: str,

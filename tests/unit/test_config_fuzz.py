@@ -196,3 +196,37 @@ def test_the_mutated_samples_load_unchanged(name: str) -> None:
 
 def test_samples_dir_exists() -> None:
     assert Path(SAMPLES).is_dir()
+
+
+# --------------------------------------------------------------------------------------------
+# (c) path-like and URL keys: whatever the OS would refuse is a ConfigError at that key
+# (issue 16: a 5,000-character or NUL-holding migration escaped as OSError / ValueError)
+
+PATH_KEYS = {
+    ("release", "migration"): {"schema": {"database": "db.sqlite"}},
+    ("schema", "database"): {"release": {"migration": "m/0001.toml"}},
+    ("flags", "store"): {},
+    ("balancer", "admin_url"): {},
+    ("balancer", "token_file"): {},
+    ("strategy", "batch"): {},
+}
+HOSTILE = (st.text(alphabet=st.sampled_from("ab/.\x00\n\t \x1b%é"), max_size=20)
+           | st.builds(lambda c, n: c * n, st.sampled_from("a/é"), st.integers(250, 6000))
+           | st.integers(-(2**63), 2**63 - 1))
+
+
+@FUZZ
+@given(st.sampled_from(sorted(PATH_KEYS)), HOSTILE)
+def test_a_path_or_url_the_os_would_refuse(key: tuple[str, str], value: Any) -> None:
+    document = tomllib.loads(BASE)
+    for table, extra in PATH_KEYS[key].items():
+        document.setdefault(table, {}).update(extra)
+    document.setdefault(key[0], {})[key[1]] = value
+    text = tomli_w.dumps(document)
+    error = load_or_config_error(text, registry=FakeRegistry())
+    nasty = isinstance(value, str) and any(ch in value for ch in "\x00\n\x1b")
+    if nasty or (isinstance(value, int) and value > 1_000_000):
+        assert error is not None, value
+        assert error.key == format_key_path(key), error
+        assert error.line == next(i for i, line in enumerate(text.splitlines(), 1)
+                                  if line.startswith(f"{key[1]} ="))

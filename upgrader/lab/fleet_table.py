@@ -57,8 +57,8 @@ def parse_lab(value: object, checker: Checker, current: str) -> LabLayout:
     if dir_text is None:
         lab_dir = default_lab_dir()
     else:
-        if not dir_text.strip() or "\0" in dir_text:
-            checker.error(("dir",), f"expected a directory path, got {dir_text!r}")
+        # what the OS refuses (NUL, a name over 255 bytes) is an error here, not at open
+        checker.path(table, (), "dir", what="directory path")
         try:  # relative to the current directory, as `upgrader lab` resolves it
             lab_dir = Path(dir_text).expanduser().resolve()
         except (OSError, RuntimeError, ValueError) as exc:

@@ -125,9 +125,13 @@ def parse_schema(schema: object, release: Mapping[str, Any], checker: Checker, *
             checker.error(("schema", "database"), "[schema] database is set but [release] "
                           "names no migration")
         return None
-    text = checker.string(release, ("release",), "migration", what="migration file")
+    text = checker.path(release, ("release",), "migration", what="migration file path")
     if "database" in table:
         database = checker.string(table, ("schema",), "database", what="database")
+        if "://" in database:
+            checker.url(table, ("schema",), "database", what="database URL")
+        else:
+            checker.path(table, ("schema",), "database", what="database file path")
     elif default_database is not None:
         database = str(default_database)
     else:
@@ -136,8 +140,12 @@ def parse_schema(schema: object, release: Mapping[str, Any], checker: Checker, *
     if "://" not in database:
         # like [flags] store: relative to the working folder
         database = str(Path(database).expanduser().resolve())
-    path = (base_dir / Path(text).expanduser()).resolve()
-    if not path.is_file():
+    try:
+        path = (base_dir / Path(text).expanduser()).resolve()
+        found = path.is_file()
+    except (OSError, ValueError) as exc:    # the OS refuses the name (too long, a loop, ...)
+        checker.error(("release", "migration"), f"cannot use the migration file path: {exc}")
+    if not found:
         checker.error(("release", "migration"), f"migration file {path} does not exist")
     migration = load_migration(path)   # its own ConfigError names the migration file
     if migration.release != target:

@@ -68,8 +68,16 @@ def pause_value(where: Where, key: str, value: Any) -> float | None:
                          f"got {value!r}")
 
 
+#: the most hosts a count may name: far above any fleet, far below what would be silently
+#: clamped as nonsense (``batch = 10**18``)
+MAX_HOSTS = 1_000_000
+
+
 def count_or_percent(where: Where, key: str, value: Any) -> CountOrPercent:
-    return _convert(where, key, value, units.parse_count_or_percent)
+    result: CountOrPercent = _convert(where, key, value, units.parse_count_or_percent)
+    if isinstance(result, int) and result > MAX_HOSTS:
+        where.error(key, f"a host count must be between 1 and {MAX_HOSTS}, got {result}")
+    return result
 
 
 def percent(where: Where, key: str, value: Any, *, allow_zero: bool = True) -> float:
@@ -85,6 +93,8 @@ def positive_int(where: Where, key: str, value: Any) -> int:
         where.error(key, f"expected a whole number of hosts (at least 1), got {value!r}")
     if value < 1:
         where.error(key, f"expected a whole number of hosts (at least 1), got {value!r}")
+    if value > MAX_HOSTS:
+        where.error(key, f"a host count must be between 1 and {MAX_HOSTS}, got {value}")
     return value
 
 

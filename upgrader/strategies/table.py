@@ -13,7 +13,15 @@ from typing import Any, NoReturn
 
 from ..errors import ConfigError
 from ..model import Fleet, StrategySpec
-from ..tomlsource import REQUIRED, Checker, KeyPath, format_key_path, line_in_file, parse_key_path
+from ..tomlsource import (
+    REQUIRED,
+    Checker,
+    KeyPath,
+    did_you_mean,
+    format_key_path,
+    line_in_file,
+    parse_key_path,
+)
 from . import get, names
 from .base import Where
 
@@ -91,10 +99,11 @@ def _module(kind: str, checker: Checker | None, source: str | Path | None = None
         return get(kind)
     except KeyError:
         known = ", ".join(names())
+        hint = did_you_mean(kind, names())
         if checker is None:
-            raise ConfigError(f"unknown strategy {kind!r} (given with --strategy); "
+            raise ConfigError(f"unknown strategy {kind!r} (given with --strategy){hint}; "
                               f"known: {known}", file=source, key="--strategy") from None
-        checker.error(("kind",), f"unknown strategy {kind!r}; known: {known}")
+        checker.error(("kind",), f"unknown strategy {kind!r}{hint}; known: {known}")
 
 
 def _parse_params(module: Any, table: dict[str, Any], checker: Checker) -> Any:
