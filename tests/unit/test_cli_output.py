@@ -4,6 +4,7 @@ must find it); on a real terminal rich still wraps at the terminal's width."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -45,13 +46,15 @@ kind = "rolling"
 [[hosts]]
 name = "web-01"
 address = "127.0.0.1"
-port = 9001
+port = PORT
 """
 
 
 def test_piped_headless_output_keeps_long_lines_whole(tmp_path):
     fleet = tmp_path / "fleet.toml"
-    fleet.write_text(FLEET)
+    with socket.socket() as sock:   # the local transport's host lock file is named by the
+        sock.bind(("127.0.0.1", 0))  # port: one that no other test uses now
+        fleet.write_text(FLEET.replace("PORT", str(sock.getsockname()[1])))
     env = {k: v for k, v in os.environ.items() if k not in ("UPGRADER_STATE_DIR", "COLUMNS")}
     result = subprocess.run([sys.executable, "-m", "upgrader.cli", "run", str(fleet),
                              "--headless", "--state-dir", str(tmp_path / "state")],
