@@ -467,7 +467,7 @@ def _fleet_lock_json(fleet: Any) -> dict[str, Any] | None:
 
 
 def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
-    from .control.controller import connect, start_detached
+    from .control.controller import connect, controller_exit_status, start_detached
 
     state_dir = _state_dir(args, fleet)
     argv = ["resume" if recover else "run", str(Path(args.fleet).resolve()), "--headless",
@@ -499,9 +499,13 @@ def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
 
     try:
         asyncio.run(check())
+        ended = ""
     except UpgraderError as exc:
-        print(f"upgrader: {exc}; see {log_path}", file=sys.stderr)
-        return EXIT_FAILED
+        if controller_exit_status(pid) != 0:
+            print(f"upgrader: {exc}; see {log_path}", file=sys.stderr)
+            return EXIT_FAILED
+        # a quick rollout: the controller completed it before this command reached it
+        ended = " and already completed"
     if args.detach:     # for scripts: `pid=$(upgrader run F --detach)`, or one JSON object
         if getattr(args, "json", False):
             print(json.dumps({"fleet": fleet.name, "pid": pid, "log": str(log_path),
@@ -509,7 +513,7 @@ def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
                               "attach": f"upgrader attach {args.fleet}"}), flush=True)
         else:
             print(pid, flush=True)
-    print(f"rollout of {fleet.name} runs in controller pid {pid} (log {log_path}); "
+    print(f"rollout of {fleet.name} runs in controller pid {pid}{ended} (log {log_path}); "
           f"follow it with: upgrader attach {args.fleet}", file=sys.stderr)
     return EXIT_OK
 

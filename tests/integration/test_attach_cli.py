@@ -176,3 +176,20 @@ def test_attach_with_nothing_recorded_hints_a_status_command_that_works(tmp_path
     status = upgrader(*argv[1:], "--state-dir", str(state))
     assert status.returncode == 0, status.stderr
     assert "no rollout of attach-none recorded" in status.stdout
+
+
+def test_run_detach_of_a_rollout_quicker_than_the_cli_still_succeeds(tmp_path, controllers):
+    """The controller may complete a one-host rollout before ``run --detach`` reaches its
+    control API: that is a success (exit 0, the pid on stdout), not "exited before it
+    served"; ``attach`` then reports the completed rollout."""
+    fleet = write_fleet(tmp_path, "detach-quick", verify_for="0s")
+    state = tmp_path / "state"
+    started = upgrader("run", str(fleet), "--detach", "--state-dir", str(state))
+    controllers.extend(int(n) for n in re.findall(r"pid (\d+)", started.stderr))
+    assert started.returncode == 0, started.stderr
+    assert re.fullmatch(r"\d+\n", started.stdout), started.stdout
+    wait_gone(int(started.stdout))
+    attached = upgrader("attach", str(fleet), "--headless", "--state-dir", str(state),
+                        "--timeout", ATTACH_TIMEOUT)
+    assert attached.returncode == 0, attached.stderr
+    assert "ended completed" in attached.stderr

@@ -145,7 +145,11 @@ def start_detached(argv: Sequence[str], *, log_path: str | Path,
 
 def controller_exit_status(pid: int) -> int | None:
     """The exit status of our child ``pid`` if it has ended (reaping it), else None. For a
-    process that is not our child: None while it exists, -1 once it is gone."""
+    process that is not our child: None while it exists, -1 once it is gone. Asked again
+    after the reaping, it returns the same status."""
+    for proc in _DETACHED:
+        if proc.pid == pid and proc.returncode is not None:
+            return proc.returncode
     try:
         done, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
