@@ -495,7 +495,7 @@ def _fleet_lock_json(fleet: Any) -> dict[str, Any] | None:
 
 
 def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
-    from .control.controller import connect, start_detached
+    from .control.controller import connect, controller_exit_status, start_detached
 
     state_dir = _state_dir(args, fleet)
     argv = ["resume" if recover else "run", str(Path(args.fleet).resolve()), "--headless",
@@ -527,10 +527,21 @@ def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
 
     try:
         asyncio.run(check())
+        ended = ""
     except UpgraderError as exc:
-        print(f"upgrader: {exc}; see {log_path}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"rollout of {fleet.name} runs in controller pid {pid} (log {log_path}); "
+        if controller_exit_status(pid) != 0:
+            print(f"upgrader: {exc}; see {log_path}", file=sys.stderr)
+            return EXIT_FAILED
+        # a quick rollout: the controller completed it before this command reached it
+        ended = " and already completed"
+    if args.detach:     # for scripts: `pid=$(upgrader run F --detach)`, or one JSON object
+        if getattr(args, "json", False):
+            print(json.dumps({"fleet": fleet.name, "pid": pid, "log": str(log_path),
+                              "state_dir": str(state_dir),
+                              "attach": f"upgrader attach {args.fleet}"}), flush=True)
+        else:
+            print(pid, flush=True)
+    print(f"rollout of {fleet.name} runs in controller pid {pid}{ended} (log {log_path}); "
           f"follow it with: upgrader attach {args.fleet}", file=sys.stderr)
     return EXIT_OK
 
@@ -541,11 +552,16 @@ def cmd_attach(args: argparse.Namespace, *, fleet: Any = None) -> int:
 
 
 async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
-    from .control.controller import connect
+    from .control.controller import connect, controller_running
     from .events import Outcome
 
+    if not await controller_running(state_dir, fleet.name):
+        ended = await asyncio.to_thread(_ended_rollout, args, fleet, state_dir)
+        if ended is not None:
+            return ended
     try:
-        remote = await connect(state_dir, fleet.name, timeout=getattr(args, "timeout", 10.0))
+        remote = await connect(state_dir, fleet.name, timeout=getattr(args, "timeout", 10.0),
+                               fleet_file=args.fleet)
     except UpgraderError as exc:
         from .state import lock_holder, resolve_state
 
@@ -596,6 +612,36 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         await remote.aclose()
+
+
+def _ended_rollout(args: argparse.Namespace, fleet: Any, state_dir: Path) -> int | None:
+    """With no controller answering: when the journal says the fleet's last rollout ended,
+    say how (stderr; one JSON object on stdout with ``--json``) and return its exit code;
+    None when there is no such record or it is unfinished (a controller may be starting)."""
+    from .events import Outcome
+    from .journal import UNFINISHED
+    from .state import journal_exists, open_journal, resolve_state
+
+    state = resolve_state(getattr(args, "state", None))
+    if not journal_exists(state, state_dir):
+        return None
+    journal = open_journal(state, state_dir)
+    try:
+        record = journal.latest(fleet.name)
+    finally:
+        journal.close()
+    if record is None or record.status in UNFINISHED:
+        return None
+    try:
+        code = Outcome(record.status).exit_code
+    except ValueError:      # a status this version does not know: not a success
+        code = EXIT_FAILED
+    if getattr(args, "json", False):
+        print(json.dumps({"rollout": record.id, "fleet": record.fleet, "outcome": record.status,
+                          "finished": record.finished, "attached": False}), flush=True)
+    print(f"nothing to attach to: the last rollout of {fleet.name} ({record.id}) ended "
+          f"{record.status}; `upgrader status {args.fleet}` shows it", file=sys.stderr)
+    return code
 
 
 async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: bool) -> int:

@@ -19,12 +19,25 @@ OK_LINES = 10
 _STYLE = {"info": "dim", "warning": "yellow", "error": "bold red"}
 
 
+def stderr_console(file: IO[str] | None = None) -> Console:
+    """A rich console on ``file`` (default stderr). On a terminal it wraps at the terminal's
+    width; piped or redirected (scripts, CI, a log file) it never wraps nor crops a line, so
+    one event stays one line for grep."""
+    out = file or sys.stderr
+    try:
+        terminal = out.isatty()
+    except (AttributeError, ValueError):     # no isatty, or a closed file
+        terminal = False
+    # (not ``Console.is_terminal``: FORCE_COLOR, common in CI, makes a pipe look like one)
+    return Console(file=out, highlight=False, soft_wrap=not terminal)
+
+
 class HeadlessDisplay:
     """An event observer. Use as a context manager around the rollout."""
 
     def __init__(self, *, total_hosts: int, target: str, json_out: IO[str] | None = None,
                  console: Console | None = None, quiet: bool = False) -> None:
-        self.console = console or Console(file=sys.stderr, highlight=False)
+        self.console = console or stderr_console()
         self.json_out = json_out
         self.quiet = quiet
         self.target = target

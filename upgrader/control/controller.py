@@ -145,7 +145,11 @@ def start_detached(argv: Sequence[str], *, log_path: str | Path,
 
 def controller_exit_status(pid: int) -> int | None:
     """The exit status of our child ``pid`` if it has ended (reaping it), else None. For a
-    process that is not our child: None while it exists, -1 once it is gone."""
+    process that is not our child: None while it exists, -1 once it is gone. Asked again
+    after the reaping, it returns the same status."""
+    for proc in _DETACHED:
+        if proc.pid == pid and proc.returncode is not None:
+            return proc.returncode
     try:
         done, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -171,12 +175,14 @@ async def controller_running(state_dir: str | Path, fleet_name: str) -> bool:
 
 
 async def connect(state_dir: str | Path, fleet_name: str, *, timeout: float = 10.0,
-                  reconnect_timeout: float = 60.0, pid: int | None = None) -> RemoteRollout:
+                  reconnect_timeout: float = 60.0, pid: int | None = None,
+                  fleet_file: str | None = None) -> RemoteRollout:
     """A connected ``RemoteRollout`` on the controller of ``fleet_name``.
 
     Waits up to ``timeout`` seconds for the controller to answer (a detached one may still be
     starting). ``ControlError`` if none does, or at once if ``pid`` (the controller just
-    started with ``start_detached``) exits first."""
+    started with ``start_detached``) exits first; its hint names ``fleet_file`` so that the
+    suggested ``upgrader status`` command runs as printed."""
     socket_path, token_path = control_paths(state_dir, fleet_name)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -201,5 +207,6 @@ async def connect(state_dir: str | Path, fleet_name: str, *, timeout: float = 10
         delay = min(delay * 2, 0.5)
     state = token_path.parent       # the state dir, resolved
     detail = f" ({last_error})" if last_error else ""
+    command = f"upgrader status {fleet_file}" if fleet_file else "upgrader status <fleet file>"
     raise ControlError(f"no controller for fleet {fleet_name} in {state}; is a rollout "
-                       f"running? `upgrader status`{detail}")
+                       f"running? `{command}`{detail}")
