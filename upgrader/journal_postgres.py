@@ -381,7 +381,7 @@ class PostgresJournal:
         if not conn.execute("SELECT " + _FENCE, self._fence).fetchone()[0]:
             raise PolicyRefused("this controller lost the fleet lock (its PostgreSQL session "
                                 "ended); it stops here so that no two controllers drive the "
-                                "fleet: `upgrader status` shows who holds it now")
+                                "fleet: `upgrader status FLEET` shows who holds it now")
 
     def begin(self, *, fleet: str, fleet_path: str | None, strategy: str, current: str,
               target: str, plan: dict[str, Any], now: float | None = None) -> str:

@@ -182,9 +182,9 @@ def collect(tmp: Path, vars_line: str = DEFAULT_VARS, install: str = INSTALL,
         detached_state = tmp / "state-detached"
         started = cli("run", str(fleet), "--detach", "--state-dir", str(detached_state),
                       extra_env=extra_env)
-        # 0: started; 1: the controller already ended (this rollout is quick) before the CLI
+        # 0 also when the controller already ended (this rollout is quick) before the CLI
         # reached its control API; either way its log and journal are there to search
-        assert started.returncode in (0, 1), started.stderr
+        assert started.returncode == 0, started.stderr
         pid = int(re.search(r"pid (\d+)", started.stderr).group(1))
         wait_until_gone(pid)
         wait_for_bodies(bodies[headless_bodies:], "rollout_finished")

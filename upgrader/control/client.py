@@ -335,7 +335,7 @@ class RemoteRollout:
                     self._lost = ControlError(
                         f"the controller at {self.socket_path} has not answered for "
                         f"{self.reconnect_timeout:g}s ({reason}); the rollout may still run "
-                        "(`upgrader status`, `upgrader attach`)")
+                        "(`upgrader status FLEET`, `upgrader attach FLEET`)")
                     self._local_log("error", str(self._lost))
                     break
                 await asyncio.sleep(delay)
