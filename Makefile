@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)  ## a real local fleet, live traffic, and a canary upgrade
 	$(VENV)/bin/upgrader demo $(DEMO_ARGS)
+	@echo "upgrader is installed in $(VENV)/bin; put it on PATH for the README's tour: . $(VENV)/bin/activate"
 
 test: $(STAMP)  ## unit + integration tests (integration skips with a reason if a service is missing)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
