@@ -51,8 +51,12 @@ def wait_for(condition, within: float = 10.0, what: str = "condition") -> None:
 def start_and_kill_controller(tmp_path: Path, script: str, log: Path) -> None:
     controller = subprocess.Popen([sys.executable, "-c", CONTROLLER, str(tmp_path / "locks"),
                                    script])
+    records = tmp_path / "locks" / "upgrader-web-01.d"
     try:
         wait_for(lambda: log.exists() and "started" in log.read_text(), what="the command")
+        # the controller writes its record just after the spawn returns; the command may
+        # log "started" before that (CI saw an empty folder): kill it once the record is there
+        wait_for(lambda: records.is_dir() and any(records.iterdir()), what="the record")
     finally:
         controller.send_signal(signal.SIGKILL)
         controller.wait()
