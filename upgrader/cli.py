@@ -495,7 +495,7 @@ def _fleet_lock_json(fleet: Any) -> dict[str, Any] | None:
 
 
 def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
-    from .control.controller import connect, controller_exit_status, start_detached
+    from .control.controller import connect, start_detached
 
     state_dir = _state_dir(args, fleet)
     argv = ["resume" if recover else "run", str(Path(args.fleet).resolve()), "--headless",
@@ -520,6 +520,7 @@ def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
     log_path = state_dir / f"{fleet.name}.controller.log"
     # the state URL goes through the environment: a password in argv would show in `ps`
     env = {**os.environ, STATE_VARIABLE: state} if state else None
+    before = _latest_record(args, fleet, state_dir)
     pid = start_detached(argv, log_path=log_path, env=env)
 
     async def check() -> None:
@@ -529,11 +530,17 @@ def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
         asyncio.run(check())
         ended = ""
     except UpgraderError as exc:
-        if controller_exit_status(pid) != 0:
+        # a quick rollout: the controller ran it to its end (success, failure or roll-back)
+        # before this command reached it; the journal holds a new, finished record of it
+        from .journal import UNFINISHED
+
+        after = _latest_record(args, fleet, state_dir)
+        recorded = after is not None and after.status not in UNFINISHED and (
+            before is None or after.id != before.id)
+        if not recorded:
             print(f"upgrader: {exc}; see {log_path}", file=sys.stderr)
             return EXIT_FAILED
-        # a quick rollout: the controller completed it before this command reached it
-        ended = " and already completed"
+        ended = f" and already ended {after.status}"
     if args.detach:     # for scripts: `pid=$(upgrader run F --detach)`, or one JSON object
         if getattr(args, "json", False):
             print(json.dumps({"fleet": fleet.name, "pid": pid, "log": str(log_path),
@@ -612,6 +619,20 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         await remote.aclose()
+
+
+def _latest_record(args: argparse.Namespace, fleet: Any, state_dir: Path) -> Any:
+    """The journal's latest rollout record of ``fleet`` (None without a journal or record)."""
+    from .state import journal_exists, open_journal, resolve_state
+
+    state = resolve_state(getattr(args, "state", None))
+    if not journal_exists(state, state_dir):
+        return None
+    journal = open_journal(state, state_dir)
+    try:
+        return journal.latest(fleet.name)
+    finally:
+        journal.close()
 
 
 def _ended_rollout(args: argparse.Namespace, fleet: Any, state_dir: Path) -> int | None:

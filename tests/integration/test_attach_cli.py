@@ -193,3 +193,22 @@ def test_run_detach_of_a_rollout_quicker_than_the_cli_still_succeeds(tmp_path, c
                         "--timeout", ATTACH_TIMEOUT)
     assert attached.returncode == 0, attached.stderr
     assert "ended completed" in attached.stderr
+
+
+def test_run_detach_of_a_quick_failing_rollout_still_succeeds(tmp_path, controllers):
+    """A quick rollout that fails and rolls back ends with the controller's exit status 1,
+    maybe before ``run --detach`` reaches its control API: the controller did start and the
+    journal records its outcome, so ``run --detach`` exits 0 with the pid (CI saw exit 1
+    "exited with status 1 before it served its control API"); ``attach`` then gives the
+    roll-back's exit code."""
+    fleet = write_fleet(tmp_path, "detach-quick-fail", install=FAILS_ON_TARGET, verify_for="0s")
+    state = tmp_path / "state"
+    started = upgrader("run", str(fleet), "--detach", "--state-dir", str(state))
+    controllers.extend(int(n) for n in re.findall(r"pid (\d+)", started.stderr))
+    assert started.returncode == 0, started.stderr
+    assert re.fullmatch(r"\d+\n", started.stdout), started.stdout
+    wait_gone(int(started.stdout))
+    attached = upgrader("attach", str(fleet), "--headless", "--state-dir", str(state),
+                        "--timeout", ATTACH_TIMEOUT)
+    assert attached.returncode == 1, attached.stderr
+    assert "ended rolled_back" in attached.stderr
