@@ -116,6 +116,10 @@ class SnapshotError(ProviderError):
     """A snapshot could not be taken, restored or deleted."""
 
 
+class MetricSourceError(ProviderError):
+    """A metric source could not be read (unreachable, timed out, an unreadable answer)."""
+
+
 class StorageError(UpgraderError):
     """A database (a SQLite file, a PostgreSQL server) could not be opened, read or written.
     ``database`` names it, with any password in a URL masked."""

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # for annotations only: hookspecs is a leaf that imports no u
         Balancer,
         Factory,
         HealthCheck,
+        MetricSource,
         Notifier,
         Setting,
         SnapshotProvider,
@@ -79,6 +80,16 @@ def register_balancers(register: Register[Balancer]) -> None:
 @hookspec
 def register_health_checks(register: Register[HealthCheck]) -> None:
     """Register health checks (http, tcp, command, ...).
+
+    :param register: ``register(name, factory, settings=(), description="")``, see
+        :class:`Register`
+    """
+
+
+@hookspec
+def register_metric_sources(register: Register[MetricSource]) -> None:
+    """Register metric sources the canary judge reads (balancer, prometheus, command, ...):
+    what a ``[[verify.metrics]]`` table names as ``source``.
 
     :param register: ``register(name, factory, settings=(), description="")``, see
         :class:`Register`

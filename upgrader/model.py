@@ -66,6 +66,33 @@ class Releases:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric the judge compares between the canary (hosts on the target release) and the
+    baseline (hosts on the current release) over the same interval: a ``[[verify.metrics]]``
+    table. Without any, the judge uses today's two: the balancer's ``error_rate`` and (when
+    ``p95_latency_max`` is set) ``p95_latency``."""
+
+    name: str
+    source: str = "balancer"       # a metric source registered by ``register_metric_sources``
+    #: what the source reads: a balancer figure (``error_rate``, ``p95_latency``, ...), a
+    #: PromQL query (templated with ``{host}``, ``{release}``, ``{pool}``, ``{interval}``), a
+    #: command (argv), ... Each source validates its own query.
+    query: str | tuple[str, ...] = ""
+    #: ``proportion`` (events out of trials, e.g. an error rate: a test on counts) or
+    #: ``value`` (observations, e.g. latencies: a rank test on samples)
+    kind: str = "value"
+    direction: str = "increase"    # which way is bad: increase | decrease | either
+    max: float | None = None       # absolute limit on the canary's value (None: none)
+    #: allowed change against the baseline, in percent of the baseline's value (None: none)
+    max_increase: float | None = None
+    critical: bool = False         # a failing critical metric fails the round at once
+    no_data: str = "inconclusive"  # inconclusive | pass | fail: too few samples to judge
+    dry_run: bool = False          # computed, shown, journaled; never decides
+    #: source-specific settings (timeout, url, ...), validated by the source's factory
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class VerifySpec:
     """Analysis between waves, over ALL upgraded hosts, compared with the old release."""
 
@@ -79,6 +106,8 @@ class VerifySpec:
     health: bool = True                  # also health-check the upgraded hosts each round:
     health_sample: int = 10              # the hosts least recently checked, this many a round
     health_period: float | None = None   # and every upgraded host at least this often
+    #: the metrics the judge compares (``[[verify.metrics]]``); empty: today's defaults
+    metrics: tuple[MetricSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from .providers.base import (
     Balancer,
     Factory,
     HealthCheck,
+    MetricSource,
     Notifier,
     ProviderContext,
     ProviderFactory,
@@ -61,6 +62,7 @@ CATEGORIES: dict[str, str] = {
     "health": "register_health_checks",
     "snapshot": "register_snapshot_providers",
     "notifier": "register_notifiers",
+    "metrics": "register_metric_sources",
 }
 
 #: category -> the Protocol a created provider must satisfy
@@ -70,6 +72,7 @@ PROTOCOLS: dict[str, type] = {
     "health": HealthCheck,
     "snapshot": SnapshotProvider,
     "notifier": Notifier,
+    "metrics": MetricSource,
 }
 
 _PROVIDER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

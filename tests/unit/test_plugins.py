@@ -186,6 +186,41 @@ def test_hook_register_notifiers(upgrader_plugins, register_temp_plugin):
     assert listed["notes"]["hooks"] == ["register_notifiers"]
 
 
+def test_hook_register_metric_sources(upgrader_plugins, register_temp_plugin):
+    from upgrader.model import MetricSpec
+    from upgrader.providers.base import MetricSamples, MetricSource, MetricWindow
+
+    class ConstantSource:
+        def __init__(self, value):
+            self.value = value
+
+        def check(self, metric):
+            pass
+
+        async def collect(self, metric, window):
+            return MetricSamples(canary=(self.value,) * len(window.canary),
+                                 baseline=(1.0,) * len(window.baseline))
+
+        async def aclose(self):
+            pass
+
+    class Plugin:
+        @hookimpl
+        def register_metric_sources(self, register):
+            register("constant", lambda settings, context: ConstantSource(settings["value"]),
+                     settings=(Setting("value", float, 2.0),))
+
+    register_temp_plugin(Plugin(), name="constants")
+    assert "constant" in upgrader_plugins.names("metrics")
+    source = upgrader_plugins.create("metrics", ProviderSpec("constant", {"value": 3.0}))
+    assert isinstance(source, MetricSource)
+    window = MetricWindow(0.0, 10.0, ("web-02",), ("web-01", "web-03"), "1.1.0", "1.0.0")
+    samples = asyncio.run(source.collect(MetricSpec("x", source="constant"), window))
+    assert samples.canary == (3.0,) and samples.baseline == (1.0, 1.0)
+    listed = {p["name"]: p for p in upgrader_plugins.list_plugins()}
+    assert listed["constants"]["providers"] == {"metrics": ["constant"]}
+
+
 def test_hook_upgrader_event(upgrader_plugins, register_temp_plugin, caplog):
     received = []
 

@@ -52,6 +52,8 @@ class ProviderContext:
     #: the fleet's transport, for providers that act on hosts (command checks, snapshots)
     transport: Transport | None = None
     state_dir: str | None = None
+    #: the fleet's balancer, for providers that read it (the ``balancer`` metric source)
+    balancer: Balancer | None = None
 
 
 ProviderT = TypeVar("ProviderT", covariant=True)
@@ -375,6 +377,59 @@ class Notifier(Protocol):
     async def aclose(self) -> None:
         """Close; a notifier that queues sends what is still queued first, within a bounded
         time. Raises nothing."""
+
+
+# --------------------------------------------------------------------------------------------
+# Metric sources: where the judge reads a metric of the canary and of the baseline.
+
+
+@dataclass(frozen=True, slots=True)
+class MetricWindow:
+    """One analysis interval of a rollout: what a metric source is asked about."""
+
+    start: float                    # wall-clock epoch seconds (the interval's start)
+    end: float                      # ... and its end; ``end - start`` is ``{interval}``
+    canary: tuple[str, ...]         # serving hosts (backend names) on the target release
+    baseline: tuple[str, ...]       # serving hosts on the current release
+    canary_release: str
+    baseline_release: str
+    canary_pool: str | None = None  # the balancer pool of each side, when pools split them
+    baseline_pool: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSamples:
+    """What a source read for one metric over one window, for each side.
+
+    ``canary`` / ``baseline``: the observations (e.g. per-host or per-step values, or the
+    latency of sampled requests). For a ``proportion`` metric also ``(events, trials)`` of each
+    side (e.g. ``(errors, requests)``): the judge tests counts when it has them. Empty samples
+    and ``None`` counts mean "no data" for that side."""
+
+    canary: tuple[float, ...] = ()
+    baseline: tuple[float, ...] = ()
+    canary_counts: tuple[int, int] | None = None
+    baseline_counts: tuple[int, int] | None = None
+    detail: str = ""                # one line for people: what was read, from where
+
+
+@runtime_checkable
+class MetricSource(Protocol):
+    """Reads one kind of metric (a ``[[verify.metrics]] source``): the balancer's counters,
+    Prometheus, a command, ... Raises ``MetricSourceError`` when the source cannot be reached
+    or answers something unreadable (the judge then treats the metric as without data, and
+    says why); a query that can never work (bad PromQL, unknown figure) is a ``ConfigError``
+    from ``check`` before the rollout starts."""
+
+    def check(self, metric: Any) -> None:
+        """Validate ``metric`` (a ``MetricSpec``) for this source: ``ConfigError`` naming the
+        metric when its query or settings cannot work. Called once per metric at start."""
+
+    async def collect(self, metric: Any, window: MetricWindow) -> MetricSamples:
+        """The samples of ``metric`` (a ``MetricSpec``) over ``window``."""
+
+    async def aclose(self) -> None:
+        """Release connections. Raises nothing."""
 
 
 # --------------------------------------------------------------------------------------------
