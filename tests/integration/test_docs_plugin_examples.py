@@ -17,13 +17,14 @@ from upgrader.errors import (
     BalancerError,
     CommandTimeout,
     ConfigError,
+    MetricSourceError,
     SnapshotError,
     TransportError,
 )
 from upgrader.events import Event
-from upgrader.model import Host, ProviderSpec
+from upgrader.model import Host, MetricSpec, ProviderSpec
 from upgrader.plugins import PROTOCOLS
-from upgrader.providers.base import CommandResult, ProviderContext
+from upgrader.providers.base import CommandResult, MetricWindow, ProviderContext
 from upgrader.providers.noop import NoopTransport
 from upgrader.testing import register_temp_plugin, upgrader_plugins  # noqa: F401 (fixtures)
 
@@ -37,6 +38,7 @@ SECTIONS = {
     "health": "Writing a health check",
     "snapshot": "Writing a snapshot provider",
     "notifier": "Writing a notifier",
+    "metrics": "Writing a metric source",
 }
 
 
@@ -264,3 +266,41 @@ def test_notifier_example(load):
 
     asyncio.run(scenario())
     assert [r["text"].split(":")[0] for r in received] == ["host_failed", "rollout_finished"]
+
+
+def test_metric_source_example(load, upgrader_plugins):
+    values = {("errors", "web-01"): 0.5, ("errors", "web-02"): 4.0, ("errors", "web-03"): 0.25}
+
+    async def value(request):
+        key = (request.query["query"], request.query["host"])
+        if key not in values:
+            return web.json_response({"error": "unknown"}, status=404)
+        return web.json_response({"value": values[key]})
+
+    app = web.Application()
+    app.router.add_get("/value", value)
+    window = MetricWindow(0.0, 10.0, ("web-02",), ("web-01", "web-03"), "1.1.0", "1.0.0")
+
+    async def scenario():
+        runner, url = await serve(app)
+        try:
+            source = load("metrics", "jsonquery", {"url": url})
+            samples = await source.collect(MetricSpec("errors", "jsonquery", "errors"), window)
+            assert (samples.canary, samples.baseline) == ((4.0,), (0.5, 0.25))
+            with pytest.raises(MetricSourceError) as info:       # the server answers 404
+                await source.collect(MetricSpec("latency", "jsonquery", "latency"), window)
+            assert info.value.host == "web-02"
+            with pytest.raises(ConfigError, match="needs a query"):
+                source.check(MetricSpec("empty", "jsonquery"))
+            await source.aclose()
+        finally:
+            await runner.cleanup()
+        closed = upgrader_plugins.create("metrics", ProviderSpec(
+            "jsonquery", {"url": f"http://127.0.0.1:{free_port()}", "timeout": 2.0}))
+        with pytest.raises(MetricSourceError, match="ClientConnectorError"):
+            await closed.collect(MetricSpec("errors", "jsonquery", "errors"), window)
+        await closed.aclose()
+
+    asyncio.run(scenario())
+    with pytest.raises(ConfigError, match="http"):
+        upgrader_plugins.create("metrics", ProviderSpec("jsonquery", {"url": "ftp://example"}))
