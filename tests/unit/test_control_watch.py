@@ -283,7 +283,11 @@ def test_an_attached_tui_has_the_engine_watch_its_visible_rows(fleet_factory, tm
                 await until(lambda: watched() != first, "the next rows watched")
                 assert watched() == table.visible_hosts() and "web-0001" not in watched()
                 # what reached the controller is what the TUI asked for, no more often
-                assert asked[-1] == watched() and remote.watch_posts <= len(asked)
+                # (a stream reopened after a missed heartbeat on a loaded machine is told
+                # the set again: one post more per reopened stream)
+                reopened = remote.streams_opened - 1
+                assert asked[-1] == watched()
+                assert remote.watch_posts <= len(asked) + reopened
             await remote.aclose()
             await wait_for(lambda: srv.active_streams == 0, what="the stream closed")
             assert watched() == () and srv.watched == ()

@@ -95,6 +95,8 @@ class RemoteRollout:
         self._watch_dirty = asyncio.Event()
         #: how many ``POST /v1/watch`` requests this handle has sent (coalescing shows here)
         self.watch_posts = 0
+        #: how many event streams this handle has opened (each new one is told the watch set)
+        self.streams_opened = 0
 
     def __repr__(self) -> str:  # never the token
         return f"RemoteRollout(socket_path={str(self.socket_path)!r}, last_seq={self._last_seq})"
@@ -363,6 +365,7 @@ class RemoteRollout:
                 raise aiohttp.ClientResponseError(resp.request_info, resp.history,
                                                   status=resp.status, message=resp.reason or "")
             self._stream_id = resp.headers.get(STREAM_HEADER) or None
+            self.streams_opened += 1
             if self._stream_id is not None and self._watch_wanted:
                 self._watch_dirty.set()     # a new stream: tell it what we watch
             pending: list[bytes] = []
