@@ -641,16 +641,8 @@ def _ended_rollout(args: argparse.Namespace, fleet: Any, state_dir: Path) -> int
     None when there is no such record or it is unfinished (a controller may be starting)."""
     from .events import Outcome
     from .journal import UNFINISHED
-    from .state import journal_exists, open_journal, resolve_state
 
-    state = resolve_state(getattr(args, "state", None))
-    if not journal_exists(state, state_dir):
-        return None
-    journal = open_journal(state, state_dir)
-    try:
-        record = journal.latest(fleet.name)
-    finally:
-        journal.close()
+    record = _latest_record(args, fleet, state_dir)
     if record is None or record.status in UNFINISHED:
         return None
     try:
