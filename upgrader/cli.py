@@ -531,11 +531,10 @@ def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
         ended = ""
     except UpgraderError as exc:
         # a quick rollout: the controller ran it to its end (success, failure or roll-back)
-        # before this command reached it; the journal holds a new, finished record of it
-        from .journal import UNFINISHED
-
+        # before this command reached it; the journal holds a new record of it that ended
+        # (finished, or a roll-back left incomplete for `upgrader resume`), not one "running"
         after = _latest_record(args, fleet, state_dir)
-        recorded = after is not None and after.status not in UNFINISHED and (
+        recorded = after is not None and after.status != "running" and (
             before is None or after.id != before.id)
         if not recorded:
             print(f"upgrader: {exc}; see {log_path}", file=sys.stderr)
@@ -636,22 +635,28 @@ def _latest_record(args: argparse.Namespace, fleet: Any, state_dir: Path) -> Any
 
 
 def _ended_rollout(args: argparse.Namespace, fleet: Any, state_dir: Path) -> int | None:
-    """With no controller answering: when the journal says the fleet's last rollout ended,
-    say how (stderr; one JSON object on stdout with ``--json``) and return its exit code;
-    None when there is no such record or it is unfinished (a controller may be starting)."""
+    """With no controller answering: when the journal says the fleet's last rollout ended
+    (finished, or its roll-back left incomplete), say how (stderr; one JSON object on stdout
+    with ``--json``) and return its exit code; None when there is no such record or it is
+    running (a controller may be starting)."""
     from .events import Outcome
-    from .journal import UNFINISHED
+    from .journal import ROLLBACK_INCOMPLETE
 
     record = _latest_record(args, fleet, state_dir)
-    if record is None or record.status in UNFINISHED:
+    if record is None or record.status == "running":
         return None
     try:
         code = Outcome(record.status).exit_code
-    except ValueError:      # a status this version does not know: not a success
+    except ValueError:      # rollback_incomplete, or a status this version does not know
         code = EXIT_FAILED
     if getattr(args, "json", False):
         print(json.dumps({"rollout": record.id, "fleet": record.fleet, "outcome": record.status,
                           "finished": record.finished, "attached": False}), flush=True)
+    if record.status == ROLLBACK_INCOMPLETE:
+        print(f"nothing to attach to: the last rollout of {fleet.name} ({record.id}) ended "
+              f"{record.status}; `upgrader status {args.fleet}` shows what is left and "
+              f"`upgrader resume {args.fleet}` completes the roll-back", file=sys.stderr)
+        return code
     print(f"nothing to attach to: the last rollout of {fleet.name} ({record.id}) ended "
           f"{record.status}; `upgrader status {args.fleet}` shows it", file=sys.stderr)
     return code

@@ -8,7 +8,9 @@
     │   │   └── CommandTimeout a command ran past its timeout (also a TimeoutError)
     │   ├── BalancerError      the balancer refused or did not read back as set
     │   ├── HealthCheckFailed  a host did not become healthy
-    │   └── SnapshotError      a snapshot could not be taken, reverted or deleted
+    │   ├── SnapshotError      a snapshot could not be taken, reverted or deleted
+    │   └── MetricSourceError  a metric source could not be read (unreachable, timed out,
+    │                          an unreadable answer)
     ├── StorageError           a database (SQLite file, PostgreSQL) could not be used
     │   ├── StoreError         the flag store could not be opened, read or written
     │   ├── JournalError       the rollout journal / shared state could not be read or

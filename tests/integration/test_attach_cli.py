@@ -181,11 +181,13 @@ def test_attach_with_nothing_recorded_hints_a_status_command_that_works(tmp_path
 @pytest.mark.parametrize("install, code, outcome", [
     ('["true"]', 0, "completed"),
     (FAILS_ON_TARGET, 1, "rolled_back"),
-], ids=["completes", "rolls-back"])
+    ('["false"]', 1, "rollback_incomplete"),
+], ids=["completes", "rolls-back", "roll-back-incomplete"])
 def test_run_detach_of_a_rollout_quicker_than_the_cli_still_succeeds(tmp_path, controllers,
                                                                       install, code, outcome):
     """The controller may run a one-host rollout to its end (completed, or failed and rolled
-    back: its exit status 1) before ``run --detach`` reaches its control API: the controller
+    back, or its roll-back failed too and left the rollout for ``upgrader resume``: exit
+    status 1) before ``run --detach`` reaches its control API: the controller
     did start and the journal records its outcome, so that is a success (exit 0, the pid on
     stdout), not "exited before it served" (CI saw exit 1); ``attach`` then reports the
     recorded outcome with its exit code."""
