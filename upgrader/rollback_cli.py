@@ -1,0 +1,138 @@
+"""``upgrader rollback FLEET [--to RELEASE]``: back to an earlier release. Inside the roll-back
+window it goes straight back (no pauses, no analysis holds, hosts in parallel up to the capacity
+rule); outside it, it is an ordinary rollout of the fleet's strategy, and says so."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, PolicyRefused
+from .rollback_window import Completed, WindowState, describe, window_state
+
+
+def add_rollback_parser(sub: Any, fleet_args: Any) -> None:
+    rollback = sub.add_parser(
+        "rollback", help="go back to the previous release (straight back inside the "
+                         "roll-back window)")
+    fleet_args(rollback, strategy=False)
+    rollback.add_argument("--to", metavar="RELEASE",
+                          help="the release to go back to (default: the one before the live "
+                               "release)")
+    rollback.add_argument("--headless", action="store_true", help="no TUI: progress on stderr "
+                          "(rollback always runs headless today)")
+    rollback.add_argument("--json", action="store_true", help="JSON event lines on stdout")
+
+
+def read_window(fleet: Any, args: argparse.Namespace, state_dir: Path,
+                now: float | None = None) -> tuple[WindowState, bool]:
+    """The fleet's window from its journal, and whether a rollout is unfinished."""
+    from .state import journal_exists, open_journal, resolve_state
+
+    state = resolve_state(getattr(args, "state", None))
+    if not journal_exists(state, state_dir):
+        return window_state(fleet.rollback_window, [], time.time() if now is None else now), False
+    journal = open_journal(state, state_dir)
+    try:
+        records = journal.completed(fleet.name)
+        unfinished = journal.unfinished(fleet.name) is not None
+    finally:
+        journal.close()
+    done = [Completed(r.id, r.current, r.target, r.finished or r.started) for r in records]
+    return window_state(fleet.rollback_window, done,
+                        time.time() if now is None else now), unfinished
+
+
+def fast_fleet(fleet: Any, previous_plan: Any) -> Any:
+    """``fleet`` with a straight-back plan: one rolling batch of every host, no verification
+    hold, no pauses, as many hosts at once as the capacity rule lets out of service (the
+    fleet's ``min_capacity``, never fewer than its own roll-back parallelism)."""
+    from .model import StrategySpec
+    from .strategies.rolling import RollingParams
+
+    total = len(fleet.main_hosts)
+    capacity = math.floor(total * (100.0 - fleet.strategy.min_capacity) / 100.0)
+    parallel = max(1, previous_plan.rollback_parallel, capacity)
+    params = RollingParams(batch=(total,), max_unavailable=parallel, verify=False, pause=0.0,
+                           rollback_parallel=parallel)
+    spec = StrategySpec(kind="rolling", params=params, on_failure=fleet.strategy.on_failure,
+                        min_capacity=fleet.strategy.min_capacity)
+    return dataclasses.replace(fleet, strategy=spec, schema=None)
+
+
+def rollback_cost(fleet: Any, window: WindowState) -> dict[str, Any] | None:
+    """What a roll-back now would take (the estimate of its plan), for ``status``."""
+    from .plan import estimate
+    from .rollout import compile_plan
+
+    if window.previous is None or window.live is None:
+        return None
+    back = dataclasses.replace(fleet, releases=dataclasses.replace(
+        fleet.releases, current=window.live, target=window.previous), schema=None)
+    if window.open:
+        back = fast_fleet(back, compile_plan(back))
+    est = estimate(compile_plan(back), back.timing)
+    return {"to": window.previous, "in_window": window.open,
+            "estimate_s": round(float(est.total_s), 1)}
+
+
+def cmd_rollback(args: argparse.Namespace, *, load: Any, state_dir_of: Any, run: Any,
+                 plugins: Any) -> int:
+    from .config import _RELEASE_RE
+    from .rollout import compile_plan
+
+    fleet = load(args, plugins)
+    if args.to is not None and not _RELEASE_RE.fullmatch(args.to):
+        raise ConfigError(f"--to: invalid release name {args.to!r}", key="--to")
+    state_dir = state_dir_of(args, fleet)
+    window, unfinished = read_window(fleet, args, state_dir)
+    if unfinished:
+        raise PolicyRefused(f"a rollout of {fleet.name} is unfinished: `upgrader status "
+                            f"{args.fleet}` shows it, `upgrader resume {args.fleet}` ends it")
+    if window.live is None:
+        raise PolicyRefused(f"no completed rollout of {fleet.name} in the journal: nothing to "
+                            "roll back")
+    to = args.to or window.previous
+    assert to is not None
+    if to == window.live:
+        raise ConfigError(f"--to: {to} is the live release already", key="--to")
+    back = dataclasses.replace(fleet, releases=dataclasses.replace(
+        fleet.releases, current=window.live, target=to))
+    inside = window.is_open_for(to)
+    if inside:
+        back = fast_fleet(back, compile_plan(back))
+        how = (f"inside the roll-back window: straight back from {window.live} to {to} "
+               f"(no pauses, no analysis holds, up to "
+               f"{back.strategy.params.max_unavailable} hosts at once)")
+        if fleet.schema is not None:
+            how += "; the schema keeps both releases' views"
+    else:
+        if fleet.rollback_window is None:
+            why = "the fleet has no rollback_window"
+        elif window.closes_at is not None and to == window.previous:
+            why = f"the window closed at {_when(window.closes_at)}"
+        else:
+            why = f"{to} is outside the window ({describe(fleet.rollback_window)})"
+        how = (f"outside the roll-back window ({why}): an ordinary {fleet.strategy.kind} "
+               f"rollout from {window.live} to {to}, with its pauses and analysis")
+    print(f"upgrader: rollback: {how}", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps({"rollback": {"from": window.live, "to": to, "in_window": inside}}),
+              flush=True)
+    args.state_dir = str(state_dir)
+    args.headless = True
+    code: int = asyncio.run(run(back, plugins, args, recover=False))
+    return code
+
+
+def _when(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
