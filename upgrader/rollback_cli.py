@@ -112,7 +112,8 @@ def cmd_rollback(args: argparse.Namespace, *, load: Any, state_dir_of: Any, run:
                f"(no pauses, no analysis holds, up to "
                f"{back.strategy.params.max_unavailable} hosts at once)")
         if fleet.schema is not None:
-            how += "; the schema keeps both releases' views"
+            how += (f"; then schema change {fleet.schema.migration_name} is rolled back (the "
+                    f"views of {to} were kept for the window)")
     else:
         if fleet.rollback_window is None:
             why = "the fleet has no rollback_window"
@@ -122,6 +123,10 @@ def cmd_rollback(args: argparse.Namespace, *, load: Any, state_dir_of: Any, run:
             why = f"{to} is outside the window ({describe(fleet.rollback_window)})"
         how = (f"outside the roll-back window ({why}): an ordinary {fleet.strategy.kind} "
                f"rollout from {window.live} to {to}, with its pauses and analysis")
+        if fleet.schema is not None:
+            how += (f"; schema change {fleet.schema.migration_name} is left as it is (once "
+                    "completed, a contract cannot be undone)")
+        back = dataclasses.replace(back, schema=None)
     print(f"upgrader: rollback: {how}", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps({"rollback": {"from": window.live, "to": to, "in_window": inside}}),
@@ -129,10 +134,67 @@ def cmd_rollback(args: argparse.Namespace, *, load: Any, state_dir_of: Any, run:
     args.state_dir = str(state_dir)
     args.headless = True
     code: int = asyncio.run(run(back, plugins, args, recover=False))
+    if code == 0 and inside and fleet.schema is not None:
+        _schema_back(fleet.schema)
     return code
+
+
+def _schema_back(spec: Any) -> None:
+    """Undo the start of the release's schema change when it is still active (the window kept
+    the old release's views, so the hosts now back on it never noticed)."""
+    from .schema import open_backend
+
+    with open_backend(spec.database, create=False) as db:
+        if db.status().active != spec.migration_name:
+            print(f"upgrader: schema change {spec.migration_name} is not active: nothing to "
+                  "roll back", file=sys.stderr)
+            return
+        db.rollback(spec.migration_name)
+    print(f"upgrader: schema change {spec.migration_name} rolled back", file=sys.stderr)
 
 
 def _when(ts: float) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def check_schema_complete(fleet_path: str, migration: str, *, force: bool,
+                          reason: str | None) -> str | None:
+    """``upgrader schema complete --fleet FLEET``: refuse (exit 3) inside the fleet's roll-back
+    window unless forced with a reason, which is journaled on the rollout that opened the
+    window. Returns the fleet's schema database (for a missing ``--db``)."""
+    from .config import load_fleet
+    from .rollout import default_state_dir
+    from .state import open_journal, resolve_state
+
+    path = Path(fleet_path)
+    if not path.exists():
+        raise ConfigError("no such fleet file", file=path)
+    fleet = load_fleet(path)
+    database = fleet.schema.database if fleet.schema is not None else None
+    state_dir = default_state_dir(fleet)
+    args = argparse.Namespace(state=None)
+    window, _ = read_window(fleet, args, state_dir)
+    if not window.open:
+        return database
+    closes = f" (it closes at {_when(window.closes_at)})" if window.closes_at else ""
+    if not force:
+        raise PolicyRefused(
+            f"schema change {migration}: complete drops the views {window.previous} needs, and "
+            f"{fleet.name} is inside its roll-back window{closes}: `upgrader rollback "
+            f"{fleet_path}` still goes straight back to {window.previous}. Wait for the window "
+            f"to close, or pass --force --reason REASON")
+    if window.rollout is not None:
+        journal = open_journal(resolve_state(None), state_dir)
+        try:
+            entries = journal.entries(window.rollout)
+            seq = (entries[-1].seq if entries else 0) + 1
+            journal.append(window.rollout, seq, time.time(), "schema_complete_forced",
+                           {"migration": migration, "reason": reason or "",
+                            "previous": window.previous})
+        finally:
+            journal.close()
+    print(f"upgrader: completing {migration} inside the roll-back window ({reason}): "
+          f"{window.previous} can no longer be rolled back to straight away", file=sys.stderr)
+    return database

@@ -130,3 +130,110 @@ def test_no_window_no_event(fleet_factory) -> None:
     _, _, events = run_engine(fleet, providers_for(fleet))
     assert not [e for e in events if e.kind == "rollback_window"]
 
+
+
+# -- schema complete waits for the window (a real SQLite schema, a real journal)
+
+SAMPLES = Path(__file__).parents[2] / "sample_fleets" / "migrations"
+
+
+def _schema_fleet(tmp_path: Path, db: Path, window: str) -> Path:
+    import shutil
+
+    shutil.copy(SAMPLES / "0002_split_name.toml", tmp_path / "0002_split_name.toml")
+    text = replaced('target = "1.1.0"\n', f'target = "1.1.0"\nmigration = '
+                    f'"0002_split_name.toml"\nrollback_window = {window}\n')
+    text += f'\n[schema]\ndatabase = "{db}"\n'
+    path = tmp_path / "fleet.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _completed(state: Path, finished: float) -> str:
+    from upgrader.journal import Journal
+
+    journal = Journal(state / "journal.sqlite")
+    try:
+        rollout = journal.begin(fleet="shop", fleet_path=None, strategy="rolling",
+                                current="1.0.0", target="1.1.0", plan={}, now=finished - 10)
+        journal.finish(rollout, "completed", now=finished)
+        return rollout
+    finally:
+        journal.close()
+
+
+def _started_schema(db: Path) -> None:
+    assert cli.main(["schema", "start", str(SAMPLES / "0001_users.toml"), "--db", str(db)]) == 0
+    assert cli.main(["schema", "complete", "0001_users", "--db", str(db)]) == 0
+    assert cli.main(["schema", "start", str(SAMPLES / "0002_split_name.toml"),
+                     "--db", str(db)]) == 0
+
+
+def _active(db: Path) -> str | None:
+    from upgrader.schema import open_backend
+
+    with open_backend(str(db), create=False) as backend:
+        return backend.status().active
+
+
+def test_schema_complete_is_refused_inside_the_window(tmp_path, monkeypatch, capsys) -> None:
+    import time
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("UPGRADER_STATE_DIR", str(state))
+    db = tmp_path / "app.sqlite"
+    _started_schema(db)
+    fleet = _schema_fleet(tmp_path, db, '"1h"')
+    rollout = _completed(state, time.time())
+    capsys.readouterr()
+
+    # inside the window: refused, exit 3, nothing changed
+    assert cli.main(["schema", "complete", "0002_split_name", "--fleet", str(fleet)]) == 3
+    err = capsys.readouterr().err
+    assert "inside its roll-back window" in err and "--force --reason" in err
+    assert _active(db) == "0002_split_name"
+    # --force without a reason: bad input, exit 2, nothing changed
+    assert cli.main(["schema", "complete", "0002_split_name", "--fleet", str(fleet),
+                     "--force"]) == 2
+    assert _active(db) == "0002_split_name"
+    # forced with a reason: completed, and the reason journaled on the window's rollout
+    assert cli.main(["schema", "complete", "0002_split_name", "--fleet", str(fleet),
+                     "--force", "--reason", "disk full: the old columns must go"]) == 0
+    assert _active(db) is None
+    from upgrader.journal import Journal
+
+    journal = Journal(state / "journal.sqlite")
+    try:
+        [forced] = [e for e in journal.entries(rollout) if e.kind == "schema_complete_forced"]
+    finally:
+        journal.close()
+    assert forced.data["reason"] == "disk full: the old columns must go"
+
+
+def test_schema_complete_goes_ahead_once_the_window_has_closed(tmp_path, monkeypatch) -> None:
+    import time
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("UPGRADER_STATE_DIR", str(state))
+    db = tmp_path / "app.sqlite"
+    _started_schema(db)
+    fleet = _schema_fleet(tmp_path, db, '"1h"')
+    _completed(state, time.time() - 2 * HOUR)        # the window closed an hour ago
+    assert cli.main(["schema", "complete", "0002_split_name", "--fleet", str(fleet)]) == 0
+    assert _active(db) is None
+
+
+def test_the_engine_defers_schema_complete_while_a_window_is_set(fleet_factory,
+                                                                 tmp_path) -> None:
+    from test_engine_schema import database, migration_state, run, schema_fleet
+
+    db, migration = database.__wrapped__(tmp_path)
+    fleet = dataclasses.replace(schema_fleet(fleet_factory, db, migration),
+                                rollback_window=RollbackWindow(seconds=HOUR))
+    engine, result = run(fleet)
+    assert result.outcome.value == "completed", result.error
+    # the old release's views stay for the window: the migration is still started
+    assert migration_state(db, "0002_people_email") == "started"
+    assert [e.data["result"] for e in engine.history
+            if e.kind == "schema" and e.data.get("action") == "complete"] == [
+        "deferred until the roll-back window closes"]
