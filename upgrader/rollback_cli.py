@@ -52,14 +52,19 @@ def read_window(fleet: Any, args: argparse.Namespace, state_dir: Path,
 
 def fast_fleet(fleet: Any, previous_plan: Any) -> Any:
     """``fleet`` with a straight-back plan: one rolling batch of every host, no verification
-    hold, no pauses, as many hosts at once as the capacity rule lets out of service (the
-    fleet's ``min_capacity``, never fewer than its own roll-back parallelism)."""
+    hold, no pauses, as many hosts at once as the capacity rule lets out of service: the
+    fleet's ``min_capacity`` (never fewer than its own roll-back parallelism), capped by the
+    strategy's ``max_unavailable`` when it sets one."""
+    from . import units
     from .model import StrategySpec
     from .strategies.rolling import RollingParams
 
     total = len(fleet.main_hosts)
     capacity = math.floor(total * (100.0 - fleet.strategy.min_capacity) / 100.0)
     parallel = max(1, previous_plan.rollback_parallel, capacity)
+    limit = getattr(fleet.strategy.params, "max_unavailable", None)
+    if limit is not None:        # the operator's own cap on hosts out of service wins
+        parallel = max(1, min(parallel, units.resolve_count(limit, total)))
     params = RollingParams(batch=(total,), max_unavailable=parallel, verify=False, pause=0.0,
                            rollback_parallel=parallel)
     spec = StrategySpec(kind="rolling", params=params, on_failure=fleet.strategy.on_failure,
