@@ -68,6 +68,22 @@ def write(path: Path, layout: LabLayout, *, name: str, current: str, target: str
     return path
 
 
+PHASES: list[float] = []     # seconds per host, drain to back in service, window roll-backs
+
+
+def host_seconds(lines: list[dict[str, object]]) -> list[float]:
+    """Per host: from ``draining`` to ``host_done`` (the per-host procedure's own time)."""
+    began: dict[str, float] = {}
+    took = []
+    for e in lines:
+        host = str(e.get("host"))
+        if e.get("kind") == "host_phase" and e.get("phase") == "draining":
+            began[host] = float(e["ts"])  # type: ignore[arg-type]
+        elif e.get("kind") == "host_done" and host in began:
+            took.append(float(e["ts"]) - began.pop(host))  # type: ignore[arg-type]
+    return took
+
+
 def upgrader(work: Path, *args: str) -> tuple[float, float, str]:
     """(wall seconds, engine duration_s, outcome) of one ``upgrader`` command."""
     env = {**os.environ, "UPGRADER_STATE_DIR": str(work / "state")}
@@ -78,7 +94,10 @@ def upgrader(work: Path, *args: str) -> tuple[float, float, str]:
     wall = time.monotonic() - started
     if out.returncode != 0:
         raise SystemExit(f"upgrader {' '.join(args)} failed ({out.returncode}): {out.stderr}")
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    summary = lines[-1]
+    if args[0] == "rollback":
+        PHASES.extend(host_seconds(lines))
     return wall, float(summary["duration_s"]), str(summary["outcome"])
 
 
@@ -132,6 +151,9 @@ def main() -> None:
     for kind in ("window", "fresh"):
         wall, engine, lost = med[kind]
         print(f"| {names[kind]} | {wall:.2f} s | {engine:.2f} s | {lost} |")
+    if PHASES:
+        print(f"\nper host inside the window (drain -> back in service): median "
+              f"{statistics.median(PHASES):.2f} s, max {max(PHASES):.2f} s")
     print(f"\nspeed-up: command {med['fresh'][0] / med['window'][0]:.1f}x, "
           f"engine {med['fresh'][1] / med['window'][1]:.1f}x")
 
