@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
@@ -88,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--flags-store", help="flag store for the TUI's flags screen (default: "
                                               "the fleet's [flags] store, else "
                                               ".upgrader/flags.sqlite when it exists)")
+
+    from .rollback_cli import add_rollback_parser
+
+    add_rollback_parser(sub, fleet_args)
 
     status = sub.add_parser("status", help="the fleet's last rollout, from the journal")
     fleet_args(status, strategy=False)
@@ -700,6 +705,13 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
     return result.exit_code
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from .rollback_cli import cmd_rollback as rollback
+
+    return rollback(args, load=_load, plugins=_plugins(), run=_run,
+                    state_dir_of=lambda a, f: _state_dir(a, f, unfinished_only=False))
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     return cmd_run(args, recover=True)
 
@@ -747,6 +759,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "started": record.started, "finished": record.finished,
             "controller": record.controller, "events": len(entries), "hosts_changed": hosts,
             "state": where, "unfinished": unfinished, "left": left, "fleet_lock": fleet_lock}
+    info["rollback_window"], window_line = _window_status(args, fleet, state_dir)
     if args.json:
         print(json.dumps(info))
     else:
@@ -766,9 +779,38 @@ def cmd_status(args: argparse.Namespace) -> int:
             else:
                 print(f"unfinished and no controller drives it: `upgrader resume {args.fleet}` "
                       "finishes it")
+        if window_line:
+            print(window_line)
         if lock_line:
             print(lock_line)
     return EXIT_OK
+
+
+def _window_status(args: argparse.Namespace, fleet: Any,
+                   state_dir: Path) -> tuple[dict[str, Any] | None, str]:
+    """The roll-back window (``[release] rollback_window``) and what a roll-back would cost."""
+    from .rollback_cli import read_window, rollback_cost
+    from .rollback_window import describe
+
+    if fleet.rollback_window is None:
+        return None, ""
+    window, _ = read_window(fleet, args, state_dir)
+    cost = rollback_cost(fleet, window)
+    if cost is None:
+        return None, ""
+    data = {"live": window.live, "previous": window.previous, "open": window.open,
+            "closes_at": window.closes_at, "open_releases": list(window.open_releases),
+            "rollback": cost}
+    if window.open:
+        closes = "" if window.closes_at is None else \
+            f", closes in {format_duration(max(0.0, window.closes_at - time.time()))}"
+        line = (f"roll-back window open ({describe(fleet.rollback_window)}{closes}): "
+                f"`upgrader rollback {args.fleet}` goes straight back to {window.previous}, "
+                f"about {format_duration(cost['estimate_s'])}")
+    else:
+        line = (f"roll-back window closed: `upgrader rollback {args.fleet}` is an ordinary "
+                f"rollout to {window.previous}, about {format_duration(cost['estimate_s'])}")
+    return data, line
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
@@ -948,7 +990,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 _COMMANDS = {"plan": cmd_plan, "run": cmd_run, "resume": cmd_resume, "status": cmd_status,
              "attach": cmd_attach, "flags": cmd_flags, "schema": cmd_schema,
              "lab": cmd_lab, "demo": cmd_demo, "plugins": cmd_plugins, "check": cmd_check,
-             "unlock": cmd_unlock}
+             "unlock": cmd_unlock, "rollback": cmd_rollback}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
+from . import units
 from .lab.fleet_table import parse_lab
 from .model import (
     TEMPLATE_FIELDS,
@@ -36,6 +37,7 @@ from .model import (
     Host,
     ProviderSpec,
     Releases,
+    RollbackWindow,
     SchemaSpec,
     Timing,
     UserGroup,
@@ -148,7 +150,7 @@ _TOP_KEYS = ("fleet", "release", "commands", "transport", "balancer", "health", 
              "notifiers", "verify", "timing", "strategy", "groups", "routing", "hosts",
              "defaults", "lab", "flags", "schema", "windows")
 _FLEET_KEYS = ("name", "environment")
-_RELEASE_KEYS = ("current", "target", "migration")
+_RELEASE_KEYS = ("current", "target", "migration", "rollback_window")
 _COMMAND_KEYS = ("install", "start", "stop", "system_test", "current", "pre_release_test")
 _REQUIRED_COMMANDS = ("install", "start", "stop")
 _VERIFY_KEYS = ("error_rate_max", "p95_latency_max", "min_requests", "consecutive_failures",
@@ -318,6 +320,7 @@ class _Loader:
         if strategy.kind == "feature" and flags is None:
             self.error(("flags",), "a feature roll-out needs a [flags] table naming the store")
         schema = self.schema(data, release_table, current, target, lab)
+        rollback_window = self.rollback_window(release_table)
 
         source = self.source
         return Fleet(
@@ -342,6 +345,7 @@ class _Loader:
             flags=flags,
             windows=windows,
             schema=schema,
+            rollback_window=rollback_window,
         )
 
     def schema(self, data: dict[str, Any], release_table: dict[str, Any], current: str,
@@ -352,6 +356,29 @@ class _Loader:
                             target=target,
                             default_database=lab.database_file if lab is not None else None,
                             base_dir=base)
+
+    def rollback_window(self, release_table: dict[str, Any]) -> RollbackWindow | None:
+        """``[release] rollback_window``: a duration (``"2h"``) or a count of releases (``2``)."""
+        if "rollback_window" not in release_table:
+            return None
+        value = release_table["rollback_window"]
+        path = ("release", "rollback_window")
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                self.error(path, f"rollback_window must be a duration like '2h' or a count of "
+                                 f"releases >= 1, got {value}")
+            return RollbackWindow(releases=value)
+        if isinstance(value, str):
+            try:
+                seconds = units.parse_duration(value)
+            except ValueError as exc:
+                self.error(path, f"rollback_window: {exc} (or a count of releases, like 2)")
+            if seconds <= 0:
+                self.error(path, "rollback_window must be longer than 0s (leave it out for no "
+                                 "window)")
+            return RollbackWindow(seconds=seconds)
+        self.error(path, f"rollback_window must be a duration like '2h' or a count of releases "
+                         f"like 2, got {_kind_of(value)}")
 
     def windows(self, value: Any) -> WindowPolicy:
         """``[windows]``: deploy windows, checked by :mod:`upgrader.policy`."""

@@ -284,6 +284,13 @@ class Journal:
             (fleet,)).fetchone()
         return self._record(row) if row else None
 
+    def completed(self, fleet: str, limit: int = 50) -> list[RolloutRecord]:
+        """The fleet's completed rollouts, newest first (the roll-back window reads them)."""
+        rows = self._execute(
+            f"SELECT {self._COLUMNS} FROM rollouts WHERE fleet=? AND status='completed' "
+            "ORDER BY finished DESC LIMIT ?", (fleet, limit)).fetchall()
+        return [self._record(row) for row in rows]
+
     def get(self, rollout: str) -> RolloutRecord | None:
         row = self._execute(f"SELECT {self._COLUMNS} FROM rollouts WHERE id=?",
                                       (rollout,)).fetchone()

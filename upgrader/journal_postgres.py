@@ -469,6 +469,13 @@ class PostgresJournal:
         return self._one(f"SELECT {_COLUMNS} FROM {SCHEMA}.rollouts WHERE fleet = %s "
                          "ORDER BY started DESC LIMIT 1", (fleet,))
 
+    def completed(self, fleet: str, limit: int = 50) -> list[RolloutRecord]:
+        """The fleet's completed rollouts, newest first (the roll-back window reads them)."""
+        rows = self._run("read", lambda conn: conn.execute(
+            f"SELECT {_COLUMNS} FROM {SCHEMA}.rollouts WHERE fleet = %s AND "
+            "status = 'completed' ORDER BY finished DESC LIMIT %s", (fleet, limit)).fetchall())
+        return [self._record(row) for row in rows]
+
     def get(self, rollout: str) -> RolloutRecord | None:
         return self._one(f"SELECT {_COLUMNS} FROM {SCHEMA}.rollouts WHERE id = %s", (rollout,))
 

@@ -66,6 +66,17 @@ class Releases:
 
 
 @dataclass(frozen=True, slots=True)
+class RollbackWindow:
+    """``[release] rollback_window``: how long the previous release stays installed after a
+    rollout completes, so ``upgrader rollback`` can go straight back (docs/STATE.md). Exactly
+    one of the two is set: a duration in seconds, or a count of later releases."""
+
+    seconds: float | None = None
+    releases: int | None = None
+
+
+
+@dataclass(frozen=True, slots=True)
 class MetricSpec:
     """One metric the judge compares between the canary (hosts on the target release) and the
     baseline (hosts on the current release) over the same interval: a ``[[verify.metrics]]``
@@ -241,6 +252,8 @@ class Fleet:
     #: deploy windows (``[windows]``): None means always open
     windows: WindowPolicy | None = None
     schema: SchemaSpec | None = None
+    #: ``[release] rollback_window``: None means no window (a roll-back is a rollout)
+    rollback_window: RollbackWindow | None = None
 
     def host(self, name: str) -> Host:
         for host in self.hosts:

@@ -335,6 +335,14 @@ class Engine:
             hosts = await report_left_behind(self, error or "roll-back incomplete",
                                              hosts)
         duration = self.clock.monotonic() - self.started
+        window = self.fleet.rollback_window
+        if outcome is Outcome.COMPLETED and window is not None:
+            # the previous release stays installed (old slot, release folder, schema views):
+            # ``upgrader rollback`` reads this to go straight back while the window is open
+            closes = None if window.seconds is None else self.clock.wall() + window.seconds
+            await self.bus.emit("rollback_window", previous=self.fleet.releases.current,
+                                release=self.fleet.releases.target, closes_at=closes,
+                                releases=window.releases)
         await self.bus.emit("rollout_finished", outcome=outcome.value, hosts=hosts,
                             duration_s=round(duration, 3), error=error,
                             rollback_incomplete=unfinished)

@@ -108,6 +108,13 @@ class Gates:
                     f"schema change {step.detail} cannot complete: {len(old)} host(s) still "
                     f"run a release other than {target} "
                     f"(first: {old[0]} on {hosts[old[0]].release})")
+            if self.fleet.rollback_window is not None:
+                # the old release's views stay for the roll-back window: contracting now would
+                # leave `upgrader rollback` nothing to go back to (`upgrader schema complete
+                # --fleet` does it once the window has closed)
+                await self.bus.emit("schema", migration=step.detail, action="complete",
+                                    result="deferred until the roll-back window closes")
+                return
             await self.machine.set_state(RolloutState.RUNNING,
                                          f"schema change {step.detail}: complete")
             await self.bus.emit("schema", migration=step.detail, action="complete",

@@ -16,10 +16,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import ConfigError, UpgraderError
+from ..errors import ConfigError, PolicyRefused, UpgraderError
 from .model import SchemaBackend
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED = 0, 1, 2, 3
 DB_ENV = "UPGRADER_SCHEMA_DB"
 
 Handler = Callable[[argparse.Namespace], int]
@@ -54,6 +54,13 @@ def add_schema_parser(subparsers: Any) -> argparse.ArgumentParser:
         parser = command(name, handler, text)
         parser.add_argument("migration", metavar="MIGRATION",
                             help="the migration's name or its file")
+        if name == "complete":
+            parser.add_argument("--fleet", metavar="FLEET",
+                                help="the fleet file: inside its roll-back window (``[release] "
+                                     "rollback_window``) complete is refused (exit 3)")
+            parser.add_argument("--force", action="store_true",
+                                help="complete inside the roll-back window (needs --reason)")
+            parser.add_argument("--reason", help="why the window is cut short (journaled)")
     command("status", cmd_status, "the active migration and the live releases (and how an "
                                   "application connects to each)", json_flag=True)
     plan = command("plan", cmd_plan, "the SQL a phase would run, without running it",
@@ -78,6 +85,9 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"upgrader: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except PolicyRefused as exc:
+        print(f"upgrader: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except UpgraderError as exc:
         print(f"upgrader: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -142,6 +152,15 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_complete(args: argparse.Namespace) -> int:
     name = _migration_name(args.migration)
+    force, reason = getattr(args, "force", False), getattr(args, "reason", None)
+    if force and not (reason or "").strip():
+        raise ConfigError("--force needs --reason REASON (it is journaled)", key="--reason")
+    if getattr(args, "fleet", None):
+        from ..rollback_cli import check_schema_complete
+
+        database = check_schema_complete(args.fleet, name, force=force, reason=reason)
+        if not args.db and database:
+            args.db = database
     with _open(args) as db:
         db.complete(name)
     print(f"completed {name}")

@@ -1,0 +1,239 @@
+"""The roll-back window (issue 15, point 3): ``[release] rollback_window`` parses (bad input
+names file, key and line, exit 2, nothing changed), the window is worked out by time on an
+injected clock and by count of releases, and a completed rollout journals its window."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from test_config import BASE, assert_at, load_error, replaced
+from test_engine import fleet_with, providers_for, run_engine
+
+from upgrader import cli
+from upgrader.clock import run_virtual
+from upgrader.config import loads_fleet
+from upgrader.model import RollbackWindow
+from upgrader.rollback_window import Completed, window_state
+
+HOUR = 3600.0
+
+
+def with_window(value: str) -> str:
+    return replaced('target = "1.1.0"\n', f'target = "1.1.0"\nrollback_window = {value}\n')
+
+
+def test_rollback_window_parses_a_duration_or_a_count() -> None:
+    assert loads_fleet(with_window('"2h"')).rollback_window == RollbackWindow(seconds=2 * HOUR)
+    assert loads_fleet(with_window("3")).rollback_window == RollbackWindow(releases=3)
+    assert loads_fleet(BASE).rollback_window is None
+
+
+@pytest.mark.parametrize("value,words", [
+    ('"soon"', ("rollback_window", "duration")),
+    ("0", ("count of releases >= 1",)),
+    ('"0s"', ("longer than 0s",)),
+    ("true", ("a duration like",)),
+    ("1.5", ("a duration like",)),
+])
+def test_bad_rollback_window_names_file_key_and_line(tmp_path: Path, value: str,
+                                                     words: tuple[str, ...]) -> None:
+    text = with_window(value)
+    line = text.splitlines().index(f"rollback_window = {value}") + 1
+    error = load_error(tmp_path, text)
+    assert_at(error, "release.rollback_window", line, *words)
+
+
+def test_bad_rollback_window_exits_2_and_changes_nothing(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(with_window('"an hour"'), encoding="utf-8")
+    state = tmp_path / "state"
+    code = cli.main(["rollback", str(path), "--state-dir", str(state)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(path) in err and "release.rollback_window" in err
+    assert not state.exists()          # nothing was started, nothing journaled
+
+
+def _chain(*finished: float) -> list[Completed]:
+    """Completed rollouts 1.0 -> 1.1 -> 1.2 ..., newest first, finished at ``finished``."""
+    out = [Completed(f"r{i}", f"1.{i}.0", f"1.{i + 1}.0", at) for i, at in enumerate(finished)]
+    return out[::-1]
+
+
+def test_window_by_time_on_an_injected_clock() -> None:
+    window = RollbackWindow(seconds=HOUR)
+
+    async def main() -> list[bool]:
+        from upgrader.clock import LoopClock
+
+        clock = LoopClock()
+        finished = clock.wall()
+        completed = _chain(finished)
+        seen = []
+        for wait in (0.0, HOUR - 1, 1.0):        # open, still open, closed at the hour
+            await clock.sleep(wait)
+            state = window_state(window, completed, clock.wall())
+            assert state.closes_at == finished + HOUR
+            seen.append(state.open)
+        return seen
+
+    assert run_virtual(main) == [True, True, False]
+
+
+def test_window_by_time_keeps_every_release_replaced_within_it() -> None:
+    completed = _chain(1000.0, 2000.0)        # 1.0 -> 1.1 at 1000, 1.1 -> 1.2 at 2000
+    state = window_state(RollbackWindow(seconds=1500.0), completed, 2400.0)
+    assert state.live == "1.2.0" and state.previous == "1.1.0"
+    assert state.open_releases == ("1.1.0", "1.0.0")
+    state = window_state(RollbackWindow(seconds=1500.0), completed, 2600.0)
+    assert state.open_releases == ("1.1.0",) and state.open
+
+
+def test_window_by_count_of_releases() -> None:
+    completed = _chain(1.0, 2.0, 3.0)         # live 1.3.0
+    state = window_state(RollbackWindow(releases=2), completed, 10 ** 9)
+    assert state.open and state.closes_at is None
+    assert state.open_releases == ("1.2.0", "1.1.0")
+    assert not state.is_open_for("1.0.0")
+
+
+def test_no_window_and_no_history() -> None:
+    assert not window_state(None, _chain(1.0), 2.0).open
+    empty = window_state(RollbackWindow(releases=1), [], 2.0)
+    assert empty.live is None and not empty.open
+
+
+def test_a_rolled_back_release_is_not_its_own_target() -> None:
+    # 1.0 -> 1.1, then rolled back 1.1 -> 1.0: the window offers 1.1 (forward), never 1.0
+    completed = [Completed("b", "1.1.0", "1.0.0", 2.0), Completed("a", "1.0.0", "1.1.0", 1.0)]
+    state = window_state(RollbackWindow(releases=2), completed, 3.0)
+    assert state.live == "1.0.0" and state.open_releases == ("1.1.0",)
+
+
+def test_a_completed_rollout_journals_its_window(fleet_factory) -> None:
+    fleet = fleet_with(fleet_factory, "rolling", n=4)
+    fleet = dataclasses.replace(fleet, rollback_window=RollbackWindow(seconds=HOUR))
+    _, result, events = run_engine(fleet, providers_for(fleet))
+    assert result.outcome.value == "completed"
+    [window] = [e for e in events if e.kind == "rollback_window"]
+    assert window.data["previous"] == fleet.releases.current
+    assert window.data["release"] == fleet.releases.target
+    assert window.data["closes_at"] == pytest.approx(window.ts + HOUR, abs=1.0)
+    json.dumps(window.data)
+
+
+def test_no_window_no_event(fleet_factory) -> None:
+    fleet = fleet_with(fleet_factory, "rolling", n=2)
+    _, _, events = run_engine(fleet, providers_for(fleet))
+    assert not [e for e in events if e.kind == "rollback_window"]
+
+
+
+# -- schema complete waits for the window (a real SQLite schema, a real journal)
+
+SAMPLES = Path(__file__).parents[2] / "sample_fleets" / "migrations"
+
+
+def _schema_fleet(tmp_path: Path, db: Path, window: str) -> Path:
+    import shutil
+
+    shutil.copy(SAMPLES / "0002_split_name.toml", tmp_path / "0002_split_name.toml")
+    text = replaced('target = "1.1.0"\n', f'target = "1.1.0"\nmigration = '
+                    f'"0002_split_name.toml"\nrollback_window = {window}\n')
+    text += f'\n[schema]\ndatabase = "{db}"\n'
+    path = tmp_path / "fleet.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _completed(state: Path, finished: float) -> str:
+    from upgrader.journal import Journal
+
+    journal = Journal(state / "journal.sqlite")
+    try:
+        rollout = journal.begin(fleet="shop", fleet_path=None, strategy="rolling",
+                                current="1.0.0", target="1.1.0", plan={}, now=finished - 10)
+        journal.finish(rollout, "completed", now=finished)
+        return rollout
+    finally:
+        journal.close()
+
+
+def _started_schema(db: Path) -> None:
+    assert cli.main(["schema", "start", str(SAMPLES / "0001_users.toml"), "--db", str(db)]) == 0
+    assert cli.main(["schema", "complete", "0001_users", "--db", str(db)]) == 0
+    assert cli.main(["schema", "start", str(SAMPLES / "0002_split_name.toml"),
+                     "--db", str(db)]) == 0
+
+
+def _active(db: Path) -> str | None:
+    from upgrader.schema import open_backend
+
+    with open_backend(str(db), create=False) as backend:
+        return backend.status().active
+
+
+def test_schema_complete_is_refused_inside_the_window(tmp_path, monkeypatch, capsys) -> None:
+    import time
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("UPGRADER_STATE_DIR", str(state))
+    db = tmp_path / "app.sqlite"
+    _started_schema(db)
+    fleet = _schema_fleet(tmp_path, db, '"1h"')
+    rollout = _completed(state, time.time())
+    capsys.readouterr()
+
+    # inside the window: refused, exit 3, nothing changed
+    assert cli.main(["schema", "complete", "0002_split_name", "--fleet", str(fleet)]) == 3
+    err = capsys.readouterr().err
+    assert "inside its roll-back window" in err and "--force --reason" in err
+    assert _active(db) == "0002_split_name"
+    # --force without a reason: bad input, exit 2, nothing changed
+    assert cli.main(["schema", "complete", "0002_split_name", "--fleet", str(fleet),
+                     "--force"]) == 2
+    assert _active(db) == "0002_split_name"
+    # forced with a reason: completed, and the reason journaled on the window's rollout
+    assert cli.main(["schema", "complete", "0002_split_name", "--fleet", str(fleet),
+                     "--force", "--reason", "disk full: the old columns must go"]) == 0
+    assert _active(db) is None
+    from upgrader.journal import Journal
+
+    journal = Journal(state / "journal.sqlite")
+    try:
+        [forced] = [e for e in journal.entries(rollout) if e.kind == "schema_complete_forced"]
+    finally:
+        journal.close()
+    assert forced.data["reason"] == "disk full: the old columns must go"
+
+
+def test_schema_complete_goes_ahead_once_the_window_has_closed(tmp_path, monkeypatch) -> None:
+    import time
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("UPGRADER_STATE_DIR", str(state))
+    db = tmp_path / "app.sqlite"
+    _started_schema(db)
+    fleet = _schema_fleet(tmp_path, db, '"1h"')
+    _completed(state, time.time() - 2 * HOUR)        # the window closed an hour ago
+    assert cli.main(["schema", "complete", "0002_split_name", "--fleet", str(fleet)]) == 0
+    assert _active(db) is None
+
+
+def test_the_engine_defers_schema_complete_while_a_window_is_set(fleet_factory,
+                                                                 tmp_path) -> None:
+    from test_engine_schema import database, migration_state, run, schema_fleet
+
+    db, migration = database.__wrapped__(tmp_path)
+    fleet = dataclasses.replace(schema_fleet(fleet_factory, db, migration),
+                                rollback_window=RollbackWindow(seconds=HOUR))
+    engine, result = run(fleet)
+    assert result.outcome.value == "completed", result.error
+    # the old release's views stay for the window: the migration is still started
+    assert migration_state(db, "0002_people_email") == "started"
+    assert [e.data["result"] for e in engine.history
+            if e.kind == "schema" and e.data.get("action") == "complete"] == [
+        "deferred until the roll-back window closes"]
