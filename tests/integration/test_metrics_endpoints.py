@@ -78,7 +78,7 @@ def test_balancer_metrics_by_backend_pool_and_status(tmp_path: Path, farm: Backe
 
 def test_lab_app_metrics_by_status_and_release() -> None:
     async def go() -> str:
-        app = make_app(host="web-1", slot="a", version="1.1.0-bad", variant="errors")
+        app = make_app(host="web-1", slot="default", version="1.1.0-bad", variant="errors")
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -189,7 +189,9 @@ def make_app(*, host: str, slot: str, version: str, variant: str,
         return web.json_response({"status": "ok", "version": version, "host": host,
                                   "slot": slot}, headers=headers)
 
-    metrics = AppMetrics(host, version)
+    # labelled as the balancer names the backend (``web-01``, ``web-01@blue`` with slots), so
+    # one {host} template matches both the app's and the balancer's metrics
+    metrics = AppMetrics(host if slot in ("", "default") else f"{host}@{slot}", version)
 
     async def serve(request: web.Request) -> web.Response:
         started = time.perf_counter()
