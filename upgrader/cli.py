@@ -134,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--database", metavar="MIGRATION",
                     help="give the lab a database (app.sqlite in the lab folder) made by this "
                          "migration; the apps then record visits through their release's views")
+    up.add_argument("--prometheus", action="store_true",
+                    help="also start a Prometheus server (Debian's prometheus package) scraping "
+                         "the apps' and the balancer's /metrics each second")
     for name, text in (("down", "stop the lab: its processes and traffic"),
                        ("status", "the lab's hosts, releases and traffic")):
         sp = lab_sub.add_parser(name, help=text, description=text)

@@ -50,6 +50,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "upgrader.providers.snapshot",
     "upgrader.providers.noop",
     "upgrader.providers.builtin_balancer",
+    "upgrader.providers.prometheus",
+    "upgrader.providers.command_metrics",
 )
 
 ENTRY_POINT_GROUP = "upgrader"

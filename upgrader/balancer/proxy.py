@@ -849,7 +849,7 @@ class ProxyServer:
                 upstream.pool.give_back(upstream, self.now)
             else:
                 upstream.close()
-            backend.record(time.monotonic() - exchange.started, response.status >= 500)
+            backend.record(time.monotonic() - exchange.started, response.status)
             head = self._relay(response, backend.name, exchange.request.method == b"HEAD")
         except Exception:
             log.exception("relaying an answer failed")
@@ -879,9 +879,10 @@ class ProxyServer:
                     table.counters.retries += 1
                     self._attempt(exchange, retry_with)
                     return
-            backend.record(elapsed, True)
+            timed_out = isinstance(exc, TimeoutError)
+            backend.record(elapsed, 504 if timed_out else 502)
             named = b"X-Upgrader-Backend: " + backend.name.encode() + b"\r\n" + self.date
-            if isinstance(exc, TimeoutError):
+            if timed_out:
                 answer = _simple(504, b"Gateway Timeout", b"Backend timed out.\n", named)
             else:
                 log.debug("backend %s failed: %r", backend.name, exc)

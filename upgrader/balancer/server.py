@@ -43,6 +43,7 @@ from ..tokens import (
     token_dir,
     token_matches,
 )
+from .metrics import TableMetrics
 from .proxy import ProxyServer, event_loop_factory
 
 log = logging.getLogger("upgrader.balancer")
@@ -85,6 +86,10 @@ class Backend:
     errors: int = 0
     connect_failures: int = 0
     latency: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    #: for /metrics: answers by HTTP status (502/504 when the backend failed) and the sum of
+    #: their latencies (a Prometheus histogram has one)
+    statuses: dict[int, int] = field(default_factory=dict)
+    latency_sum: float = 0.0
     down_until: float = 0.0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     #: the tally of the pool it is in now (``Table.rebuild`` keeps it so): a request is
@@ -98,14 +103,20 @@ class Backend:
     def reset_stats(self) -> None:
         self.requests = self.errors = self.connect_failures = 0
         self.latency = [0] * len(LATENCY_BUCKETS)
+        self.statuses = {}
+        self.latency_sum = 0.0
         self.down_until = 0.0
 
-    def record(self, latency: float, error: bool) -> None:
+    def record(self, latency: float, status: int) -> None:
+        """Count one answer (``status`` >= 500 is an error) that took ``latency`` seconds."""
         index = bisect.bisect_left(LATENCY_BUCKETS, latency)
         tally = self.pool_tally
         self.requests += 1
         tally.requests += 1
-        if error:
+        statuses = self.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        self.latency_sum += latency
+        if status >= 500:
             self.errors += 1
             tally.errors += 1
         self.latency[index] += 1
@@ -354,6 +365,15 @@ class Admin:
         self.lock: dict[str, Any] | None = None
         self.lock_renewed = 0.0
         self._clock = clock
+        self._metrics: TableMetrics | None = None
+
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        """The table's counters in the Prometheus text format (built when scraped: the data
+        path keeps only its own counters)."""
+        if self._metrics is None:
+            self._metrics = TableMetrics(self.table)
+        body, content_type = self._metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -367,6 +387,7 @@ class Admin:
             web.put("/admin/maintenance", self.put_maintenance),
             web.get("/admin/stats", self.get_stats),
             web.post("/admin/stats", self.post_stats),
+            web.get("/metrics", self.get_metrics),
             web.get("/admin/lock", self.get_lock),
             web.post("/admin/lock", self.post_lock),
             web.put("/admin/lock", self.put_lock),

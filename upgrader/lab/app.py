@@ -18,6 +18,7 @@ import json
 import os
 import random
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,9 @@ SHUTDOWN_TIMEOUT = 8.0
 
 #: one request in this many writes a visit row
 WRITE_EVERY = 10
+#: the latency histogram's buckets in seconds (the slow release answers in 0.3 s)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0)
 
 
 def lab_database(root: Path) -> Path:
@@ -128,6 +132,40 @@ def read_release(root: Path, slot: str) -> dict[str, Any]:
     return {"version": version, "variant": data.get("variant") or variant_of(version)}
 
 
+class AppMetrics:
+    """The app's ``/metrics`` in the Prometheus text format: requests by status and release,
+    and their latency, labelled with the host's name (a scraper needs no relabelling). Health
+    checks and scrapes are not counted."""
+
+    def __init__(self, host: str, release: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("upgrader_app_requests", "Requests answered, by status",
+                                ["host", "release", "status"], registry=self.registry)
+        self.latency = Histogram("upgrader_app_request_duration_seconds",
+                                 "Seconds to answer a request", ["host", "release"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.host, self.release = host, release
+        self._latency = self.latency.labels(host, release)
+        self._by_status: dict[int, Any] = {}
+
+    def observe(self, status: int, seconds: float) -> None:
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self.requests.labels(
+                self.host, self.release, str(status))
+        child.inc()
+        self._latency.observe(seconds)
+
+    async def handler(self, request: Any) -> Any:
+        from aiohttp import web
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return web.Response(body=generate_latest(self.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def make_app(*, host: str, slot: str, version: str, variant: str,
              database: Path | None = None) -> web.Application:
     # imported here, not at module level: hostctl imports this module and must start fast
@@ -151,7 +189,17 @@ def make_app(*, host: str, slot: str, version: str, variant: str,
         return web.json_response({"status": "ok", "version": version, "host": host,
                                   "slot": slot}, headers=headers)
 
+    # labelled as the balancer names the backend (``web-01``, ``web-01@blue`` with slots), so
+    # one {host} template matches both the app's and the balancer's metrics
+    metrics = AppMetrics(host if slot in ("", "default") else f"{host}@{slot}", version)
+
     async def serve(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        response = await answer(request)
+        metrics.observe(response.status, time.perf_counter() - started)
+        return response
+
+    async def answer(request: web.Request) -> web.Response:
         nonlocal counter
         n = counter
         counter += 1
@@ -170,6 +218,7 @@ def make_app(*, host: str, slot: str, version: str, variant: str,
 
     app = web.Application()
     app.router.add_route("GET", "/healthz", healthz)
+    app.router.add_route("GET", "/metrics", metrics.handler)
     app.router.add_route("*", "/{tail:.*}", serve)
     return app
 

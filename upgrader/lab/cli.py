@@ -71,7 +71,8 @@ def main(args: argparse.Namespace) -> int:
             from ..schema import load_migration
 
             migration = load_migration(args.database)   # bad input: exit 2, nothing started
-        state = asyncio.run(lab.up(traffic_rps=args.rps, database=migration))
+        state = asyncio.run(lab.up(traffic_rps=args.rps, database=migration,
+                                   prometheus=getattr(args, "prometheus", False)))
         if isinstance(layout, SshLabLayout):
             hosts = [h for h in layout.host_objects() if h.cluster == "main"]
             print(f"SSH lab up in {layout.dir}: {plural(layout.hosts, 'host')} on "
@@ -94,6 +95,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"  admin:    {layout.admin_url}  (token in {layout.token_file})")
         if migration is not None:
             print(f"  database: {layout.database_file}  (release {migration.release}'s views)")
+        if state.get("urls", {}).get("prometheus"):
+            print(f"  metrics:  {state['urls']['prometheus']}  (Prometheus, scraping each second)")
         _print_next(layout, database=migration is not None)
         return 0
     directory = Path(args.dir).expanduser().resolve() if args.dir else default_lab_dir()

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, LabError
 from ..model import Host
 from . import hostctl
+from . import prometheus as prometheus_server
 from .layout import LabLayout
 
 if TYPE_CHECKING:
@@ -133,7 +134,8 @@ class Lab:
         hostctl.write_atomic(self.layout.state_file, json.dumps(state, indent=2) + "\n")
 
     def running_pids(self) -> dict[str, int]:
-        """Live processes of this lab: ``balancer``, ``traffic`` and ``<host>/<slot>``."""
+        """Live processes of this lab: ``balancer``, ``traffic``, ``prometheus`` and
+        ``<host>/<slot>``."""
         found: dict[str, int] = {}
         state = self.read_state() or {}
         pids = state.get("pids") or {}
@@ -141,6 +143,9 @@ class Lab:
             found["balancer"] = pids["balancer"]
         if hostctl.pid_matches(pids.get("traffic"), TRAFFIC_MODULE):
             found["traffic"] = pids["traffic"]
+        if hostctl.pid_matches(pids.get("prometheus"),
+                               str(self.prometheus_dir / "prometheus.yml")):
+            found["prometheus"] = pids["prometheus"]
         for host in self.hosts:
             root = self.layout.host_root(host.name)
             for slot in self._slots_with_pidfiles(root):
@@ -176,13 +181,16 @@ class Lab:
     # up
 
     async def up(self, traffic_rps: int = 200, users: int = 500,
-                 database: Any = None) -> LabState:
+                 database: Any = None, prometheus: bool = False) -> LabState:
         """Start the lab; return what lab.json now holds. Raises LabError if a lab runs in
         this dir, a port is taken, or a part fails to start (what started is stopped).
 
         ``database``: a :class:`upgrader.schema.Migration` that makes the lab's database
         (started and completed, so its release's views are live) before the apps start;
         None: the lab has no database (a stale one is removed).
+
+        ``prometheus``: also start a Prometheus server scraping the apps and the balancer
+        each second (:mod:`upgrader.lab.prometheus`); its URL is ``state["urls"]["prometheus"]``.
 
         The skeleton is the same for every kind of lab; a subclass (the SSH lab) fills in
         the steps: :meth:`_preflight` (what this kind of lab needs before anything is touched),
@@ -197,6 +205,8 @@ class Lab:
             listed = ", ".join(f"{name} (pid {pid})" for name, pid in sorted(running.items()))
             raise LabError(f"a lab is already running in {self.dir}: {listed}; "
                            "stop it first (`upgrader lab down`)")
+        if prometheus:
+            self._check_prometheus()
         facts = await self._preflight()
         await asyncio.to_thread(self._prepare_dirs)
         await asyncio.to_thread(self._prepare_database, database)
@@ -216,6 +226,8 @@ class Lab:
             await self._register_backends()
             if traffic_rps > 0:
                 await self._up_traffic(state, traffic_rps, users)
+            if prometheus:
+                await self._up_prometheus(state)
             await asyncio.to_thread(self._write_state, state)
         except BaseException:
             # stop what started, by the pids known in memory (lab.json may lag behind)
@@ -423,6 +435,26 @@ class Lab:
                                          state="ready")
         finally:
             await client.aclose()
+
+    def _check_prometheus(self) -> None:
+        """LabError before anything starts when ``--prometheus`` cannot work here."""
+        prometheus_server.find_binary()
+
+    @property
+    def prometheus_dir(self) -> Path:
+        return self.dir / "prometheus"
+
+    async def _up_prometheus(self, state: LabState) -> None:
+        layout = self.layout
+        targets = [f"127.0.0.1:{port}" for host in self.hosts
+                   for port in self.slots_of(host).values()]
+        settings = prometheus_server.config(targets, f"127.0.0.1:{layout.admin_port}",
+                                            layout.token_file)
+        pid, url = await asyncio.to_thread(
+            prometheus_server.start, self.prometheus_dir, settings,
+            self.logs_dir / "prometheus.log")
+        state["pids"]["prometheus"] = pid
+        state["urls"]["prometheus"] = url
 
     async def _up_traffic(self, state: LabState, rps: int, users: int) -> None:
         stats = self.layout.traffic_stats_file
@@ -654,6 +686,9 @@ class Lab:
         if state is None:
             state = await asyncio.to_thread(self.read_state) or {}
         pids = state.get("pids") or {}
+        if pids.get("prometheus") is not None:
+            await asyncio.to_thread(prometheus_server.stop, pids["prometheus"],
+                                    self.prometheus_dir / "prometheus.yml")
         traffic = pids.get("traffic")
         if traffic is not None and hostctl.pid_matches(traffic, TRAFFIC_MODULE):
             await asyncio.to_thread(hostctl.terminate, traffic, 5.0)

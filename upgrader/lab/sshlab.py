@@ -408,6 +408,10 @@ class SshLab(Lab):
             "traffic": {"rps": traffic_rps, "users": users},
         }
 
+    def _check_prometheus(self) -> None:
+        raise LabError("--prometheus is for the local lab: the SSH lab's balancer is HAProxy, "
+                       "which has no /metrics of upgrader's")
+
     def _start_steps(self, state: LabState) -> Sequence[StartStep]:
         """The network (netns mode only), one sshd per host, the apps (over SSH), HAProxy."""
         steps: list[StartStep] = []
