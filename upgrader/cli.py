@@ -26,8 +26,24 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED = 0, 1, 2, 3
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # argparse exits 2 already; keep it short
+        message = _with_did_you_mean(message)
         self.print_usage(sys.stderr)
         self.exit(EXIT_BAD_INPUT, f"upgrader: error: {message}\n")
+
+
+def _with_did_you_mean(message: str) -> str:
+    """argparse's "invalid choice: 'canery' (choose from ...)" with "(did you mean
+    'canary'?)" before the choices, as the fleet file's errors say it (issue 16)."""
+    import re
+
+    from .tomlsource import did_you_mean
+
+    found = re.match(r"(argument [^:]+: invalid choice: )'(.*)' \(choose from (.*)\)$", message)
+    if not found:
+        return message
+    head, value, listed = found.groups()
+    hint = did_you_mean(value, [name.strip("'") for name in listed.split(", ")])
+    return f"{head}{value!r}{hint}; choose from {listed}" if hint else message
 
 
 def _parser() -> argparse.ArgumentParser:
