@@ -13,8 +13,8 @@ Each section is read from README.md itself, so changing the README changes what 
 
 The commands run with ``upgrader`` on PATH (the README's ``. .venv/bin/activate``), a state
 folder of their own ($XDG_STATE_HOME) and, for ``lab up``, a free base port
-(``--base-port``, which the README names as working as well): other labs may be up on this
-machine. Nothing else is rewritten.
+(``--base-port``, which the README names as working as well; ``flags serve --listen``: a
+free port): other labs and servers may be up on this machine. Nothing else is rewritten.
 """
 
 from __future__ import annotations
@@ -206,6 +206,10 @@ def as_run(argv: list[str]) -> list[str]:
     """The command as the test runs it: ``lab up`` on a free base port."""
     if argv[:3] == ["upgrader", "lab", "up"] and "--base-port" not in argv:
         return [*argv, "--base-port", str(free_base_port())]
+    if argv[:3] == ["upgrader", "flags", "serve"] and "--listen" in argv:
+        at = argv.index("--listen") + 1
+        host = argv[at].rsplit(":", 1)[0]
+        return [*argv[:at], f"{host}:{free_base_port(span=1)}", *argv[at + 1:]]
     return argv
 
 
@@ -252,7 +256,7 @@ def run_quick_start(title: str, cwd: Path, env: dict[str, str]) -> None:
     assert commands, f"no commands in README's {title!r}"
     for argv in commands:
         if argv[:3] == ["upgrader", "flags", "serve"]:
-            serve_briefly(argv, cwd, env)
+            serve_briefly(as_run(argv), cwd, env)
             continue
         done = run(as_run(argv), cwd, env)
         assert done.returncode == 0, (f"README ({title}): {shlex.join(argv)} exited "
