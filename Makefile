@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)  ## a real local fleet, live traffic, and a canary upgrade
-	$(VENV)/bin/upgrader demo $(DEMO_ARGS)
-	@echo "upgrader is installed in $(VENV)/bin; put it on PATH for the README's tour: . $(VENV)/bin/activate"
+	@echo "$(VENV)/bin/upgrader demo $(DEMO_ARGS)"; \
+	$(VENV)/bin/upgrader demo $(DEMO_ARGS); status=$$?; \
+	echo "upgrader is installed in $(VENV)/bin; put it on PATH for the README's tour: . $(VENV)/bin/activate"; \
+	exit $$status
 
 test: $(STAMP)  ## unit + integration tests (integration skips with a reason if a service is missing)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

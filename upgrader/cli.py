@@ -27,8 +27,24 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED = 0, 1, 2, 3
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # argparse exits 2 already; keep it short
+        message = _with_did_you_mean(message)
         self.print_usage(sys.stderr)
         self.exit(EXIT_BAD_INPUT, f"upgrader: error: {message}\n")
+
+
+def _with_did_you_mean(message: str) -> str:
+    """argparse's "invalid choice: 'canery' (choose from ...)" with "(did you mean
+    'canary'?)" before the choices, as the fleet file's errors say it (issue 16)."""
+    import re
+
+    from .tomlsource import did_you_mean
+
+    found = re.match(r"(argument [^:]+: invalid choice: )'(.*)' \(choose from (.*)\)$", message)
+    if not found:
+        return message
+    head, value, listed = found.groups()
+    hint = did_you_mean(value, [name.strip("'") for name in listed.split(", ")])
+    return f"{head}{value!r}{hint}; choose from {listed}" if hint else message
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="the fleet's last rollout, from the journal")
     fleet_args(status, strategy=False)
+    for action in status._actions:
+        if action.dest == "fleet":      # optional here: the only fleet with a journal
+            action.nargs = "?"
+            action.help = ("fleet file (TOML); without it, the only fleet with a rollout in "
+                           "the state folder")
     status.add_argument("--json", action="store_true", help="the status as one JSON document")
     unlock = sub.add_parser("unlock", help="remove a fleet's lock by hand (journaled)")
     fleet_args(unlock, strategy=False)
@@ -723,6 +744,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .journal import ROLLBACK_INCOMPLETE, UNFINISHED
     from .state import describe_state, journal_exists, lock_holder, open_journal, resolve_state
 
+    if args.fleet is None:
+        found = _only_fleet(args)
+        if isinstance(found, int):
+            return found
+        args.fleet = found
     fleet = _load(args, None)
     state_dir = Path(args.state_dir) if args.state_dir else _state_dir(args, fleet,
                                                                           unfinished_only=False)
@@ -814,6 +840,81 @@ def _window_status(args: argparse.Namespace, fleet: Any,
         line = (f"roll-back window closed: `upgrader rollback {args.fleet}` is an ordinary "
                 f"rollout to {window.previous}, about {format_duration(cost['estimate_s'])}")
     return data, line
+
+
+def _journaled_fleets(args: argparse.Namespace) -> tuple[str, dict[str, tuple[str, float]]]:
+    """Where ``status`` looks without a fleet file, and the fleet files with a rollout there:
+    {fleet file: (fleet name, when its last rollout started)}. Read-only: creates nothing."""
+    import sqlite3
+
+    from .rollout import OLD_STATE_DIR, default_state_dir
+
+    if args.state_dir or os.environ.get("UPGRADER_STATE_DIR"):
+        home = Path(args.state_dir or default_state_dir()).expanduser()
+        folders = [home]
+    else:
+        home = default_state_dir()
+        folders = sorted(p for p in home.iterdir() if p.is_dir()) if home.is_dir() else []
+        folders.append(OLD_STATE_DIR)
+    fleets: dict[str, tuple[str, float]] = {}
+    for folder in folders:
+        path = folder / "journal.sqlite"
+        if not path.is_file():
+            continue
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                rows = conn.execute("SELECT fleet, fleet_path, MAX(started) FROM rollouts "
+                                    "GROUP BY fleet, fleet_path").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            continue            # not a journal we can read: status FLEET says why
+        for name, fleet_path, started in rows:
+            if not fleet_path:
+                continue
+            fleet_file = fleet_path if os.path.isabs(fleet_path) else str(
+                (folder.parent.parent / fleet_path) if folder == OLD_STATE_DIR else fleet_path)
+            if fleet_file not in fleets or fleets[fleet_file][1] < started:
+                fleets[fleet_file] = (name, started)
+    return str(home), fleets
+
+
+def _only_fleet(args: argparse.Namespace) -> str | int:
+    """``upgrader status`` without a fleet: the fleet file of the only fleet with a journaled
+    rollout, or an exit code after saying what to type (each command works as printed)."""
+    if getattr(args, "state", None) or os.environ.get("UPGRADER_STATE"):
+        raise ConfigError("status without a fleet file reads the local state folder only; "
+                          "with --state (PostgreSQL), name the fleet: `upgrader status "
+                          "FLEET.toml --state URL`", key="fleet")
+    where, fleets = _journaled_fleets(args)
+    existing = {path: info for path, info in fleets.items() if Path(path).is_file()}
+    if len(existing) == 1:
+        (only,) = existing
+        return only
+    if not existing:
+        gone = "".join(f"\n  {name}: {path} (the file is gone)"
+                       for path, (name, _) in sorted(fleets.items()))
+        print(f"no rollout recorded in {where}{gone}\nstart one with `upgrader run "
+              f"FLEET.toml`; `upgrader status FLEET.toml` shows a fleet's last rollout")
+        return EXIT_OK
+    print(f"upgrader: error: {len(existing)} fleets have rollouts in {where}; name one "
+          f"(newest first):", file=sys.stderr)
+    for path, (name, _) in sorted(existing.items(), key=lambda item: -item[1][1]):
+        print(f"  upgrader status {_shell_path(path)}    # {name}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _shell_path(path: str) -> str:
+    """``path`` as typed at a shell: relative to the working directory when under it."""
+    import shlex
+
+    try:
+        shown = os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) \
+            else path
+    except ValueError:
+        shown = path
+    return shlex.quote(shown)
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:

@@ -96,9 +96,64 @@ def test_nothing_to_find_when_the_test_passes_with_every_flag_on(store_spec, scr
 
 def test_nothing_to_find_when_the_test_fails_without_flags(store_spec, tmp_path, capsys):
     failing = tmp_path / "fail.py"
-    failing.write_text("import sys; sys.exit(3)\n")
+    failing.write_text("import sys; sys.exit(1)\n")
     assert bisect(store_spec, failing) == 1
     assert "fails with none of the flags on" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("code, output", [
+    (4, "ERROR: file or directory not found: tests/smoke"),   # pytest: a path that is not there
+    (5, "no tests ran in 0.01s"),                             # pytest: nothing collected
+    (127, "sh: 1: smoke-test: not found"),                    # a shell: no such command
+])
+def test_a_broken_test_command_is_told_from_an_answer(store_spec, tmp_path, capsys, code,
+                                                      output):
+    """Issue 16: `pytest tests/smoke` (no such folder) exits 4 with every flag on and with
+    none; bisect said "nothing to find ... the cause is elsewhere" (exit 1). It now runs both
+    ends, says the test command is broken, shows its last line, and exits 3."""
+    broken = tmp_path / "broken.py"
+    broken.write_text(f"import sys; print({output!r}); sys.exit({code})\n")
+    before = states(store_spec)
+    assert bisect(store_spec, broken) == 3
+    out = capsys.readouterr().out
+    steps = [line for line in out.splitlines() if line.startswith("step")]
+    assert any("0/16 on: (none) -> FAIL" in line for line in steps)
+    assert any("16/16 on: all -> FAIL" in line for line in steps)
+    assert (f"the test command is broken, not a flag: it fails the same way with none and "
+            f"with all of the 16 flags on (exit {code} in every run: {output}); run it by "
+            f"hand: ") in out
+    assert "nothing to find" not in out and "culprit" not in out
+    assert states(store_spec) == before
+
+
+def test_a_test_that_errors_only_with_a_flag_on_is_an_answer(store_spec, tmp_path, capsys):
+    """The same exit 4 is a flag's doing when the run with no flag on passes."""
+    script = tmp_path / "usage.py"
+    script.write_text(SCRIPT_HEAD + "sys.exit(4 if on('feature-07') else 0)\n")
+    assert bisect(store_spec, script) == 0
+    assert "culprit: feature-07" in capsys.readouterr().out
+
+
+SCRIPT_HEAD = """
+import os, sys
+from upgrader.flags.store import open_store
+with open_store(os.environ["UPGRADER_FLAG_STORE"]) as store:
+    evaluator = store.evaluator(os.environ["UPGRADER_FLAG_ENV"])
+    on = lambda key: evaluator.evaluate(key, {"targetingKey": "smoke-test"}).value
+"""
+
+
+def test_the_readme_bisect_example_finds_the_pair(tmp_path, capsys):
+    """README's `flags bisect` example runs a test that exists (examples/checkout_smoke.py)
+    against the sample flags and finds the pair behind the one-page checkout's bug."""
+    root = Path(__file__).resolve().parents[2]
+    spec = str(tmp_path / "flags.sqlite")
+    assert flags_cli(["import", str(root / "sample_fleets" / "flags.toml"),
+                      "--store", spec]) == 0
+    command = shlex.join([sys.executable, str(root / "examples" / "checkout_smoke.py")])
+    assert flags_cli(["bisect", "--test", command, "--store", spec,
+                      "--flags", "new-checkout,payments-v2"]) == 0
+    assert "failing combination: new-checkout, payments-v2" in capsys.readouterr().out
 
 
 def test_live_flips_the_real_store_and_restores_it(store_spec, script, capsys):

@@ -263,3 +263,31 @@ def test_a_lab_dir_the_os_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[
                                   no_providers: list[tuple], value: str) -> None:
     text = fleet_text().replace("[[hosts]]", f"[lab]\nhosts = 2\ndir = {value}\n\n[[hosts]]")
     refused(tmp_path, capsys, no_providers, text, "lab.dir", "dir =")
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["plan", "sample_fleets/canary.toml", "--strategy", "canery"], "'canary'"),
+    (["run", "sample_fleets/canary.toml", "--strategy", "blugreen"], "'bluegreen'"),
+    (["demo", "--strategy", "rollin"], "'rolling'"),
+])
+def test_a_misspelt_strategy_option_gets_did_you_mean(argv: list[str], hint: str,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    """Issue 16: `--strategy canery` got argparse's bare "invalid choice" (exit 2)."""
+    from upgrader.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --strategy: invalid choice: '{argv[-1]}' (did you mean {hint}?); " \
+           "choose from 'takedown'" in err
+
+
+def test_an_invalid_choice_without_a_close_match_keeps_argparse_words(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from upgrader.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--strategy", "xyzzy"])
+    assert "invalid choice: 'xyzzy' (choose from 'takedown'" in capsys.readouterr().err

@@ -111,3 +111,36 @@ def test_check_exit_codes(migrations, capsys):
     assert run(["check", str(migrations / "0004_rename_email.toml"), "--views", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["breaks_previous"] is False
     assert run(["check", str(migrations / "nope.toml")]) == 2
+
+
+def test_plan_and_start_agree_about_a_missing_database(tmp_path, migrations, capsys):
+    """Issue 16: `plan` refused a missing SQLite file while `start` created it. Now `plan`
+    plans against the empty database `start` would create, and says so; neither creates
+    the file, and a `start` that fails on a database it created leaves no file behind."""
+    db = tmp_path / "app.sqlite"
+    capsys.readouterr()
+    assert run(["plan", str(migrations / "0001_users.toml"), "--db", str(db)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (f"-- {db} does not exist yet: planned against an empty database "
+                      "(`upgrader schema start` creates it)")
+    assert out[1].startswith('CREATE TABLE "users"')
+    assert not db.exists()
+    assert run(["plan", str(migrations / "0001_users.toml"), "--db", str(db), "--json"]) == 0
+    assert "does not exist yet" in json.loads(capsys.readouterr().out)["note"]
+
+    # 0002 needs the users table: plan and start give the same error, with the way out.
+    for command in ("plan", "start"):
+        assert run([command, str(migrations / "0002_split_name.toml"), "--db", str(db)]) == 2
+        err = capsys.readouterr().err
+        assert "0002_split_name.toml:9: operations[0].table: unknown table 'users'" in err
+        assert "the database is empty; start the migration that creates the table first" in err
+        assert not db.exists(), command
+    assert list(tmp_path.iterdir()) == [migrations]
+
+    # The quick start's order works from nothing.
+    assert run(["start", str(migrations / "0001_users.toml"), "--db", str(db)]) == 0
+    assert run(["complete", "0001_users", "--db", str(db)]) == 0
+    capsys.readouterr()
+    assert run(["plan", str(migrations / "0002_split_name.toml"), "--db", str(db)]) == 0
+    assert "does not exist" not in capsys.readouterr().out
+    assert run(["start", str(migrations / "0002_split_name.toml"), "--db", str(db)]) == 0

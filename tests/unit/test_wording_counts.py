@@ -3,9 +3,11 @@ the only one, and `make` echoes no comment lines (issue 16)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,31 @@ def test_make_echoes_no_comment_lines(target: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     echoed = [line for line in result.stdout.splitlines() if line.lstrip().startswith("#")]
     assert echoed == []
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("demo_exit", [0, 1])
+def test_make_demo_says_how_to_put_upgrader_on_path_whatever_the_demo_ends(
+        demo_exit: int, tmp_path: Path) -> None:
+    """Issue 16: the README's tour starts with `. .venv/bin/activate`, which `make demo`
+    names at its end; a demo that ends in a roll-back (exit 1: `--bad-release`, quitting a
+    live demo) said nothing, as make stopped at the failed command. The demo's exit code
+    is still make's."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    stub = venv / "bin" / "upgrader"
+    stub.write_text(f"#!/bin/sh\necho demo ran: \"$@\"\nexit {demo_exit}\n")
+    stub.chmod(0o755)
+    (venv / ".installed").touch()
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    later = (ROOT / "pyproject.toml").stat().st_mtime + 10
+    os.utime(venv / ".installed", (later, later))
+    result = subprocess.run(["make", "-s", "-C", str(ROOT), "demo", f"VENV={venv}",
+                             "DEMO_ARGS=--bad-release"], capture_output=True, text=True,
+                            timeout=30)
+    assert "demo ran: demo --bad-release" in result.stdout
+    assert (f"upgrader is installed in {venv}/bin; put it on PATH for the README's tour: "
+            f". {venv}/bin/activate") in result.stdout
+    assert (result.returncode == 0) == (demo_exit == 0)
+    readme = (ROOT / "README.md").read_text()
+    assert "```sh\n. .venv/bin/activate\n```" in readme      # the tour's first command

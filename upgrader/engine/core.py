@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -134,6 +135,8 @@ class Engine:
             (``upgrader.engine.inventory``): hosts already done are marked ``ok`` and never
             touched, and every host's release starts as read. None: as the fleet file says."""
         self.fleet = fleet
+        # journaled absolute, so that `upgrader status` finds the file from any directory
+        self._fleet_path = os.path.abspath(fleet.source) if fleet.source else None
         self.inventory = inventory
         self._nothing_to_do = False
         self.plan = plan
@@ -369,7 +372,7 @@ class Engine:
             if self.journal is not None:
                 self.bus.rollout_id = await self.journal.abegin(
                     fleet=self.fleet.name,
-                    fleet_path=str(self.fleet.source) if self.fleet.source else None,
+                    fleet_path=self._fleet_path,
                     strategy=self.plan.strategy, current=releases.current,
                     target=releases.target, plan=self.plan.to_json(), now=self.clock.wall())
             else:

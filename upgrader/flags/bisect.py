@@ -178,6 +178,8 @@ class TestCommand:
         self.timeout = timeout
         self.verbose = verbose
         self.last_detail = ""
+        #: how each run failed ("exit 4", "timed out"), and the last line the test printed
+        self.failures: dict[frozenset[str], tuple[str, str]] = {}
 
     def __call__(self, on: frozenset[str]) -> bool:
         self.sandbox.set_flags({key: key in on for key in self.candidates})
@@ -185,9 +187,10 @@ class TestCommand:
         env[STORE_VARIABLE] = self.sandbox.spec
         env[ENV_VARIABLE] = self.sandbox.environment
         started = time.monotonic()
-        capture = None if self.verbose else subprocess.DEVNULL
+        capture = None if self.verbose else subprocess.PIPE
         try:
-            done = subprocess.run(self.argv, env=env, stdout=capture, stderr=capture,
+            done = subprocess.run(self.argv, env=env, stdout=capture,
+                                  stderr=None if self.verbose else subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, timeout=self.timeout, check=False)
         except OSError as exc:          # no such program, not executable
             from ..errors import ConfigError
@@ -196,10 +199,46 @@ class TestCommand:
                               key="--test") from exc
         except subprocess.TimeoutExpired:
             self.last_detail = f"timed out after {self.timeout:g}s"
+            self.failures[on] = ("timed out", "")
             return False
         took = time.monotonic() - started
         self.last_detail = f"exit {done.returncode}, {took:.1f}s"
+        if done.returncode != 0:
+            self.failures[on] = (f"exit {done.returncode}", _last_line(done.stdout))
         return done.returncode == 0
+
+    def broken(self, result: Result) -> str | None:
+        """Why the test command looks broken rather than failing because of a flag, or None.
+
+        Broken: no run passed, and every run (the one with no candidate on and the one with
+        all on among them) failed the same way, a way that is not a test's ordinary failure
+        (exit 1): the command errored before it tested anything (pytest's 4 'usage error'
+        for a missing path and 5 'no tests ran', a shell's 127 'command not found') or
+        timed out every time. The caller makes sure both ends ran (:meth:`both_ends`)."""
+        if any(step.passed for step in result.steps) or not self.failures:
+            return None
+        ways = {way for way, _ in self.failures.values()}
+        if len(ways) != 1:
+            return None
+        (way,) = ways
+        if way == "exit 1":
+            return None
+        last = next((line for _, line in reversed(self.failures.values()) if line), "")
+        return f"{way} in every run{f': {last}' if last else ''}"
+
+    def both_ends(self) -> list[frozenset[str]]:
+        """The ends (no candidate on, all on) not run yet."""
+        return [on for on in (frozenset(), frozenset(self.candidates))
+                if on not in self.failures]
+
+
+def _last_line(output: bytes | None) -> str:
+    """The test's last non-empty output line (at most 200 characters), for messages."""
+    if not output:
+        return ""
+    lines = [line.strip() for line in output.decode(errors="replace").splitlines()
+             if line.strip()]
+    return lines[-1][:200] if lines else ""
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
     from .bisect import Result, Step, TestCommand
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-#: ``upgrader flags bisect``: 0 found a culprit, 1 nothing to find, 2 bad input
-EXIT_FOUND, EXIT_NOTHING = 0, 1
+#: ``upgrader flags bisect``: 0 found a culprit, 1 nothing to find, 2 bad input, 3 the test
+#: command is broken (it fails the same way with every flag on and with none)
+EXIT_FOUND, EXIT_NOTHING, EXIT_BROKEN_TEST = 0, 1, 3
 
 __all__ = ["DEFAULT_ENV", "add_bisect_parser", "add_common_arguments", "add_flags_parser",
            "add_serve_parser", "bisect_command", "main", "open_store_from",
@@ -212,7 +213,9 @@ def add_bisect_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "smallest combination that fails only together (delta debugging). The "
                     "test sees the flag store in $UPGRADER_FLAG_STORE and the environment in "
                     "$UPGRADER_FLAG_ENV; it runs against a scratch copy unless --live. "
-                    "Exit 0: found; 1: nothing to find; 2: bad input.")
+                    "Exit 0: found; 1: nothing to find; 2: bad input; 3: the test command is "
+                    "broken (it fails the same way, not with exit 1, with none and with all "
+                    "of the flags on).")
     parser.add_argument("--test", required=True, metavar="CMD",
                         help="the test command (split like a shell would; exit 0 = pass)")
     which = parser.add_mutually_exclusive_group(required=True)
@@ -272,11 +275,35 @@ def bisect_command(args: argparse.Namespace) -> int:
             result = find_culprits(candidates, runner,
                                    on_step=lambda step: print_step(step, candidates, runner,
                                                                    out))
+            broken = _broken_test(result, runner, candidates, out)
     except ConfigError as exc:
         print(f"upgrader flags bisect: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if broken is not None:
+        print(f"the test command is broken, not a flag: it fails the same way with none and "
+              f"with all of the {len(candidates)} flags on ({broken}); run it by hand: "
+              f"{shlex.join(argv)}", file=out)
+        return EXIT_BROKEN_TEST
     print_result(result, len(candidates), out)
     return EXIT_FOUND if result.found else EXIT_NOTHING
+
+
+def _broken_test(result: Result, runner: TestCommand, candidates: Sequence[str],
+                 out: Any) -> str | None:
+    """When no run passed: run the ends not run yet (no flag on, all on) and say why the
+    test command looks broken (the same non-test failure everywhere), else None."""
+    from .bisect import Step
+
+    if any(step.passed for step in result.steps) or runner.broken(result) is None:
+        return None
+    steps = list(result.steps)
+    for on in runner.both_ends():
+        step = Step(len(steps) + 1, on, runner(on), "check")
+        steps.append(step)
+        print_step(step, candidates, runner, out)
+        if step.passed:
+            return None
+    return runner.broken(result)
 
 
 def print_step(step: Step, candidates: Sequence[str], runner: TestCommand, out: Any) -> None:

@@ -14,8 +14,10 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from .. import db as dbtargets
 from ..errors import ConfigError, PolicyRefused, UpgraderError
 from .model import SchemaBackend
 
@@ -138,13 +140,33 @@ def start_message(name: str, release: str, beside: list[str]) -> str:
     return f"started {name}: release {release} is live beside {', '.join(beside)}"
 
 
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The path of a SQLite database that does not exist yet (None: it exists, it is
+    ``:memory:`` or a PostgreSQL URL)."""
+    target = dbtargets.parse_target(url)
+    if isinstance(target, dbtargets.PostgresTarget) or target.path == ":memory:":
+        return None
+    path = Path(target.path)
+    return None if path.exists() else path
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     from .loader import load_migration
 
     migration = load_migration(args.migration)
-    with _open(args, create=True) as db:
-        db.start(migration)
-        status = db.status()
+    created = _missing_sqlite_file(_db(args))
+    try:
+        with _open(args, create=True) as db:
+            db.start(migration)
+            status = db.status()
+    except BaseException:
+        # A start that failed on a database it created leaves no empty file behind:
+        # bad input changes nothing.
+        if created is not None:
+            for leftover in (created, Path(f"{created}-wal"), Path(f"{created}-shm"),
+                             Path(f"{created}-journal")):
+                leftover.unlink(missing_ok=True)
+        raise
     beside = [r.release for r in status.live if r.release != migration.release]
     print(start_message(migration.name, migration.release, beside))
     return EXIT_OK
@@ -207,12 +229,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .loader import load_migration
 
     migration = load_migration(args.migration)
-    with _open(args, create=False) as db:
+    url = _db(args)
+    missing = _missing_sqlite_file(url)
+    # A database that does not exist yet is planned as the empty one `schema start` would
+    # create, and the plan says so (plan and start agree about a missing database).
+    note = (f"{missing} does not exist yet: planned against an empty database "
+            f"(`upgrader schema start` creates it)" if missing is not None else None)
+    from . import open_backend
+
+    with open_backend(":memory:" if missing is not None else url, create=False) as db:
         statements = db.plan(migration, args.phase)
     if args.json:
-        print(json.dumps({"migration": migration.name, "phase": args.phase,
-                          "statements": statements}, indent=2))
+        out: dict[str, Any] = {"migration": migration.name, "phase": args.phase,
+                               "statements": statements}
+        if note:
+            out["note"] = note
+        print(json.dumps(out, indent=2))
     else:
+        if note:
+            print(f"-- {note}")
         for sql in statements:
             print(sql if sql.startswith("--") else sql.rstrip(";") + ";")
     return EXIT_OK

@@ -456,6 +456,8 @@ def _operation_error(migration: Migration, index: int, key: str | None,
     return ConfigError(message, file=migration.source, key=format_key_path(path), line=line)
 
 
+_NO_TABLES = "(none: the database is empty; start the migration that creates the table first)"
+
 def validate_against(migration: Migration, catalogue: Catalogue,
                      indexes: Collection[str] = ()) -> dict[str, list[str]]:
     """Check every operation against ``catalogue`` (the previous release's tables and their
@@ -471,7 +473,7 @@ def validate_against(migration: Migration, catalogue: Catalogue,
     def need_table(i: int, table: str) -> list[str]:
         if table not in tables:
             fail(i, "table", f"unknown table {table!r}{did_you_mean(table, tables)}; "
-                             f"tables: {', '.join(sorted(tables)) or '(none)'}")
+                             f"tables: {', '.join(sorted(tables)) or _NO_TABLES}")
         return tables[table]
 
     def need_column(i: int, table: str, column: str, key: str = "column") -> None:
