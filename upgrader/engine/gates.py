@@ -158,9 +158,11 @@ class Gates:
     # -- feature flags
 
     async def set_flag(self, key: str, *, on: bool, percent: float | None,
-                       groups: tuple[str, ...] = (), why: str = "") -> None:
+                       groups: tuple[str, ...] = (), why: str = "",
+                       was: dict[str, object] | None = None) -> None:
         """Turn flag ``key`` on (for ``groups`` and/or ``percent`` of users) or off; read it
-        back. ``why`` is kept in the flag store's audit trail and the journal."""
+        back. ``why`` is kept in the flag store's audit trail and the journal; ``was``, the state
+        it had (kept in the journal, so an operator can put it back)."""
         switch = self.flags
         if switch is None:
             raise RolloutFailed(f"step needs flag {key!r} but the fleet has no [flags] store")
@@ -174,7 +176,9 @@ class Gates:
                                 f"percent={percent}")
         if on:
             self.progress.flags_on.add(key)
-        extra = {"why": why} if why else {}
+        extra: dict[str, object] = {"why": why} if why else {}
+        if was is not None:
+            extra["was"] = was
         await self.bus.emit("flag", key=key, on=on, percent=percent, groups=list(groups),
                             **extra)
 
