@@ -99,7 +99,7 @@ def test_plan_shows_the_roll_back_plan_in_order(tmp_path: Path, capsys) -> None:
     assert lines[start + 2].startswith("  2. hosts back to 1.0.0 (reinstall): ")
     assert cli.main(["plan", str(path), "--json"]) == 0
     parts = json.loads(capsys.readouterr().out)["rollback_plan"]
-    assert [p["estimated_s"] for p in parts][0] == 20.0 and len(parts) == 2
+    assert parts[0]["estimated_s"] == 20.0 and len(parts) == 2
     # a release without flags or a migration: the one roll-back line, as before
     path.write_text(FLEET.replace('flags = ["new-checkout", "payments-v2"]\n', ""),
                     encoding="utf-8")
