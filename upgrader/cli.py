@@ -300,6 +300,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _flags_off_line(entries: Any, target: str) -> str:
+    """``status`` of a rollout that stopped "flags off, release kept": which flags went off
+    and what the operator may do."""
+    flags: list[str] = []
+    for entry in entries:
+        if entry.kind == "flags_first" and entry.data.get("phase") == "begin":
+            flags = list(entry.data.get("flags") or ())
+    shown = ", ".join(flags) or "its flags"
+    return (f"flags off, release kept: {target} verified without {shown}; the operator "
+            "decides (fix forward, turn a flag on again, or roll back)")
+
+
 def _rollback_parts(fleet: Any, plan: Any, hosts_s: float) -> list[tuple[str, float]]:
     """The roll-back plan in order, each part with its estimate: the release's flags off and
     verify again (``[release] flags_hold``), the hosts, the schema change (one transaction,
@@ -782,6 +794,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"controller {record.controller})")
         if left is not None:
             _print_left_behind(left, record.current)
+        if record.status == "flags_off":
+            print(_flags_off_line(entries, record.target))
         if unfinished:
             if holder:
                 print(f"running: driven by {holder['text']}; follow it with "

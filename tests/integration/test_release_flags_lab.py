@@ -155,7 +155,8 @@ def test_a_release_whose_bad_path_is_behind_its_flag_is_cured_by_the_flag_step(
     assert result.returncode == 1, result.stderr[-3000:]
     seen = events(result.stdout)
     finished = [e for e in seen if e["kind"] == "rollout_finished"][-1]
-    assert finished["outcome"] == "flags_off", finished
+    assert finished["outcome"] == "flags_off", [
+        e for e in seen if e["kind"] == "flags_first" or e.get("phase") == "flags_off"]
     assert "flags off, release kept" in result.stderr
     first = [e for e in seen if e["kind"] == "flags_first"]
     assert [e["phase"] for e in first] == ["begin", "end"] and first[-1]["cured"] is True
@@ -165,6 +166,10 @@ def test_a_release_whose_bad_path_is_behind_its_flag_is_cured_by_the_flag_step(
     status = asyncio.run(lab.status())
     assert "2.0.0-flagged" in {h["version"] for h in status["hosts"]}
     assert migration_state(lab.layout.database_file, migration) == "started"
+    status_out = upgrader("status", str(fleet), "--state-dir", str(tmp_path / "state"))
+    assert "flags_off" in status_out.stdout, status_out.stdout + status_out.stderr
+    assert "flags off, release kept: 2.0.0-flagged verified without new-path" in \
+        status_out.stdout
     with open_store(store) as flags:
         assert not flags.load().flags["new-path"].env("lab").enabled
         last = flags.history("new-path", 1)[0]

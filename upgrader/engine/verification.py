@@ -163,8 +163,11 @@ class Verification:
     async def recheck(self, hold: float) -> tuple[bool, list[Verdict]]:
         """Judge the target release again for ``hold`` seconds (rounds of ``verify.interval``)
         after its flags went off, apart from the forward run's failure count: cured when no
-        round fails and at least one judged traffic (or ``no_data = "pass"``). Verdicts are
-        emitted with ``phase = "flags_off"``; returns (cured, the failing verdicts)."""
+        round fails and at least one judged traffic (or ``no_data = "pass"``). The first round
+        only settles (services read a flag change within their poll interval, so it still
+        holds requests served with the flags on) unless it is the only one. Verdicts are
+        emitted with ``phase = "flags_off"`` (and ``settling``); returns (cured, the failing
+        verdicts)."""
         spec = self.fleet.verify
         interval = max(0.05, min(spec.interval, hold))
         try:
@@ -174,7 +177,10 @@ class Verification:
         end = self.clock.monotonic() + hold
         judged = 0
         failed: list[Verdict] = []
+        rounds = 0
         while self.clock.monotonic() < end:
+            rounds += 1
+            settling = rounds == 1 and hold > interval * 1.5
             await self.clock.sleep(min(interval, max(0.0, end - self.clock.monotonic())))
             verdicts: list[Verdict] = []
             try:
@@ -188,7 +194,10 @@ class Verification:
                 verdicts = [Verdict("analysis", "no_data", None, None, 0, None,
                                     f"analysis could not run: {type(exc).__name__}: {exc}")]
             for verdict in verdicts:
-                await self.bus.emit("verdict", **verdict.to_json(), phase="flags_off")
+                await self.bus.emit("verdict", **verdict.to_json(), phase="flags_off",
+                                    settling=settling)
+                if settling:
+                    continue
                 if verdict.result == "fail" or (verdict.result == "no_data"
                                                 and spec.no_data == "fail"):
                     failed.append(verdict)
