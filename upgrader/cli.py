@@ -281,6 +281,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     est = estimate(plan, fleet.timing)
     wave_list = waves(plan, fleet.timing)
     slots = _plan_calendar(args, fleet, plan)
+    parts = _rollback_parts(fleet, plan, est.rollback_s)
     if args.json:
         print(json.dumps({
             "fleet": fleet.name, "strategy": plan.strategy,
@@ -290,6 +291,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "rollback_mode": plan.rollback_mode, "waits_for_promotion": est.waits_for_promotion,
             "estimated": format_duration(est.total_s), "notes": list(plan.notes),
             "calendar": _calendar_json(fleet, slots),
+            **({"rollback_plan": [{"step": text, "estimated_s": seconds}
+                                  for text, seconds in parts]} if len(parts) > 1 else {}),
             "waves": [{"index": w.index, "hosts": w.hosts, "hosts_done": w.hosts_done,
                        "blast_radius": w.blast_radius, "pause_s": w.pause,
                        "start_s": w.start_s, "duration_s": w.duration_s, "label": w.label}
@@ -316,10 +319,45 @@ def cmd_plan(args: argparse.Namespace) -> int:
              if est.waits_for_promotion else ""))
     print(f"roll-back ({plan.rollback_mode}), from the last wave: "
           f"{format_duration(est.rollback_s)}")
+    if len(parts) > 1:
+        print("roll-back plan after a failed verification, in order:")
+        for number, (text, seconds) in enumerate(parts, 1):
+            print(f"  {number}. {text}: {format_duration(seconds)}")
     for note in plan.notes:
         print(f"note: {note}")
     _print_calendar(fleet, slots, args.all_waves)
     return EXIT_OK
+
+
+def _flags_off_line(entries: Any, target: str) -> str:
+    """``status`` of a rollout that stopped "flags off, release kept": which flags went off
+    and what the operator may do."""
+    flags: list[str] = []
+    for entry in entries:
+        if entry.kind == "flags_first" and entry.data.get("phase") == "begin":
+            flags = list(entry.data.get("flags") or ())
+    shown = ", ".join(flags) or "its flags"
+    return (f"flags off, release kept: {target} verified without {shown}; the operator "
+            "decides (fix forward, turn a flag on again, or roll back)")
+
+
+def _rollback_parts(fleet: Any, plan: Any, hosts_s: float) -> list[tuple[str, float]]:
+    """The roll-back plan in order, each part with its estimate: the release's flags off and
+    verify again (``[release] flags_hold``), the hosts, the schema change (one transaction,
+    shown as 0 s). One part only when the release has neither flags nor a migration."""
+    parts: list[tuple[str, float]] = []
+    migration = fleet.schema.migration_name if fleet.schema is not None else None
+    if plan.rollback_mode != "flag" and fleet.flags is not None and (
+            fleet.releases.flags or migration):
+        named = list(fleet.releases.flags)
+        if migration:
+            named.append(f"those whose schema is {migration}")
+        parts.append((f"flags off ({', '.join(named)}) and verify again; cured: stop, "
+                      "release kept", fleet.releases.flags_hold))
+    parts.append((f"hosts back to {fleet.releases.current} ({plan.rollback_mode})", hosts_s))
+    if migration:
+        parts.append((f"schema change {migration} rolled back", 0.0))
+    return parts
 
 
 def _plan_calendar(args: argparse.Namespace, fleet: Any, plan: Any) -> Any:
@@ -798,6 +836,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"controller {record.controller})")
         if left is not None:
             _print_left_behind(left, record.current)
+        if record.status == "flags_off":
+            print(_flags_off_line(entries, record.target))
         if unfinished:
             if holder:
                 print(f"running: driven by {holder['text']}; follow it with "

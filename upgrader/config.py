@@ -69,6 +69,8 @@ NO_DATA = ("fail", "pass", "wait")
 CLUSTERS = ("main", "new")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+#: a flag key, as the flags file allows it (upgrader.flags.loader)
+_FLAG_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _RELEASE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 #: host names, IPv4 and IPv6 addresses (with a zone id); nothing a shell would interpret
 _ADDRESS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:%-]{0,252}|\[[0-9A-Fa-f:.%A-Za-z]+\]")
@@ -150,7 +152,7 @@ _TOP_KEYS = ("fleet", "release", "commands", "transport", "balancer", "health", 
              "notifiers", "verify", "timing", "strategy", "groups", "routing", "hosts",
              "defaults", "lab", "flags", "schema", "windows")
 _FLEET_KEYS = ("name", "environment")
-_RELEASE_KEYS = ("current", "target", "migration", "rollback_window")
+_RELEASE_KEYS = ("current", "target", "migration", "rollback_window", "flags", "flags_hold")
 _COMMAND_KEYS = ("install", "start", "stop", "system_test", "current", "pre_release_test")
 _REQUIRED_COMMANDS = ("install", "start", "stop")
 _VERIFY_KEYS = ("error_rate_max", "p95_latency_max", "min_requests", "consecutive_failures",
@@ -321,12 +323,16 @@ class _Loader:
             self.error(("flags",), "a feature roll-out needs a [flags] table naming the store")
         schema = self.schema(data, release_table, current, target, lab)
         rollback_window = self.rollback_window(release_table)
+        release_flags = self.release_flags(release_table, flags)
+        flags_hold = self.duration(release_table, ("release",), "flags_hold", 30.0,
+                                   positive=True)
 
         source = self.source
         return Fleet(
             name=name,
             hosts=hosts,
-            releases=Releases(current=current, target=target),
+            releases=Releases(current=current, target=target, flags=release_flags,
+                              flags_hold=flags_hold),
             commands=commands,
             transport=transport,
             balancer=balancer,
@@ -379,6 +385,26 @@ class _Loader:
             return RollbackWindow(seconds=seconds)
         self.error(path, f"rollback_window must be a duration like '2h' or a count of releases "
                          f"like 2, got {_kind_of(value)}")
+
+
+    def release_flags(self, release_table: Mapping[str, Any],
+                      flags: FlagsSpec | None) -> tuple[str, ...]:
+        """``[release] flags``: the keys of the flags that ship with the target release."""
+        path = ("release",)
+        keys = self.checker.array(release_table, path, "flags", [], what="flag keys")
+        seen: list[str] = []
+        for index, key in enumerate(keys):
+            where = path + ("flags", index)
+            if not isinstance(key, str) or not _FLAG_KEY_RE.fullmatch(key):
+                self.error(where, f"expected a flag key (letters, digits, '.', '_', '-', at "
+                                  f"most 128), got {describe_value(key)}")
+            if key in seen:
+                self.error(where, f"flag {key!r} is listed twice")
+            seen.append(key)
+        if seen and flags is None:
+            self.error(path + ("flags",), "[release] flags names flags, but the fleet has no "
+                                          "[flags] table naming the store they live in")
+        return tuple(seen)
 
     def windows(self, value: Any) -> WindowPolicy:
         """``[windows]``: deploy windows, checked by :mod:`upgrader.policy`."""

@@ -30,8 +30,10 @@
     │   ├── InventoryRefused   the fleet is not what the fleet file says (.problems)
     │   ├── FleetLocked        another controller holds the fleet's lock (.holder: user,
     │   │                      machine, pid, rollout, since)
-    │   └── LabMisfit          the running lab cannot serve the fleet's [lab] table
-    │                          (upgrader.lab.fleet_table)
+    │   ├── LabMisfit          the running lab cannot serve the fleet's [lab] table
+    │   │                      (upgrader.lab.fleet_table)
+    │   └── FlagSchemaRefused  a flag would be turned on where the schema version its code
+    │                          needs is not live (.flag, .needs, .live, .database)
     └── RolloutFailed          the rollout ended without reaching its target (exit 1)
 
 Every other UpgraderError exits the CLI with 1. Classes defined outside this module are
@@ -210,6 +212,24 @@ class FleetLocked(PolicyRefused):
             text += f" (lock {where})"
         super().__init__(text + "; one controller per fleet at a time" +
                          (f"; {hint}" if hint else ""))
+
+
+class FlagSchemaRefused(PolicyRefused):
+    """Turning flag ``flag`` on in ``environment`` was refused: its ``schema`` field names the
+    schema version ``needs``, and the database ``database`` has only ``live`` (the live
+    releases and the migrations started or complete there). Nothing was changed."""
+
+    def __init__(self, flag: str, *, needs: str, live: Sequence[str], database: str,
+                 environment: str | None = None) -> None:
+        self.flag = flag
+        self.needs = needs
+        self.live = tuple(live)
+        self.database = database
+        self.environment = environment
+        where = f" in {environment}" if environment else ""
+        have = ", ".join(self.live) if self.live else "nothing (no schema change recorded)"
+        super().__init__(f"flag {flag} cannot be turned on{where}: it needs schema {needs}, "
+                         f"which is not live in {database} (live: {have})")
 
 
 class RolloutFailed(UpgraderError):

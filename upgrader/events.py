@@ -56,6 +56,9 @@ class RolloutState(str, enum.Enum):
     FAILED = "FAILED"
     FROZEN = "FROZEN"
     SHUT_DOWN = "SHUT DOWN"
+    #: a failed release whose flags were turned off, and that verified without them: the
+    #: hosts keep the release ("flags off, release kept"); the operator decides
+    FLAGS_OFF = "FLAGS OFF"
 
 
 class Outcome(str, enum.Enum):
@@ -64,6 +67,7 @@ class Outcome(str, enum.Enum):
     FAILED = "failed"
     FROZEN = "frozen"
     SHUT_DOWN = "shut_down"
+    FLAGS_OFF = "flags_off"
 
     @property
     def exit_code(self) -> int:

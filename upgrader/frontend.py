@@ -38,7 +38,15 @@ def open_flag_store(spec: str | None, fleet: Fleet | None = None) -> FlagStore |
         if "://" not in default and not Path(default).exists():
             return None
         spec = default
-    return open_store(spec)
+    store = open_store(spec)
+    if fleet is not None and fleet.schema is not None:
+        # the fleet's schema database says which schema versions are live: a flag that needs
+        # another is not turned on in the fleet's environment (upgrader.flags.schemaguard)
+        from .flags.schemaguard import SchemaGuard
+
+        environment = fleet.flags.environment if fleet.flags is not None else fleet.environment
+        store.guard = SchemaGuard(fleet.schema.database, environment)
+    return store
 
 
 #: the signals that abort a rollout with roll-back: Ctrl-C, a polite kill, the terminal gone

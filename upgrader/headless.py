@@ -75,7 +75,7 @@ class HeadlessDisplay:
                       + (" (resumed)" if data.get("resumed") else ""), "bold")
         elif kind == "state":
             self._progress.update(self._task, state=data["state"])
-            if data["state"] in ("PAUSED", "FAILED", "FROZEN"):
+            if data["state"] in ("PAUSED", "FAILED", "FROZEN", "FLAGS OFF"):
                 self.line(f"{data['state']}: {data.get('reason', '')}", "bold yellow")
         elif kind == "step_started":
             self._progress.update(self._task, description=f"step {data['index'] + 1}: "
@@ -124,6 +124,16 @@ class HeadlessDisplay:
         elif kind == "rollback_started":
             self.line(f"rolling back {len(data['hosts'])} host(s) ({data['mode']}), expected "
                       f"{format_duration(data['estimated_s'])}: {data['reason']}", "bold yellow")
+        elif kind == "flags_first":
+            if data.get("phase") == "begin":
+                self.line(f"flags off first: {', '.join(data['flags'])}; verifying again for "
+                          f"{format_duration(data['hold_s'])}", "bold yellow")
+            elif data.get("cured"):
+                self.line("flags off, release kept: the release verifies without "
+                          f"{', '.join(data['flags'])}; the operator decides", "bold yellow")
+            else:
+                self.line(f"flags off did not cure it ({data.get('detail', '')}): rolling "
+                          "back the release", "bold red")
         elif kind == "schema":
             if data.get("result") != "begin":
                 self.line(f"schema change {data.get('migration', '')} {data.get('action', '')}: "

@@ -63,6 +63,11 @@ class Commands:
 class Releases:
     current: str
     target: str
+    #: the flags that ship with the target release (``[release] flags``): a failed
+    #: verification turns them off first and verifies again before any host rolls back
+    flags: tuple[str, ...] = ()
+    #: how long that second verification holds, in seconds (``[release] flags_hold``)
+    flags_hold: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from .engine.inventory import Assessment, Fixes, Problem, refusal_text, take_inv
 from .engine.resume import replay
 from .errors import (
     ConfigError,
+    FlagSchemaRefused,
     InventoryRefused,
     JournalError,
     PolicyRefused,
@@ -151,7 +152,9 @@ async def open_providers(fleet: Fleet, plugins: Any, state_dir: str | None = Non
         if fleet.flags is not None:
             from .flags.switch import StoreFlagSwitch
 
-            flags = StoreFlagSwitch(fleet.flags.store, fleet.flags.environment)
+            flags = StoreFlagSwitch(
+                fleet.flags.store, fleet.flags.environment,
+                schema_database=fleet.schema.database if fleet.schema is not None else None)
             opened.append(flags)
         schema = None
         if fleet.schema is not None:
@@ -164,6 +167,39 @@ async def open_providers(fleet: Fleet, plugins: Any, state_dir: str | None = Non
             await provider.aclose()
         raise
     return Providers(transport, balancer, health, snapshot, notifiers, flags, schema)
+
+
+def check_flag_schemas(fleet: Fleet, plan: Plan) -> None:
+    """Refuse (:class:`~upgrader.errors.FlagSchemaRefused`, exit 3) before anything changes a
+    plan that turns on a flag whose ``schema`` is not live in the fleet's ``[schema]
+    database`` and that the plan's own schema change does not make live first."""
+    from .plan import Gate, SetFlag
+
+    if fleet.flags is None or fleet.schema is None:
+        return
+    keys = [s.key for s in plan.steps if isinstance(s, SetFlag) and s.on]
+    if not keys:
+        return
+    from .flags.schemaguard import read_live_schema
+    from .flags.store import open_store
+
+    with open_store(fleet.flags.store) as store:
+        flagset = store.load()
+    wanting = {k: flagset.flags[k].schema for k in keys
+               if k in flagset.flags and flagset.flags[k].schema is not None}
+    if not wanting:
+        return
+    live = read_live_schema(fleet.schema.database)
+    versions = live.versions()
+    if any(isinstance(s, Gate) and s.gate == "schema_start" for s in plan.steps):
+        name = fleet.schema.migration_name
+        versions |= {name, name.split("_", 1)[0], fleet.releases.target}
+    for key, needs in wanting.items():
+        assert needs is not None
+        if needs not in versions:
+            raise FlagSchemaRefused(key, needs=needs, live=live.describe(),
+                                    database=live.database,
+                                    environment=fleet.flags.environment)
 
 
 def inventory_applies(fleet: Fleet, setting: bool | None = None) -> bool:
@@ -342,6 +378,8 @@ class Rollout:
             raise
         if inventory:
             await self._take_inventory()
+        if not self._recover:
+            await asyncio.to_thread(check_flag_schemas, self.fleet, self.plan)
         if self._plugins is not None and hasattr(self._plugins, "emit_event"):
             observers.append(self._plugins.emit_event)
         self.engine = Engine(self.fleet, self.plan, self._providers, clock=self._clock,

@@ -86,9 +86,10 @@ RULES: dict[str, tuple[str, ...]] = {
     # deploy windows: pure calendar logic the engine asks through WindowPolicy
     "policy": ("errors", "units", "tomlsource", "plan", "model"),
     "balancer": ("hashing", "addresses", "providers.base", "balancer", "errors", "tokens"),
-    # feature flags: beside the engine, on the shared leaves only
+    # feature flags: beside the engine, on the shared leaves only, and the schema library (a
+    # flag's `schema` is checked against the live schema: flags/schemaguard.py)
     "flags": ("errors", "hashing", "tomlsource", "units", "addresses", "flags", "db",
-              "tokens"),
+              "tokens", "schema"),
 }
 FRONT_ENDS = ("cli", "frontend", "headless", "demo", "lab.cli", "flags.cli", "schema.cli", "tui")
 

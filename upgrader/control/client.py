@@ -39,6 +39,7 @@ _OUTCOME_STATE = {"completed": RolloutState.COMPLETED.value,
                   "rolled_back": RolloutState.ROLLED_BACK.value,
                   "frozen": RolloutState.FROZEN.value,
                   "shut_down": RolloutState.SHUT_DOWN.value,
+                  "flags_off": RolloutState.FLAGS_OFF.value,
                   "failed": RolloutState.FAILED.value}
 
 

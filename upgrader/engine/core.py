@@ -119,7 +119,8 @@ class RolloutResult:
 
 _FINAL_STATE = {Outcome.COMPLETED: RolloutState.COMPLETED,
                 Outcome.ROLLED_BACK: RolloutState.ROLLED_BACK,
-                Outcome.FROZEN: RolloutState.FROZEN, Outcome.SHUT_DOWN: RolloutState.SHUT_DOWN}
+                Outcome.FROZEN: RolloutState.FROZEN, Outcome.SHUT_DOWN: RolloutState.SHUT_DOWN,
+                Outcome.FLAGS_OFF: RolloutState.FLAGS_OFF}
 
 
 class Engine:

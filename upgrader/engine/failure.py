@@ -18,6 +18,7 @@ from ..plan import Plan, estimate
 from ..providers.base import BalancerState
 from .bus import EventBus
 from .describe import describe_error
+from .flagstep import FlagStep
 from .gates import Gates
 from .hosts import HostProcedure
 from .machine import StateMachine
@@ -40,6 +41,9 @@ class FailurePolicy:
         self.procedure = procedure
         self.gates = gates
         self.verification = verification
+        #: the roll-back's first step: the release's flags off, verify again
+        self.flag_step = FlagStep(fleet, plan, bus=bus, machine=machine, gates=gates,
+                                  verification=verification)
 
     def touched(self) -> list[str]:
         """Hosts not on the current release (or in doubt), most recently upgraded first."""
@@ -101,6 +105,8 @@ class FailurePolicy:
         await machine.set_state(RolloutState.ROLLING_BACK, reason)
         await self.bus.emit("rollback_started", reason=reason, hosts=touched,
                             estimated_s=self.rollback_estimate(len(touched)), mode=mode)
+        if await self.flag_step.run(reason):
+            return Outcome.FLAGS_OFF     # flags off, release kept: the operator decides
         errors: list[str] = []
         try:
             if mode == "flag":

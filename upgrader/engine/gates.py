@@ -135,6 +135,8 @@ class Gates:
             errors.append("schema change left started: hosts did not all roll back")
             return
         migration = starts[0].detail
+        if not await self._flags_off_for_schema(migration, errors):
+            return
         await self.bus.emit("schema", migration=migration, action="rollback", result="begin")
         try:
             result = await switch.rollback()
@@ -143,17 +145,36 @@ class Gates:
             return
         await self.bus.emit("schema", migration=migration, action="rollback", result=result)
 
+    async def _flags_off_for_schema(self, migration: str, errors: list[str]) -> bool:
+        """Before the schema change is rolled back: turn off (journaled) every flag whose code
+        needs it (its ``schema`` names the migration or the release it creates). False, with
+        the reason in ``errors``, when one could not be turned off: the schema stays."""
+        if self.flags is None:
+            return True
+        try:
+            keys = await self.flags.flags_needing((migration, self.fleet.releases.target))
+            for key in keys:
+                await self.set_flag(key, on=False, percent=None,
+                                    why=f"schema {migration} rolls back")
+        except UpgraderError as exc:
+            errors.append(f"schema change {migration} left started: a flag that needs it "
+                          f"could not be turned off: {exc}")
+            return False
+        return True
+
     # -- feature flags
 
     async def set_flag(self, key: str, *, on: bool, percent: float | None,
-                       groups: tuple[str, ...] = ()) -> None:
+                       groups: tuple[str, ...] = (), why: str = "",
+                       was: dict[str, object] | None = None) -> None:
         """Turn flag ``key`` on (for ``groups`` and/or ``percent`` of users) or off; read it
-        back."""
+        back. ``why`` is kept in the flag store's audit trail and the journal; ``was``, the state
+        it had (kept in the journal, so an operator can put it back)."""
         switch = self.flags
         if switch is None:
             raise RolloutFailed(f"step needs flag {key!r} but the fleet has no [flags] store")
-        await switch.set_flag(key, on=on, percent=percent, groups=groups,
-                              reason=f"rollout {self.bus.rollout_id}")
+        reason = f"rollout {self.bus.rollout_id}" + (f": {why}" if why else "")
+        await switch.set_flag(key, on=on, percent=percent, groups=groups, reason=reason)
         seen = await switch.flag_state(key)
         if bool(seen.get("on")) != on or (on and percent is not None
                                          and seen.get("percent") not in (None, percent)) \
@@ -162,7 +183,11 @@ class Gates:
                                 f"percent={percent}")
         if on:
             self.progress.flags_on.add(key)
-        await self.bus.emit("flag", key=key, on=on, percent=percent, groups=list(groups))
+        extra: dict[str, object] = {"why": why} if why else {}
+        if was is not None:
+            extra["was"] = was
+        await self.bus.emit("flag", key=key, on=on, percent=percent, groups=list(groups),
+                            **extra)
 
     async def flags_off(self) -> None:
         """A flag roll-back: every flag this rollout turned on goes off."""

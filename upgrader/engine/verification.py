@@ -160,6 +160,51 @@ class Verification:
             if self._traffic_passes <= passes:
                 raise RolloutFailed("verification saw no traffic to judge (no_data = wait)")
 
+    async def recheck(self, hold: float) -> tuple[bool, list[Verdict]]:
+        """Judge the target release again for ``hold`` seconds (rounds of ``verify.interval``)
+        after its flags went off, apart from the forward run's failure count: cured when no
+        round fails and at least one judged traffic (or ``no_data = "pass"``). The first round
+        only settles (services read a flag change within their poll interval, so it still
+        holds requests served with the flags on) unless it is the only one. Verdicts are
+        emitted with ``phase = "flags_off"`` (and ``settling``); returns (cured, the failing
+        verdicts)."""
+        spec = self.fleet.verify
+        interval = max(0.05, min(spec.interval, hold))
+        try:
+            previous: Counters | None = (await self._read(False))[0]
+        except ProviderError:
+            previous = None
+        end = self.clock.monotonic() + hold
+        judged = 0
+        failed: list[Verdict] = []
+        rounds = 0
+        while self.clock.monotonic() < end:
+            rounds += 1
+            settling = rounds == 1 and hold > interval * 1.5
+            await self.clock.sleep(min(interval, max(0.0, end - self.clock.monotonic())))
+            verdicts: list[Verdict] = []
+            try:
+                stats, new, old = await self._read(False)
+                if previous is not None:
+                    verdicts = analyze(previous, stats, new, old, spec)
+                previous = stats
+                if spec.health and self.progress.serving_target:
+                    verdicts.append(await self._health_round())
+            except Exception as exc:   # analysis that cannot run is "no data", never a pass
+                verdicts = [Verdict("analysis", "no_data", None, None, 0, None,
+                                    f"analysis could not run: {type(exc).__name__}: {exc}")]
+            for verdict in verdicts:
+                await self.bus.emit("verdict", **verdict.to_json(), phase="flags_off",
+                                    settling=settling)
+                if settling:
+                    continue
+                if verdict.result == "fail" or (verdict.result == "no_data"
+                                                and spec.no_data == "fail"):
+                    failed.append(verdict)
+                elif verdict.result == "pass" and verdict.metric != "health":
+                    judged += 1
+        return (not failed and (judged > 0 or spec.no_data == "pass")), failed
+
     async def _round_at_hold_end(self) -> None:
         """A round of analysis due at the very instant a hold ends (or under way) judges the
         end of the hold: wait for its verdict before going on, so that a failure it finds

@@ -3,7 +3,8 @@
 Wiring (upgrader/cli.py): ``add_flags_parser(subparsers)`` adds the ``flags`` command and
 ``main(args)`` runs a parsed one. Exit codes: 0 done, 1 the store failed, 2 bad input
 (``ConfigError``: an unknown flag, environment or variant, an invalid change, a broken flags
-file); bad input changes nothing. ``run(argv)`` parses and runs without the top-level CLI.
+file), 3 refused (a flag whose ``schema`` is not live in ``--schema-db``); bad input and a
+refusal change nothing. ``run(argv)`` parses and runs without the top-level CLI.
 
 ``serve`` and ``bisect`` are the front ends of two parts of the flag library, the OFREP
 server (ofrep.py) and the flag bisection (bisect.py): their argparse parsers and handlers live
@@ -24,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, UpgraderError
+from ..errors import ConfigError, PolicyRefused, UpgraderError
 from ..units import plural
 from .describe import targeting
 from .model import DEFAULT_ENV
@@ -32,7 +33,9 @@ from .model import DEFAULT_ENV
 if TYPE_CHECKING:
     from .bisect import Result, Step, TestCommand
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED = 0, 1, 2, 3
+#: the schema database `--schema-db` defaults to
+SCHEMA_DB_VARIABLE = "UPGRADER_SCHEMA_DB"
 #: ``upgrader flags bisect``: 0 found a culprit, 1 nothing to find, 2 bad input, 3 the test
 #: command is broken (it fails the same way with every flag on and with none)
 EXIT_FOUND, EXIT_NOTHING, EXIT_BROKEN_TEST = 0, 1, 3
@@ -44,8 +47,10 @@ __all__ = ["DEFAULT_ENV", "add_bisect_parser", "add_common_arguments", "add_flag
 Handler = Callable[[argparse.Namespace], int]
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, changes: bool = True) -> None:
-    """``--env`` and ``--store`` (and ``--actor``, ``--reason`` for commands that change)."""
+def add_common_arguments(parser: argparse.ArgumentParser, *, changes: bool = True,
+                         schema: bool = False) -> None:
+    """``--env`` and ``--store`` (and ``--actor``, ``--reason`` for commands that change;
+    ``--schema-db`` for those that can turn a flag on)."""
     parser.add_argument("--env", default=DEFAULT_ENV, metavar="ENV",
                         help=f"environment (default {DEFAULT_ENV})")
     parser.add_argument("--store", metavar="SPEC",
@@ -54,6 +59,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, changes: bool = Tru
     if changes:
         parser.add_argument("--actor", help="who makes the change (default $USER@hostname)")
         parser.add_argument("--reason", default="", help="why (kept in the audit trail)")
+    if schema:
+        parser.add_argument("--schema-db", metavar="SPEC",
+                            default=os.environ.get(SCHEMA_DB_VARIABLE) or None,
+                            help="the fleet's schema database ([schema] database: a SQLite "
+                                 "file or postgresql:// URL): a flag whose `schema` is not "
+                                 "live there is not turned on (exit 3); default "
+                                 f"${SCHEMA_DB_VARIABLE}")
 
 
 def open_store_from(args: argparse.Namespace) -> Any:
@@ -74,7 +86,7 @@ def add_flags_parser(subparsers: Any) -> argparse.ArgumentParser:
                 changes: bool = False) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text,
                                                          description=help_text)
-        add_common_arguments(parser, changes=changes)
+        add_common_arguments(parser, changes=changes, schema=changes)
         parser.set_defaults(flags_handler=handler)
         return parser
 
@@ -129,6 +141,9 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"upgrader: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except PolicyRefused as exc:          # a flag whose schema is not live
+        print(f"upgrader: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except UpgraderError as exc:          # StoreError and the rest
         print(f"upgrader: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -355,7 +370,13 @@ def _percent_argument(text: str) -> float:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    return open_store_from(args)
+    store = open_store_from(args)
+    schema_db = getattr(args, "schema_db", None)
+    if schema_db:
+        from .schemaguard import SchemaGuard
+
+        store.guard = SchemaGuard(schema_db, args.env)
+    return store
 
 
 def _evaluator(store: Any, environment: str) -> Any:

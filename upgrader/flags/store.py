@@ -114,6 +114,10 @@ class FlagStore:
         self.spec = spec
         self._lock = threading.RLock()
         self._cached: FlagSet | None = None
+        #: run inside every change, after the edit and its checks and before the write:
+        #: ``guard(before, after)`` may raise to refuse the change (nothing is written). The
+        #: flag schema check (:class:`upgrader.flags.schemaguard.SchemaGuard`) is one.
+        self.guard: Callable[[FlagSet, FlagSet], None] | None = None
 
     # -- backend primitives (SQLite / PostgreSQL)
 
@@ -250,6 +254,8 @@ class FlagStore:
             del old_data["version"], new_data["version"]
             if old_data == new_data and _same_types(old_data, new_data):
                 return version                     # nothing to change, nothing to audit
+            if self.guard is not None:
+                self.guard(current, changed)
             new_version = version + 1
             new_data = {"version": new_version, **new_data}
             ts = _now()

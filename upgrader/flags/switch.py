@@ -1,6 +1,9 @@
 """The flag switch a rollout uses (``upgrader.providers.base.FlagSwitch``) over a flag store:
 a feature roll-out step turns a flag on for a share of users, a failed verification turns it
-off. Every change goes through the store, so it is audited like any other."""
+off. Every change goes through the store, so it is audited like any other.
+
+With ``schema_database`` (the fleet's ``[schema] database``) the store refuses to turn on a
+flag whose ``schema`` is not live there (:mod:`upgrader.flags.schemaguard`)."""
 
 from __future__ import annotations
 
@@ -8,14 +11,18 @@ import asyncio
 from typing import Any
 
 from . import edit
+from .schemaguard import SchemaGuard, flags_needing
 from .store import default_actor, open_store
 
 
 class StoreFlagSwitch:
-    def __init__(self, store_spec: str, environment: str, *, actor: str | None = None) -> None:
+    def __init__(self, store_spec: str, environment: str, *, actor: str | None = None,
+                 schema_database: str | None = None) -> None:
         self.environment = environment
         self.actor = actor or f"{default_actor()} (rollout)"
         self._store = open_store(store_spec)
+        if schema_database is not None:
+            self._store.guard = SchemaGuard(schema_database, environment)
 
     async def set_flag(self, key: str, *, on: bool, percent: float | None = None,
                        groups: tuple[str, ...] = (), reason: str = "") -> None:
@@ -42,6 +49,17 @@ class StoreFlagSwitch:
             groups = next((list(r.groups) for r in env.rules if r.name == edit.GROUPS_RULE), [])
             return {"on": env.enabled, "percent": percents[0] if len(percents) == 1 else None,
                     "groups": groups}
+
+        return await asyncio.to_thread(read)
+
+    async def flags_needing(self, versions: tuple[str, ...]) -> list[str]:
+        """The flags on in this environment whose ``schema`` is one of ``versions`` (a
+        release, a migration's name or number): those a roll-back of that schema turns off
+        first."""
+        def read() -> list[str]:
+            flagset = self._store.load()
+            return [k for k in flags_needing(flagset, versions)
+                    if flagset.flags[k].env(self.environment).enabled]
 
         return await asyncio.to_thread(read)
 

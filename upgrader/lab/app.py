@@ -36,8 +36,15 @@ VARIANT_SUFFIXES: tuple[tuple[str, str], ...] = (
     ("-unhealthy", "unhealthy"),
     ("-crash", "crash"),
     ("-slow", "slow"),
+    ("-flagged", "flagged"),
 )
-VARIANTS = ("good", "errors", "unhealthy", "crash", "slow")
+VARIANTS = ("good", "errors", "unhealthy", "crash", "slow", "flagged")
+#: a "-flagged" release fails like "-errors", but only while its flag is on: the flag
+#: ``new-path`` in environment ``lab`` of the lab's flag store ``<lab dir>/flags.sqlite``
+#: (read as any service reads flags: a FlagWatcher polls the store's version)
+LAB_FLAG_STORE = "flags.sqlite"
+LAB_FLAG = "new-path"
+LAB_FLAG_ENVIRONMENT = "lab"
 DEFAULT_CRASH_AFTER = 3.0
 DEFAULT_SLOW_LATENCY = 0.3
 #: exit status of a "-crash" release when it falls over
@@ -166,8 +173,13 @@ class AppMetrics:
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def lab_flag_store(root: Path) -> Path:
+    """``<lab dir>/flags.sqlite`` for a host root ``<lab dir>/hosts/<name>``."""
+    return root.parent.parent / LAB_FLAG_STORE
+
+
 def make_app(*, host: str, slot: str, version: str, variant: str,
-             database: Path | None = None) -> web.Application:
+             database: Path | None = None, flag_store: Path | None = None) -> web.Application:
     # imported here, not at module level: hostctl imports this module and must start fast
     import asyncio
 
@@ -176,6 +188,18 @@ def make_app(*, host: str, slot: str, version: str, variant: str,
     headers = {"X-Version": version}
     counter = 0
     writer = VisitWriter(database, version) if database is not None else None
+    watcher: Any = None
+    if variant == "flagged" and flag_store is not None:
+        from ..flags.watch import FlagWatcher
+
+        watcher = FlagWatcher(str(flag_store), LAB_FLAG_ENVIRONMENT, interval=0.2,
+                              name="lab-app")
+        watcher.start()
+
+    def flag_on(user: str) -> bool:
+        if watcher is None:
+            return False
+        return watcher.evaluator.evaluate(LAB_FLAG, {"targetingKey": user}).value is True
     if variant == "slow":
         slow = _env_seconds("UPGRADER_LAB_SLOW_LATENCY", DEFAULT_SLOW_LATENCY)
         latency = (slow, slow)
@@ -204,7 +228,7 @@ def make_app(*, host: str, slot: str, version: str, variant: str,
         n = counter
         counter += 1
         await asyncio.sleep(random.uniform(*latency))
-        if variant == "errors" and n % 10 < 3:
+        if (variant == "errors" or (variant == "flagged" and flag_on(str(n)))) and n % 10 < 3:
             return web.json_response({"error": "simulated failure", "host": host,
                                       "version": version}, status=500, headers=headers)
         if writer is not None and n % WRITE_EVERY == 0:
@@ -242,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     from aiohttp import web
 
     database = lab_database(args.root.resolve())
+    flags = lab_flag_store(args.root.resolve())
     app = make_app(host=args.host, slot=slot, version=version, variant=variant,
-                   database=database if database.exists() else None)
+                   database=database if database.exists() else None,
+                   flag_store=flags if flags.exists() else None)
 
     if variant == "crash":
         crash_after = _env_seconds("UPGRADER_LAB_CRASH_AFTER", DEFAULT_CRASH_AFTER)

@@ -339,6 +339,10 @@ class FlagSwitch(Protocol):
     async def flag_state(self, key: str) -> dict[str, Any]:
         """``{"on": bool, "percent": float | None, "groups": [...]}`` as stored now."""
 
+    async def flags_needing(self, versions: tuple[str, ...]) -> list[str]:
+        """The flags on now whose ``schema`` is one of ``versions`` (a release, a migration's
+        name or number): a roll-back of that schema turns them off first."""
+
     async def aclose(self) -> None: ...
 
 

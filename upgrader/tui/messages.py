@@ -198,7 +198,7 @@ STATE_STYLES = {
     "PENDING": "dim", "RUNNING": "bold green", "PAUSED": "bold yellow", "WAITING": "bold cyan",
     "VERIFYING": "bold blue", "ROLLING BACK": "bold red", "COMPLETED": "bold green",
     "ROLLED BACK": "bold red", "FAILED": "bold white on red", "FROZEN": "bold magenta",
-    "SHUT DOWN": "bold red",
+    "SHUT DOWN": "bold red", "FLAGS OFF": "bold yellow",
 }
 _DONE_WORDS = {"upgrade": "upgraded to", "rollback": "rolled back to", "swap": "swapped to",
                "prepare": "prepared (idle slot)", "turn_down": "turned down",
@@ -304,6 +304,16 @@ class EventDescriber:
             return Text(f"rolling back {len(hosts)} host(s) ({data.get('mode', '')}), expected "
                         f"{fmt_duration(data.get('estimated_s'))}: {data.get('reason', '')}",
                         style="bold yellow")
+        if kind == "flags_first":
+            flags = ", ".join(data.get("flags") or ())
+            if data.get("phase") == "begin":
+                return Text(f"flags off first: {flags}; verifying again for "
+                            f"{fmt_duration(data.get('hold_s'))}", style="bold yellow")
+            if data.get("cured"):
+                return Text(f"flags off, release kept: verifies without {flags}; the operator "
+                            "decides", style="bold yellow")
+            return Text(f"flags off did not cure it: {data.get('detail', '')}",
+                        style="bold red")
         if kind == "rollout_finished":
             outcome = str(data.get("outcome", "?"))
             style = "bold green" if outcome == "completed" else "bold red"

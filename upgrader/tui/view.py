@@ -15,7 +15,8 @@ from ..units import format_duration
 if TYPE_CHECKING:
     from .messages import Batch
 
-FINAL_STATES = frozenset({"COMPLETED", "ROLLED BACK", "FAILED", "FROZEN", "SHUT DOWN"})
+FINAL_STATES = frozenset({"COMPLETED", "ROLLED BACK", "FAILED", "FROZEN", "SHUT DOWN",
+                          "FLAGS OFF"})
 #: states in which the rollout's clock runs
 MOVING_STATES = frozenset({"RUNNING", "PAUSED", "WAITING", "VERIFYING", "ROLLING BACK"})
 #: phases of the per-host procedure: the host is between releases

@@ -26,7 +26,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Input, Static
 
-from ...errors import ConfigError, StoreError
+from ...errors import ConfigError, PolicyRefused, StoreError
 from ...flags import edit
 from ...flags.describe import targeting, true_variant
 from ...flags.model import Flag, FlagSet
@@ -647,6 +647,9 @@ class FlagsScreen(Screen[None]):
             return
         except StoreError as exc:
             app.notify(f"{key}: the store failed: {exc}", severity="error", timeout=10)
+            return
+        except PolicyRefused as exc:       # a flag whose schema is not live
+            app.notify(f"{key}: refused: {exc}", severity="error", timeout=10)
             return
         except Exception as exc:
             app.notify(f"{key}: change failed: {exc}", severity="error", timeout=10)
