@@ -40,6 +40,8 @@ class FailurePolicy:
         self.procedure = procedure
         self.gates = gates
         self.verification = verification
+        #: while frozen: {"reason", "choices"} (``status`` and the TUI show it)
+        self.frozen: dict[str, object] | None = None
 
     def named_failing(self) -> set[str]:
         """Hosts that verification or their own install named as failing: a health check
@@ -87,6 +89,12 @@ class FailurePolicy:
             return Outcome.FROZEN
         policy = self.fleet.strategy.on_failure
         reason = machine.failure or "failed"
+        if policy == "freeze":
+            return await self.freeze(reason)
+        if policy in ("rollback", "shutdown"):
+            irreversible = await self.gates.schema_irreversible()
+            if irreversible is not None:
+                return await self.freeze(f"{reason}; {irreversible}")
         if policy == "rollback":
             return await self.rollback(reason)
         if policy == "shutdown":
@@ -102,7 +110,45 @@ class FailurePolicy:
             self.verification.forget_failures()
             await machine.set_state(RolloutState.RUNNING)
             return None
-        return Outcome.FROZEN
+        return await self.freeze(reason)
+
+    # -- freeze
+
+    def freeze_choices(self) -> dict[str, str]:
+        """What each answer to a freeze would do (``status``, the TUI, the ``frozen`` event)."""
+        schema = self.gates.schema_irreversible_now
+        back = "roll back anyway: hosts, traffic and flags go back to the old release"
+        if schema:
+            back += " (the schema change stays started: it cannot be reverted)"
+        return {"resume": "go on with the rollout from where it stopped (accept the failure)",
+                "rollback": back + " (abort)",
+                "stop": "end the rollout frozen, both releases serving as they are "
+                        "(abort --no-rollback)"}
+
+    async def freeze(self, reason: str, *, resumed: bool = False) -> Outcome | None:
+        """Stop every change: both releases keep serving as they are, flags stay as they are.
+        Announce it (journaled, notifiers see it) and wait for an operator when one can
+        answer; else end ``frozen``. None: the operator resumed (the forward run goes on) or
+        aborted (the caller's roll-back or stop follows)."""
+        machine = self.machine
+        machine.failure = reason
+        choices = self.freeze_choices()
+        self.frozen = {"reason": reason, "choices": choices}
+        await self.bus.emit("frozen", reason=reason, choices=choices, resumed=resumed)
+        if not self.interactive:
+            return Outcome.FROZEN
+        machine.running.clear()
+        machine.before_pause = None
+        await machine.set_state(RolloutState.PAUSED, f"frozen: {reason}")
+        await machine.running.wait()
+        self.frozen = None
+        if machine.abort_rollback is not None:
+            machine.interrupt.set()
+            return None
+        machine.accept_failure()
+        self.verification.forget_failures()
+        await machine.set_state(RolloutState.RUNNING)
+        return None
 
     # -- roll-back
 
