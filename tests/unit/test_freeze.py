@@ -274,3 +274,35 @@ def test_schema_rollback_refuses_an_irreversible_migration(tmp_path, capsys):
     assert schema_cli(["rollback", "0002_people_upper", "--db", str(db)]) == 1
     assert "cannot be rolled back" in capsys.readouterr().err
     assert migration_state(db, "0002_people_upper") == "started"
+
+
+def test_the_tui_event_log_says_why_it_froze_and_what_each_choice_does(fleet_factory, tmp_path):
+    from upgrader.tui.messages import EventDescriber
+    from upgrader.tui.view import RolloutView
+
+    db, migration = database(tmp_path, IRREVERSIBLE)
+    engine, result, _, _ = run(fleet_for(fleet_factory, db, migration))
+    frozen = next(e for e in engine.history if e.kind == "frozen")
+    describer = EventDescriber()
+    view = RolloutView(lambda: 0.0)
+    text = describer.describe(frozen, view).plain
+    assert text.startswith("FROZEN: ") and "cannot be reverted" in text
+    for choice in ("resume:", "rollback:", "stop:"):
+        assert choice in text
+    state = dataclasses.replace(frozen, kind="state",
+                                data={"state": "PAUSED", "reason": f"frozen: {frozen.data['reason']}"})
+    assert describer.describe(state, view).plain == "PAUSED (see above)"
+
+
+def test_status_prints_why_it_froze_and_the_choices(fleet_factory, tmp_path, capsys):
+    """`upgrader status` reads the journal: the last unanswered ``frozen`` event."""
+    from upgrader.cli import _frozen
+
+    db, migration = database(tmp_path, IRREVERSIBLE)
+    engine, result, _, _ = run(fleet_for(fleet_factory, db, migration))
+    frozen = _frozen(list(engine.history))
+    assert frozen is not None and "cannot be reverted" in frozen["reason"]
+    assert set(frozen["choices"]) == {"resume", "rollback", "stop"}
+    answered = [*engine.history, dataclasses.replace(engine.history[-1], kind="control",
+                                                     data={"action": "resume"})]
+    assert _frozen(answered) is None

@@ -123,7 +123,7 @@ class FailurePolicy:
         return {"resume": "go on with the rollout from where it stopped (accept the failure)",
                 "rollback": back + " (abort)",
                 "stop": "end the rollout frozen, both releases serving as they are "
-                        "(abort --no-rollback)"}
+                        '(an abort without roll-back: control API {"rollback": false})'}
 
     async def freeze(self, reason: str, *, resumed: bool = False) -> Outcome | None:
         """Stop every change: both releases keep serving as they are, flags stay as they are.
