@@ -820,12 +820,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     unfinished = record.status in UNFINISHED
     holder = lock_holder(state, state_dir, fleet.name) if unfinished else None
     left = _left_behind(entries) if record.status == ROLLBACK_INCOMPLETE else None
+    frozen = _frozen(entries)
     info = {"rollout": record.id, "driven_by": holder["text"] if holder else None,
             "lock_holder": holder, "fleet": record.fleet, "strategy": record.strategy,
             "current": record.current, "target": record.target, "status": record.status,
             "started": record.started, "finished": record.finished,
             "controller": record.controller, "events": len(entries), "hosts_changed": hosts,
-            "state": where, "unfinished": unfinished, "left": left, "fleet_lock": fleet_lock}
+            "state": where, "unfinished": unfinished, "left": left, "fleet_lock": fleet_lock,
+            "frozen": frozen}
     info["rollback_window"], window_line = _window_status(args, fleet, state_dir)
     if args.json:
         print(json.dumps(info))
@@ -838,6 +840,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             _print_left_behind(left, record.current)
         if record.status == "flags_off":
             print(_flags_off_line(entries, record.target))
+        if frozen is not None:
+            print(f"frozen: {frozen['reason']}")
+            for choice, effect in (frozen.get("choices") or {}).items():
+                print(f"  {choice}: {effect}")
         if unfinished:
             if holder:
                 print(f"running: driven by {holder['text']}; follow it with "
@@ -955,6 +961,21 @@ def _shell_path(path: str) -> str:
     except ValueError:
         shown = path
     return shlex.quote(shown)
+
+
+def _frozen(entries: list[Any]) -> dict[str, Any] | None:
+    """The last ``frozen`` event's data while no operator has answered it (resume, abort, a
+    roll-back), else None."""
+    frozen: dict[str, Any] | None = None
+    for entry in entries:
+        if entry.kind == "frozen":
+            frozen = dict(entry.data)
+        elif entry.kind == "rollback_started" or (
+                entry.kind == "control" and entry.data.get("action") in ("resume", "abort")
+                and not (entry.data.get("action") == "abort"
+                         and entry.data.get("rollback") is False)):
+            frozen = None
+    return frozen
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:

@@ -24,6 +24,8 @@ Kinds (``data`` keys in brackets; every event also has kind, ts, rollout and seq
   error_rate, p95 (not journaled)
 - ``control`` [action] (+ rollback for abort)   pause, resume, promote, promote_all, abort
 - ``rollback_started`` [reason, hosts, estimated_s, mode]
+- ``frozen`` [reason, choices, resumed]   every change stopped (``on_failure = "freeze"``, or a
+  schema change that cannot be reverted); ``choices``: what resume / rollback / stop would do
 - ``rollout_finished`` [outcome, hosts, duration_s, error]
 - ``log`` [level, message]
 - ``reconcile`` [about, subject, journal, real, action, detail, (unsafe)]   on resume, one per

@@ -35,7 +35,7 @@ EVENT_KINDS: frozenset[str] = frozenset({
     "host_phase", "host_done", "host_failed", "snapshot_taken", "traffic", "verdict",
     "analysis_failed", "metrics", "control", "rollback_started", "rollout_finished", "log",
     "window_closed", "window_wait", "window_opened", "window_override", "reconcile",
-    "inventory",
+    "inventory", "frozen",
 })
 
 SETTINGS: tuple[Setting, ...] = (

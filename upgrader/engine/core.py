@@ -422,6 +422,13 @@ class Engine:
         if self._resume is not None and self._resume.rolling_back:
             machine.failure = self._resume.rollback_reason or "roll-back resumed"
             return await self.failure.rollback(machine.failure)
+        if self._resume is not None and self._resume.frozen is not None:
+            # frozen when the controller stopped: stay frozen until an operator answers
+            machine.failure = self._resume.frozen
+            machine.interrupt.set()
+            outcome = await self.failure.freeze(self._resume.frozen, resumed=True)
+            if outcome is not None:
+                return outcome
         while True:
             try:
                 await self._forward()

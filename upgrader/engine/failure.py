@@ -13,7 +13,7 @@ import math
 
 from ..errors import BalancerError, UpgraderError
 from ..events import Outcome, RolloutState
-from ..model import Fleet, HostPhase
+from ..model import Fleet, Host, HostPhase
 from ..plan import Plan, estimate
 from ..providers.base import BalancerState
 from .bus import EventBus
@@ -44,9 +44,25 @@ class FailurePolicy:
         #: the roll-back's first step: the release's flags off, verify again
         self.flag_step = FlagStep(fleet, plan, bus=bus, machine=machine, gates=gates,
                                   verification=verification)
+        #: while frozen: {"reason", "choices"} (``status`` and the TUI show it)
+        self.frozen: dict[str, object] | None = None
+
+    def named_failing(self) -> set[str]:
+        """Hosts that verification or their own install named as failing: a health check
+        of one of their backends failed last time, or the host itself failed."""
+        failing = {backend.partition("@")[0] for backend in self.verification.health.failing}
+        failing.update(n for n, status in self.progress.hosts.items()
+                       if status.phase is HostPhase.FAILED)
+        return failing
+
+    def first_named(self, names: list[str]) -> list[str]:
+        """``names`` with the hosts named as failing first (each part keeps its order)."""
+        failing = self.named_failing()
+        return ([n for n in names if n in failing] + [n for n in names if n not in failing])
 
     def touched(self) -> list[str]:
-        """Hosts not on the current release (or in doubt), most recently upgraded first."""
+        """Hosts not on the current release (or in doubt): those named as failing first, then
+        the most recently upgraded first."""
         current = self.fleet.releases.current
         progress = self.progress
         names = [n for n in self.plan.upgraded_hosts()
@@ -54,7 +70,7 @@ class FailurePolicy:
                  and (progress.hosts[n].release != current or n in progress.in_doubt
                       or progress.hosts[n].phase not in (HostPhase.PENDING,
                                                          HostPhase.IN_SERVICE))]
-        return list(reversed(names))
+        return self.first_named(list(reversed(names)))
 
     def rollback_estimate(self, touched: int) -> float:
         """Expected seconds to roll back ``touched`` hosts now (no pauses, no analysis)."""
@@ -77,6 +93,12 @@ class FailurePolicy:
             return Outcome.FROZEN
         policy = self.fleet.strategy.on_failure
         reason = machine.failure or "failed"
+        if policy == "freeze":
+            return await self.freeze(reason)
+        if policy in ("rollback", "shutdown"):
+            irreversible = await self.gates.schema_irreversible()
+            if irreversible is not None:
+                return await self.freeze(f"{reason}; {irreversible}")
         if policy == "rollback":
             return await self.rollback(reason)
         if policy == "shutdown":
@@ -92,7 +114,45 @@ class FailurePolicy:
             self.verification.forget_failures()
             await machine.set_state(RolloutState.RUNNING)
             return None
-        return Outcome.FROZEN
+        return await self.freeze(reason)
+
+    # -- freeze
+
+    def freeze_choices(self) -> dict[str, str]:
+        """What each answer to a freeze would do (``status``, the TUI, the ``frozen`` event)."""
+        schema = self.gates.schema_irreversible_now
+        back = "roll back anyway: hosts, traffic and flags go back to the old release"
+        if schema:
+            back += " (the schema change stays started: it cannot be reverted)"
+        return {"resume": "go on with the rollout from where it stopped (accept the failure)",
+                "rollback": back + " (abort)",
+                "stop": "end the rollout frozen, both releases serving as they are "
+                        '(an abort without roll-back: control API {"rollback": false})'}
+
+    async def freeze(self, reason: str, *, resumed: bool = False) -> Outcome | None:
+        """Stop every change: both releases keep serving as they are, flags stay as they are.
+        Announce it (journaled, notifiers see it) and wait for an operator when one can
+        answer; else end ``frozen``. None: the operator resumed (the forward run goes on) or
+        aborted (the caller's roll-back or stop follows)."""
+        machine = self.machine
+        machine.failure = reason
+        choices = self.freeze_choices()
+        self.frozen = {"reason": reason, "choices": choices}
+        await self.bus.emit("frozen", reason=reason, choices=choices, resumed=resumed)
+        if not self.interactive:
+            return Outcome.FROZEN
+        machine.running.clear()
+        machine.before_pause = None
+        await machine.set_state(RolloutState.PAUSED, f"frozen: {reason}")
+        await machine.running.wait()
+        self.frozen = None
+        if machine.abort_rollback is not None:
+            machine.interrupt.set()
+            return None
+        machine.accept_failure()
+        self.verification.forget_failures()
+        await machine.set_state(RolloutState.RUNNING)
+        return None
 
     # -- roll-back
 
@@ -188,8 +248,12 @@ class FailurePolicy:
         ready_old = sum(1 for b in now.backends.values()
                         if b.pool == current and b.state == "ready")
         drained = False
-        for name, backend in now.backends.items():
-            if backend.pool == target and backend.state == "ready" and ready_old >= need:
+        failing = self.named_failing()
+        serving = [n for n, b in now.backends.items() if b.pool == target and b.state == "ready"]
+        # the backends verification named leave first, while capacity allows
+        serving.sort(key=lambda n: n.partition("@")[0] not in failing)
+        for name in serving:
+            if ready_old >= need:
                 await self.traffic.set_backend_state(name, "drain")
                 drained = True
         if drained or seen is not None:
@@ -210,37 +274,65 @@ class FailurePolicy:
                 await came_back.wait()
 
     async def _rollback_slots(self, errors: list[str]) -> None:
+        """Every host swaps back first (named failing hosts first): a swap back readies the
+        old slot before the bad one drains, so capacity never drops and all traffic is on
+        the old release after one balancer change per host. Only then do the bad slots drain
+        and stop, ``rollback_parallel`` at a time: they serve nobody any more."""
         progress, traffic, procedure = self.progress, self.traffic, self.procedure
-        for host in self.fleet.main_hosts:
-            name = host.name
-            if name not in progress.live_slot:
-                continue
+        hosts = [h for h in self.fleet.main_hosts if h.name in progress.live_slot]
+        order = self.first_named([h.name for h in hosts])
+        hosts.sort(key=lambda h: order.index(h.name))
+        swapped: list[Host] = []
+
+        async def swap_back(host: Host) -> None:
             try:
-                if progress.live_slot[name] != progress.original_slot[name]:
-                    await procedure.swap_slot(name, back=True)
-                idle = progress.idle_slot(host)
-                backend = backend_name(name, idle)
-                seen = await traffic.backend(backend)
-                if seen is not None and seen.state != "maint":
-                    await traffic.drain(name, backend)       # let its requests finish first
-                    await traffic.set_backend_state(backend, "maint")
-                if seen is not None or progress.hosts[name].phase != HostPhase.PENDING:
-                    await procedure.command(host, "stop", self.fleet.releases.target, idle)
-                progress.hosts[name].release = self.fleet.releases.current
-                progress.hosts[name].phase = HostPhase.IN_SERVICE
+                if progress.live_slot[host.name] != progress.original_slot[host.name]:
+                    await procedure.swap_slot(host.name, back=True)
+                swapped.append(host)
             except UpgraderError as exc:
-                errors.append(f"{name}: {exc}")
+                errors.append(f"{host.name}: {exc}")
+
+        for host in hosts:              # balancer changes only: seconds for the whole fleet
+            await swap_back(host)
+        await traffic.emit_traffic()
+        limit = asyncio.Semaphore(max(1, self.plan.rollback_parallel))
+
+        async def retire(host: Host) -> None:
+            name = host.name
+            async with limit:
+                try:
+                    idle = progress.idle_slot(host)
+                    backend = backend_name(name, idle)
+                    seen = await traffic.backend(backend)
+                    if seen is not None and seen.state != "maint":
+                        await traffic.drain(name, backend)   # let its requests finish first
+                        await traffic.set_backend_state(backend, "maint")
+                    if seen is not None or progress.hosts[name].phase != HostPhase.PENDING:
+                        await procedure.command(host, "stop", self.fleet.releases.target, idle)
+                    progress.hosts[name].release = self.fleet.releases.current
+                    progress.hosts[name].phase = HostPhase.IN_SERVICE
+                except UpgraderError as exc:
+                    errors.append(f"{name}: {exc}")
+
+        await asyncio.gather(*(retire(h) for h in swapped))
         await traffic.emit_traffic()
 
     async def _rollback_traffic(self, errors: list[str]) -> None:
+        """Old hosts that were turned down come back (together: they serve nobody yet), all
+        traffic moves to the old cluster in one change, then the new hosts drain and stop,
+        ``rollback_parallel`` at a time."""
         current = self.fleet.releases.current
         progress, traffic = self.progress, self.traffic
-        # old hosts that were already turned down come back first
-        for name in sorted(progress.turned_down):
-            try:
-                await self.procedure.upgrade(name, current, mode="rollback", drain=False)
-            except Exception as exc:
-                errors.append(describe_error(exc, name))
+        limit = asyncio.Semaphore(max(1, self.plan.rollback_parallel))
+
+        async def bring_back(name: str) -> None:
+            async with limit:
+                try:
+                    await self.procedure.upgrade(name, current, mode="rollback", drain=False)
+                except Exception as exc:
+                    errors.append(describe_error(exc, name))
+
+        await asyncio.gather(*(bring_back(n) for n in sorted(progress.turned_down)))
         share = await traffic.healthy_share(current)
         if share <= 0:
             # nowhere to send the users: keep the new cluster serving rather than nothing
@@ -248,22 +340,26 @@ class FailurePolicy:
                           f"(pool {current} at {share:.0f}% of capacity)")
             return
         await traffic.set_traffic({"current": 100.0, "target": 0.0}, check_capacity=False)
-        for host in self.fleet.new_hosts:
+
+        async def turn_down(host: Host) -> None:
             name = host.name
             status = progress.hosts[name]
-            if status.release is None and status.phase == HostPhase.PENDING:
-                continue
-            try:
-                if await traffic.backend(name) is not None:
-                    await traffic.drain(name, name)
-                    await traffic.remove_backend(name)
-                await self.procedure.command(host, "stop", self.fleet.releases.target, None)
-                status.release = None
-                status.phase = HostPhase.OUT_OF_SERVICE
-                await self.bus.emit("host_done", host=name, release=None, slot=None,
-                                    mode="turn_down")
-            except UpgraderError as exc:
-                errors.append(f"{name}: {exc}")
+            async with limit:
+                try:
+                    if await traffic.backend(name) is not None:
+                        await traffic.drain(name, name)
+                        await traffic.remove_backend(name)
+                    await self.procedure.command(host, "stop", self.fleet.releases.target, None)
+                    status.release = None
+                    status.phase = HostPhase.OUT_OF_SERVICE
+                    await self.bus.emit("host_done", host=name, release=None, slot=None,
+                                        mode="turn_down")
+                except UpgraderError as exc:
+                    errors.append(f"{name}: {exc}")
+
+        await asyncio.gather(*(turn_down(h) for h in self.fleet.new_hosts
+                               if not (progress.hosts[h.name].release is None and
+                                       progress.hosts[h.name].phase == HostPhase.PENDING)))
         await traffic.emit_traffic()
 
     async def _assert_rolled_back(self) -> None:

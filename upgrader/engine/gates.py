@@ -40,6 +40,8 @@ class Gates:
         self.progress = progress
         self.procedure = procedure
         self.windows = windows
+        #: the last answer of :meth:`schema_irreversible` (front ends, freeze choices)
+        self.schema_irreversible_now: str | None = None
 
     async def run(self, index: int, step: Gate) -> None:
         """Pass the gate at plan step ``index``, or raise why not."""
@@ -123,6 +125,25 @@ class Gates:
         await self.bus.emit("schema", migration=step.detail,
                             action=step.gate.removeprefix("schema_"), result=result)
 
+    async def schema_irreversible(self) -> str | None:
+        """Why the release's schema change cannot be reverted now (it is started and has an
+        operation without a way back), or None. Kept in :attr:`schema_irreversible_now`."""
+        switch = self.schema
+        starts = [s for s in self.plan.steps if isinstance(s, Gate) and s.gate == "schema_start"]
+        why = getattr(switch, "irreversible", None)
+        self.schema_irreversible_now = None
+        if switch is None or not starts or not why:
+            return None
+        try:
+            state = await switch.state()
+        except UpgraderError as exc:
+            state = f"unreadable ({exc})"       # cannot tell: never revert blindly
+        if state in (None, "rolled_back", "complete"):
+            return None
+        self.schema_irreversible_now = (f"schema change {starts[0].detail} cannot be "
+                                        f"reverted: {why}")
+        return self.schema_irreversible_now
+
     async def schema_rollback(self, errors: list[str]) -> None:
         """After the hosts are back on the old release: undo the schema change's start. The
         switch reads the database's own record, so this is right on a resumed roll-back too
@@ -135,6 +156,12 @@ class Gates:
             errors.append("schema change left started: hosts did not all roll back")
             return
         migration = starts[0].detail
+        irreversible = await self.schema_irreversible()
+        if irreversible is not None:
+            # an operator chose to roll back anyway: the old release keeps its views
+            await self.bus.emit("log", level="warning",
+                                message=f"{irreversible}: left started")
+            return
         if not await self._flags_off_for_schema(migration, errors):
             return
         await self.bus.emit("schema", migration=migration, action="rollback", result="begin")

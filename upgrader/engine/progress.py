@@ -41,6 +41,8 @@ class ResumeState:
     snapshots: dict[str, str] = field(default_factory=dict)
     rolling_back: bool = False
     rollback_reason: str = ""
+    #: the rollout froze (``frozen`` event) and no operator has answered yet: why
+    frozen: str | None = None
     started_wall: float | None = None
     seq: int = 0
     pause_started: dict[int, float] = field(default_factory=dict)

@@ -69,6 +69,15 @@ def replay(record: RolloutRecord, entries: Iterable[JournalEntry], fleet: Fleet)
         elif kind == "rollback_started":
             state.rolling_back = True
             state.rollback_reason = data.get("reason", "")
+            state.frozen = None
+        elif kind == "frozen":
+            state.frozen = data.get("reason") or "frozen"
+        elif kind == "control" and data.get("action") == "resume":
+            state.frozen = None     # an operator answered the freeze: go on
+        elif kind == "control" and data.get("action") == "abort":
+            # roll back (rollback_started follows), or stop where it stands: frozen
+            state.frozen = (None if data.get("rollback", True) else
+                            state.frozen or "aborted by operator without roll-back")
     if current_step is not None and current_step not in state.done_steps:
         state.step_in_progress = current_step
     state.in_doubt = dict(last_phase)

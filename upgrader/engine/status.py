@@ -47,4 +47,6 @@ def rollout_status(engine: Engine) -> dict[str, Any]:
         "metrics": engine.last_metrics,
         "rollback_estimated_s": est.rollback_s,
         "rollback_now_s": failure.rollback_estimate(len(failure.touched())),
+        # while frozen: why, and what each answer would do (None otherwise)
+        "frozen": failure.frozen,
     }

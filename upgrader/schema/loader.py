@@ -82,7 +82,7 @@ OP_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "set_not_null": (("table", "column", "up"), ("down",)),
     "add_index": (("table", "name", "columns"), ("unique",)),
     "rename_table": (("table", "to"), ()),
-    "sql": (("up", "down"), ("on_complete",)),
+    "sql": (("up",), ("down", "on_complete", "irreversible")),
 }
 REFERENCES_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)")
 
@@ -299,8 +299,18 @@ class _Checker:
                 seen[col.name] = i
             return CreateTable(self.identifier(raw["table"], p("table"), "table"), columns)
         if op == "sql":
+            irreversible = self.boolean(raw["irreversible"], p("irreversible")) \
+                if "irreversible" in raw else False
+            if irreversible and "down" in raw:
+                self.error(p("down"), "an irreversible sql operation has no `down` (drop "
+                                      "`down`, or `irreversible`)")
+            if not irreversible and "down" not in raw:
+                self.error(p("down"), "missing `down` (the SQL that undoes `up`); an "
+                                      "operation that cannot be undone says "
+                                      "irreversible = true")
             return RawSQL(up=self.sql(raw["up"], p("up"), "SQL statement"),
-                          down=self.sql(raw["down"], p("down"), "SQL statement"),
+                          down=(self.sql(raw["down"], p("down"), "SQL statement")
+                                if "down" in raw else None),
                           on_complete=(self.sql(raw["on_complete"], p("on_complete"),
                                                 "SQL statement")
                                        if "on_complete" in raw else None))

@@ -129,10 +129,12 @@ class RenameTable:
 class RawSQL:
     """Explicit SQL: run ``up`` on start, ``down`` on rollback. The views of the new release
     are rebuilt from the catalogue after ``up`` (so raw SQL that adds a table or a column is
-    visible to the new release only). ``on_complete`` runs at complete (optional)."""
+    visible to the new release only). ``on_complete`` runs at complete (optional).
+    ``down`` None: the operation cannot be undone (``irreversible = true`` in the file);
+    a rollout freezes instead of rolling such a migration back."""
 
     up: str
-    down: str
+    down: str | None
     on_complete: str | None = None
 
 
@@ -168,6 +170,20 @@ class Migration:
     source: Path | None = None
     #: 1-based line of each operation in ``source`` (for errors found against the database)
     lines: tuple[int | None, ...] = field(default=(), compare=False)
+
+    @property
+    def irreversible(self) -> str | None:
+        """Why ``rollback`` cannot undo this migration (its operations without a way back),
+        or None."""
+        bad = [i for i, op in enumerate(self.operations)
+               if isinstance(op, RawSQL) and op.down is None]
+        if not bad:
+            return None
+        where = []
+        for i in bad:
+            line = self.lines[i] if i < len(self.lines) else None
+            where.append(f"operation {i + 1} (sql" + (f", line {line})" if line else ")"))
+        return ", ".join(where) + " cannot be undone (irreversible = true)"
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,11 @@ class MigrationSwitch:
     def name(self) -> str:
         return self.migration.name
 
+    @property
+    def irreversible(self) -> str | None:
+        """Why a roll-back cannot undo this migration, or None (the engine freezes then)."""
+        return self.migration.irreversible
+
     def _state(self, backend: SchemaBackend) -> str | None:
         status = backend.status()
         state = None
@@ -67,6 +72,9 @@ class MigrationSwitch:
         with open_backend(self.database) as backend:
             if self._state(backend) != "started":
                 return "not started"
+            if self.migration.irreversible:
+                raise SchemaError(f"migration {self.name}: {self.migration.irreversible}",
+                                  database=backend.url, migration=self.name)
             backend.rollback(self.name)
             return "rolled back"
 

@@ -24,7 +24,7 @@ from .view import SERIES_POINTS, RolloutView, fmt_clock, fmt_duration, fmt_metri
 HOST_KINDS = frozenset({"host_phase", "host_done", "host_failed", "snapshot_taken"})
 #: after these the app re-reads the handle's snapshot (state, step and outcome changes)
 SYNC_KINDS = frozenset({"rollout_started", "state", "step_started", "step_finished", "control",
-                        "rollback_started", "rollout_finished", "pause_started"})
+                        "rollback_started", "rollout_finished", "pause_started", "frozen"})
 #: per batch; beyond this, events are counted, not kept (the snapshot still tells the state)
 MAX_EVENTS = 1000
 MAX_LOG = 500
@@ -314,6 +314,14 @@ class EventDescriber:
                             "decides", style="bold yellow")
             return Text(f"flags off did not cure it: {data.get('detail', '')}",
                         style="bold red")
+        if kind == "frozen":
+            # why it froze, and what each answer would do (resume / abort / stop)
+            choices = data.get("choices") or {}
+            self._last_failure = f"frozen: {data.get('reason', '')}"    # the state line's
+            text = Text(f"FROZEN: {data.get('reason', '')}", style="bold magenta")
+            for choice, effect in choices.items():
+                text.append(f"\n  {choice}: {effect}")
+            return text
         if kind == "rollout_finished":
             outcome = str(data.get("outcome", "?"))
             style = "bold green" if outcome == "completed" else "bold red"

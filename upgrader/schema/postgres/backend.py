@@ -296,6 +296,7 @@ class PostgresBackend:
             "baseline": self._baseline,
             "tables": [lay.to_json() for lay in compiler.layouts.values()],
             "undo": compiler.undo, "indexes": compiler.indexes, "raw": compiler.raw,
+            "irreversible": m.irreversible,
         }
         from psycopg.types.json import Jsonb
 
@@ -413,6 +414,10 @@ class PostgresBackend:
             raise SchemaError(f"migration {name!r} is not active", database=self._safe_url(),
                               migration=name)
         layout = active[2]
+        if layout.get("irreversible"):
+            raise SchemaError(f"migration {name!r} cannot be rolled back: "
+                              f"{layout['irreversible']}", database=self._safe_url(),
+                              migration=name)
         # a build of a concurrent index may have been left behind: it drops outside too
         for index in layout["indexes"]:
             from psycopg import sql

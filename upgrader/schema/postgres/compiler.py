@@ -424,10 +424,11 @@ class Compiler:
         layout.name = op.to
 
     def op_RawSQL(self, i: int, op: RawSQL) -> None:
-        if not (op.up or "").strip() or not (op.down or "").strip():
+        if not (op.up or "").strip() or (op.down is not None and not op.down.strip()):
             raise self.bad(i, "sql needs both `up` and `down`", "up" if not op.up else "down")
         self.emit(i, self.sql.SQL(op.up))
-        self.undo.append((i, op.down))
+        if op.down is not None:     # irreversible: a rollout freezes rather than roll back
+            self.undo.append((i, op.down))
         self.raw.append({"op": i, "on_complete": op.on_complete})
         self.refresh()
 

@@ -293,7 +293,7 @@ class SQLiteBackend:
         record = {"migration": migration_data(migration), "previous": plan.previous,
                   "undo": plan.undo, "contract": plan.contract, "backfill": plan.backfill,
                   "progress": totals, "passthrough": passthrough, "views": views_before,
-                  "retired": retired}
+                  "retired": retired, "irreversible": migration.irreversible}
         self.conn.execute(f'INSERT INTO "{MIGRATIONS_TABLE}" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
                           (seq, migration.name, migration.release, plan.previous, "started",
                            time.time(), None, plan.generation, json.dumps(record)))
@@ -449,6 +449,10 @@ class SQLiteBackend:
         try:
             with self._transaction():
                 seq, record = self._require_active(name)
+                if record.get("irreversible"):
+                    raise SchemaError(f"migration {name!r} cannot be rolled back: "
+                                      f"{record['irreversible']}", database=self.url,
+                                      migration=name)
                 for sql in self._drop_passthroughs():
                     self.conn.execute(sql)
                 for sql in record["undo"]:

@@ -276,7 +276,8 @@ def _raw_sql(s: Start, i: int, op: RawSQL) -> None:
     if not statements:
         s.fail(i, "up", "no SQL statement in `up`")
     s.ddl.extend(statements)
-    s.undo[:0] = split_statements(op.down)
+    if op.down is not None:     # irreversible: a rollout freezes rather than roll back
+        s.undo[:0] = split_statements(op.down)
     if op.on_complete:
         s.contract.append(["sql", op.on_complete])
 
