@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from upgrader.events import Outcome
-
 from test_engine import fleet_with, providers_for, run_engine
+
+from upgrader.events import Outcome
 
 
 def test_pause_during_a_host_step_is_pausing_until_the_boundary_then_paused(fleet_factory):
