@@ -32,6 +32,10 @@ RESYNC_S = 2.0
 
 QuitHook = Callable[[str], Any]
 
+#: what a pause does, as the engine does it (docs/TUI.md "Pausing" says the same)
+PAUSE_TEXT = ("pause requested: PAUSING until the next step boundary, then PAUSED (a timed "
+              "pause or hold stops at once, its countdown frozen); space again cancels")
+
 
 class UpgraderApp(App[str]):
     """Returns (``run()``/``run_async()``) "abort", "detach" or "quit" (None if killed)."""
@@ -162,12 +166,22 @@ class UpgraderApp(App[str]):
         if self.view.is_finished:
             self.notify(f"the rollout is {self.view.state}", severity="warning")
         elif self.view.is_paused:
-            self._control("resume", "resume")
+            self._resume()
         else:
-            self._control("pause", "pause requested: the rollout holds at the next step "
-                                   "boundary")
+            self._control("pause", PAUSE_TEXT)
+
+    def _resume(self) -> None:
+        if self.view.state == "PAUSED":
+            self._control("resume", "resumed: the rollout goes on (a frozen countdown counts "
+                                    "on from where it stopped)")
+        else:
+            self._control("resume", "pause cancelled: the rollout goes on")
 
     def action_promote(self) -> None:
+        if self.view.is_paused and not self.view.is_finished:
+            # one truth: while paused, p resumes (it does not end a pause it cannot reach)
+            self._resume()
+            return
         self._control("promote", "promote: the current pause or hold ends now")
 
     def action_promote_all(self) -> None:
@@ -230,7 +244,8 @@ class UpgraderApp(App[str]):
             if choice in ("abort", "detach"):
                 self._leave(choice)
 
-        self.push_screen(QuitDialog(state=self.view.state, detachable=self.detachable), chosen)
+        self.push_screen(QuitDialog(state=self.view.state, detachable=self.detachable,
+                                    paused=self.view.is_paused), chosen)
 
     async def action_quit(self) -> None:
         self.action_request_quit()

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 FINAL_STATES = frozenset({"COMPLETED", "ROLLED BACK", "FAILED", "FROZEN", "SHUT DOWN"})
 #: states in which the rollout's clock runs
-MOVING_STATES = frozenset({"RUNNING", "PAUSED", "WAITING", "VERIFYING", "ROLLING BACK"})
+MOVING_STATES = frozenset({"RUNNING", "PAUSING", "PAUSED", "WAITING", "VERIFYING", "ROLLING BACK"})
 #: phases of the per-host procedure: the host is between releases
 BUSY_PHASES = frozenset({"snapshot", "draining", "stopping", "installing", "starting",
                          "checking", "enabling"})
@@ -137,8 +137,10 @@ class RolloutView:
 
     @property
     def is_paused(self) -> bool:
-        """Paused, or a pause asked for that the engine has not reached yet."""
-        return self.state == "PAUSED" or (self.pause_requested and not self.is_finished)
+        """Paused (PAUSED), or a pause asked for that the engine has not reached yet (PAUSING,
+        or the request sent and its state not back yet)."""
+        return self.state in ("PAUSING", "PAUSED") or (self.pause_requested
+                                                       and not self.is_finished)
 
     def elapsed(self) -> float:
         if self.finished is not None and self.finished.get("duration_s") is not None:
@@ -151,6 +153,8 @@ class RolloutView:
         """Seconds left of the current timed pause or verification hold (None: none)."""
         if self.wait_remaining_s is None or self.state not in ("WAITING", "VERIFYING", "PAUSED"):
             return None
+        if self.state == "PAUSED":       # an operator's pause freezes the countdown
+            return max(0.0, self.wait_remaining_s)
         return max(0.0, self.wait_remaining_s - max(0.0, self.clock() - self.wait_synced_at))
 
     def remaining(self) -> float | None:
@@ -306,6 +310,10 @@ class RolloutView:
                 self.pause_requested = False
             if state != self.state and state not in ("WAITING", "VERIFYING", "PAUSED"):
                 self.wait_remaining_s = None
+            elif state == "PAUSED" and self.state != "PAUSED":
+                self.wait_remaining_s = self.wait_remaining()     # frozen where it stood
+            elif state != "PAUSED" and self.state == "PAUSED":
+                self.wait_synced_at = self.clock()               # counts on from there
             self.state, self.reason = state, data.get("reason") or ""
         elif kind == "step_started":
             self.step = data.get("index")

@@ -11,8 +11,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 KEY_HELP = [
-    ("space", "pause the rollout at the next step boundary, or resume it"),
-    ("p", "promote: end the current pause or verification hold now"),
+    ("space", "pause: PAUSING until the next step boundary, then PAUSED (a timed pause's "
+              "countdown frozen); again: resume, or cancel a PAUSING"),
+    ("p", "promote: end the current pause or verification hold now (while paused: resume)"),
     ("P", "promote all: skip every remaining pause and analysis"),
     ("r", "roll back (asks first, and says what will happen and how long it takes)"),
     ("l", "the full event log"),
