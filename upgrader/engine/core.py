@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock, SystemClock
-from ..errors import RolloutFailed, UpgraderError
+from ..errors import PolicyRefused, RolloutFailed, UpgraderError
 from ..events import Event, Outcome, RolloutState, Verdict
 from ..journal import ROLLBACK_INCOMPLETE, Journal
 from ..model import Fleet, Host, HostPhase, HostStatus
@@ -284,7 +284,12 @@ class Engine:
         machine.running.set()
 
     def override_window(self, reason: str) -> None:
-        """Go on outside the deploy window from now on (recorded with ``reason``)."""
+        """Go on outside the deploy window from now on (journaled as ``window_override`` with
+        ``reason``). Raises ``PolicyRefused`` without a window or a reason."""
+        if self.window_guard.windows is None:
+            raise PolicyRefused("this rollout has no deploy window to override")
+        if not reason.strip():
+            raise PolicyRefused("an override of the deploy window needs a reason")
         self.window_guard.override(reason)
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:

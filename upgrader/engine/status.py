@@ -49,4 +49,6 @@ def rollout_status(engine: Engine) -> dict[str, Any]:
         "metrics": engine.last_metrics,
         "rollback_estimated_s": est.rollback_s,
         "rollback_now_s": failure.rollback_estimate(len(failure.touched())),
+        # the deploy window (None: the fleet has none): WindowGuard.info()
+        "window": engine.window_info(),
     }
