@@ -18,7 +18,15 @@ from textual.binding import Binding
 
 from ..control.handle import RolloutHandle
 from .messages import EventDescriber, EventFeed, RolloutUpdated
-from .screens import FlagsScreen, HelpScreen, LogScreen, MainScreen, QuitDialog, RollbackDialog
+from .screens import (
+    FlagsScreen,
+    HelpScreen,
+    LogScreen,
+    MainScreen,
+    QuitDialog,
+    RollbackDialog,
+    WindowOverrideDialog,
+)
 from .view import MOVING_STATES, RolloutView, as_clock, fmt_duration
 from .widgets import FleetTable
 
@@ -214,6 +222,34 @@ class UpgraderApp(App[str]):
                 f"{view.on_target} host(s) run {view.target}{moving}. The rollout stops, and "
                 f"they return to {view.current}, with no pauses and no analysis on the way.\n\n"
                 + expected)
+
+    def action_override_window(self) -> None:
+        window = self.view.window
+        if window is None:
+            self.notify("override window: this rollout has no deploy window",
+                        severity="warning")
+            return
+        if window.get("overridden"):
+            self.notify(f"the deploy window is already overridden ({window['overridden']})")
+            return
+        if self.view.is_finished or getattr(self.handle, "override_window", None) is None:
+            self.notify("override window: not possible for this rollout", severity="warning")
+            return
+        if window.get("held"):
+            situation = f"The rollout waits for the deploy window: {window.get('why')}."
+        elif window.get("open"):
+            situation = "The deploy window is open now; an override lets the rollout go on " \
+                        "after it closes."
+        else:
+            situation = "The deploy window is closed now."
+
+        def chosen(reason: str | None) -> None:
+            if reason:
+                self._control("override_window", f"deploy window overridden ({reason}): "
+                              "the rollout goes on outside it; the reason is journaled",
+                              reason=reason)
+
+        self.push_screen(WindowOverrideDialog(situation), chosen)
 
     def action_log(self) -> None:
         if not isinstance(self.screen, LogScreen):

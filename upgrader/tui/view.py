@@ -116,6 +116,8 @@ class RolloutView:
         self.synced_at = self.wait_synced_at = clock()
         self.started_ts: float | None = None
         self.pause_requested = False
+        #: the deploy window (Engine.window_info(); None: the fleet has none), as of synced_at
+        self.window: dict[str, Any] | None = None
         self.rollback: dict[str, Any] | None = None
         self.finished: dict[str, Any] | None = None
         self.log: deque[Event] = deque(maxlen=LOG_EVENTS)
@@ -156,6 +158,14 @@ class RolloutView:
         if self.state == "PAUSED":       # an operator's pause freezes the countdown
             return max(0.0, self.wait_remaining_s)
         return max(0.0, self.wait_remaining_s - max(0.0, self.clock() - self.wait_synced_at))
+
+    def window_countdown(self, key: str) -> float | None:
+        """Seconds left of the window's ``key`` (``resumes_in_s``, ``opens_in_s``,
+        ``closes_in_s``), counted down from the last snapshot."""
+        value = (self.window or {}).get(key)
+        if value is None:
+            return None
+        return max(0.0, float(value) - max(0.0, self.clock() - self.synced_at))
 
     def remaining(self) -> float | None:
         """The engine's estimate of what is left, less what the current wait has used."""
@@ -218,6 +228,7 @@ class RolloutView:
         self.rollback_now_s = snap.get("rollback_now_s", self.rollback_now_s)
         self.elapsed_s = float(snap.get("elapsed_s") or 0.0)
         self.wait_remaining_s = snap.get("wait_remaining_s")
+        self.window = snap.get("window")
         self.synced_at = self.wait_synced_at = self.clock()
         self.hosts_total = int(snap.get("hosts_total") or 0)
         changed = self._load_hosts(snap.get("hosts") or {})
@@ -339,6 +350,10 @@ class RolloutView:
                 self.pause_requested = True
             elif action in ("resume", "abort"):
                 self.pause_requested = False
+        elif kind == "window_override" and self.window is not None:
+            self.window = {**self.window, "overridden": data.get("reason"), "held": False}
+        elif kind == "window_opened" and self.window is not None:
+            self.window = {**self.window, "held": False}
         elif kind == "rollback_started":
             self.rollback = dict(data)
         elif kind == "rollout_finished":

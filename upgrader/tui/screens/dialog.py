@@ -45,7 +45,7 @@ class ChoiceDialog(ModalScreen[ResultType]):
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def action_cancel(self) -> None:   # pragma: no cover - every dialog overrides it
-        self.dismiss(None)  # type: ignore[arg-type]
+        self.dismiss(None)
 
     def on_key(self, event: events.Key) -> None:
         if isinstance(self.focused, Input) or not event.character:
@@ -56,6 +56,6 @@ class ChoiceDialog(ModalScreen[ResultType]):
                 button.press()
                 return
 
-    def choices(self) -> dict[str, Any]:
+    def choices(self) -> dict[str | None, str | None]:
         """Key letter -> button id, for the convention's test and docs."""
         return {choice_key(str(b.label)): b.id for b in self.query(Button)}

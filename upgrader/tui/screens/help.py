@@ -19,8 +19,11 @@ KEY_HELP = [
     ("l", "the full event log"),
     ("f", "feature flags in every environment: turn one on/off, change its roll-out "
           "(asks first), see its history"),
+    ("w", "override the deploy window (asks for the reason, journaled); the window line "
+          "under the header shows the window, the next opening and the countdown of a wait"),
     ("?", "this help"),
-    ("q", "quit: asks whether to roll back or leave the rollout running if it is not over"),
+    ("q", "quit: asks whether to roll back or leave the rollout (running, or paused) if it "
+          "is not over"),
     ("up/down, pgup/pgdn", "move through the fleet table"),
 ]
 PANELS = [
