@@ -5,7 +5,10 @@ Kinds (``data`` keys in brackets; every event also has kind, ts, rollout and seq
 
 - ``rollout_started`` [fleet, strategy, current, target, hosts, estimated_s,
   rollback_estimated_s, resumed]
-- ``state`` [state, reason]                 RUNNING, PAUSED, WAITING, VERIFYING, ROLLING BACK, ...
+- ``state`` [state, reason]                 RUNNING, PAUSING, PAUSED, WAITING, VERIFYING,
+  ROLLING BACK, ...  An operator's pause is PAUSING until the next step boundary (or at once
+  inside a timed pause, a verification hold or a window hold, whose countdown then freezes),
+  then PAUSED until resumed
 - ``step_started`` [index, step, description]; ``step_finished`` [index, step]
 - ``pause_started`` [index, duration]       duration None: until promoted
 - ``slots`` [live, original]                blue-green: each host's live slot at the start
@@ -49,6 +52,8 @@ from typing import Any
 class RolloutState(str, enum.Enum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
+    #: a pause asked for: the rollout goes on to the next step boundary, then PAUSED
+    PAUSING = "PAUSING"
     PAUSED = "PAUSED"
     WAITING = "WAITING"
     VERIFYING = "VERIFYING"

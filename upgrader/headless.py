@@ -75,7 +75,7 @@ class HeadlessDisplay:
                       + (" (resumed)" if data.get("resumed") else ""), "bold")
         elif kind == "state":
             self._progress.update(self._task, state=data["state"])
-            if data["state"] in ("PAUSED", "FAILED", "FROZEN", "FLAGS OFF"):
+            if data["state"] in ("PAUSING", "PAUSED", "FAILED", "FROZEN", "FLAGS OFF"):
                 self.line(f"{data['state']}: {data.get('reason', '')}", "bold yellow")
         elif kind == "step_started":
             self._progress.update(self._task, description=f"step {data['index'] + 1}: "

@@ -1,5 +1,5 @@
 """Attach and detach: the TUI on a rollout served through the control API (a Unix socket and a
-token), quit with "Leave it running", the rollout goes on without a screen, a second TUI
+token), quit with "[L]eave it running", the rollout goes on without a screen, a second TUI
 attaches, sees where it got to, and steers it to the end."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def test_attach_detach_and_attach_again(tmp_path):
                 await pilot.press("q")
                 await wait_until(pilot, lambda: isinstance(app.screen, QuitDialog),
                                  "the quit dialog")
-                await pilot.press("d")           # "Leave it running"
+                await pilot.press("l")           # "[L]eave it running"
                 await wait_until(pilot, lambda: app.return_value is not None, "the app to exit")
             assert app.return_value == "detach"
             await first.aclose()

@@ -112,7 +112,7 @@ def test_toggle_and_confirm_changes_the_store_and_audits_the_tui_actor(store):
         await wait_until(pilot, lambda: isinstance(app.screen, FlagChangeDialog), "the dialog")
         assert app.screen.text.splitlines()[0] == ("turn new-checkout OFF in production: "
                                                    "users get variant 'off'")
-        await pilot.press("y")
+        await pilot.press("a")
         await wait_until(pilot, lambda: store.version() == 2, "the change in the store")
         await wait_until(pilot, lambda: cell(screen, "new-checkout", "production")
                          .startswith("○ off"), "the table to show it off")
@@ -140,7 +140,7 @@ def test_toggle_and_confirm_changes_the_store_and_audits_the_tui_actor(store):
 def test_a_confirmed_toggle_is_what_the_evaluator_serves(store):
     async def scenario(app, pilot):
         await open_flags(app, pilot)
-        await pilot.press("space", "y")
+        await pilot.press("space", "a")
         await wait_until(pilot, lambda: store.version() == 2, "the change in the store")
 
     run(store, scenario)
@@ -152,7 +152,7 @@ def test_a_confirmed_toggle_is_what_the_evaluator_serves(store):
 def test_toggle_and_cancel_changes_nothing(store):
     async def scenario(app, pilot):
         screen = await open_flags(app, pilot)
-        for key in ("n", "escape"):
+        for key in ("c", "escape"):
             await pilot.press("space")
             await wait_until(pilot, lambda: isinstance(app.screen, FlagChangeDialog),
                              "the dialog")
@@ -178,14 +178,14 @@ def test_plus_raises_and_minus_lowers_the_rollout_percentage(store):
         assert app.screen.text.startswith(
             "set the roll-out of new-checkout in production to 35 % (now 30 %): rule "
             "gold-silver-30 serves variant 'on' to 35 % of the users it matches")
-        await pilot.press("y")
+        await pilot.press("a")
         await wait_until(pilot, lambda: store.version() == 2, "the change in the store")
         await wait_until(pilot, lambda: cell(screen, "new-checkout", "production")
                          == "● on 35%", "the table to show 35%")
         await pilot.press("minus")
         await wait_until(pilot, lambda: isinstance(app.screen, FlagChangeDialog), "the dialog")
         assert "to 30 % (now 35 %)" in app.screen.text
-        await pilot.press("y")
+        await pilot.press("a")
         await wait_until(pilot, lambda: store.version() == 3, "the second change")
 
     run(store, scenario)
@@ -215,7 +215,7 @@ def test_percent_sets_an_exact_value_and_an_invalid_one_changes_nothing(store):
         await pilot.press("enter")
         await wait_until(pilot, lambda: isinstance(app.screen, FlagChangeDialog), "the dialog")
         assert "to 12.5 % (now 30 %)" in app.screen.text
-        await pilot.press("y")
+        await pilot.press("a")
         await wait_until(pilot, lambda: store.version() == 2, "the change in the store")
         # a weighted roll-out cannot be changed by percentage: said, nothing changes
         screen = app.screen
@@ -239,7 +239,7 @@ def test_a_change_the_store_refuses_is_shown_and_changes_nothing(store, monkeypa
 
     async def scenario(app, pilot):
         screen = await open_flags(app, pilot)
-        await pilot.press("space", "y")
+        await pilot.press("space", "a")
         await wait_until(pilot, lambda: notified(app, "new-checkout: not changed: "
                                                        "flags.new-checkout: refused for the "
                                                        "test"), "the error")
@@ -295,7 +295,7 @@ def test_e_cycles_the_environments_and_changes_apply_to_the_selected_one(store):
         await wait_until(pilot, lambda: isinstance(app.screen, FlagChangeDialog), "the dialog")
         assert app.screen.text.startswith("turn new-checkout OFF in staging: users get "
                                           "variant 'off'")
-        await pilot.press("y")
+        await pilot.press("a")
         await wait_until(pilot, lambda: store.version() == 2, "the change in the store")
 
     run(store, scenario)
@@ -317,9 +317,9 @@ def test_store_calls_never_run_on_the_ui_thread(store):
 
     async def scenario(app, pilot):
         await open_flags(app, pilot)
-        await pilot.press("space", "y")
+        await pilot.press("space", "a")
         await wait_until(pilot, lambda: ("set_enabled", False) in calls, "the change")
-        await pilot.press("plus", "y")
+        await pilot.press("plus", "a")
         await wait_until(pilot, lambda: ("set_rollout", False) in calls, "the roll-out")
         await pilot.press("down")
         await pilot.pause(0.6)

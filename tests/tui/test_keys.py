@@ -92,7 +92,7 @@ def test_r_and_confirm_rolls_back():
         text = text_of(app.screen.query_one("#rollback-text", Static))
         assert "3 host(s) run 1.1.0" in text and "return to 1.0.0" in text
         assert "Expected to take about" in text
-        await pilot.press("y")
+        await pilot.press("r")
         await shown.wait_for(pilot, "ROLLED BACK")
         assert shown.seen[-2:] == ["ROLLING BACK", "ROLLED BACK"]
         assert isinstance(app.screen, MainScreen)
@@ -111,7 +111,7 @@ def test_r_and_cancel_does_nothing():
         await shown.wait_for(pilot, "WAITING")
         await pilot.press("r")
         await wait_until(pilot, lambda: isinstance(app.screen, RollbackDialog), "the dialog")
-        await pilot.press("n")
+        await pilot.press("c")
         await wait_until(pilot, lambda: isinstance(app.screen, MainScreen), "the dialog to close")
         await pilot.press("r")
         await wait_until(pilot, lambda: isinstance(app.screen, RollbackDialog), "the dialog")

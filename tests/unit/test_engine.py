@@ -498,8 +498,9 @@ def test_pause_during_a_wait_shows_paused_at_once_and_holds_the_next_step(fleet_
     assert seen[0] == "PAUSED"
     assert seen[1] == ("PAUSED", 1)
     states = [e.data["state"] for e in events if e.kind == "state"]
-    # the 2 minute wait ended while paused: resuming goes on with the next step
-    assert states[states.index("PAUSED") + 1] == "RUNNING"
+    # the 2 minute wait was frozen while paused: resuming finishes it, then the next step
+    assert states[states.index("PAUSED") + 1:states.index("PAUSED") + 3] == ["WAITING",
+                                                                             "RUNNING"]
 
 
 def test_analysis_failure_during_an_operator_pause_acts_at_once(fleet_factory):

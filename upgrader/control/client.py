@@ -205,6 +205,13 @@ class RemoteRollout:
     def abort(self, rollback: bool = True) -> None:
         self._fire("abort", {"rollback": bool(rollback)})
 
+    def override_window(self, reason: str) -> None:
+        """Go on outside the deploy window from now on; the controller journals ``reason``
+        (``window_override``). An empty reason is refused here, before any request."""
+        if not reason.strip():
+            raise ControlError("an override of the deploy window needs a reason")
+        self._fire("override_window", {"reason": reason.strip()})
+
     def watch_hosts(self, hosts: Iterable[str]) -> None:
         """Per-host figures for these hosts in every ``metrics`` event from now on (a front
         end's visible rows), as ``Engine.watch_hosts``. Cheap to call often: the set is sent
@@ -249,12 +256,16 @@ class RemoteRollout:
             return dict(self._finished_data)
         raise self._lost or ControlError("the handle was closed before the rollout finished")
 
-    async def control(self, action: str, *, rollback: bool = True) -> dict[str, Any]:
+    async def control(self, action: str, *, rollback: bool = True,
+                      reason: str | None = None) -> dict[str, Any]:
         """Send one control now and return the controller's answer (``{"ok", "action",
-        "state"}``); raises ``ControlError`` on failure. The UI uses the methods above."""
+        "state"}``); raises ``ControlError`` on failure. The UI uses the methods above.
+        ``override_window`` needs ``reason``."""
         if action not in ACTIONS:
             raise ControlError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
-        body = {"rollback": bool(rollback)} if action == "abort" else {}
+        body: dict[str, Any] = {"rollback": bool(rollback)} if action == "abort" else {}
+        if action == "override_window":
+            body = {"reason": reason or ""}
         return await self._post(action, body)
 
     # ------------------------------------------------------------------ internals: HTTP
@@ -520,6 +531,18 @@ class RemoteRollout:
                                             ("metric", "result", "value", "threshold",
                                              "samples", "baseline", "detail")}
             status["verdicts"] = verdicts
+        elif kind in ("window_override", "window_closed", "window_wait", "window_opened"):
+            # the picture of the window changed: show what the event says now, and read the
+            # controller's full picture (next opening, countdown) on the next refresh
+            window = dict(status.get("window") or {})
+            if kind == "window_override":
+                window.update(overridden=data.get("reason"), held=False, resumes_in_s=None)
+            elif kind == "window_opened":
+                window.update(held=False, resumes_in_s=None)
+            else:
+                window.update(held=True, why=data.get("reason"), resumes=data.get("until"))
+            status["window"] = window
+            self._dirty.set()
         elif kind == "rollout_finished":
             state = _OUTCOME_STATE.get(str(data.get("outcome")))
             if state:

@@ -2,7 +2,8 @@
 
     GET  /v1/status                     the rollout's snapshot (``RolloutHandle.snapshot()``)
     GET  /v1/events?since=SEQ           NDJSON: history after SEQ, then live events, then the end
-    POST /v1/control/{action}           pause | resume | promote | promote_all | abort
+    POST /v1/control/{action}           pause | resume | promote | promote_all | abort |
+                                        override_window ({"reason": "..."}: required)
     POST /v1/watch                      {"stream": ID, "hosts": [...]}: per-host figures for
                                         these hosts while that event stream is open
 
@@ -36,7 +37,7 @@ log = logging.getLogger("upgrader.control")
 
 API_PREFIX = "/v1"
 NDJSON = "application/x-ndjson"
-ACTIONS = ("pause", "resume", "promote", "promote_all", "abort")
+ACTIONS = ("pause", "resume", "promote", "promote_all", "abort", "override_window")
 #: a client further behind than this is dropped (it reconnects and resumes from its last seq)
 MAX_BACKLOG = 10_000
 HEARTBEAT_S = 5.0
@@ -335,11 +336,25 @@ class ControlServer:
                     return _json_response(400, {"ok": False,
                                                 "error": "rollback must be true or false"})
             kwargs["rollback"] = rollback
+        elif action == "override_window":
+            try:
+                body = json.loads(await request.text() or "null")
+            except ValueError:
+                return _json_response(400, {"ok": False, "error": "body is not JSON"})
+            reason = body.get("reason") if isinstance(body, dict) else None
+            if not isinstance(body, dict) or set(body) - {"reason"} \
+                    or not isinstance(reason, str) or not reason.strip():
+                return _json_response(400, {"ok": False, "error": 'body must be {"reason": '
+                                            '"why the window is overridden"} (not empty)'})
+            if getattr(self.handle, "override_window", None) is None:
+                return _json_response(409, {"ok": False, "error": "this rollout cannot "
+                                            "override its deploy window"})
+            kwargs["reason"] = reason.strip()
         try:
             getattr(self.handle, action)(**kwargs)
         except UpgraderError as exc:
             return _json_response(409, {"ok": False, "error": str(exc)})
-        log.info("control: %s%s", action, f" rollback={kwargs['rollback']}" if kwargs else "")
+        log.info("control: %s%s", action, "".join(f" {k}={v!r}" for k, v in kwargs.items()))
         return _json_response(200, {"ok": True, "action": action,
                                     "state": self.handle.snapshot().get("state")})
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock, SystemClock
-from ..errors import RolloutFailed, UpgraderError
+from ..errors import PolicyRefused, RolloutFailed, UpgraderError
 from ..events import Event, Outcome, RolloutState, Verdict
 from ..journal import ROLLBACK_INCOMPLETE, Journal
 from ..model import Fleet, Host, HostPhase, HostStatus
@@ -62,7 +62,7 @@ from .gates import Gates
 from .hosts import DEFAULT_SLOT, HostProcedure, render
 from .inventory import Assessment, start_from_inventory
 from .leftover import report_left_behind
-from .machine import ACTIVE, Interrupted, StateMachine
+from .machine import ACTIVE, PAUSED_REASON, PAUSING_REASON, Interrupted, StateMachine
 from .progress import ResumeState, RolloutProgress, backend_name
 from .reconcile import apply as apply_repair
 from .reconcile import reconcile as reconcile_with_fleet
@@ -239,21 +239,32 @@ class Engine:
     # ------------------------------------------------------------------ controls (front ends)
 
     def pause(self) -> None:
-        """Stop before the next action. Actions under way (a host's procedure) finish; a
-        timed pause or hold keeps counting, but the rollout goes no further until resumed."""
+        """Stop at the next step boundary: the state is PAUSING until the rollout gets there,
+        then PAUSED. Actions under way (a host's procedure) finish first; a timed pause, a
+        verification hold or a window hold is a boundary itself: it holds at once and its
+        countdown freezes until resumed."""
         machine = self.machine
         if machine.running.is_set() and (self.window_guard.held or machine.state in ACTIVE):
             machine.running.clear()
+            machine.pause_requested.set()
             machine.before_pause = (machine.state, machine.reason)
-            machine.set_state_now(RolloutState.PAUSED, "paused by operator")
+            if self.window_guard.held or machine.wait_deadline is not None \
+                    or machine.state is RolloutState.WAITING:
+                machine.set_state_now(RolloutState.PAUSED, PAUSED_REASON)
+            else:
+                machine.set_state_now(RolloutState.PAUSING, PAUSING_REASON)
             self._control("pause")
 
     def resume(self) -> None:
+        """End an operator's pause (PAUSED), cancel one asked for (PAUSING), or go on after a
+        failure that paused the rollout."""
         machine = self.machine
         if not machine.running.is_set() or machine.failure:
+            machine.pause_requested.clear()
             machine.running.set()
             before, machine.before_pause = machine.before_pause, None
-            if before is not None and machine.state is RolloutState.PAUSED:
+            if before is not None and machine.state in (RolloutState.PAUSED,
+                                                        RolloutState.PAUSING):
                 machine.set_state_now(*before)
             self._control("resume")
 
@@ -277,7 +288,12 @@ class Engine:
         machine.running.set()
 
     def override_window(self, reason: str) -> None:
-        """Go on outside the deploy window from now on (recorded with ``reason``)."""
+        """Go on outside the deploy window from now on (journaled as ``window_override`` with
+        ``reason``). Raises ``PolicyRefused`` without a window or a reason."""
+        if self.window_guard.windows is None:
+            raise PolicyRefused("this rollout has no deploy window to override")
+        if not reason.strip():
+            raise PolicyRefused("an override of the deploy window needs a reason")
         self.window_guard.override(reason)
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
@@ -448,7 +464,7 @@ class Engine:
         while True:
             machine.raise_if_interrupted()
             if not machine.running.is_set():
-                await machine.running.wait()
+                await machine.hold_paused()
                 machine.raise_if_interrupted()
             if not await self.window_guard.checkpoint():
                 return

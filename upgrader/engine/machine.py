@@ -17,6 +17,9 @@ from .bus import EventBus
 
 #: the states an operator's pause holds (and returns to on resume)
 ACTIVE = (RolloutState.RUNNING, RolloutState.WAITING, RolloutState.VERIFYING)
+#: an operator's pause: the reason while it is asked for, and once it holds
+PAUSING_REASON = "pause requested: holds at the next step boundary"
+PAUSED_REASON = "paused by operator"
 
 
 class Interrupted(Exception):
@@ -47,6 +50,10 @@ class StateMachine:
         self.before_pause: tuple[RolloutState, str] | None = None
         #: when the current skippable wait ends (for front ends)
         self.wait_deadline: float | None = None
+        #: set from an operator's pause until resumed: a timed pause or hold stops counting
+        self.pause_requested = asyncio.Event()
+        #: seconds left of a timed pause or hold that an operator's pause froze (None: none)
+        self.wait_frozen: float | None = None
 
     @property
     def interrupted(self) -> bool:
@@ -80,6 +87,7 @@ class StateMachine:
         self.interrupt.set()
         # an operator's pause must not hold back the failure policy
         self.before_pause = None
+        self.pause_requested.clear()
         self.running.set()
 
     def accept_failure(self) -> None:
@@ -102,22 +110,51 @@ class StateMachine:
         self.raise_if_interrupted()
         await self.set_state(RolloutState.RUNNING)
 
+    async def hold_paused(self) -> None:
+        """At a step boundary: if an operator asked for a pause, hold (PAUSED) until resumed."""
+        if self.running.is_set():
+            return
+        if self.state is RolloutState.PAUSING:
+            await self.set_state(RolloutState.PAUSED, PAUSED_REASON)
+        await self.running.wait()
+
     async def wait(self, seconds: float | None, *, skippable: bool) -> bool:
-        """Wait up to ``seconds`` (None: forever). True if skipped or interrupted early."""
-        # futures of different result types, only ever awaited for completion
-        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.interrupt.wait())]
-        if skippable:
-            waiters.append(asyncio.ensure_future(self.skip.wait()))
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds)) if seconds is not None else None
-        if sleeper is not None:
-            waiters.append(sleeper)
-        if skippable and seconds is not None:
-            self.wait_deadline = self.clock.monotonic() + seconds
-        try:
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
+        """Wait up to ``seconds`` (None: forever). True if skipped or interrupted early.
+
+        A skippable wait (a timed pause, a verification hold) is a step boundary: an
+        operator's pause holds it at once (PAUSED) and freezes what is left of it until
+        resumed."""
+        left = seconds
+        while True:
+            # futures of different result types, only ever awaited for completion
+            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.interrupt.wait())]
+            paused: asyncio.Future[Any] | None = None
             if skippable:
-                self.wait_deadline = None
-            for waiter in waiters:
-                waiter.cancel()
-        return sleeper is None or sleeper not in done
+                waiters.append(asyncio.ensure_future(self.skip.wait()))
+                paused = asyncio.ensure_future(self.pause_requested.wait())
+                waiters.append(paused)
+            sleeper = asyncio.ensure_future(self.clock.sleep(left)) if left is not None else None
+            if sleeper is not None:
+                waiters.append(sleeper)
+            started = self.clock.monotonic()
+            if skippable and left is not None:
+                self.wait_deadline = started + left
+            try:
+                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if skippable:
+                    self.wait_deadline = None
+                for waiter in waiters:
+                    waiter.cancel()
+            if sleeper is not None and sleeper in done:
+                return False
+            if paused is None or paused not in done or self.interrupted or self.skip.is_set():
+                return True
+            # an operator's pause: freeze the countdown until resumed
+            if left is not None:
+                left = max(0.0, left - (self.clock.monotonic() - started))
+            self.wait_frozen = left
+            try:
+                await self.hold_paused()
+            finally:
+                self.wait_frozen = None

@@ -41,12 +41,16 @@ def rollout_status(engine: Engine) -> dict[str, Any]:
                   "description": describe_step(s), "duration_s": step_duration(s, timing)}
                  for i, s in enumerate(plan.steps)],
         "done_steps": sorted(done),
-        "wait_remaining_s": (max(0.0, deadline - clock.monotonic())
-                             if deadline is not None else None),
+        # an operator's pause freezes a timed pause or hold: what is left then stays put
+        "wait_remaining_s": (max(0.0, deadline - clock.monotonic()) if deadline is not None
+                             else engine.machine.wait_frozen),
+        "wait_frozen": engine.machine.wait_frozen is not None,
         "traffic": engine.last_traffic,
         "metrics": engine.last_metrics,
         "rollback_estimated_s": est.rollback_s,
         "rollback_now_s": failure.rollback_estimate(len(failure.touched())),
         # while frozen: why, and what each answer would do (None otherwise)
         "frozen": failure.frozen,
+        # the deploy window (None: the fleet has none): WindowGuard.info()
+        "window": engine.window_info(),
     }

@@ -51,6 +51,9 @@ class WindowGuard:
         self.timing = timing
         #: the rollout is held outside the window now (an operator may pause it then too)
         self.held = False
+        #: while held: when the hold ends (None: no opening within the horizon), and why
+        self.hold_until: datetime | None = None
+        self.hold_reason = ""
         self._wake = asyncio.Event()
 
     # -- control
@@ -78,17 +81,31 @@ class WindowGuard:
         return None if self.windows is None else self.windows.is_open(self._now_utc())
 
     def info(self) -> dict[str, Any] | None:
-        """For front ends: whether the window is open, until when, who is on duty."""
+        """For front ends: whether the window is open, until when (``closes``, and
+        ``closes_in_s`` from now), the next opening (``opens``, ``opens_in_s``), who is on
+        duty, the override's reason, and whether the rollout waits for a window now
+        (``held``, with ``resumes``/``resumes_in_s`` and ``why``). Times are ISO (UTC); the
+        ``*_in_s`` figures are seconds from this call, for a countdown."""
         if self.windows is None:
             return None
         now = self._now_utc()
         is_open = self.windows.is_open(now)
         end = self.windows.window_end(now) if is_open else None
         opening = None if is_open else self.windows.next_opening(now)
+        held = self.held and self._active()
+        until = self.hold_until if held else None
+
+        def seconds(when: datetime | None) -> float | None:
+            return None if when is None else max(0.0, (when - now).total_seconds())
+
         return {"open": is_open, "overridden": self.override_reason,
                 "teams": [t.name for t in self.windows.on_duty(now)],
-                "closes": end.isoformat() if end else None,
-                "opens": opening.isoformat() if opening else None}
+                "closes": end.isoformat() if end else None, "closes_in_s": seconds(end),
+                "opens": opening.isoformat() if opening else None,
+                "opens_in_s": seconds(opening),
+                "held": held, "why": self.hold_reason if held else None,
+                "resumes": until.isoformat() if until else None,
+                "resumes_in_s": seconds(until)}
 
     # -- engine hooks
 
@@ -143,6 +160,7 @@ class WindowGuard:
         else:
             reason = f"{why}; resumes at {windows.describe_time(until)}"
         self.held = True
+        self.hold_until, self.hold_reason = until, reason
         self._wake.clear()
         await self.bus.emit(event, reason=reason, until=until.isoformat() if until else None,
                             teams=[t.name for t in windows.on_duty(until)] if until else [],
@@ -158,6 +176,7 @@ class WindowGuard:
                 await self._sleep_or_wake(remaining)
         finally:
             self.held = False
+            self.hold_until, self.hold_reason = None, ""
         machine.raise_if_interrupted()
         now = self._now_utc()
         await self.bus.emit("window_opened", teams=[t.name for t in windows.on_duty(now)],

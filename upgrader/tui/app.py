@@ -18,7 +18,15 @@ from textual.binding import Binding
 
 from ..control.handle import RolloutHandle
 from .messages import EventDescriber, EventFeed, RolloutUpdated
-from .screens import FlagsScreen, HelpScreen, LogScreen, MainScreen, QuitDialog, RollbackDialog
+from .screens import (
+    FlagsScreen,
+    HelpScreen,
+    LogScreen,
+    MainScreen,
+    QuitDialog,
+    RollbackDialog,
+    WindowOverrideDialog,
+)
 from .view import MOVING_STATES, RolloutView, as_clock, fmt_duration
 from .widgets import FleetTable
 
@@ -31,6 +39,10 @@ TICK_S = 0.1
 RESYNC_S = 2.0
 
 QuitHook = Callable[[str], Any]
+
+#: what a pause does, as the engine does it (docs/TUI.md "Pausing" says the same)
+PAUSE_TEXT = ("pause requested: PAUSING until the next step boundary, then PAUSED (a timed "
+              "pause or hold stops at once, its countdown frozen); space again cancels")
 
 
 class UpgraderApp(App[str]):
@@ -162,12 +174,22 @@ class UpgraderApp(App[str]):
         if self.view.is_finished:
             self.notify(f"the rollout is {self.view.state}", severity="warning")
         elif self.view.is_paused:
-            self._control("resume", "resume")
+            self._resume()
         else:
-            self._control("pause", "pause requested: the rollout holds at the next step "
-                                   "boundary")
+            self._control("pause", PAUSE_TEXT)
+
+    def _resume(self) -> None:
+        if self.view.state == "PAUSED":
+            self._control("resume", "resumed: the rollout goes on (a frozen countdown counts "
+                                    "on from where it stopped)")
+        else:
+            self._control("resume", "pause cancelled: the rollout goes on")
 
     def action_promote(self) -> None:
+        if self.view.is_paused and not self.view.is_finished:
+            # one truth: while paused, p resumes (it does not end a pause it cannot reach)
+            self._resume()
+            return
         self._control("promote", "promote: the current pause or hold ends now")
 
     def action_promote_all(self) -> None:
@@ -201,6 +223,34 @@ class UpgraderApp(App[str]):
                 f"they return to {view.current}, with no pauses and no analysis on the way.\n\n"
                 + expected)
 
+    def action_override_window(self) -> None:
+        window = self.view.window
+        if window is None:
+            self.notify("override window: this rollout has no deploy window",
+                        severity="warning")
+            return
+        if window.get("overridden"):
+            self.notify(f"the deploy window is already overridden ({window['overridden']})")
+            return
+        if self.view.is_finished or getattr(self.handle, "override_window", None) is None:
+            self.notify("override window: not possible for this rollout", severity="warning")
+            return
+        if window.get("held"):
+            situation = f"The rollout waits for the deploy window: {window.get('why')}."
+        elif window.get("open"):
+            situation = "The deploy window is open now; an override lets the rollout go on " \
+                        "after it closes."
+        else:
+            situation = "The deploy window is closed now."
+
+        def chosen(reason: str | None) -> None:
+            if reason:
+                self._control("override_window", f"deploy window overridden ({reason}): "
+                              "the rollout goes on outside it; the reason is journaled",
+                              reason=reason)
+
+        self.push_screen(WindowOverrideDialog(situation), chosen)
+
     def action_log(self) -> None:
         if not isinstance(self.screen, LogScreen):
             self.push_screen(LogScreen())
@@ -230,7 +280,8 @@ class UpgraderApp(App[str]):
             if choice in ("abort", "detach"):
                 self._leave(choice)
 
-        self.push_screen(QuitDialog(state=self.view.state, detachable=self.detachable), chosen)
+        self.push_screen(QuitDialog(state=self.view.state, detachable=self.detachable,
+                                    paused=self.view.is_paused), chosen)
 
     async def action_quit(self) -> None:
         self.action_request_quit()

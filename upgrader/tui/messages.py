@@ -195,7 +195,8 @@ class RolloutUpdated(Message):
 # ---------------------------------------------------------------------- describing events
 
 STATE_STYLES = {
-    "PENDING": "dim", "RUNNING": "bold green", "PAUSED": "bold yellow", "WAITING": "bold cyan",
+    "PENDING": "dim", "RUNNING": "bold green", "PAUSING": "yellow", "PAUSED": "bold yellow",
+    "WAITING": "bold cyan",
     "VERIFYING": "bold blue", "ROLLING BACK": "bold red", "COMPLETED": "bold green",
     "ROLLED BACK": "bold red", "FAILED": "bold white on red", "FROZEN": "bold magenta",
     "SHUT DOWN": "bold red", "FLAGS OFF": "bold yellow",

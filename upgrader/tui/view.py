@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 FINAL_STATES = frozenset({"COMPLETED", "ROLLED BACK", "FAILED", "FROZEN", "SHUT DOWN",
                           "FLAGS OFF"})
 #: states in which the rollout's clock runs
-MOVING_STATES = frozenset({"RUNNING", "PAUSED", "WAITING", "VERIFYING", "ROLLING BACK"})
+MOVING_STATES = frozenset({"RUNNING", "PAUSING", "PAUSED", "WAITING", "VERIFYING", "ROLLING BACK"})
 #: phases of the per-host procedure: the host is between releases
 BUSY_PHASES = frozenset({"snapshot", "draining", "stopping", "installing", "starting",
                          "checking", "enabling"})
@@ -117,6 +117,8 @@ class RolloutView:
         self.synced_at = self.wait_synced_at = clock()
         self.started_ts: float | None = None
         self.pause_requested = False
+        #: the deploy window (Engine.window_info(); None: the fleet has none), as of synced_at
+        self.window: dict[str, Any] | None = None
         self.rollback: dict[str, Any] | None = None
         self.finished: dict[str, Any] | None = None
         self.log: deque[Event] = deque(maxlen=LOG_EVENTS)
@@ -138,8 +140,10 @@ class RolloutView:
 
     @property
     def is_paused(self) -> bool:
-        """Paused, or a pause asked for that the engine has not reached yet."""
-        return self.state == "PAUSED" or (self.pause_requested and not self.is_finished)
+        """Paused (PAUSED), or a pause asked for that the engine has not reached yet (PAUSING,
+        or the request sent and its state not back yet)."""
+        return self.state in ("PAUSING", "PAUSED") or (self.pause_requested
+                                                       and not self.is_finished)
 
     def elapsed(self) -> float:
         if self.finished is not None and self.finished.get("duration_s") is not None:
@@ -152,7 +156,17 @@ class RolloutView:
         """Seconds left of the current timed pause or verification hold (None: none)."""
         if self.wait_remaining_s is None or self.state not in ("WAITING", "VERIFYING", "PAUSED"):
             return None
+        if self.state == "PAUSED":       # an operator's pause freezes the countdown
+            return max(0.0, self.wait_remaining_s)
         return max(0.0, self.wait_remaining_s - max(0.0, self.clock() - self.wait_synced_at))
+
+    def window_countdown(self, key: str) -> float | None:
+        """Seconds left of the window's ``key`` (``resumes_in_s``, ``opens_in_s``,
+        ``closes_in_s``), counted down from the last snapshot."""
+        value = (self.window or {}).get(key)
+        if value is None:
+            return None
+        return max(0.0, float(value) - max(0.0, self.clock() - self.synced_at))
 
     def remaining(self) -> float | None:
         """The engine's estimate of what is left, less what the current wait has used."""
@@ -215,6 +229,7 @@ class RolloutView:
         self.rollback_now_s = snap.get("rollback_now_s", self.rollback_now_s)
         self.elapsed_s = float(snap.get("elapsed_s") or 0.0)
         self.wait_remaining_s = snap.get("wait_remaining_s")
+        self.window = snap.get("window")
         self.synced_at = self.wait_synced_at = self.clock()
         self.hosts_total = int(snap.get("hosts_total") or 0)
         changed = self._load_hosts(snap.get("hosts") or {})
@@ -307,6 +322,10 @@ class RolloutView:
                 self.pause_requested = False
             if state != self.state and state not in ("WAITING", "VERIFYING", "PAUSED"):
                 self.wait_remaining_s = None
+            elif state == "PAUSED" and self.state != "PAUSED":
+                self.wait_remaining_s = self.wait_remaining()     # frozen where it stood
+            elif state != "PAUSED" and self.state == "PAUSED":
+                self.wait_synced_at = self.clock()               # counts on from there
             self.state, self.reason = state, data.get("reason") or ""
         elif kind == "step_started":
             self.step = data.get("index")
@@ -332,6 +351,10 @@ class RolloutView:
                 self.pause_requested = True
             elif action in ("resume", "abort"):
                 self.pause_requested = False
+        elif kind == "window_override" and self.window is not None:
+            self.window = {**self.window, "overridden": data.get("reason"), "held": False}
+        elif kind == "window_opened" and self.window is not None:
+            self.window = {**self.window, "held": False}
         elif kind == "rollback_started":
             self.rollback = dict(data)
         elif kind == "rollout_finished":

@@ -10,6 +10,7 @@ from .log import LogScreen
 from .main import MainScreen
 from .quit import QuitDialog
 from .rollback import RollbackDialog
+from .window import WindowOverrideDialog
 
 __all__ = ["FlagChangeDialog", "FlagsScreen", "HelpScreen", "LogScreen", "MainScreen",
-           "PercentDialog", "QuitDialog", "RollbackDialog"]
+           "PercentDialog", "QuitDialog", "RollbackDialog", "WindowOverrideDialog"]

@@ -23,7 +23,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen, Screen
+from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Static
 
 from ...errors import ConfigError, PolicyRefused, StoreError
@@ -33,6 +33,7 @@ from ...flags.model import Flag, FlagSet
 from ...flags.store import AuditEntry, FlagStore, default_actor, redact
 from ..messages import RolloutUpdated
 from ..widgets import RolloutHeader
+from .dialog import ChoiceDialog, choice
 
 if TYPE_CHECKING:
     from ..app import UpgraderApp
@@ -234,13 +235,8 @@ def history_table(entries: list[AuditEntry]) -> Table:
 # dialogs
 
 
-class FlagChangeDialog(ModalScreen[bool]):
+class FlagChangeDialog(ChoiceDialog[bool]):
     """Dismissed with True (apply the change) or False (cancel)."""
-
-    BINDINGS = [
-        Binding("y", "confirm", "Apply"),
-        Binding("n,escape", "cancel", "Cancel"),
-    ]
 
     def __init__(self, title: str, text: str) -> None:
         super().__init__()
@@ -251,8 +247,8 @@ class FlagChangeDialog(ModalScreen[bool]):
         with Vertical(id="flag-change-box", classes="dialog"):
             yield Static(self.text, id="flag-change-text")
             with Horizontal(classes="buttons"):
-                yield Button("Apply (y)", variant="warning", id="confirm")
-                yield Button("Cancel (n)", variant="primary", id="cancel")
+                yield choice("[A]pply", variant="warning", id="confirm")
+                yield choice("[C]ancel", variant="primary", id="cancel")
 
     def on_mount(self) -> None:
         self.query_one("#flag-change-box").border_title = self.title_text
@@ -277,10 +273,10 @@ def parse_percent(text: str) -> float:
         raise ValueError(f"expected a percentage like 25 or 12.5, got {text!r}") from None
 
 
-class PercentDialog(ModalScreen[float | None]):
-    """Asks for an exact roll-out percentage; dismissed with the number or None."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+class PercentDialog(ChoiceDialog[float | None]):
+    """Asks for an exact roll-out percentage; dismissed with the number or None. The input
+    has the focus (Enter submits it: the default); letters type into it, so its choices are
+    Enter and Escape."""
 
     def __init__(self, key: str, environment: str, current: float | None) -> None:
         super().__init__()
@@ -295,7 +291,7 @@ class PercentDialog(ModalScreen[float | None]):
             yield Input(value="" if self.current is None else f"{self.current:g}",
                         placeholder="percent", id="percent-input")
             yield Static("", id="percent-error")
-            yield Static("enter: next (you confirm the change)  ·  escape: cancel",
+            yield Static("Enter: next (you confirm the change)  ·  Escape: cancel",
                          classes="dim-hint")
 
     def on_mount(self) -> None:

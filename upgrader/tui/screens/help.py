@@ -11,15 +11,19 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 KEY_HELP = [
-    ("space", "pause the rollout at the next step boundary, or resume it"),
-    ("p", "promote: end the current pause or verification hold now"),
+    ("space", "pause: PAUSING until the next step boundary, then PAUSED (a timed pause's "
+              "countdown frozen); again: resume, or cancel a PAUSING"),
+    ("p", "promote: end the current pause or verification hold now (while paused: resume)"),
     ("P", "promote all: skip every remaining pause and analysis"),
     ("r", "roll back (asks first, and says what will happen and how long it takes)"),
     ("l", "the full event log"),
     ("f", "feature flags in every environment: turn one on/off, change its roll-out "
           "(asks first), see its history"),
+    ("w", "override the deploy window (asks for the reason, journaled); the window line "
+          "under the header shows the window, the next opening and the countdown of a wait"),
     ("?", "this help"),
-    ("q", "quit: asks whether to roll back or leave the rollout running if it is not over"),
+    ("q", "quit: asks whether to roll back or leave the rollout (running, or paused) if it "
+          "is not over"),
     ("up/down, pgup/pgdn", "move through the fleet table"),
 ]
 PANELS = [

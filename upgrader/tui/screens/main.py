@@ -11,7 +11,15 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from ..messages import RolloutUpdated
-from ..widgets import EventLog, FleetTable, RolloutHeader, StepsPanel, TrafficChart, VerdictPanel
+from ..widgets import (
+    EventLog,
+    FleetTable,
+    RolloutHeader,
+    StepsPanel,
+    TrafficChart,
+    VerdictPanel,
+    WindowLine,
+)
 
 if TYPE_CHECKING:
     from ..app import UpgraderApp
@@ -24,6 +32,7 @@ KEYS: list[BindingType] = [
     Binding("r", "app.rollback", "Roll back"),
     Binding("l", "app.log", "Log"),
     Binding("f", "app.flags", "Flags"),
+    Binding("w", "app.override_window", "Override window", show=False),
     Binding("question_mark", "app.help", "Help", key_display="?"),
     Binding("q", "app.request_quit", "Quit"),
 ]
@@ -35,6 +44,7 @@ class MainScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield RolloutHeader(id="header")
+        yield WindowLine(id="window")
         with Horizontal(id="body"):
             yield FleetTable(id="fleet")
             with Vertical(id="side"):
@@ -59,6 +69,7 @@ class MainScreen(Screen[None]):
     def _show(self, message: RolloutUpdated) -> None:
         view = message.view
         self.query_one(RolloutHeader).show(view)
+        self.query_one(WindowLine).show(view)
         self.query_one(FleetTable).show(view, message.changed, message.synced)
         self.query_one(StepsPanel).show(view)
         self.query_one(TrafficChart).show(view)

@@ -5,22 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
+from .dialog import ChoiceDialog, choice
 
-class RollbackDialog(ModalScreen[bool]):
+
+class RollbackDialog(ChoiceDialog[bool]):
     """Dismissed with True (roll back) or False (cancel). ``describe()`` says what a roll-back
     would do now; the text follows the rollout while the dialog is open."""
 
     WANTS_UPDATES = True
-
-    BINDINGS = [
-        Binding("y", "confirm", "Roll back"),
-        Binding("n,escape", "cancel", "Cancel"),
-    ]
 
     def __init__(self, describe: Callable[[], str]) -> None:
         super().__init__()
@@ -31,8 +26,8 @@ class RollbackDialog(ModalScreen[bool]):
             self._text = self.describe()
             yield Static(self._text, id="rollback-text")
             with Horizontal(classes="buttons"):
-                yield Button("Roll back (y)", variant="error", id="confirm")
-                yield Button("Cancel (n)", variant="primary", id="cancel")
+                yield choice("[R]oll back", variant="error", id="confirm")
+                yield choice("[C]ancel", variant="primary", id="cancel")
 
     def on_mount(self) -> None:
         self.query_one("#rollback-box").border_title = "Roll back?"

@@ -8,6 +8,7 @@ from .header import RolloutHeader
 from .steps import StepsPanel
 from .traffic import TrafficChart
 from .verdict import VerdictPanel
+from .window import WindowLine
 
 __all__ = ["EventLog", "FleetTable", "RolloutHeader", "StepsPanel", "TrafficChart",
-           "VerdictPanel"]
+           "VerdictPanel", "WindowLine"]

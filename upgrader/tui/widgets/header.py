@@ -57,8 +57,6 @@ class RolloutHeader(Static):
         second.append(f" {state} ", style=STATE_STYLES.get(state, "bold") + " reverse")
         if view.reason:
             second.append(f" ({view.reason})")
-        if view.pause_requested and state != "PAUSED":
-            second.append("  pause requested: holds at the next step boundary", style="yellow")
         grid = Table.grid(expand=True)
         grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
         grid.add_column(justify="right", no_wrap=True)
