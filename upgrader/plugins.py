@@ -50,6 +50,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "upgrader.providers.snapshot",
     "upgrader.providers.noop",
     "upgrader.providers.builtin_balancer",
+    "upgrader.providers.balancer_metrics",
 )
 
 ENTRY_POINT_GROUP = "upgrader"
