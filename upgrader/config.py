@@ -35,6 +35,7 @@ from .model import (
     Fleet,
     FleetLab,
     Host,
+    MetricSpec,
     ProviderSpec,
     Releases,
     RollbackWindow,
@@ -56,6 +57,7 @@ from .tomlsource import (
     check_path,
     check_url,
     describe_value,
+    did_you_mean,
     format_key_path,
     parse_key_path,
     parse_toml,
@@ -157,7 +159,13 @@ _COMMAND_KEYS = ("install", "start", "stop", "system_test", "current", "pre_rele
 _REQUIRED_COMMANDS = ("install", "start", "stop")
 _VERIFY_KEYS = ("error_rate_max", "p95_latency_max", "min_requests", "consecutive_failures",
                 "interval", "for", "no_data", "health", "health_sample",
-                "health_period")
+                "health_period", "metrics")
+#: the keys of a ``[[verify.metrics]]`` table; any other key is a setting of its source
+_METRIC_KEYS = ("name", "source", "query", "kind", "direction", "max", "max_increase",
+                "critical", "no_data", "dry_run")
+METRIC_KINDS = ("proportion", "value")
+METRIC_DIRECTIONS = ("increase", "decrease", "either")
+METRIC_NO_DATA = ("inconclusive", "pass", "fail")
 _TIMING_KEYS = ("host_upgrade", "drain_timeout", "health_timeout", "health_interval",
                 "command_timeout")
 _GROUP_KEYS = ("name", "header_values", "percent", "description")
@@ -697,7 +705,107 @@ class _Loader:
                                        minimum=1),
             health_period=self.duration(table, path, "health_period", d.health_period,
                                         positive=True),
+            metrics=self.metrics(table),
         )
+
+    def metrics(self, verify: Mapping[str, Any]) -> tuple[MetricSpec, ...]:
+        """``[[verify.metrics]]``: the metrics the judge compares (empty: the defaults).
+        Keys other than the metric's own are settings of its source, checked against what
+        the source declares when the registry is known."""
+        c = self.checker
+        result: list[MetricSpec] = []
+        seen: dict[str, int] = {}
+        for index, item in enumerate(c.array_of_tables(verify, ("verify",), "metrics")):
+            path: KeyPath = ("verify", "metrics", index)
+            table = self.table(item, path, None, "[[verify.metrics]]")
+            name = self.string(table, path, "name", pattern=_NAME_RE, what="metric name")
+            first = seen.setdefault(name, index)
+            if first != index:
+                line = self.line_of(("verify", "metrics", first, "name"))
+                self.error(path + ("name",), f"duplicate metric name {name!r} (first defined "
+                                             f"at verify.metrics[{first}].name, line {line})")
+            source = self.string(table, path, "source", "balancer", pattern=_NAME_RE,
+                                 what="metric source")
+            settings = {k: v for k, v in table.items() if k not in _METRIC_KEYS}
+            self.metric_settings(source, settings, path)
+            query: str | tuple[str, ...]
+            raw = table.get("query", name if source == "balancer" else REQUIRED)
+            if raw is REQUIRED:
+                self.get(table, path, "query", REQUIRED, where="[[verify.metrics]]")
+            if isinstance(raw, list):
+                if not raw:
+                    self.error(path + ("query",), "expected a non-empty query")
+                for i, part in enumerate(raw):
+                    if not isinstance(part, str) or _CONTROL_RE.search(part):
+                        self.error(path + ("query", i), f"expected a string without control "
+                                                        f"characters, got {describe_value(part)}")
+                query = tuple(raw)
+            elif isinstance(raw, str) and raw.strip():
+                if _CONTROL_RE.search(raw):
+                    self.error(path + ("query",), "control characters (NUL, escape, ...) are "
+                                                  "not allowed here")
+                query = raw
+            else:
+                self.error(path + ("query",), f"expected a query (a string, or an array of "
+                                              f"strings), got {describe_value(raw)}")
+            default_kind = ("proportion" if source == "balancer" and query == "error_rate"
+                            else "value")
+            limit = self.get(table, path, "max", None)
+            if limit is not None and (isinstance(limit, bool) or
+                                      not isinstance(limit, (int, float)) or limit < 0):
+                self.error(path + ("max",), f"expected a number >= 0 (the canary's absolute "
+                                            f"limit), got {describe_value(limit)}")
+            result.append(MetricSpec(
+                name=name, source=source, query=query,
+                kind=self.choice(table, path, "kind", METRIC_KINDS, default_kind),
+                direction=self.choice(table, path, "direction", METRIC_DIRECTIONS, "increase"),
+                max=float(limit) if limit is not None else None,
+                max_increase=self.increase(table, path),
+                critical=self.boolean(table, path, "critical", False),
+                no_data=self.choice(table, path, "no_data", METRIC_NO_DATA, "inconclusive"),
+                dry_run=self.boolean(table, path, "dry_run", False),
+                settings=settings))
+        return tuple(result)
+
+    def increase(self, table: Mapping[str, Any], path: KeyPath) -> float | None:
+        """``max_increase``: percent of the baseline's value, ``"20%"`` or ``20`` (>= 0; more
+        than 100 is allowed: a latency may double)."""
+        value = table.get("max_increase")
+        if value is None:
+            return None
+        number: Any = value
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                number = float(value.strip()[:-1])
+            except ValueError:
+                number = None
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0 \
+                or number != number or number == float("inf"):
+            self.error(path + ("max_increase",), f"expected an allowed increase in percent "
+                                                 f"('20%' or 20, >= 0), got "
+                                                 f"{describe_value(value)}")
+        return float(number)
+
+    def metric_settings(self, source: str, settings: dict[str, Any], path: KeyPath) -> None:
+        """Keys of a metric table that are not the metric's own: settings of its source.
+        Without a registry, only a near-miss of a metric key is caught (a typo)."""
+        if self.registry is None:
+            for key in settings:
+                if did_you_mean(key, _METRIC_KEYS):
+                    self.unknown_key(path + (key,), _METRIC_KEYS, "[[verify.metrics]]")
+            return
+        factory = self.registry.lookup("metrics", source)
+        if factory is None:
+            names = ", ".join(sorted(self.registry.names("metrics"))) or "(none)"
+            self.error(path + ("source",), f"unknown metric source {source!r}"
+                                           f"{did_you_mean(source, self.registry.names('metrics'))}"
+                                           f"; registered: {names}")
+        declared = [s.name for s in factory.settings]
+        for key in settings:
+            if key not in declared:
+                self.unknown_key(path + (key,), (*_METRIC_KEYS, *declared),
+                                 f"[[verify.metrics]] (source {source!r})")
+        self.check_settings("metrics", source, settings, path)
 
     def timing(self, data: dict[str, Any]) -> Timing:
         path: KeyPath = ("timing",)

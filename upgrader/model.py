@@ -126,6 +126,21 @@ class VerifySpec:
     metrics: tuple[MetricSpec, ...] = ()
 
 
+def verify_metrics(verify: VerifySpec) -> tuple[MetricSpec, ...]:
+    """The metrics a rollout judges: ``[[verify.metrics]]``, else today's two from the
+    balancer (``error_rate`` against ``error_rate_max``; ``p95_latency`` against
+    ``p95_latency_max`` when set), whose no-data policy follows ``[verify] no_data``."""
+    if verify.metrics:
+        return verify.metrics
+    no_data = {"fail": "fail", "pass": "pass"}.get(verify.no_data, "inconclusive")
+    metrics = [MetricSpec("error_rate", "balancer", "error_rate", kind="proportion",
+                          max=verify.error_rate_max, no_data=no_data)]
+    if verify.p95_latency_max is not None:
+        metrics.append(MetricSpec("p95_latency", "balancer", "p95_latency", kind="value",
+                                  max=verify.p95_latency_max, no_data=no_data))
+    return tuple(metrics)
+
+
 @dataclass(frozen=True, slots=True)
 class Timing:
     """How long things take (for the plan estimate) and how long they may take (timeouts)."""

@@ -52,6 +52,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "upgrader.providers.builtin_balancer",
     "upgrader.providers.prometheus",
     "upgrader.providers.command_metrics",
+    "upgrader.providers.balancer_metrics",
 )
 
 ENTRY_POINT_GROUP = "upgrader"

@@ -148,6 +148,8 @@ async def open_providers(fleet: Fleet, plugins: Any, state_dir: str | None = Non
         opened.append(health)
         snapshot = plugins.create("snapshot", fleet.snapshot, context) if fleet.snapshot else None
         notifiers = tuple(plugins.create("notifier", spec, context) for spec in fleet.notifiers)
+        metrics = open_metric_sources(fleet, plugins, ProviderContext(
+            fleet=fleet, transport=transport, state_dir=state_dir, balancer=balancer), opened)
         flags = None
         if fleet.flags is not None:
             from .flags.switch import StoreFlagSwitch
@@ -166,7 +168,41 @@ async def open_providers(fleet: Fleet, plugins: Any, state_dir: str | None = Non
         for provider in opened:
             await provider.aclose()
         raise
-    return Providers(transport, balancer, health, snapshot, notifiers, flags, schema)
+    return Providers(transport, balancer, health, snapshot, notifiers, flags, schema, metrics)
+
+
+def open_metric_sources(fleet: Fleet, plugins: Any, context: ProviderContext,
+                        opened: list[Any]) -> dict[str, Any]:
+    """One metric source per source kind and settings (``[[verify.metrics]]``, else the
+    balancer's two defaults), looked up through ``register_metric_sources``; each metric
+    checked by its source (a ``ConfigError`` naming the metric's key and line)."""
+    from .model import ProviderSpec, verify_metrics
+    from .tomlsource import line_in_file
+
+    sources: dict[str, Any] = {}
+    by_spec: dict[str, Any] = {}
+    explicit = bool(fleet.verify.metrics)
+    for index, metric in enumerate(verify_metrics(fleet.verify)):
+        where = f"verify.metrics[{index}]" if explicit else "verify"
+        key = repr((metric.source, sorted(metric.settings.items())))
+        try:
+            source = by_spec.get(key)
+            if source is None:
+                source = plugins.create("metrics", ProviderSpec(kind=metric.source,
+                                                                settings=dict(metric.settings)),
+                                        context)
+                opened.append(source)
+                by_spec[key] = source
+            source.check(metric)
+        except ConfigError as exc:
+            sub = f"{where}.{exc.key.rpartition('.')[2]}" if exc.key and explicit else where
+            path = tuple(int(p) if p.isdigit() else p
+                         for p in sub.replace("[", ".").replace("]", "").split("."))
+            line = line_in_file(fleet.source, path) if fleet.source else None
+            raise ConfigError(f"metric {metric.name!r} ({metric.source}): {exc.message}",
+                              file=fleet.source, key=sub, line=line) from exc
+        sources[metric.name] = source
+    return sources
 
 
 def check_flag_schemas(fleet: Fleet, plan: Plan) -> None:

@@ -4,11 +4,12 @@ on the old release, from two readings of the balancer's cumulative counters. Pur
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 from ..events import Verdict
-from ..model import VerifySpec
-from ..providers.base import LATENCY_BUCKETS, BackendStats
+from ..model import MetricSpec, VerifySpec
+from ..providers.base import LATENCY_BUCKETS, BackendStats, MetricSamples
 
 
 def _delta(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
@@ -72,6 +73,62 @@ def analyze(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
         verdicts.append(Verdict("p95_latency", "fail" if slow else "pass",
                                 p95, spec.p95_latency_max, n_req, percentile(o_buckets, 0.95)))
     return verdicts
+
+
+def quantile(values: Iterable[float], q: float) -> float | None:
+    """The q-quantile of ``values`` by rank (the value at ``ceil(q * n)``; as ``percentile``
+    on a histogram), None without values."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def sample_value(metric: MetricSpec, samples: MetricSamples, side: str) -> float | None:
+    """The figure of one side (``canary``/``baseline``): an error percent from counts, a
+    p95 from latency observations (``p95_*`` metrics, the balancer's ``latency``), else the
+    mean of the observations."""
+    counts = samples.canary_counts if side == "canary" else samples.baseline_counts
+    values = samples.canary if side == "canary" else samples.baseline
+    if metric.kind == "proportion":
+        if counts is not None and counts[1]:
+            return 100.0 * counts[0] / counts[1]
+        return sum(values) / len(values) if values else None
+    if not values:
+        return None
+    if metric.query in ("p95_latency", "latency") or metric.name.startswith("p95"):
+        return quantile(values, 0.95)
+    return sum(values) / len(values)
+
+
+def sample_count(samples: MetricSamples, side: str = "canary") -> int:
+    """How many samples a side has: its trials when it has counts, else its observations."""
+    counts = samples.canary_counts if side == "canary" else samples.baseline_counts
+    values = samples.canary if side == "canary" else samples.baseline
+    return counts[1] if counts is not None else len(values)
+
+
+def threshold_verdict(metric: MetricSpec, samples: MetricSamples,
+                      min_requests: int) -> Verdict:
+    """The fixed-threshold judge of one metric over one interval: the canary's value against
+    ``metric.max`` (and ``max_increase`` over the baseline's), no data below ``min_requests``
+    samples."""
+    n = sample_count(samples)
+    value = sample_value(metric, samples, "canary")
+    baseline = sample_value(metric, samples, "baseline")
+    if n < min_requests or n == 0 or value is None:
+        detail = f"too little traffic: {n} requests < min_requests {min_requests}"
+        if samples.detail and n == 0 and metric.source != "balancer":
+            detail += f" ({samples.detail})"
+        return Verdict(metric.name, "no_data", value, metric.max, n, baseline, detail)
+    failed = metric.max is not None and value > metric.max
+    if metric.max_increase is not None and baseline is not None and baseline > 0:
+        failed = failed or value > baseline * (1 + metric.max_increase / 100)
+    detail = ""
+    if metric.kind == "proportion" and samples.canary_counts is not None:
+        detail = f"{samples.canary_counts[0]} errors in {samples.canary_counts[1]} requests"
+    return Verdict(metric.name, "fail" if failed else "pass", value, metric.max, n, baseline,
+                   detail)
 
 
 def health_verdict(results: Mapping[str, bool], *, serving: int | None = None,

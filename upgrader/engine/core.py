@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ from ..providers.base import (
     Balancer,
     FlagSwitch,
     HealthCheck,
+    MetricSource,
     Notifier,
     SchemaSwitch,
     SnapshotProvider,
@@ -90,10 +91,14 @@ class Providers:
     notifiers: tuple[Notifier, ...] = ()
     flags: FlagSwitch | None = None
     schema: SchemaSwitch | None = None
+    #: metric name -> the source that reads it (``[[verify.metrics]]``, created through
+    #: ``register_metric_sources``); None: the balancer's counters (providers/counters.py)
+    metrics: Mapping[str, MetricSource] | None = None
 
     async def aclose(self) -> None:
+        sources = list({id(s): s for s in (self.metrics or {}).values()}.values())
         for provider in (self.transport, self.balancer, self.health, self.snapshot,
-                         self.flags, self.schema, *self.notifiers):
+                         self.flags, self.schema, *self.notifiers, *sources):
             if provider is not None:
                 try:
                     await provider.aclose()
@@ -169,7 +174,7 @@ class Engine:
                                        progress=self.progress, traffic=self.traffic)
         self.verification = Verification(fleet, plan, clock=self.clock, bus=self.bus,
                                          machine=self.machine, progress=self.progress,
-                                         traffic=self.traffic)
+                                         traffic=self.traffic, sources=providers.metrics)
         self.gates = Gates(fleet, plan, flags=providers.flags, schema=providers.schema,
                            bus=self.bus, machine=self.machine, progress=self.progress,
                            procedure=self.procedure, windows=self.window_guard)

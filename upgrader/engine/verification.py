@@ -17,14 +17,23 @@ from collections.abc import Iterable, Mapping
 from ..clock import Clock
 from ..errors import ProviderError, RolloutFailed
 from ..events import RolloutState, Verdict
-from ..model import Fleet
+from ..model import Fleet, MetricSpec, verify_metrics
 from ..plan import Plan, Verify
-from ..providers.base import BackendStats, BackendStatsReader, Balancer, PoolStatsReader
+from ..providers.base import (
+    BackendStats,
+    BackendStatsReader,
+    Balancer,
+    MetricSamples,
+    MetricSource,
+    MetricWindow,
+    PoolStatsReader,
+)
+from ..providers.counters import BalancerCounters
 from .analysis import (
-    analyze,
     counter_figures,
     health_verdict,
     idle_figures,
+    threshold_verdict,
     traffic_figures,
 )
 from .bus import EventBus
@@ -48,7 +57,8 @@ SMALL_FLEET = 50
 class Verification:
     def __init__(self, fleet: Fleet, plan: Plan, *, clock: Clock, bus: EventBus,
                  machine: StateMachine, progress: RolloutProgress,
-                 traffic: TrafficControl) -> None:
+                 traffic: TrafficControl,
+                 sources: Mapping[str, MetricSource] | None = None) -> None:
         self.fleet = fleet
         self.plan = plan
         self.clock = clock
@@ -62,6 +72,15 @@ class Verification:
         #: ... and reads the counters of a few named backends without copying them all
         self._some = self.balancer if isinstance(self.balancer, BackendStatsReader) else None
         spec = fleet.verify
+        #: the metrics judged each round, and the source each one is read from (none given:
+        #: the balancer's counters, read by the contracts' reader)
+        self.metrics: tuple[MetricSpec, ...] = verify_metrics(spec)
+        if sources is None:
+            counters = BalancerCounters(self.balancer)
+            sources = {m.name: counters for m in self.metrics if m.source == "balancer"}
+        self.sources: dict[str, MetricSource] = dict(sources)
+        #: wall time of the last reading of the sources (None: the next round only primes)
+        self._window_start: float | None = None
         self.health = HealthSampler(spec.health_sample, spec.health_period, spec.interval)
         #: the last health round's coverage: checked, serving, the least recently seen
         self.health_coverage: dict[str, object] = {}
@@ -226,14 +245,13 @@ class Verification:
     async def analyzer(self) -> None:
         """Analysis rounds every ``verify.interval``, until cancelled."""
         spec = self.fleet.verify
-        previous: Counters | None = None
         try:
             while True:
                 self._due = self.clock.monotonic() + spec.interval
                 await self.clock.sleep(spec.interval)
                 self._busy = True
                 try:
-                    previous = await self._round(previous)
+                    await self._round()
                 finally:
                     self._busy = False
                     ended, self._ended = self._ended, asyncio.Event()
@@ -241,56 +259,87 @@ class Verification:
         finally:
             self._due = None
 
-    async def _read(self, flag_mode: bool) -> tuple[Counters, list[str], list[str]]:
-        """The counters now, and which of their keys are the new and the old release."""
+    async def _window(self, flag_mode: bool, start: float, end: float) -> MetricWindow:
+        """Which backends (or pools) are the canary and the baseline this round."""
         target = self.fleet.releases.target
         current = self.fleet.releases.current
-        balancer = self.balancer
         if flag_mode:
             # a feature goes on across the fleet: judge all traffic (no old pool)
-            state = await balancer.state()
-            new = [n for n, b in state.backends.items() if b.state == "ready"]
-            return await balancer.stats(), new, []
-        if self._pools is not None:
-            return await self._pools.pool_stats(), [target], [current]
-        state = await balancer.state()
-        new = [n for n, b in state.backends.items() if b.pool == target and b.state == "ready"]
-        old = [n for n, b in state.backends.items() if b.pool == current and b.state == "ready"]
-        return await balancer.stats(), new, old
+            state = await self.balancer.state()
+            new = tuple(sorted(n for n, b in state.backends.items() if b.state == "ready"))
+            return MetricWindow(start, end, new, (), target, current)
+        if self._pools is not None and all(m.source == "balancer" for m in self.metrics):
+            # pool counters need no read of every backend's state (big fleets)
+            return MetricWindow(start, end, tuple(sorted(self.progress.serving_target)), (),
+                                target, current, canary_pool=target, baseline_pool=current)
+        state = await self.balancer.state()
+        new = tuple(sorted(n for n, b in state.backends.items()
+                           if b.pool == target and b.state == "ready"))
+        old = tuple(sorted(n for n, b in state.backends.items()
+                           if b.pool == current and b.state == "ready"))
+        pools = self._pools is not None
+        return MetricWindow(start, end, new, old, target, current,
+                            canary_pool=target if pools else None,
+                            baseline_pool=current if pools else None)
 
-    async def _round(self, previous: Counters | None) -> Counters | None:
-        """One round of analysis; returns the counters the next round compares with."""
+    async def _collect(self, window: MetricWindow
+                       ) -> list[tuple[MetricSpec, MetricSamples | str]]:
+        """Each metric's samples over ``window``, or why it has none (a source's error)."""
+        async def one(metric: MetricSpec) -> tuple[MetricSpec, MetricSamples | str]:
+            source = self.sources.get(metric.name)
+            if source is None:
+                return metric, f"no source {metric.source!r} was opened for it"
+            try:
+                return metric, await source.collect(metric, window)
+            except ProviderError as exc:
+                return metric, f"{metric.source}: {exc}"
+
+        return list(await asyncio.gather(*(one(m) for m in self.metrics)))
+
+    async def _round(self) -> None:
+        """One round of analysis: the metrics of the canary against the baseline since the
+        previous round (the first round after a pause in the analysis only reads), and a
+        health sample."""
         spec = self.fleet.verify
         machine, progress = self.machine, self.progress
         if machine.promote_all or machine.state is RolloutState.ROLLING_BACK or machine.failure:
-            return None
+            self._window_start = None
+            return
         flag_mode = self.plan.rollback_mode == "flag"
         if progress.maintenance_on or not (progress.serving_target or
                                            (flag_mode and progress.flags_on)):
-            return None
+            self._window_start = None
+            return
+        now = self.clock.wall()
+        start = self._window_start
         try:
-            stats, new, old = await self._read(flag_mode)
+            window = await self._window(flag_mode, now if start is None else start, now)
+            collected = await self._collect(window)
         except ProviderError as exc:
             await self.bus.emit("log", level="warning", message=f"analysis: {exc}")
-            return previous
+            return
         verdicts: list[Verdict] = []
         try:
-            if previous is not None and not self.traffic.target_at_zero():
-                verdicts = analyze(previous, stats, new, old, spec)
-            previous = stats
+            if start is not None and not self.traffic.target_at_zero():
+                for metric, samples in collected:
+                    if isinstance(samples, str):
+                        verdicts.append(Verdict(metric.name, "no_data", None, metric.max, 0,
+                                                None, samples))
+                    else:
+                        verdicts.append(threshold_verdict(metric, samples, spec.min_requests))
+            self._window_start = now
             if spec.health and progress.serving_target:
                 verdicts.append(await self._health_round())
         except Exception as exc:   # analysis that cannot run is "no data", never a pass
-            previous = None
+            self._window_start = None
             verdicts = [Verdict("analysis", "no_data", None, None, 0, None,
                                 f"analysis could not run: {type(exc).__name__}: {exc}")]
         if not verdicts:
-            return previous
+            return
         self._rounds += 1
         for verdict in verdicts:
             await self._judge(verdict, **(self.health_coverage if verdict.metric == "health"
                                           else {}))
-        return previous
 
     async def _health_round(self) -> Verdict:
         """Check the sample :class:`HealthSampler` picks (bounded), not every serving host."""

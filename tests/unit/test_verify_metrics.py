@@ -1,0 +1,246 @@
+"""``[[verify.metrics]]``: parsed with errors naming file, key and line (exit 2, nothing
+created), its sources opened through ``register_metric_sources`` and checked before the
+rollout, and the engine judging the samples each round (issue 14)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from upgrader import cli, strategies
+from upgrader.clock import LoopClock
+from upgrader.config import loads_fleet
+from upgrader.engine.core import Engine, Providers
+from upgrader.errors import ConfigError
+from upgrader.events import Outcome
+from upgrader.hookspecs import hookimpl
+from upgrader.model import MetricSpec, StrategySpec, Timing, verify_metrics
+from upgrader.plugins import Plugins
+from upgrader.providers.base import MetricSamples, MetricWindow, ProviderContext
+from upgrader.providers.noop import NoopBalancer, NoopHealthCheck, NoopTransport
+from upgrader.rollout import open_providers
+
+BASE = """\
+[fleet]
+name = "shop"
+
+[release]
+current = "1.0.0"
+target = "1.1.0"
+
+[commands]
+install = ["true"]
+start = ["true"]
+stop = ["true"]
+
+[transport]
+kind = "noop"
+
+[balancer]
+kind = "noop"
+
+[verify]
+error_rate_max = "2%"
+
+{metrics}
+[[hosts]]
+name = "a"
+address = "127.0.0.1"
+
+[strategy]
+kind = "rolling"
+"""
+
+GOOD = """\
+[[verify.metrics]]
+name = "error_rate"
+max = 1.5
+max_increase = "50%"
+critical = true
+
+[[verify.metrics]]
+name = "p95"
+query = "p95_latency"
+max = 0.3
+direction = "either"
+no_data = "fail"
+dry_run = true
+"""
+
+
+def test_verify_metrics_parse() -> None:
+    fleet = loads_fleet(BASE.format(metrics=GOOD), registry=Plugins())
+    error_rate, p95 = fleet.verify.metrics
+    assert error_rate == MetricSpec("error_rate", "balancer", "error_rate", kind="proportion",
+                                    max=1.5, max_increase=50.0, critical=True)
+    assert p95 == MetricSpec("p95", "balancer", "p95_latency", kind="value", max=0.3,
+                             direction="either", no_data="fail", dry_run=True)
+
+
+def test_without_verify_metrics_the_two_of_today_are_the_default() -> None:
+    fleet = loads_fleet(BASE.format(metrics="").replace('error_rate_max = "2%"',
+                                                       'error_rate_max = "2%"\n'
+                                                       'p95_latency_max = "250ms"\n'
+                                                       'no_data = "fail"'))
+    assert fleet.verify.metrics == ()
+    assert [(m.name, m.kind, m.max, m.no_data) for m in verify_metrics(fleet.verify)] == [
+        ("error_rate", "proportion", 2.0, "fail"), ("p95_latency", "value", 0.25, "fail")]
+
+
+CASES = [
+    # (the metric table, the key the error names, the line's start, words in the message)
+    ('[[verify.metrics]]\nname = "e"\nquery = "error_rate"\ndirction = "increase"\n',
+     "verify.metrics[0].dirction", "dirction", "did you mean 'direction'"),
+    ('[[verify.metrics]]\nname = "e"\nsource = "balancr"\n',
+     "verify.metrics[0].source", "source", "did you mean 'balancer'"),
+    ('[[verify.metrics]]\nname = "e"\nkind = "ratio"\n',
+     "verify.metrics[0].kind", "kind", "proportion"),
+    ('[[verify.metrics]]\nname = "e"\nmax = "lots"\n',
+     "verify.metrics[0].max", "max", "a number"),
+    ('[[verify.metrics]]\nname = "e"\nmax_increase = -5\n',
+     "verify.metrics[0].max_increase", "max_increase", "increase in percent"),
+    ('[[verify.metrics]]\nname = "e"\nno_data = "shrug"\n',
+     "verify.metrics[0].no_data", "no_data", "inconclusive"),
+    ('[[verify.metrics]]\nname = "e"\n[[verify.metrics]]\nname = "e"\n',
+     "verify.metrics[1].name", 'name = "e"', "duplicate metric name"),
+    ('[[verify.metrics]]\nquery = "error_rate"\n',
+     "verify.metrics[0].name", "[[verify.metrics]]", "missing required key 'name'"),
+]
+
+
+def _line(text: str, start: str, nth: int = 1) -> int:
+    """The ``nth`` line from the first metric table on that starts with ``start``."""
+    first = text.splitlines().index("[[verify.metrics]]") + 1
+    lines = [i for i, line in enumerate(text.splitlines(), 1)
+             if i >= first and line.startswith(start)]
+    return lines[min(nth, len(lines)) - 1]
+
+
+@pytest.mark.parametrize(("table", "key", "start", "words"), CASES,
+                         ids=[c[1] + ":" + c[3][:12] for c in CASES])
+def test_bad_verify_metrics_exit_2_naming_file_key_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], table: str, key: str, start: str,
+        words: str) -> None:
+    text = BASE.format(metrics=table)
+    file = tmp_path / "fleet.toml"
+    file.write_text(text, encoding="utf-8")
+    line = _line(text, start, 2 if "duplicate" in words else 1)
+    state = tmp_path / "state"
+    for argv in (["plan", str(file)], ["run", str(file), "--headless", "--state-dir",
+                                       str(state)]):
+        code = cli.main(argv)
+        out, err = capsys.readouterr()
+        assert code == 2, (argv, out, err)
+        assert "Traceback" not in err
+        assert f"{file}:{line}: {key}" in err, err
+        assert words in err, err
+    assert not state.exists(), "a refused run creates no state"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fleet.toml"]
+
+
+def test_a_query_the_source_cannot_read_is_refused_before_the_rollout(tmp_path: Path) -> None:
+    """The source's ``check`` runs when the providers open: the balancer reads no
+    ``error_ratio``; the error names the metric's query key and line."""
+    text = BASE.format(metrics='[[verify.metrics]]\nname = "e"\nquery = "error_ratio"\n')
+    file = tmp_path / "fleet.toml"
+    file.write_text(text, encoding="utf-8")
+    from upgrader.config import load_fleet
+
+    fleet = load_fleet(file, registry=Plugins())
+    with pytest.raises(ConfigError) as caught:
+        asyncio.run(open_providers(fleet, Plugins()))
+    assert caught.value.key == "verify.metrics[0].query"
+    assert caught.value.line == _line(text, "query")
+    assert "error_ratio" in str(caught.value) and str(file) in str(caught.value)
+
+
+class _Constant:
+    """A metric source of a plugin: the canary's and the baseline's counts are fixed."""
+
+    created: ClassVar[list[_Constant]] = []
+
+    def __init__(self, settings: dict[str, Any], context: ProviderContext) -> None:
+        self.errors = int(settings["errors"])
+        self.checked: list[str] = []
+        self.windows: list[MetricWindow] = []
+        _Constant.created.append(self)
+
+    def check(self, metric: MetricSpec) -> None:
+        self.checked.append(metric.name)
+
+    async def collect(self, metric: MetricSpec, window: MetricWindow) -> MetricSamples:
+        self.windows.append(window)
+        return MetricSamples(canary_counts=(self.errors, 100), baseline_counts=(0, 100),
+                             detail="constant")
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _ConstantPlugin:
+    @hookimpl
+    def register_metric_sources(self, register: Any) -> None:
+        from upgrader.providers.base import Setting
+
+        register("constant", _Constant, settings=(Setting("errors", int),),
+                 description="fixed counts")
+
+
+def _fleet_with_metric(errors: int) -> Any:
+    plugins = Plugins(entrypoints=False)
+    plugins.register(_ConstantPlugin(), "constant")
+    text = BASE.format(metrics=f'[[verify.metrics]]\nname = "failures"\nsource = "constant"\n'
+                               f'query = "x"\nkind = "proportion"\nmax = 5\nerrors = {errors}\n')
+    text = text.replace('[[hosts]]\nname = "a"\naddress = "127.0.0.1"\n',
+                        "".join(f'[[hosts]]\nname = "h{i}"\naddress = "127.0.0.1"\n'
+                                f'port = {9000 + i}\n' for i in range(3)))
+    fleet = loads_fleet(text, registry=plugins)
+    verify = dataclasses.replace(fleet.verify, for_=30.0, interval=10.0, min_requests=10,
+                                 consecutive_failures=2, health=False)
+    module = strategies.get("rolling")
+    fleet = dataclasses.replace(fleet, verify=verify,
+                                strategy=StrategySpec("rolling", module.default_params()),
+                                timing=Timing(host_upgrade=15.0, health_timeout=20.0,
+                                              drain_timeout=10.0))
+    return fleet, plugins
+
+
+@pytest.mark.parametrize(("errors", "outcome"), [(0, Outcome.COMPLETED),
+                                                 (50, Outcome.ROLLED_BACK)])
+def test_the_engine_judges_a_plugin_source_opened_through_the_hook(errors: int,
+                                                                   outcome: Outcome) -> None:
+    fleet, plugins = _fleet_with_metric(errors)
+    _Constant.created.clear()
+
+    async def main() -> Any:
+        opened = await open_providers(fleet, plugins)
+        providers = Providers(NoopTransport(delay=5.0), NoopBalancer(), NoopHealthCheck(),
+                              metrics=opened.metrics)
+        for host in fleet.hosts:
+            await providers.balancer.set_backend(host.name, address=host.address,
+                                                 port=host.port, pool="1.0.0")
+        plan = strategies.get("rolling").compile(fleet, fleet.strategy.params)
+        engine = Engine(fleet, plan, providers, clock=LoopClock())
+        events: list[Any] = []
+        engine.subscribe(events.append)
+        result = await engine.run()
+        await opened.aclose()
+        return result, events
+
+    from upgrader.clock import run_virtual
+
+    result, events = run_virtual(main)
+    assert result.outcome is outcome, result.error
+    (source,) = _Constant.created
+    assert source.checked == ["failures"]
+    assert source.windows and all(w.canary_release == "1.1.0" and w.baseline_release == "1.0.0"
+                                  for w in source.windows)
+    verdicts = [e.data for e in events if e.kind == "verdict"]
+    assert verdicts and all(v["metric"] == "failures" for v in verdicts)
+    if errors:
+        assert verdicts[-1]["result"] == "fail" and verdicts[-1]["value"] == 50.0
+        assert "failures FAIL" in (result.error or "")
