@@ -189,10 +189,12 @@ class Verification:
         verdicts)."""
         spec = self.fleet.verify
         interval = max(0.05, min(spec.interval, hold))
-        try:
-            previous: Counters | None = (await self._read(False))[0]
+        flag_mode = self.plan.rollback_mode == "flag"
+        start = self.clock.wall()
+        try:        # prime the sources: the first round judges from here on
+            await self._collect(await self._window(flag_mode, start, start))
         except ProviderError:
-            previous = None
+            pass
         end = self.clock.monotonic() + hold
         judged = 0
         failed: list[Verdict] = []
@@ -203,10 +205,15 @@ class Verification:
             await self.clock.sleep(min(interval, max(0.0, end - self.clock.monotonic())))
             verdicts: list[Verdict] = []
             try:
-                stats, new, old = await self._read(False)
-                if previous is not None:
-                    verdicts = analyze(previous, stats, new, old, spec)
-                previous = stats
+                now = self.clock.wall()
+                window = await self._window(flag_mode, start, now)
+                start = now
+                for metric, samples in await self._collect(window):
+                    if isinstance(samples, str):
+                        verdicts.append(Verdict(metric.name, "no_data", None, metric.max, 0,
+                                                None, samples))
+                    else:
+                        verdicts.append(threshold_verdict(metric, samples, spec.min_requests))
                 if spec.health and self.progress.serving_target:
                     verdicts.append(await self._health_round())
             except Exception as exc:   # analysis that cannot run is "no data", never a pass
