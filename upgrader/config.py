@@ -159,7 +159,8 @@ _COMMAND_KEYS = ("install", "start", "stop", "system_test", "current", "pre_rele
 _REQUIRED_COMMANDS = ("install", "start", "stop")
 _VERIFY_KEYS = ("error_rate_max", "p95_latency_max", "min_requests", "consecutive_failures",
                 "interval", "for", "no_data", "health", "health_sample",
-                "health_period", "metrics")
+                "health_period", "metrics", "judge", "window", "inconclusive",
+                "inconclusive_for")
 #: the keys of a ``[[verify.metrics]]`` table; any other key is a setting of its source
 _METRIC_KEYS = ("name", "source", "query", "kind", "direction", "max", "max_increase",
                 "critical", "no_data", "dry_run")
@@ -690,6 +691,7 @@ class _Loader:
         path: KeyPath = ("verify",)
         table = self.table(data.get("verify", {}), path, _VERIFY_KEYS, "[verify]")
         d = VerifySpec()
+        metrics = self.metrics(table)
         return VerifySpec(
             error_rate_max=self.percent(table, path, "error_rate_max", d.error_rate_max),
             p95_latency_max=self.duration(table, path, "p95_latency_max", d.p95_latency_max,
@@ -705,7 +707,14 @@ class _Loader:
                                        minimum=1),
             health_period=self.duration(table, path, "health_period", d.health_period,
                                         positive=True),
-            metrics=self.metrics(table),
+            metrics=metrics,
+            judge=self.choice(table, path, "judge", ("threshold", "statistical"),
+                              "statistical" if metrics else "threshold"),
+            window=self.integer(table, path, "window", d.window, minimum=1, maximum=1000),
+            inconclusive=self.choice(table, path, "inconclusive", ("pause", "fail", "pass"),
+                                     d.inconclusive),
+            inconclusive_for=self.duration(table, path, "inconclusive_for",
+                                           d.inconclusive_for),
         )
 
     def metrics(self, verify: Mapping[str, Any]) -> tuple[MetricSpec, ...]:

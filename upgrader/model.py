@@ -124,6 +124,15 @@ class VerifySpec:
     health_period: float | None = None   # and every upgraded host at least this often
     #: the metrics the judge compares (``[[verify.metrics]]``); empty: today's defaults
     metrics: tuple[MetricSpec, ...] = ()
+    #: ``threshold`` (each interval's value against the limits, N failures in a row) or
+    #: ``statistical`` (engine/judge.py: tests against the baseline over ``window`` rounds;
+    #: the default when ``[[verify.metrics]]`` is given)
+    judge: str = "threshold"
+    window: int = 6                      # rounds of samples the statistical judge pools
+    #: what an inconclusive hold does once extended by ``inconclusive_for`` (None: twice
+    #: the hold): ``pause`` for an operator, ``fail``, or ``pass``
+    inconclusive: str = "pause"
+    inconclusive_for: float | None = None
 
 
 def verify_metrics(verify: VerifySpec) -> tuple[MetricSpec, ...]:

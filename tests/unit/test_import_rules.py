@@ -77,7 +77,8 @@ RULES: dict[str, tuple[str, ...]] = {
     # the servers' bearer tokens: token files, the Authorization header
     "tokens": ("errors",),
     "plan": ("model",),
-    "providers.base": ("model",),
+    # the contracts, and the errors their reference reader of balancer counters raises
+    "providers.base": ("model", "errors"),
     # the storage layer (URLs, connections, driver errors) under journal, flags and schema
     "db": ("errors", "units", "redact"),
     "journal": ("errors", "redact", "db"),

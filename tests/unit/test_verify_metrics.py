@@ -165,6 +165,7 @@ class _Constant:
 
     def __init__(self, settings: dict[str, Any], context: ProviderContext) -> None:
         self.errors = int(settings["errors"])
+        self.trials = int(settings.get("trials", 100))
         self.checked: list[str] = []
         self.windows: list[MetricWindow] = []
         _Constant.created.append(self)
@@ -174,7 +175,8 @@ class _Constant:
 
     async def collect(self, metric: MetricSpec, window: MetricWindow) -> MetricSamples:
         self.windows.append(window)
-        return MetricSamples(canary_counts=(self.errors, 100), baseline_counts=(0, 100),
+        return MetricSamples(canary_counts=(self.errors, self.trials),
+                             baseline_counts=(0, 100),
                              detail="constant")
 
     async def aclose(self) -> None:
@@ -186,21 +188,24 @@ class _ConstantPlugin:
     def register_metric_sources(self, register: Any) -> None:
         from upgrader.providers.base import Setting
 
-        register("constant", _Constant, settings=(Setting("errors", int),),
+        register("constant", _Constant,
+                 settings=(Setting("errors", int), Setting("trials", int, 100)),
                  description="fixed counts")
 
 
-def _fleet_with_metric(errors: int) -> Any:
+def _fleet_with_metric(errors: int, extra: str = "", **verify: Any) -> Any:
     plugins = Plugins(entrypoints=False)
     plugins.register(_ConstantPlugin(), "constant")
     text = BASE.format(metrics=f'[[verify.metrics]]\nname = "failures"\nsource = "constant"\n'
-                               f'query = "x"\nkind = "proportion"\nmax = 5\nerrors = {errors}\n')
+                               f'query = "x"\nkind = "proportion"\nmax = 5\nerrors = {errors}\n'
+                               f'{extra}')
     text = text.replace('[[hosts]]\nname = "a"\naddress = "127.0.0.1"\n',
                         "".join(f'[[hosts]]\nname = "h{i}"\naddress = "127.0.0.1"\n'
                                 f'port = {9000 + i}\n' for i in range(3)))
     fleet = loads_fleet(text, registry=plugins)
-    verify = dataclasses.replace(fleet.verify, for_=30.0, interval=10.0, min_requests=10,
-                                 consecutive_failures=2, health=False)
+    verify = dataclasses.replace(fleet.verify, **{
+        "for_": 30.0, "interval": 10.0, "min_requests": 10, "consecutive_failures": 2,
+        "health": False, **verify})
     module = strategies.get("rolling")
     fleet = dataclasses.replace(fleet, verify=verify,
                                 strategy=StrategySpec("rolling", module.default_params()),
@@ -209,11 +214,7 @@ def _fleet_with_metric(errors: int) -> Any:
     return fleet, plugins
 
 
-@pytest.mark.parametrize(("errors", "outcome"), [(0, Outcome.COMPLETED),
-                                                 (50, Outcome.ROLLED_BACK)])
-def test_the_engine_judges_a_plugin_source_opened_through_the_hook(errors: int,
-                                                                   outcome: Outcome) -> None:
-    fleet, plugins = _fleet_with_metric(errors)
+def _run(fleet: Any, plugins: Plugins) -> tuple[Any, list[Any]]:
     _Constant.created.clear()
 
     async def main() -> Any:
@@ -234,6 +235,16 @@ def test_the_engine_judges_a_plugin_source_opened_through_the_hook(errors: int,
     from upgrader.clock import run_virtual
 
     result, events = run_virtual(main)
+    return result, events
+
+
+@pytest.mark.parametrize(("errors", "outcome"), [(0, Outcome.COMPLETED),
+                                                 (50, Outcome.ROLLED_BACK)])
+def test_the_engine_judges_a_plugin_source_opened_through_the_hook(errors: int,
+                                                                   outcome: Outcome) -> None:
+    fleet, plugins = _fleet_with_metric(errors)
+    assert fleet.verify.judge == "statistical"
+    result, events = _run(fleet, plugins)
     assert result.outcome is outcome, result.error
     (source,) = _Constant.created
     assert source.checked == ["failures"]
@@ -244,3 +255,43 @@ def test_the_engine_judges_a_plugin_source_opened_through_the_hook(errors: int,
     if errors:
         assert verdicts[-1]["result"] == "fail" and verdicts[-1]["value"] == 50.0
         assert "failures FAIL" in (result.error or "")
+    if errors:
+        # explainable: the statistics and this round's raw samples are in the event
+        last = verdicts[-1]
+        assert last["judge"] == "statistical" and last["stats"]["tests"]
+        assert last["raw"]["canary_counts"] == [50, 100] or \
+            last["raw"]["canary_counts"] == (50, 100)
+        assert last["band"] == "fail" and last["score"] == 0.0
+
+
+def test_a_critical_metric_fails_at_its_first_failing_round() -> None:
+    fleet, plugins = _fleet_with_metric(50, "critical = true\n", consecutive_failures=5)
+    result, events = _run(fleet, plugins)
+    assert result.outcome is Outcome.ROLLED_BACK
+    fails = [e.data for e in events if e.kind == "verdict" and e.data["result"] == "fail"]
+    assert len(fails) == 1 and "critical" in (result.error or "")
+
+
+def test_a_dry_run_metric_is_judged_and_shown_but_never_decides() -> None:
+    fleet, plugins = _fleet_with_metric(50, "dry_run = true\n", inconclusive="pass")
+    result, events = _run(fleet, plugins)
+    assert result.outcome is Outcome.COMPLETED, result.error
+    verdicts = [e.data for e in events if e.kind == "verdict"]
+    assert verdicts and all(v["result"] == "fail" and v["stats"]["dry_run"] for v in verdicts)
+
+
+@pytest.mark.parametrize(("policy", "outcome"), [("fail", Outcome.ROLLED_BACK),
+                                                 ("pass", Outcome.COMPLETED)])
+def test_too_few_samples_extend_the_hold_then_the_policy_decides(policy: str,
+                                                                 outcome: Outcome) -> None:
+    """1 request a round: never enough to pass, no failure by noise; the hold is extended
+    by ``inconclusive_for``, then ``inconclusive`` decides, in words."""
+    fleet, plugins = _fleet_with_metric(0, "trials = 1\n", inconclusive=policy,
+                                        inconclusive_for=40.0)
+    result, events = _run(fleet, plugins)
+    assert result.outcome is outcome, result.error
+    verdicts = [e.data for e in events if e.kind == "verdict"]
+    assert verdicts and {v["result"] for v in verdicts} == {"inconclusive"}
+    said = [e.data["message"] for e in events if e.kind == "log"] + [result.error or ""]
+    assert any("inconclusive after 70s" in m and f"inconclusive = {policy}" in m
+               for m in said), said

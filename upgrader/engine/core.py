@@ -92,7 +92,7 @@ class Providers:
     flags: FlagSwitch | None = None
     schema: SchemaSwitch | None = None
     #: metric name -> the source that reads it (``[[verify.metrics]]``, created through
-    #: ``register_metric_sources``); None: the balancer's counters (providers/counters.py)
+    #: ``register_metric_sources``); None: the balancer's counters (``BalancerCounters``)
     metrics: Mapping[str, MetricSource] | None = None
 
     async def aclose(self) -> None:

@@ -12,6 +12,7 @@ the hosts that changed lately or that a front end watches); it never judges.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Iterable, Mapping
 
 from ..clock import Clock
@@ -23,12 +24,12 @@ from ..providers.base import (
     BackendStats,
     BackendStatsReader,
     Balancer,
+    BalancerCounters,
     MetricSamples,
     MetricSource,
     MetricWindow,
     PoolStatsReader,
 )
-from ..providers.counters import BalancerCounters
 from .analysis import (
     counter_figures,
     health_verdict,
@@ -37,6 +38,7 @@ from .analysis import (
     traffic_figures,
 )
 from .bus import EventBus
+from .judge import MetricJudgement, judge, round_score
 from .machine import StateMachine
 from .progress import RolloutProgress
 from .sampling import FigureScope, HealthSampler
@@ -52,6 +54,33 @@ RECENT_CHANGE_S = 3.0
 #: (a screenful; front ends that say what they show use ``watch_hosts``, also over the
 #: control API's ``POST /v1/watch``)
 SMALL_FLEET = 50
+
+
+#: raw samples per side journaled with each verdict (the pooled test uses all of them)
+RAW_LIMIT = 2000
+
+
+def pooled(pool: Iterable[MetricSamples]) -> tuple[tuple[float, ...], tuple[float, ...],
+                                                    tuple[int, int] | None,
+                                                    tuple[int, int] | None]:
+    """Samples of several rounds as one: observations joined, counts added up."""
+    canary: list[float] = []
+    baseline: list[float] = []
+    counts: list[tuple[int, int] | None] = [None, None]
+    for samples in pool:
+        canary.extend(samples.canary)
+        baseline.extend(samples.baseline)
+        for i, c in enumerate((samples.canary_counts, samples.baseline_counts)):
+            if c is not None:
+                before = counts[i] or (0, 0)
+                counts[i] = (before[0] + c[0], before[1] + c[1])
+    return tuple(canary), tuple(baseline), counts[0], counts[1]
+
+
+def _with_reason(judgement: MetricJudgement, reason: str) -> MetricJudgement:
+    import dataclasses
+
+    return dataclasses.replace(judgement, reason=f"{judgement.reason}: {reason}")
 
 
 class Verification:
@@ -81,6 +110,13 @@ class Verification:
         self.sources: dict[str, MetricSource] = dict(sources)
         #: wall time of the last reading of the sources (None: the next round only primes)
         self._window_start: float | None = None
+        #: the statistical judge: each metric's samples of the last ``window`` rounds, and
+        #: its last judgement
+        self._pooled: dict[str, deque[MetricSamples]] = {
+            m.name: deque(maxlen=spec.window) for m in self.metrics}
+        self.judgements: dict[str, MetricJudgement] = {}
+        #: the last round's score (0-100, None: nothing conclusive) and band
+        self.score: tuple[float | None, str] = (None, "inconclusive")
         self.health = HealthSampler(spec.health_sample, spec.health_period, spec.interval)
         #: the last health round's coverage: checked, serving, the least recently seen
         self.health_coverage: dict[str, object] = {}
@@ -171,6 +207,9 @@ class Verification:
         if self._rounds <= rounds and self.fleet.verify.no_data == "fail":
             raise RolloutFailed(f"verification: no analysis round ran in "
                                 f"{step.for_ + waited:g}s (no data; no_data = fail)")
+        if self.fleet.verify.judge == "statistical":
+            await self._until_conclusive(step)
+            return
         if self.fleet.verify.no_data == "wait" and not self.traffic.target_at_zero():
             limit = self.clock.monotonic() + 3 * max(step.for_, interval)
             while self._traffic_passes <= passes and self.clock.monotonic() < limit:
@@ -230,6 +269,38 @@ class Verification:
                 elif verdict.result == "pass" and verdict.metric != "health":
                     judged += 1
         return (not failed and (judged > 0 or spec.no_data == "pass")), failed
+
+
+    async def _until_conclusive(self, step: Verify) -> None:
+        """An inconclusive judgement extends the hold (up to ``inconclusive_for``, default
+        twice the hold) while rounds pool more samples; then ``inconclusive`` decides:
+        ``pause`` for an operator (promote goes on, abort rolls back), ``fail`` or ``pass``
+        (said in the log, never silent)."""
+        spec, machine = self.fleet.verify, self.machine
+        if self.traffic.target_at_zero():
+            return
+        extension = spec.inconclusive_for if spec.inconclusive_for is not None \
+            else 2 * max(step.for_, spec.interval)
+        limit = self.clock.monotonic() + extension
+        while (self.inconclusive() or not self.judgements) and \
+                self.clock.monotonic() < limit:
+            if await machine.wait(spec.interval / 2, skippable=True):
+                return
+            machine.raise_if_interrupted()
+        waiting = self.inconclusive() or ([] if self.judgements else ["(no round judged)"])
+        if not waiting:
+            return
+        what = (f"verification inconclusive after {step.for_ + extension:g}s: "
+                f"{', '.join(waiting)} (inconclusive = {spec.inconclusive})")
+        if spec.inconclusive == "fail":
+            raise RolloutFailed(what)
+        await self.bus.emit("log", level="warning", message=what)
+        if spec.inconclusive == "pause":
+            machine.skip.clear()
+            await machine.set_state(RolloutState.WAITING,
+                                    "inconclusive: promote to go on, abort to roll back")
+            await machine.wait(None, skippable=True)
+            machine.raise_if_interrupted()
 
     async def _round_at_hold_end(self) -> None:
         """A round of analysis due at the very instant a hold ends (or under way) judges the
@@ -328,6 +399,9 @@ class Verification:
         verdicts: list[Verdict] = []
         try:
             if start is not None and not self.traffic.target_at_zero():
+                if spec.judge == "statistical":
+                    await self._statistical_round(collected, window)
+                    collected = []
                 for metric, samples in collected:
                     if isinstance(samples, str):
                         verdicts.append(Verdict(metric.name, "no_data", None, metric.max, 0,
@@ -341,12 +415,73 @@ class Verification:
             self._window_start = None
             verdicts = [Verdict("analysis", "no_data", None, None, 0, None,
                                 f"analysis could not run: {type(exc).__name__}: {exc}")]
-        if not verdicts:
+        if not verdicts and not self._judged_now:
             return
+        self._judged_now = False
         self._rounds += 1
         for verdict in verdicts:
             await self._judge(verdict, **(self.health_coverage if verdict.metric == "health"
                                           else {}))
+
+    _judged_now = False
+
+    async def _statistical_round(self, collected: list[tuple[MetricSpec, MetricSamples | str]],
+                                 window: MetricWindow) -> None:
+        """Judge each metric on its samples pooled over the last ``window`` rounds; emit each
+        verdict with its statistics, this round's raw samples and the round's score."""
+        judgements: list[tuple[MetricJudgement, MetricSamples | str]] = []
+        for metric, samples in collected:
+            pool = self._pooled[metric.name]
+            if not isinstance(samples, str):
+                pool.append(samples)
+            judgement = judge(metric, *pooled(pool))
+            if isinstance(samples, str) and not pool:
+                judgement = _with_reason(judgement, samples)
+            self.judgements[metric.name] = judgement
+            judgements.append((judgement, samples))
+        self.score = round_score([j for j, _ in judgements])
+        self._judged_now = True
+        for judgement, samples in judgements:
+            await self._judge_statistical(judgement, samples, window)
+
+    async def _judge_statistical(self, judgement: MetricJudgement,
+                                 samples: MetricSamples | str, window: MetricWindow) -> None:
+        spec = self.fleet.verify
+        count = self._consecutive.get(judgement.metric, 0)
+        if not judgement.dry_run:
+            if judgement.result == "fail":
+                count += 1
+            elif judgement.result == "pass":
+                count = 0
+                self._traffic_passes += 1
+            self._consecutive[judgement.metric] = count
+        limit = 1 if judgement.critical else spec.consecutive_failures
+        verdict = Verdict(judgement.metric, judgement.result, judgement.value,
+                          judgement.thresholds.get("max"), judgement.samples,
+                          judgement.baseline, judgement.reason)
+        self.last_verdicts[judgement.metric] = verdict
+        raw: dict[str, object] = {"error": samples} if isinstance(samples, str) else {
+            "canary": list(samples.canary[:RAW_LIMIT]),
+            "baseline": list(samples.baseline[:RAW_LIMIT]),
+            "canary_counts": samples.canary_counts,
+            "baseline_counts": samples.baseline_counts, "detail": samples.detail}
+        score, band = self.score
+        await self.bus.emit("verdict", **verdict.to_json(), consecutive=count, limit=limit,
+                            judge="statistical", stats=judgement.to_json(), raw=raw,
+                            window={"start": window.start, "end": window.end,
+                                    "canary": len(window.canary),
+                                    "baseline": len(window.baseline)},
+                            score=score, band=band)
+        if not judgement.dry_run and count >= limit and self.machine.failure is None:
+            reason = f"analysis: {verdict.describe()} ({count} in a row" + \
+                (", critical)" if judgement.critical else ")")
+            await self.bus.emit("analysis_failed", metric=verdict.metric, detail=reason)
+            self.machine.fail(reason)
+
+    def inconclusive(self) -> list[str]:
+        """The deciding metrics whose last judgement is not a pass (statistical judge)."""
+        return [name for name, j in self.judgements.items()
+                if j.decides and j.result in ("inconclusive", "no_data")]
 
     async def _health_round(self) -> Verdict:
         """Check the sample :class:`HealthSampler` picks (bounded), not every serving host."""

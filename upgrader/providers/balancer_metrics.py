@@ -8,8 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..hookspecs import Register, hookimpl
-from .base import MetricSource, ProviderContext
-from .counters import BalancerCounters
+from .base import BalancerCounters, MetricSource, ProviderContext
 
 
 def from_settings(settings: Mapping[str, Any], context: ProviderContext) -> BalancerCounters:
