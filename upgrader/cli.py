@@ -680,11 +680,19 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
         if remote.finished:
             finished = await remote.wait_finished()
             return Outcome(finished["outcome"]).exit_code
-        print(f"the rollout goes on; attach again with: upgrader attach {args.fleet}",
+        print(detach_message(str(remote.snapshot().get("state") or ""), args.fleet),
               file=sys.stderr)
         return EXIT_OK
     finally:
         await remote.aclose()
+
+
+def detach_message(state: str, fleet: object) -> str:
+    """What leaving an attached rollout says: a paused one stays paused (docs/TUI.md)."""
+    if state in ("PAUSING", "PAUSED"):
+        return (f"the rollout stays paused; resume it with: upgrader attach {fleet} "
+                "(then space)")
+    return f"the rollout goes on; attach again with: upgrader attach {fleet}"
 
 
 def _latest_record(args: argparse.Namespace, fleet: Any, state_dir: Path) -> Any:

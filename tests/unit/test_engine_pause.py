@@ -110,3 +110,12 @@ def test_headless_output_says_pausing_then_paused():
     text = out.getvalue()
     assert "PAUSING: pause requested: holds at the next step boundary" in text
     assert "PAUSED: paused by operator" in text
+
+
+def test_leaving_an_attached_paused_rollout_says_it_stays_paused():
+    from upgrader.cli import detach_message
+
+    assert detach_message("PAUSED", "f.toml") == ("the rollout stays paused; resume it with: "
+                                                  "upgrader attach f.toml (then space)")
+    assert "stays paused" in detach_message("PAUSING", "f.toml")
+    assert detach_message("RUNNING", "f.toml").startswith("the rollout goes on")
