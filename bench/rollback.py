@@ -1,0 +1,182 @@
+"""Roll-back speed on the lab (issue 15, point 5, first half): the time from the failing
+verdict (``analysis_failed``) to 100 % of traffic on the old release, for blue-green, shedding
+and canary, on a real lab (``upgrader.lab``: one process per host and slot, the built-in
+balancer, a traffic generator at ``--rps`` requests a second) with a bad release: the demo's
+``1.1.0-bad`` (30 % errors) for shedding and canary; for blue-green, whose system test of the
+idle slots stops an erroring release before any user reaches it, ``1.1.0-crash`` (falls over
+3 s after it starts: passes the system test, then its requests fail until the swap back).
+
+"All traffic on the old release" is read from the balancer itself, every 10 ms, by a client
+of its own (not from the engine's events): no backend of the target release is ready with a
+weight, and a split (if any) gives the target 0 %.
+
+Each run is a fresh process and a fresh lab. ``--code DIR`` runs the same measurement
+against another checkout of upgrader (its ``upgrader`` package in DIR): the roll-back order of
+main, for the before/after table:
+
+    git archive main upgrader | tar -x -C /tmp/upgrader-main
+    .venv/bin/python bench/rollback.py --runs 5 --baseline /tmp/upgrader-main
+
+NOT FINISHED (issue 15 point 5, h15fast ran out of time): shedding and canary measure; the
+blue-green run completes before the crash variant falls over (the compressed hold is shorter
+than its 3 s), so it reports "never all on the old release". No figures in RESULTS.md yet.
+
+Reports, per strategy and code, the median (and the runs) of the seconds from the verdict to
+all traffic on the old release, from the verdict to the end of the rollout, and the requests
+that failed once all traffic was on the old release (the bad release's own errors before that
+are what the verdict is about).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+STRATEGIES = ("bluegreen", "shedding", "canary")
+
+
+def one(strategy: str, hosts: int, rps: int, speed: float) -> dict[str, object]:
+    """One rollout of the bad release on a fresh lab; the measurement as a dict."""
+    import asyncio
+
+    from upgrader.config import loads_fleet
+    from upgrader.demo import _traffic_flowing, demo_fleet_text
+    from upgrader.lab.manager import Lab, free_base_port
+    from upgrader.plugins import Plugins
+    from upgrader.rollout import Rollout, compile_plan, compress
+
+    async def main() -> dict[str, object]:
+        lab_dir = Path(tempfile.mkdtemp(prefix="bench-rollback-"))
+        plugins = Plugins()
+        text = demo_fleet_text(strategy, hosts=hosts, bad=True, base_port=free_base_port(),
+                               lab_dir=lab_dir)
+        if strategy == "bluegreen":
+            # blue-green system-tests the idle slots: an erroring release never reaches users.
+            # One that falls over 3 s after it starts passes the system test, then fails
+            text = text.replace("1.1.0-bad", "1.1.0-crash")
+        fleet = loads_fleet(text, source="<bench fleet>", registry=plugins)
+        fleet, plan = compress(fleet, compile_plan(fleet), speed)
+        target = fleet.releases.target
+        lab = Lab(fleet.lab)
+        marks: dict[str, float] = {}
+
+        def observe(event) -> None:
+            if event.kind in ("analysis_failed", "rollback_started", "rollout_finished") \
+                    and event.kind not in marks:
+                marks[event.kind] = time.time()
+
+        async def watch_balancer(balancer) -> None:
+            while "old_at" not in marks:
+                state = await balancer.state()
+                serving = [b for b in state.backends.values()
+                           if b.pool == target and b.state == "ready" and b.weight > 0]
+                split_ok = not state.split or state.split.get(target, 0) <= 0
+                if "analysis_failed" in marks and not serving and split_ok:
+                    marks["old_at"] = time.time()
+                    return
+                await asyncio.sleep(0.01)
+
+        stats: dict[str, object] = {}
+        try:
+            await lab.up(traffic_rps=rps)
+            await _traffic_flowing(lab)
+            balancer = lab.balancer()
+            watcher = asyncio.ensure_future(watch_balancer(balancer))
+            async with Rollout(fleet, plan, plugins=plugins, state_dir=lab_dir / "state",
+                               observers=[observe]) as rollout:
+                result = await rollout.run()
+            try:
+                await asyncio.wait_for(watcher, 10.0)
+            except TimeoutError:
+                state = await balancer.state()
+                raise RuntimeError(f"never all on the old release: {marks} {result.outcome} "
+                                   f"{result.error} {state}") from None
+            await balancer.aclose()
+            await asyncio.sleep(1.0)              # users keep being served after it
+        finally:
+            stats = await lab.down()
+        seconds = stats.get("seconds") or []
+        after = int(marks["old_at"]) + 1 if "old_at" in marks else None
+        failed_after = sum(s.get("failed", 0) for s in seconds
+                           if after is not None and s.get("t", 0) >= after) \
+            if isinstance(seconds, list) else None
+        verdict = marks.get("analysis_failed")
+        return {"strategy": strategy, "outcome": result.outcome.value,
+                "to_old_s": round(marks["old_at"] - verdict, 3)
+                if verdict and "old_at" in marks else None,
+                "to_end_s": round(marks["rollout_finished"] - verdict, 3)
+                if verdict and "rollout_finished" in marks else None,
+                "requests": stats.get("requests", 0), "failed": stats.get("failed", 0),
+                "failed_after_old": failed_after}
+
+    return asyncio.run(main())
+
+
+def run_child(strategy: str, code: str | None, args: argparse.Namespace) -> dict[str, object]:
+    env = dict(os.environ)
+    if code:
+        env["PYTHONPATH"] = code + os.pathsep + env.get("PYTHONPATH", "")
+    argv = [sys.executable, __file__, "--one", strategy, "--hosts", str(args.hosts),
+            "--rps", str(args.rps), "--speed", str(args.speed)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600,
+                          cwd=code or str(HERE))
+    if done.returncode != 0:
+        return {"strategy": strategy, "error": done.stderr[-800:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def median(values: list[object]) -> float | None:
+    numbers = [float(v) for v in values if isinstance(v, (int, float))]
+    return round(statistics.median(numbers), 3) if numbers else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--one", choices=STRATEGIES, help=argparse.SUPPRESS)
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--hosts", type=int, default=8)
+    parser.add_argument("--rps", type=int, default=100)
+    parser.add_argument("--speed", type=float, default=5.0,
+                        help="pauses and holds divided by this (as the demo's --speed)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also measure the upgrader package in DIR (main's order)")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.hosts, args.rps, args.speed)))
+        return 0
+    codes: list[tuple[str, str | None]] = [("this branch", None)]
+    if args.baseline:
+        codes.insert(0, ("baseline", str(Path(args.baseline).resolve())))
+    print(f"{args.hosts} hosts, {args.rps} req/s, speed {args.speed:g}, {args.runs} runs; "
+          f"{os.cpu_count()} CPUs")
+    print("| strategy | code | to 100 % old (median s) | runs | verdict to end (median s) "
+          "| failed after | outcomes |")
+    print("|---|---|---|---|---|---|---|")
+    for strategy in args.strategies:
+        for label, code in codes:
+            runs = []
+            for _ in range(args.runs):     # interleaved would be fairer; a lab is heavy
+                runs.append(run_child(strategy, code, args))
+            errors = [r["error"] for r in runs if "error" in r]
+            ok = [r for r in runs if "error" not in r]
+            print(f"| {strategy} | {label} | {median([r['to_old_s'] for r in ok])} | "
+                  f"{', '.join(str(r['to_old_s']) for r in ok)} | "
+                  f"{median([r['to_end_s'] for r in ok])} | "
+                  f"{sum(int(r['failed_after_old'] or 0) for r in ok)} | "
+                  f"{', '.join(sorted({str(r['outcome']) for r in ok}))}"
+                  + (f" ({len(errors)} errors: {errors[0][-200:]!r})" if errors else "")
+                  + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
