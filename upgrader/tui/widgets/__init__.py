@@ -5,9 +5,11 @@ from __future__ import annotations
 from .event_log import EventLog
 from .fleet_table import FleetTable
 from .header import RolloutHeader
+from .keybar import KeyBar
 from .steps import StepsPanel
+from .summary import SummaryPanel
 from .traffic import TrafficChart
 from .verdict import VerdictPanel
 
-__all__ = ["EventLog", "FleetTable", "RolloutHeader", "StepsPanel", "TrafficChart",
-           "VerdictPanel"]
+__all__ = ["EventLog", "FleetTable", "KeyBar", "RolloutHeader", "StepsPanel", "SummaryPanel",
+           "TrafficChart", "VerdictPanel"]
