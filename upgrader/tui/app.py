@@ -49,6 +49,10 @@ class UpgraderApp(App[str]):
     """Returns (``run()``/``run_async()``) "abort", "detach" or "quit" (None if killed)."""
 
     CSS_PATH = "app.tcss"
+    #: classes put on every screen by the terminal's size (app.tcss lays the screens out by
+    #: them): under 100 columns -narrow, from 160 -wide; under 30 lines -short
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-medium"), (160, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [Binding("ctrl+q", "request_quit", "Quit", show=False, priority=True)]
 

@@ -48,6 +48,8 @@ HISTORY_LIMIT = 30
 ACTOR_SUFFIX = " (tui)"
 REASON = "tui"
 DESCRIPTION_WIDTH = 56
+#: narrower than this, the DESCRIPTION column goes (a narrow terminal)
+MIN_DESCRIPTION = 16
 
 
 def tui_actor() -> str:
@@ -448,7 +450,11 @@ class FlagsScreen(Screen[None]):
         if self.environment is not None and self.flagset is not None:
             text.append(" · environment ")
             text.append(f" {self.environment} ", style="bold reverse yellow")
-            text.append(f" (e: next of {', '.join(self.flagset.environments)})", style="dim")
+            hint = f" (e: next of {', '.join(self.flagset.environments)})"
+            if text.cell_len + len(hint) >= self.app.size.width:
+                hint = " (e: next)"
+            if text.cell_len + len(hint) < self.app.size.width:
+                text.append(hint, style="dim")
         self.query_one("#flags-title", Static).update(text)
 
     def _show_flags(self) -> None:
@@ -458,7 +464,13 @@ class FlagsScreen(Screen[None]):
         table = self.query_one(DataTable)
         keep = self.selected_key()
         row = table.cursor_row
-        columns = (tuple(flagset.environments), env)
+        self._row_keys = list(flagset.flags)
+        rows = [(Text(flag.key, style="bold"), Text(str(flag.kind), style="cyan"),
+                 *(state_cell(flag, name, name == env) for name in flagset.environments))
+                for flag in flagset.flags.values()]
+        fit = self._description_width(rows, flagset.environments, env)
+        described = fit >= MIN_DESCRIPTION
+        columns = (tuple(flagset.environments), env, described)
         if columns != self._columns:
             table.clear(columns=True)
             table.add_column("KEY", key="key")
@@ -467,19 +479,17 @@ class FlagsScreen(Screen[None]):
                 label = (Text(f"▶ {name}", style="bold yellow") if name == env
                          else Text(name))
                 table.add_column(label, key=f"env:{name}")
-            table.add_column("DESCRIPTION", key="description")
+            if described:
+                table.add_column("DESCRIPTION", key="description")
             self._columns = columns
         else:
             table.clear()
-        self._row_keys = list(flagset.flags)
-        for flag in flagset.flags.values():
+        for flag, cells in zip(flagset.flags.values(), rows):
             description = flag.description
-            if len(description) > DESCRIPTION_WIDTH:
-                description = description[:DESCRIPTION_WIDTH - 1] + "…"
-            table.add_row(Text(flag.key, style="bold"), Text(str(flag.kind), style="cyan"),
-                          *(state_cell(flag, name, name == env)
-                            for name in flagset.environments),
-                          Text(description, style="dim"), key=flag.key)
+            if len(description) > fit:
+                description = description[:max(0, fit - 1)] + "…"
+            table.add_row(*cells, *([Text(description, style="dim")] if described else []),
+                          key=flag.key)
         if keep is not None and keep in flagset.flags:
             table.move_cursor(row=self._row_keys.index(keep), animate=False)
         elif self._row_keys:
@@ -490,6 +500,26 @@ class FlagsScreen(Screen[None]):
         if not flagset.flags:
             self.query_one("#flag-detail", Static).update(Text(
                 "the store holds no flags: upgrader flags import FILE", style="dim"))
+
+    def _description_width(self, rows: list[tuple[Text, ...]], environments: tuple[str, ...]
+                           | list[str], env: str | None) -> int:
+        """What is left of the table's width for DESCRIPTION once the other columns (as wide
+        as their longest cell, one space each side) have theirs: the table never runs wider
+        than the screen, a long description ends in "…"."""
+        table = self.query_one(DataTable)
+        titles = ["KEY", "KIND"] + [f"▶ {n}" if n == env else n for n in environments]
+        used = 0
+        for column, title in enumerate(titles):
+            longest = max([len(title), *(row[column].cell_len for row in rows)])
+            used += longest + 2 * table.cell_padding
+        width = table.scrollable_content_region.width or self.app.size.width - 2
+        # the description's own padding, and a scrollbar's width in case the rows overflow
+        return min(DESCRIPTION_WIDTH, width - used - 2 * table.cell_padding - 2)
+
+    def on_resize(self) -> None:
+        if self.flagset is not None and self._columns:
+            self._columns = ()           # redraw the rows for the new width
+            self._show_flags()
 
     def _show_detail(self) -> None:
         flag = self.selected_flag()

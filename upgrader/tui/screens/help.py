@@ -6,7 +6,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -37,6 +37,9 @@ PANELS = [
     ("Analysis", "the last verdict of each check: value, limit, samples, the old release's "
                  "value, failures in a row (red when failing)"),
     ("Events", "notable events: state changes, steps, failures, operator controls"),
+    ("narrow", "under 100 columns one summary replaces Steps, Traffic and Analysis: the "
+               "share, 5xx and p95 of new against old, and every verdict; under 30 lines "
+               "the Events panel goes (l shows the log)"),
 ]
 
 
@@ -58,12 +61,12 @@ class HelpScreen(ModalScreen[None]):
         panels.add_column()
         for panel, what in PANELS:
             panels.add_row(panel, what)
-        with Vertical(id="help-box"):
+        with VerticalScroll(id="help-box"):
             yield Static(Text("Keys", style="bold underline"))
             yield Static(keys)
             yield Static(Text("\nPanels", style="bold underline"))
             yield Static(panels)
-            yield Static(Text("\nescape closes this help", style="dim"))
+            yield Static(Text("\nescape closes this help · up/down scroll it", style="dim"))
 
     def on_mount(self) -> None:
         self.query_one("#help-box").border_title = "upgrader help"

@@ -1,4 +1,9 @@
-"""The main screen: header, fleet table, steps and progress, traffic chart, verdicts, events."""
+"""The main screen: header, fleet table, steps and progress, traffic chart, verdicts, events.
+
+How it fits the terminal is app.tcss's business (the app's breakpoints put -narrow / -medium /
+-wide and -short / -tall on the screen): narrow, a compact summary stands in for the side
+column; short, the events panel goes (``l`` shows the log); wide, the fleet table is as wide
+as its columns and the side column takes the rest."""
 
 from __future__ import annotations
 
@@ -8,14 +13,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer
 
 from ..messages import RolloutUpdated
 from ..widgets import (
     EventLog,
     FleetTable,
+    KeyBar,
     RolloutHeader,
     StepsPanel,
+    SummaryPanel,
     TrafficChart,
     VerdictPanel,
     WindowLine,
@@ -51,8 +57,10 @@ class MainScreen(Screen[None]):
                 yield StepsPanel(id="steps")
                 yield TrafficChart(id="traffic")
                 yield VerdictPanel(id="verdict")
+        # shown instead of the side column on a narrow terminal (app.tcss, -narrow)
+        yield SummaryPanel(id="summary")
         yield EventLog(id="events")
-        yield Footer()
+        yield KeyBar(KEYS, id="keys")
 
     def on_mount(self) -> None:
         app = cast("UpgraderApp", self.app)
@@ -74,5 +82,6 @@ class MainScreen(Screen[None]):
         self.query_one(StepsPanel).show(view)
         self.query_one(TrafficChart).show(view)
         self.query_one(VerdictPanel).show(view)
+        self.query_one(SummaryPanel).show(view)
         if message.lines:
             self.query_one(EventLog).add_lines(message.lines)

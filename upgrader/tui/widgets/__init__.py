@@ -5,10 +5,12 @@ from __future__ import annotations
 from .event_log import EventLog
 from .fleet_table import FleetTable
 from .header import RolloutHeader
+from .keybar import KeyBar
 from .steps import StepsPanel
+from .summary import SummaryPanel
 from .traffic import TrafficChart
 from .verdict import VerdictPanel
 from .window import WindowLine
 
-__all__ = ["EventLog", "FleetTable", "RolloutHeader", "StepsPanel", "TrafficChart",
-           "VerdictPanel", "WindowLine"]
+__all__ = ["EventLog", "FleetTable", "KeyBar", "RolloutHeader", "StepsPanel", "SummaryPanel",
+           "TrafficChart", "VerdictPanel", "WindowLine"]

@@ -37,10 +37,40 @@ PLAIN = Style()
 
 #: seconds between repaints for new traffic figures alone (host changes repaint at once)
 FIGURES_REPAINT_S = 0.5
-#: (title, width); width None: the rest of the line
-FIXED_COLUMNS = (("STATE", 15), ("HEALTH", 6), ("SHARE", 6), ("REQ/S", 7), ("5XX", 7),
-                 ("P95", 7))
+#: the columns after HOST and RELEASE: (title, width); ERROR (last) is as wide as the longest
+#: error and shows only when a host has one
+FIXED_COLUMNS = (("STATE", 2 + max(len(w) for w in PHASE_WORDS.values())), ("HEALTH", 6),
+                 ("SHARE", 6), ("REQ/S", 7), ("5XX", 7), ("P95", 7))
+TITLES = ("HOST", "RELEASE") + tuple(t for t, _ in FIXED_COLUMNS) + ("ERROR",)
+#: the order in which columns go when the table is too narrow for all of them (the first
+#: ones stay: host, release, state, health, error rate)
+DROP_ORDER = ("ERROR", "P95", "REQ/S", "SHARE")
+#: the most an ERROR column takes (longer errors end in "…"; the log has them whole)
+ERROR_MAX = 60
 
+
+def natural_widths(names: Iterable[str], releases: Iterable[str],
+                   errors: Iterable[str]) -> list[int]:
+    """Every column's width from the data: the longest host name and release text (at least
+    the title), the fixed columns, and the longest error (0: no ERROR column)."""
+    host_w = max([len("HOST"), *(len(n) for n in names)])
+    release_w = max([len("RELEASE"), *(len(r) for r in releases)])
+    error_w = max([0, *(len(e) for e in errors)])
+    if error_w:
+        error_w = max(len("ERROR"), min(ERROR_MAX, error_w))
+    return [host_w, release_w] + [w for _, w in FIXED_COLUMNS] + [error_w]
+
+
+def fit_columns(widths: list[int], width: int) -> list[int]:
+    """The indexes of the columns to show in ``width`` cells (one space after each)."""
+    shown = [i for i, w in enumerate(widths) if w > 0]
+    for title in DROP_ORDER:
+        if sum(widths[i] + 1 for i in shown) <= width:
+            break
+        index = TITLES.index(title)
+        if index in shown:
+            shown.remove(index)
+    return shown
 
 class FleetTable(ScrollView, can_focus=True):
     BINDINGS = [
@@ -78,6 +108,11 @@ class FleetTable(ScrollView, can_focus=True):
         self._cache: LRUCache[tuple[object, ...], Strip] = LRUCache(1024)
         self._widths: list[int] = []
         self._titles: list[str] = []
+        #: the indexes (in TITLES) of the columns shown
+        self._columns: list[int] = []
+        #: the width of the columns shown, one space after each
+        self.natural_width = 0
+        self._error_w = 0
         self.cursor_row = 0
 
     # ------------------------------------------------------------------ data
@@ -89,8 +124,17 @@ class FleetTable(ScrollView, can_focus=True):
         if self.border_title != title:
             self.border_title = title
         if view.rows_version != self._rows_version:
+            before = self.natural_width
             self._measure()
-            self.refresh()
+            self.refresh(layout=self.natural_width != before)
+            return
+        changed = changed if isinstance(changed, (set, frozenset)) else set(changed)
+        if any(len(view.hosts[n].error or "") > self._error_w for n in changed
+               if n in view.hosts) and self._error_w < ERROR_MAX:
+            # a new error longer than the ERROR column (or the first: no column yet)
+            before = self.natural_width
+            self._measure()
+            self.refresh(layout=self.natural_width != before)
             return
         if synced:
             self._figures_version = view.figures_version
@@ -125,6 +169,17 @@ class FleetTable(ScrollView, can_focus=True):
         bottom = min(len(order), top + max(0, self.size.height - 1))
         return [i for i in range(top, bottom) if order[i] in changed]
 
+    def _natural(self) -> list[int]:
+        view = self._view
+        assert view is not None
+        rows = view.hosts.values()
+        current, target = view.current or "-", view.target or "-"
+        releases = [current, target, f"{current}>{target}"]
+        releases += [f"{r.release or '-'}@{r.slot}" for r in rows if r.slot]
+        releases += [f"{r.release or '-'}>{r.heading}" for r in rows
+                     if r.heading and r.heading != r.release]
+        return natural_widths(view.order, releases, (r.error for r in rows if r.error))
+
     def _measure(self) -> None:
         view = self._view
         if view is None:
@@ -132,17 +187,23 @@ class FleetTable(ScrollView, can_focus=True):
         self._rows_version = view.rows_version
         self._cache.clear()
         width = self.scrollable_content_region.width or self.size.width
-        names = max((len(n) for n in view.order), default=4)
-        slots = max((len(r.slot) for r in view.hosts.values() if r.slot), default=0)
-        releases = max(len(view.current or ""), len(view.target or ""), 5)
-        host_w = min(32, max(4, names))
-        release_w = max(7, 2 * releases + 1 + (slots + 1 if slots else 0))
-        widths = [host_w, release_w] + [w for _, w in FIXED_COLUMNS]
-        used = sum(widths) + len(widths)
-        widths.append(max(5, width - used))
-        self._widths = widths
-        self._titles = ["HOST", "RELEASE"] + [t for t, _ in FIXED_COLUMNS] + ["ERROR"]
-        self.virtual_size = Size(max(1, width), len(view.order) + 1)
+        natural = self._natural()
+        self.natural_width = sum(w + 1 for w in natural if w > 0)
+        shown = fit_columns(natural, width)
+        self._columns = shown
+        self._widths = [natural[i] for i in shown]
+        used = sum(w + 1 for w in self._widths)
+        if shown and TITLES[shown[-1]] == "ERROR" and width > used:
+            # the error takes what is left of the line (it was cut to ERROR_MAX)
+            self._widths[-1] += width - used
+        self._titles = [TITLES[i] for i in shown]
+        self._error_w = natural[-1]
+        self.virtual_size = Size(max(1, min(width, used) if width else used),
+                                 len(view.order) + 1)
+
+    def get_content_width(self, container: Size, viewport: Size) -> int:
+        """``width: auto`` (a wide terminal): as wide as every column, not the screen."""
+        return max(1, self.natural_width)
 
     def on_resize(self, event: Resize) -> None:
         self._measure()
@@ -259,7 +320,8 @@ class FleetTable(ScrollView, can_focus=True):
             (fmt_percent(error_rate, 2), WARN if error_rate else PLAIN),
             (fmt_ms(figures.p95), PLAIN), (row.error or "", FAILED),
         ]
-        return self._cells([(text, base + s) for text, s in cells], width, base)
+        return self._cells([(cells[i][0], base + cells[i][1]) for i in self._columns], width,
+                           base)
 
     def _cells(self, cells: list[tuple[str, Style]], width: int, base: Style) -> Strip:
         segments = []
