@@ -56,13 +56,21 @@ def current_user() -> str:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs. A zombie is dead: a detached controller killed with SIGKILL
+    stays one when nothing reaps it (a container whose init does not), and its lock must
+    still be taken over."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:     # alive, another user's
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            state = stat.read().rpartition(")")[2].split()
+    except OSError:             # no /proc (not Linux): trust the signal
+        return True
+    return not state or state[0] not in ("Z", "X")
 
 
 @dataclass(frozen=True, slots=True)

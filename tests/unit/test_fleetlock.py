@@ -370,3 +370,27 @@ def test_hosts_that_share_one_lock_file_take_it_once(tmp_path: Path) -> None:
         await transport.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_zombie_holder_is_dead():
+    """A controller killed with SIGKILL that nothing reaps (a container whose init does not)
+    stays a zombie: ``os.kill(pid, 0)`` still succeeds, yet its lock must be taken over
+    (the README tour saw ``status`` call such a holder alive)."""
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from upgrader.fleetlock import pid_alive
+
+    child = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        stat = Path(f"/proc/{child.pid}/stat")
+        while stat.read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.01)
+        assert not pid_alive(child.pid)
+    finally:
+        child.wait()
+    assert not pid_alive(child.pid)
+    assert pid_alive(os.getpid())
