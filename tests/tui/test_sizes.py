@@ -1,0 +1,107 @@
+"""The TUI at three terminal sizes (issue 16): 80x24 (the smallest terminal an operator
+has), 120x40 and 200x50. Snapshots of the main, help, flags and roll-back dialog screens at
+each, and what must hold at each size whatever the looks: the header names both releases and
+the state, the key bar shows ``q Quit``, host names never run into the next column, and the
+flags screen keeps a space between its values."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import pytest
+import tuikit
+from test_flags_screen import STORE_SPEC, _snapshot_store, open_flags
+
+SIZES = {"80x24": (80, 24), "120x40": (120, 40), "200x50": (200, 50)}
+#: the releases of tuikit's canary scenario
+CURRENT, TARGET = "1.0.0", "1.1.0"
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_main_screen_at_size(snap_compare, fake, size):
+    assert snap_compare(fake("running"), terminal_size=SIZES[size])
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_help_screen_at_size(snap_compare, fake, size):
+    assert snap_compare(fake("running"), terminal_size=SIZES[size], press=["question_mark"])
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_rollback_dialog_at_size(snap_compare, fake, size):
+    assert snap_compare(fake("waiting"), terminal_size=SIZES[size], press=["r"])
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_flags_screen_at_size(snap_compare, tmp_path, monkeypatch, size):
+    monkeypatch.chdir(tmp_path)
+    store = _snapshot_store(tmp_path)
+
+    async def run_before(pilot) -> None:
+        await open_flags(pilot.app, pilot)
+
+    try:
+        assert snap_compare(tuikit.frozen_app(tuikit.scenario("running"), flags=store),
+                            terminal_size=SIZES[size], run_before=run_before)
+    finally:
+        store.close()
+
+
+def screen_at(size: tuple[int, int], *, flags: Any = None, keys: tuple[str, ...] = ()) -> str:
+    """The plain text of the running canary's screen at ``size`` (after ``keys``)."""
+
+    async def main() -> str:
+        app = tuikit.frozen_app(tuikit.scenario("running"), flags=flags)
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause()
+            for key in keys:
+                await pilot.press(key)
+            if flags is not None:
+                await open_flags(app, pilot)
+            await pilot.pause()
+            return tuikit.screen_text(app)
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_header_and_key_bar_fit(size):
+    text = screen_at(SIZES[size])
+    lines = text.splitlines()
+    header = "\n".join(lines[:2])
+    assert CURRENT in header and TARGET in header, header
+    assert "RUNNING" in header, header
+    assert re.search(r"\bq\s+Quit\b", "\n".join(lines[-2:])), lines[-2:]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_host_names_never_run_into_the_release(size):
+    text = screen_at(SIZES[size])
+    rows = [line for line in text.splitlines() if re.match(r"[│ ]*web-\d{4}", line)]   # table
+    assert len(rows) >= 8, text
+    for row in rows:
+        assert re.search(r"web-\d{4}\s+\d", row), row      # a space after every host name
+
+
+def test_help_fits_at_80x24():
+    """The help box is whole on screen (it scrolls inside): title and bottom border."""
+    lines = screen_at(SIZES["80x24"], keys=("question_mark",)).splitlines()
+    box = [n for n, line in enumerate(lines) if "upgrader help" in line]
+    assert box, lines
+    bottom = [n for n, line in enumerate(lines) if line.strip().startswith("█▄▄▄")]
+    assert bottom and bottom[-1] > box[0], lines
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_flags_screen_keeps_its_values_apart(size, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = _snapshot_store(tmp_path)
+    try:
+        text = screen_at(SIZES[size], flags=store)
+    finally:
+        store.close()
+    assert STORE_SPEC in text or "flags" in text.lower()
+    for together in ("on5%", "onsplit", "disablestaging", "new-checkoutin", "on45%"):
+        assert together not in text, (together, text)
