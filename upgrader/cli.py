@@ -106,9 +106,11 @@ def _parser() -> argparse.ArgumentParser:
                                               "the fleet's [flags] store, else "
                                               ".upgrader/flags.sqlite when it exists)")
 
+    from .analysis_cli import add_analysis_parser
     from .rollback_cli import add_rollback_parser
 
     add_rollback_parser(sub, fleet_args)
+    add_analysis_parser(sub, fleet_args)
 
     status = sub.add_parser("status", help="the fleet's last rollout, from the journal")
     fleet_args(status, strategy=False)
@@ -782,6 +784,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                     state_dir_of=lambda a, f: _state_dir(a, f, unfinished_only=False))
 
 
+def cmd_analysis(args: argparse.Namespace) -> int:
+    from .analysis_cli import cmd_analysis as analysis
+
+    return analysis(args, load=_load,
+                    state_dir_of=lambda a, f: _state_dir(a, f, unfinished_only=False))
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     return cmd_run(args, recover=True)
 
@@ -1163,7 +1172,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 _COMMANDS = {"plan": cmd_plan, "run": cmd_run, "resume": cmd_resume, "status": cmd_status,
              "attach": cmd_attach, "flags": cmd_flags, "schema": cmd_schema,
              "lab": cmd_lab, "demo": cmd_demo, "plugins": cmd_plugins, "check": cmd_check,
-             "unlock": cmd_unlock, "rollback": cmd_rollback}
+             "unlock": cmd_unlock, "rollback": cmd_rollback,
+             "analysis": cmd_analysis}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
