@@ -57,11 +57,14 @@ def test_demo_in_a_real_terminal_moves_pauses_and_resumes(terminal, tmp_path):
            "the fleet with its first canary on 1.1.0")
     assert time.monotonic() - started <= 15.5
 
+    def header(screen: str) -> str:     # the header's two lines (the state is on the first)
+        return "\n".join(screen.splitlines()[:2])
+
     _tmux("send-keys", "-t", terminal, "Space")
-    _until(terminal, lambda s: "PAUSED" in s.splitlines()[1], 5, "PAUSED in the header")
+    _until(terminal, lambda s: "PAUSED" in header(s), 5, "PAUSED in the header")
     _tmux("send-keys", "-t", terminal, "Space")
-    _until(terminal, lambda s: "PAUSED" not in s.splitlines()[1]
-           and any(w in s.splitlines()[1] for w in ("WAITING", "RUNNING", "VERIFYING")), 5,
+    _until(terminal, lambda s: "PAUSED" not in header(s)
+           and any(w in header(s) for w in ("WAITING", "RUNNING", "VERIFYING")), 5,
            "the rollout going on")
 
     _tmux("send-keys", "-t", terminal, "P")            # promote all: skip the pauses
