@@ -8,27 +8,8 @@ import math
 from collections.abc import Iterable, Mapping
 
 from ..events import Verdict
-from ..model import MetricSpec, VerifySpec
-from ..providers.base import LATENCY_BUCKETS, BackendStats, MetricSamples
-
-
-def _delta(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
-           names: Iterable[str]) -> tuple[int, int, list[int]]:
-    requests = errors = 0
-    buckets = [0] * len(LATENCY_BUCKETS)
-    for name in names:
-        now = cur.get(name)
-        if now is None:
-            continue
-        before = prev.get(name)
-        if before is None or before.requests > now.requests:   # new or reset backend
-            before = BackendStats(0, 0, tuple(0 for _ in LATENCY_BUCKETS))
-        requests += now.requests - before.requests
-        errors += now.errors - before.errors
-        if now.latency_buckets != before.latency_buckets:
-            buckets = [total + (a - b if a > b else 0) for total, a, b in
-                       zip(buckets, now.latency_buckets, before.latency_buckets)]
-    return requests, errors, buckets
+from ..model import MetricSpec
+from ..providers.base import LATENCY_BUCKETS, BackendStats, MetricSamples, counter_delta
 
 
 def percentile(buckets: list[int], q: float) -> float | None:
@@ -43,36 +24,6 @@ def percentile(buckets: list[int], q: float) -> float | None:
         if seen >= rank:
             return bound
     return LATENCY_BUCKETS[-1]
-
-
-def analyze(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
-            new: Iterable[str], old: Iterable[str], spec: VerifySpec) -> list[Verdict]:
-    """Verdicts for one analysis interval (``prev`` -> ``cur``)."""
-    new = list(new)
-    old = list(old)
-    n_req, n_err, n_buckets = _delta(prev, cur, new)
-    o_req, o_err, o_buckets = _delta(prev, cur, old)
-    baseline_rate = 100.0 * o_err / o_req if o_req else None
-    verdicts = []
-    if n_req < spec.min_requests or n_req == 0:
-        detail = f"too little traffic: {n_req} requests < min_requests {spec.min_requests}"
-        verdicts.append(Verdict("error_rate", "no_data", 100.0 * n_err / n_req if n_req else None,
-                                spec.error_rate_max, n_req, baseline_rate, detail))
-        if spec.p95_latency_max is not None:
-            verdicts.append(Verdict("p95_latency", "no_data", percentile(n_buckets, 0.95),
-                                    spec.p95_latency_max, n_req, percentile(o_buckets, 0.95),
-                                    detail))
-        return verdicts
-    rate = 100.0 * n_err / n_req
-    verdicts.append(Verdict("error_rate", "fail" if rate > spec.error_rate_max else "pass",
-                            rate, spec.error_rate_max, n_req, baseline_rate,
-                            f"{n_err} errors in {n_req} requests"))
-    if spec.p95_latency_max is not None:
-        p95 = percentile(n_buckets, 0.95)
-        slow = p95 is not None and p95 > spec.p95_latency_max
-        verdicts.append(Verdict("p95_latency", "fail" if slow else "pass",
-                                p95, spec.p95_latency_max, n_req, percentile(o_buckets, 0.95)))
-    return verdicts
 
 
 def quantile(values: Iterable[float], q: float) -> float | None:
@@ -171,7 +122,7 @@ def idle_figures(seconds: float) -> dict[str, float | int | None]:
 def traffic_figures(prev: Mapping[str, BackendStats], cur: Mapping[str, BackendStats],
                     names: Iterable[str], seconds: float) -> dict[str, float | int | None]:
     """Requests per second, error percent and p95 of ``names`` over one interval."""
-    requests, errors, buckets = _delta(prev, cur, names)
+    requests, errors, buckets = counter_delta(prev, cur, names)
     return {"requests": requests,
             "rps": round(requests / seconds, 2) if seconds > 0 else None,
             "error_rate": round(100.0 * errors / requests, 3) if requests else None,

@@ -513,8 +513,8 @@ FIGURES: dict[str, str] = {"error_rate": "proportion", "p95_latency": "value",
 MAX_OBSERVATIONS = 5000
 
 
-def _counter_delta(previous: Mapping[str, BackendStats], current: Mapping[str, BackendStats],
-           names: Iterable[str]) -> tuple[int, int, list[int]]:
+def counter_delta(previous: Mapping[str, BackendStats], current: Mapping[str, BackendStats],
+                  names: Iterable[str]) -> tuple[int, int, list[int]]:
     """Requests, errors and latency-bucket counts of ``names`` between two readings."""
     requests = errors = 0
     buckets = [0] * len(LATENCY_BUCKETS)
@@ -527,8 +527,9 @@ def _counter_delta(previous: Mapping[str, BackendStats], current: Mapping[str, B
             before = BackendStats(0, 0, tuple(0 for _ in LATENCY_BUCKETS))
         requests += now.requests - before.requests
         errors += now.errors - before.errors
-        buckets = [total + (a - b if a > b else 0) for total, a, b in
-                   zip(buckets, now.latency_buckets, before.latency_buckets)]
+        if now.latency_buckets != before.latency_buckets:     # an idle backend costs nothing
+            buckets = [total + (a - b if a > b else 0) for total, a, b in
+                       zip(buckets, now.latency_buckets, before.latency_buckets)]
     return requests, errors, buckets
 
 
@@ -605,8 +606,8 @@ class BalancerCounters:
                 (window.baseline_pool,) if window.baseline_pool else ()
         else:
             canary_names, baseline_names = window.canary, window.baseline
-        n_req, n_err, n_buckets = _counter_delta(previous, current, canary_names)
-        o_req, o_err, o_buckets = _counter_delta(previous, current, baseline_names)
+        n_req, n_err, n_buckets = counter_delta(previous, current, canary_names)
+        o_req, o_err, o_buckets = counter_delta(previous, current, baseline_names)
         if metric.query == "error_rate":
             return MetricSamples(
                 canary_counts=(n_err, n_req) if n_req else None,
