@@ -127,3 +127,31 @@ def test_flags_screen_keeps_its_values_apart(size, tmp_path, monkeypatch):
     assert STORE_SPEC in text or "flags" in text.lower()
     for together in ("on5%", "onsplit", "disablestaging", "new-checkoutin", "on45%"):
         assert together not in text, (together, text)
+
+
+@pytest.mark.parametrize("start, to", [((200, 50), (170, 50)), ((170, 50), (120, 40)),
+                                       ((120, 40), (200, 50))])
+def test_the_traffic_chart_redraws_for_a_new_width_without_wrapping(start, to):
+    """The chart is drawn for its width. When the width changes (the terminal resized, the side
+    column's scrollbar came), it is drawn again for the new one: its rows never wrap, so its
+    height stays one line per row (a wrapped chart doubled in height and pushed the analysis
+    out of sight), and its value column stays whole."""
+
+    async def main() -> list[tuple[int, int, list[str]]]:
+        app = tuikit.frozen_app(tuikit.scenario("running"))
+        seen = []
+        async with app.run_test(size=start) as pilot:
+            for size in (start, to):
+                await pilot.resize_terminal(*size)
+                await _settled_then(pilot)
+                chart = app.screen.query_one("#traffic")
+                text = tuikit.screen_text(app).splitlines()
+                region = chart.content_region
+                rows = [line[region.x:region.right] for line in text[region.y:region.bottom]]
+                seen.append((chart.size.height, chart.content_size.width, rows))
+        return seen
+
+    for height, width, rows in asyncio.run(main()):
+        assert height == len(rows) == 6, rows             # five series and the split line
+        for row in rows[:5]:
+            assert re.search(r"\d(%|ms)$", row.rstrip()), (width, row)   # the value is whole

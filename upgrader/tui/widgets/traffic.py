@@ -32,6 +32,10 @@ class TrafficChart(Static):
     DEFAULT_CSS = """
     TrafficChart {
         height: auto;
+        /* a row never wraps: drawn for one width and shown at a narrower one (the side
+           column's scrollbar came, the terminal shrank) until redrawn, it is cut, not doubled */
+        text-wrap: nowrap;
+        text-overflow: clip;
     }
     """
 
@@ -39,8 +43,18 @@ class TrafficChart(Static):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._shown: tuple[object, ...] = ()
         self._lines = -1
+        self._width = -1
+        self._view: RolloutView | None = None
+
+    def on_resize(self) -> None:
+        # drawn for the width it had when the last figures came; a resized terminal, or the
+        # side column's scrollbar coming or going, changes it: redraw for the new width, or
+        # the rows wrap and the chart grows to twice its height
+        if self._view is not None:
+            self.show(self._view)
 
     def show(self, view: RolloutView) -> None:
+        self._view = view
         width = self.content_region.width or 50
         points = view.points
         last = points[-1].ts if points else None
@@ -53,8 +67,10 @@ class TrafficChart(Static):
         self._shown = key
         chart = self._render_chart(view, width, split)
         lines = chart.plain.count("\n")
-        self.update(chart, layout=lines != self._lines)
-        self._lines = lines
+        # a new height needs a new layout: more lines, or a new width (the last drawing may
+        # have wrapped at a width the side column lost to its scrollbar since)
+        self.update(chart, layout=(lines, width) != (self._lines, self._width))
+        self._lines, self._width = lines, width
 
     def _render_chart(self, view: RolloutView, width: int, split: str) -> Text:
         new, old = view.target or "new", view.current or "old"
