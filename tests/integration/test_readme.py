@@ -254,11 +254,7 @@ SECTIONS = {"flags": "Feature flags in one minute",
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", [
     "flags", "schema",
-    pytest.param("tour", marks=pytest.mark.xfail(strict=False, reason=(
-        "known, not fixed yet (issue 16 notes, h16docs): after `kill -9` of the controller, "
-        "`status` sometimes does not say the fleet lock's holder looks dead (the killed pid "
-        "still counts as alive: likely an unreaped zombie), so the README line's shape is "
-        "missing; it passed on the first run, failed on the second"))),
+    "tour",
 ])
 def test_readme_section_runs_as_written(name, scratch):
     if name == "tour":

@@ -254,3 +254,45 @@ def test_command_check():
         source.check(MetricSpec("m", "command", ("./probe", "{rel}")))
     with pytest.raises(ConfigError, match="timeout"):
         CommandSource(timeout=-1).check(MetricSpec("m", "command", ("./probe",)))
+
+
+def test_balancer_counters_share_one_reading_between_concurrent_metrics():
+    """The engine collects a round's metrics at once (asyncio.gather). Two readings raced:
+    the later one counted "since the previous reading", which was the other metric's reading
+    a moment before, so p95_latency saw 0 requests while error_rate saw them all, and a good
+    canary rolled back on "no data" (the README tour's failure)."""
+    from upgrader.providers.base import LATENCY_BUCKETS, BackendStats, BalancerCounters
+
+    class Counting:                       # cumulative counters: ``served`` requests so far
+        def __init__(self) -> None:
+            self.reads = self.served = 0
+
+        async def stats(self):
+            await asyncio.sleep(0)        # a real balancer answers over a socket
+            self.reads += 1
+            n = self.served
+            buckets = tuple(n if i == 0 else 0 for i in range(len(LATENCY_BUCKETS)))
+            return {"app-1": BackendStats(n, 0, buckets), "app-3": BackendStats(n, n // 100,
+                                                                                buckets)}
+
+    window = MetricWindow(start=1000.0, end=1030.0, canary=("app-3",), baseline=("app-1",),
+                          canary_release="v2", baseline_release="v1")
+    later = MetricWindow(start=1030.0, end=1060.0, canary=("app-3",), baseline=("app-1",),
+                         canary_release="v2", baseline_release="v1")
+    errors = MetricSpec("error_rate", query="error_rate", kind="proportion")
+    latency = MetricSpec("p95_latency", query="p95_latency", kind="value")
+    balancer = Counting()
+    source = BalancerCounters(balancer)  # type: ignore[arg-type]
+
+    async def main():
+        balancer.served = 100
+        await source.collect(errors, window)                      # primes
+        balancer.served = 200                                     # 100 requests this round
+        return await asyncio.gather(source.collect(errors, later),
+                                    source.collect(latency, later))
+
+    got_errors, got_latency = asyncio.run(main())
+    assert got_errors.canary_counts == (1, 100)
+    assert got_latency.canary_counts == (0, 100)
+    assert len(got_latency.canary) > 0
+    assert balancer.reads == 2                                  # one reading per window

@@ -15,6 +15,7 @@ well-typed but invalid.
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -562,6 +563,10 @@ class BalancerCounters:
         self._window: tuple[Any, ...] | None = None
         self._pair: tuple[Mapping[str, BackendStats] | None, Mapping[str, BackendStats]] | None \
             = None
+        # the engine collects a round's metrics concurrently: one reading at a time, so that
+        # the second metric of a window waits for the first's reading and shares it (two
+        # readings raced, and the later one's "since the previous reading" was ~0 requests)
+        self._lock = asyncio.Lock()
 
     def check(self, metric: Any) -> None:
         query = metric.query
@@ -576,6 +581,11 @@ class BalancerCounters:
                               f"fleet's balancer", key="source")
 
     async def _read(self, window: MetricWindow) -> tuple[
+            Mapping[str, BackendStats] | None, Mapping[str, BackendStats], bool]:
+        async with self._lock:
+            return await self._read_once(window)
+
+    async def _read_once(self, window: MetricWindow) -> tuple[
             Mapping[str, BackendStats] | None, Mapping[str, BackendStats], bool]:
         pools = self._pools is not None and window.canary_pool is not None
         key = (window.start, window.end, window.canary, window.baseline, window.canary_pool,
