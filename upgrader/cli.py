@@ -626,6 +626,27 @@ def cmd_attach(args: argparse.Namespace, *, fleet: Any = None) -> int:
     return asyncio.run(_attach(fleet, _state_dir(args, fleet), args))
 
 
+async def _controller_gone(args: argparse.Namespace, fleet: Any, state_dir: Path,
+                           within: float = 10.0) -> None:
+    """Wait (up to ``within`` seconds) for the controller whose rollout just ended to exit,
+    when it runs on this machine. It reports the end, lingers for its clients, and only then
+    lets go of the fleet lock: a script's next command (``status``, another ``run``) found
+    the lock still held by it."""
+    import socket
+
+    from .fleetlock import pid_alive
+
+    record = await asyncio.to_thread(_latest_record, args, fleet, state_dir)
+    host, _, pid = (record.controller or "").rpartition(":") if record else ("", "", "")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    # another process (not our child): no event tells of its exit, so poll it, bounded
+    while loop.time() < deadline and pid_alive(int(pid)):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
 async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
     from .control.controller import connect, controller_running
     from .events import Outcome
@@ -659,6 +680,7 @@ async def _attach(fleet: Any, state_dir: Path, args: argparse.Namespace) -> int:
                     display(event)
                 remote.subscribe(display)
                 finished = await remote.wait_finished()
+            await _controller_gone(args, fleet, state_dir)
             return Outcome(finished["outcome"]).exit_code
         from .frontend import open_flag_store
         from .tui.app import make_app

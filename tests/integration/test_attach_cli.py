@@ -202,3 +202,25 @@ def test_run_detach_of_a_rollout_quicker_than_the_cli_still_succeeds(tmp_path, c
                         "--timeout", ATTACH_TIMEOUT)
     assert attached.returncode == code, attached.stderr
     assert f"ended {outcome}" in attached.stderr
+
+
+def test_attach_returns_once_the_controller_let_go_of_the_fleet(tmp_path, controllers):
+    """A script's ``attach`` then ``status`` (the README tour): the controller reports the
+    end, lingers for its clients, and only then releases the fleet lock. ``attach`` returned
+    at the report, so ``status`` still showed the lock held by a controller that was done."""
+    fleet = write_fleet(tmp_path, "attach-letgo", verify_for="2s")
+    state = tmp_path / "state"
+    started = upgrader("run", str(fleet), "--detach", "--state-dir", str(state))
+    assert started.returncode == 0, started.stderr
+    pid = int(started.stdout)
+    controllers.append(pid)
+    attached = upgrader("attach", str(fleet), "--headless", "--state-dir", str(state),
+                        "--timeout", ATTACH_TIMEOUT)
+    assert attached.returncode == 0, attached.stderr
+    assert "COMPLETED" in attached.stderr + attached.stdout
+    status = upgrader("status", str(fleet), "--json", "--state-dir", str(state))
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["fleet_lock"] is None, status.stdout
+    from upgrader.fleetlock import pid_alive
+
+    assert not pid_alive(pid), "attach returned before the controller exited"
