@@ -267,3 +267,125 @@ def cmd_replay(args: argparse.Namespace, *, load: Any, state_dir_of: Any) -> int
 
 def _score(score: float | None) -> str:
     return f"{score:g}" if score is not None else "n/a"
+
+
+# ------------------------------------------------------------------ the plan's sample sizes
+
+
+def traffic_rate(text: str) -> float:
+    """``upgrader plan --traffic RPS``: requests per second across the fleet (> 0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected requests per second (a number > 0), "
+                                         f"got {text!r}")
+    return value
+
+
+def _per_request(metric: Any) -> bool:
+    """Whether a metric's canary samples are requests (the balancer's counters, or an
+    events/trials pair of queries): then the traffic rate says how many a hold sees."""
+    return bool(metric.source == "balancer" or (metric.kind == "proportion" and
+                                                isinstance(metric.query, tuple) and
+                                                len(metric.query) == 2))
+
+
+def verify_samples(fleet: Any, plan: Any, wave_list: Any, rps: float | None) -> dict[str, Any]:
+    """For ``upgrader plan``: the canary samples each judged metric needs before it may pass
+    (``judge.samples_needed``: enough to detect its configured limits), and, per ``Verify``
+    step, the share of requests on the target release, the hold (and its extension while
+    inconclusive), the pooled span, and what ``rps`` gives there or the rate it needs.
+    Empty without ``[[verify.metrics]]`` or with the threshold judge."""
+    from .engine.judge import samples_needed
+    from .plan import Verify
+
+    spec = fleet.verify
+    if not spec.metrics or spec.judge != "statistical":
+        return {}
+    metrics = [{"metric": m.name, "needed": samples_needed(m), "per_request": _per_request(m),
+                "dry_run": m.dry_run, "kind": m.kind,
+                "limits": {"max": m.max, "max_increase": m.max_increase}}
+               for m in spec.metrics]
+    exposure = {w.index: w.blast_radius for w in wave_list}
+    pooled_s = spec.window * spec.interval
+    steps = []
+    for step in plan.steps:
+        if not isinstance(step, Verify):
+            continue
+        share = exposure.get(step.wave, 0.0)
+        extension = spec.inconclusive_for if spec.inconclusive_for is not None \
+            else 2 * max(step.for_, spec.interval)
+        hold_s = min(step.for_, pooled_s)
+        longest_s = min(step.for_ + extension, pooled_s)
+        row: dict[str, Any] = {"wave": step.wave, "share_pct": round(share, 2),
+                               "hold_s": step.for_, "extended_s": step.for_ + extension,
+                               "pooled_s": pooled_s}
+        needed = max((m["needed"] for m in metrics if m["per_request"] and m["needed"]),
+                     default=None)
+        if needed is not None and share > 0:
+            row["rps_needed"] = round(needed / (share / 100 * hold_s), 2)
+            row["rps_needed_extended"] = round(needed / (share / 100 * longest_s), 2)
+        if rps is not None:
+            row["requests"] = int(rps * share / 100 * hold_s)
+            row["requests_extended"] = int(rps * share / 100 * longest_s)
+        steps.append(row)
+    return {"rps": rps, "inconclusive": spec.inconclusive, "metrics": metrics,
+            "steps": steps}
+
+
+def print_verify_samples(info: dict[str, Any]) -> None:
+    """The plan's sample-size lines (see :func:`verify_samples`)."""
+    from .units import format_duration
+
+    if not info:
+        return
+    print("sample sizes (statistical judge: a metric passes once its canary has them):")
+    counted = [m for m in info["metrics"] if m["per_request"] and m["needed"]]
+    for m in info["metrics"]:
+        unit_of_max = "%" if m["kind"] == "proportion" else ""
+        limits = [f"max {m['limits']['max']:g}{unit_of_max}" if m["limits"]["max"] is not None
+                  else "",
+                  f"+{m['limits']['max_increase']:g}% over the baseline"
+                  if m["limits"]["max_increase"] is not None else ""]
+        what = " or ".join(x for x in limits if x) or "no limit"
+        if m["needed"] is None:
+            print(f"  {m['metric']}: no limit to detect; passes on any sample")
+            continue
+        unit = "canary requests" if m["per_request"] else "canary samples from its source"
+        print(f"  {m['metric']}: {m['needed']} {unit} to detect {what}"
+              + (" (dry run: never decides)" if m["dry_run"] else ""))
+    rps = info["rps"]
+    for row in info["steps"]:
+        head = (f"  wave {row['wave']} verify ({row['share_pct']:g}% of requests on the "
+                f"target, hold {format_duration(row['hold_s'])}, extended up to "
+                f"{format_duration(row['extended_s'])} while inconclusive): ")
+        if not row["share_pct"]:
+            print(head + "no request reaches the target: nothing to judge")
+            continue
+        if not counted:
+            print(head + "samples come from the metrics' sources, not from requests")
+            continue
+        pooled = row["pooled_s"] <= row["hold_s"]
+        if rps is None:
+            more = ("" if pooled else
+                    f" ({row['rps_needed_extended']:.3g} with the extension)")
+            print(head + f"needs {row['rps_needed']:.3g} requests/s across the fleet{more}; "
+                         f"--traffic RPS says what yours gives")
+            continue
+        verdicts = []
+        for m in counted:
+            if row["requests"] >= m["needed"]:
+                verdicts.append(f"enough for {m['metric']}")
+            elif row["requests_extended"] >= m["needed"]:
+                verdicts.append(f"{m['metric']} needs the extension")
+            else:
+                verdicts.append(f"too few for {m['metric']} (then inconclusive = "
+                                f"{info['inconclusive']})")
+        more = "" if pooled else f" ({row['requests_extended']} extended)"
+        print(head + f"at {rps:g} requests/s about {row['requests']}{more}: "
+              + "; ".join(verdicts))
+    if any(row["pooled_s"] <= row["hold_s"] for row in info["steps"]):
+        print(f"  (the judge pools the last {format_duration(info['steps'][0]['pooled_s'])} "
+              f"of samples, [verify] window x interval: a longer hold adds none)")
