@@ -148,6 +148,8 @@ def test_a_bad_policy_file_is_bad_input_naming_file_key_line(tmp_path, capsys, t
     assert str(policy) in err and words in err, err
     if key:
         assert f"{policy}:{line}: {key}" in err, err
+    else:       # a syntax error: the file and the line where the parser stopped
+        assert re.search(rf"{re.escape(str(policy))}:\d+: not valid TOML", err), err
     assert (state / "journal.sqlite").read_bytes() == before
 
 
