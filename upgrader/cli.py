@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--all-waves", action="store_true", help="list every wave")
     plan.add_argument("--at", metavar="ISO_TIME",
                       help="start the calendar of waves at this time (default: now)")
+    from .analysis_cli import traffic_rate
+
+    plan.add_argument("--traffic", type=traffic_rate, metavar="RPS",
+                      help="the fleet's requests per second: how many requests each verify "
+                           "hold's canary sees against the samples its metrics need")
 
     resume = sub.add_parser("resume", help="finish a rollout whose controller died")
     fleet_args(resume, strategy=False)
@@ -284,6 +289,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     wave_list = waves(plan, fleet.timing)
     slots = _plan_calendar(args, fleet, plan)
     parts = _rollback_parts(fleet, plan, est.rollback_s)
+    from .analysis_cli import print_verify_samples, verify_samples
+
+    samples = verify_samples(fleet, plan, wave_list, args.traffic)
     if args.json:
         print(json.dumps({
             "fleet": fleet.name, "strategy": plan.strategy,
@@ -299,6 +307,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                        "blast_radius": w.blast_radius, "pause_s": w.pause,
                        "start_s": w.start_s, "duration_s": w.duration_s, "label": w.label}
                       for w in wave_list],
+            **({"verify_samples": samples} if samples else {}),
         }))
         return EXIT_OK
     print(f"fleet {fleet.name}: {plan.strategy} {fleet.releases.current} -> "
@@ -325,6 +334,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print("roll-back plan after a failed verification, in order:")
         for number, (text, seconds) in enumerate(parts, 1):
             print(f"  {number}. {text}: {format_duration(seconds)}")
+    print_verify_samples(samples)
     for note in plan.notes:
         print(f"note: {note}")
     _print_calendar(fleet, slots, args.all_waves)

@@ -139,6 +139,22 @@ def loads_fleet(
     return _Loader(text, source, base_dir, registry).fleet(data, strategy)
 
 
+def load_verify(path: str | Path, *, registry: ProviderRegistry | None = None) -> VerifySpec:
+    """A verify policy of its own (``upgrader analysis replay --verify FILE``): the file's
+    ``[verify]`` table and its ``[[verify.metrics]]``, read by the fleet file's own parser
+    (same keys, same errors naming file, key and line). A whole fleet file is accepted too:
+    only its ``[verify]`` is read."""
+    path = Path(path)
+    text = read_text(path, "verify policy file")
+    data = parse_toml(text, path)
+    loader = _Loader(text, path, path.parent, registry)
+    loader.table(data, (), _TOP_KEYS, "the verify policy file")
+    if "verify" not in data:
+        loader.error(("verify",), "missing required table [verify] (the policy to replay: "
+                                  "[verify] and its [[verify.metrics]])")
+    return loader.verify(data)
+
+
 def strategy_where(fleet: Fleet) -> Any:
     """The ``where`` to pass to ``strategy.compile(fleet, params, where)``: an error the
     strategy finds only once it sees the fleet (an unknown group, too few new hosts) names

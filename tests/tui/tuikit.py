@@ -233,10 +233,44 @@ SCENARIO_STEPS = [{"hosts": 1, "pause": "10m"}, {"hosts": "25%", "pause": "promo
                   {"rate": "1/min", "until": "100%"}]
 
 
+def judged_verdicts() -> list[dict[str, Any]]:
+    """A round of the statistical judge as the engine emits it (the real judge on fixed
+    samples): an error rate that passes, a p95 latency with too few samples (inconclusive), a
+    dry-run metric without data; score 100 (pass)."""
+    from upgrader.engine.judge import judge, round_score
+    from upgrader.model import MetricSpec
+
+    rounds = [
+        (MetricSpec("error_rate", "balancer", "error_rate", kind="proportion", max=1.0,
+                    max_increase=100.0), {"canary_counts": (1, 900),
+                                          "baseline_counts": (6, 6000)}),
+        (MetricSpec("p95_latency", "balancer", "p95_latency", kind="value", max=0.3,
+                    max_increase=50.0),
+         {"canary": [0.04 + 0.001 * (i % 7) for i in range(40)],
+          "baseline": [0.04 + 0.001 * (i % 5) for i in range(400)]}),
+        (MetricSpec("queue_depth", "prometheus", "sum(queue_depth)", kind="value", max=50.0,
+                    dry_run=True), {}),
+    ]
+    judgements = [judge(metric, **samples) for metric, samples in rounds]
+    score, band = round_score(judgements)
+    out = []
+    for j in judgements:
+        out.append({"metric": j.metric, "result": j.result, "value": j.value,
+                    "threshold": j.thresholds.get("max"), "samples": j.samples,
+                    "baseline": j.baseline, "detail": j.reason, "consecutive": 0, "limit": 3,
+                    "judge": "statistical", "stats": j.to_json(), "raw": {},
+                    "score": score, "band": band})
+    return out
+
+
 def scenario(kind: str) -> FakeHandle:
     """A canary of 12 hosts, frozen at one moment: ``running`` (the second group upgrading),
     ``waiting`` (the canary's timed pause), ``paused``, ``rolling_back`` (a bad canary caught
-    by analysis) or ``completed``."""
+    by analysis) or ``completed``; ``judged``: ``waiting`` with the statistical judge's
+    verdicts."""
+    judged = kind == "judged"
+    if judged:
+        kind = "waiting"
     fleet = canary_fleet(12, SCENARIO_STEPS,
                          verify=VerifySpec(for_=300.0, interval=10.0, min_requests=200))
     fleet = dataclasses.replace(fleet, timing=Timing())
@@ -317,6 +351,10 @@ def scenario(kind: str) -> FakeHandle:
                   "baseline": None, "consecutive": 0, "limit": 3, "detail": ""}
         emit(t, "verdict", **health)
         verdicts["health"] = health
+        if judged:
+            for data in judged_verdicts():
+                emit(t, "verdict", **data)
+                verdicts[data["metric"]] = data
 
     state, reason = "RUNNING", ""
     wait_remaining = None

@@ -230,6 +230,48 @@ def _no_data(metric: MetricSpec, baseline: float | None, n0: int) -> MetricJudge
                            dry_run=metric.dry_run, critical=metric.critical)
 
 
+def _limit(metric: MetricSpec) -> float | None:
+    """A proportion metric's absolute limit in percent, of the events judged (the non-events
+    when fewer events is bad)."""
+    if metric.max is not None and metric.direction == "decrease":
+        return 100 - metric.max
+    return metric.max
+
+
+def samples_needed(metric: MetricSpec, baseline_rate: float | None = None, *,
+                   baseline: bool = True) -> int | None:
+    """The canary samples ``metric`` needs before it may pass: enough to detect its
+    configured limits (``max``, and ``max_increase`` when there is a ``baseline``) with 80 %
+    power at 5 %; the largest of them, None without limits. ``baseline_rate`` (a fraction, a
+    proportion's) is the baseline's rate when known (else ``FLOOR_RATE``). The judge uses
+    it each round; ``upgrader plan`` before the rollout (no baseline rate yet)."""
+    needed: list[int] = []
+    if metric.kind == "proportion":
+        base = max(baseline_rate or 0.0, FLOOR_RATE)
+        limit = _limit(metric)
+        if limit is not None and base < limit / 100:
+            size = samples_for_proportion(base, limit / 100, two_sample=False,
+                                          alpha=DESIGN_ALPHA)
+            if size is not None:
+                needed.append(size)
+        if metric.max_increase is not None and baseline:
+            ratio = 1 + metric.max_increase / 100
+            size = samples_for_proportion(base, min(0.999, max(base * ratio,
+                                                               base + MIN_DETECTABLE)),
+                                          two_sample=True, alpha=DESIGN_ALPHA)
+            if size is not None:
+                needed.append(size)
+    else:
+        if metric.max is not None:
+            q = _quantile_of(metric)
+            share = 1 - q if q is not None else 0.5
+            needed.append(samples_for_proportion(share, min(0.999, 2 * share),
+                                                 two_sample=False, alpha=DESIGN_ALPHA) or 1)
+        if metric.max_increase is not None and baseline:
+            needed.append(samples_for_shift(0.15, alpha=DESIGN_ALPHA))
+    return max(needed) if needed else None
+
+
 def _judge_proportion(metric: MetricSpec, canary: Sequence[float], baseline: Sequence[float],
                       canary_counts: tuple[int, int] | None,
                       baseline_counts: tuple[int, int] | None, alpha: float) -> MetricJudgement:
@@ -249,38 +291,24 @@ def _judge_proportion(metric: MetricSpec, canary: Sequence[float], baseline: Seq
     rate1 = e1 / n1
     tests: list[TestResult] = []
     over: list[str] = []
-    needed: list[int] = []
-    limit = metric.max
-    if limit is not None and metric.direction == "decrease":
-        limit = 100 - limit
+    limit = _limit(metric)
     if limit is not None:
         test = proportion_above(e1, n1, limit / 100)
         tests.append(test)
         if rate1 > limit / 100:
             over.append(f"{100 * rate1:.3g}% > max {limit:g}%")
-        base = max(rate0 or 0.0, FLOOR_RATE)
-        if base < limit / 100:
-            size = samples_for_proportion(base, limit / 100, two_sample=False,
-                                          alpha=DESIGN_ALPHA)
-            if size is not None:
-                needed.append(size)
     ratio = None
     if metric.max_increase is not None and n0:
         ratio = 1 + metric.max_increase / 100
         tests.append(two_proportions(e1, n1, e0, n0, ratio))
-        base = max(rate0 or 0.0, FLOOR_RATE)
         if rate0 is not None and rate1 > ratio * max(rate0, 1 / (n0 + 2)):
             over.append(f"{100 * rate1:.3g}% > baseline {100 * rate0:.3g}% + "
                         f"{metric.max_increase:g}%")
-        size = samples_for_proportion(base, min(0.999, max(base * ratio,
-                                                           base + MIN_DETECTABLE)),
-                                      two_sample=True, alpha=DESIGN_ALPHA)
-        if size is not None:
-            needed.append(size)
+    needed = samples_needed(metric, rate0, baseline=bool(n0))
     effect = {"difference_pct": round(100 * (rate1 - rate0), 4) if rate0 is not None else None,
               "relative_pct": round(100 * (rate1 - rate0) / rate0, 2) if rate0 else None}
     return _decide(metric, 100 * rate1, 100 * rate0 if rate0 is not None else None, n1, n0,
-                   max(needed) if needed else None, effect, tuple(tests), over, alpha,
+                   needed, effect, tuple(tests), over, alpha,
                    f"{e1} events in {n1}; baseline {e0} in {n0}")
 
 
@@ -300,7 +328,6 @@ def _judge_values(metric: MetricSpec, canary: Sequence[float], baseline: Sequenc
         return _no_data(metric, base_value, n0)
     tests: list[TestResult] = []
     over: list[str] = []
-    needed: list[int] = []
     effect: dict[str, float | None] = {}
     if metric.max is not None:
         share = 1 - q if q is not None else 0.5
@@ -310,8 +337,6 @@ def _judge_values(metric: MetricSpec, canary: Sequence[float], baseline: Sequenc
                                 f"at most {100 * share:g}% of samples beyond {metric.max:g}"))
         if value is not None and sign * value > sign * metric.max:
             over.append(f"{value:.4g} beyond max {metric.max:g}")
-        needed.append(samples_for_proportion(share, min(0.999, 2 * share), two_sample=False,
-                                             alpha=DESIGN_ALPHA) or 1)
     if metric.max_increase is not None and n0:
         ratio = 1 + sign * metric.max_increase / 100
         scaled = [sign * v * ratio for v in baseline]
@@ -324,11 +349,11 @@ def _judge_values(metric: MetricSpec, canary: Sequence[float], baseline: Sequenc
         if value is not None and base_value is not None and \
                 sign * value > sign * base_value * ratio and delta > 0:
             over.append(f"{value:.4g} beyond baseline {base_value:.4g} x {ratio:.4g}")
-        needed.append(samples_for_shift(0.15, alpha=DESIGN_ALPHA))
     if value is not None and base_value:
         effect["relative_pct"] = round(100 * (value - base_value) / abs(base_value), 2)
-    return _decide(metric, value, base_value, n1, n0, max(needed) if needed else None,
-                   effect, tuple(tests), over, alpha, f"{n1} samples; baseline {n0}")
+    return _decide(metric, value, base_value, n1, n0,
+                   samples_needed(metric, baseline=bool(n0)), effect, tuple(tests), over,
+                   alpha, f"{n1} samples; baseline {n0}")
 
 
 def _decide(metric: MetricSpec, value: float | None, baseline: float | None, n1: int, n0: int,
