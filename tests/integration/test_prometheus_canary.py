@@ -1,0 +1,158 @@
+"""A canary judged by PromQL only, end to end (issue 14, point 2): a real lab started with
+``prometheus=True`` (Debian's ``prometheus`` server scraping the apps each second), live user
+traffic, and ``upgrader run`` whose only verification metrics are ``[[verify.metrics]]`` with
+``source = "prometheus"`` (no balancer counters, no health rounds). It catches the ``-bad``
+release (30 % errors) and the ``-slow`` release (0.3 s per request) and rolls them back, and
+lets the good release through. One lab serves the three rollouts; each starts from
+``lab.reset()``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from upgrader.lab.layout import LabLayout
+from upgrader.lab.manager import Lab, free_base_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400)]
+
+needs_prometheus = pytest.mark.skipif(
+    shutil.which("prometheus") is None,
+    reason="the prometheus server binary is not installed (apt-get install prometheus)")
+
+PY = sys.executable
+HOSTS = 3
+NAMES = [f"web-{i:02d}" for i in range(1, HOSTS + 1)]
+METRICS = {"error_rate", "slow_requests"}
+
+FLEET = """
+[fleet]
+name = "promcanary"
+environment = "lab"
+
+[release]
+current = "1.0.0"
+target = "{target}"
+
+[lab]
+hosts = {hosts}
+dir = "{dir}"
+
+[verify]
+health = false                  # the verdicts come from PromQL alone
+interval = "3s"
+for = "6s"
+consecutive_failures = 2
+inconclusive = "fail"
+inconclusive_for = "15s"
+
+[[verify.metrics]]
+name = "error_rate"
+source = "prometheus"
+url = "{url}"
+kind = "proportion"
+max = 5
+query = [
+  'sum(increase(upgrader_app_requests_total{{host=~"{{host}}",status=~"5.."}}[{{interval}}]))',
+  'sum(increase(upgrader_app_requests_total{{host=~"{{host}}"}}[{{interval}}]))',
+]
+
+[[verify.metrics]]
+name = "slow_requests"
+source = "prometheus"
+url = "{url}"
+kind = "proportion"
+max = 5
+query = [
+  '''sum(increase(upgrader_app_request_duration_seconds_count{{host=~"{{host}}"}}[{{interval}}]))
+     - sum(increase(upgrader_app_request_duration_seconds_bucket{{host=~"{{host}}",le="0.1"}}[{{interval}}]))''',
+  'sum(increase(upgrader_app_request_duration_seconds_count{{host=~"{{host}}"}}[{{interval}}]))',
+]
+
+[timing]
+host_upgrade = "2s"
+
+[strategy]
+kind = "canary"
+on_failure = "rollback"
+steps = [{{hosts = 1, pause = "0s"}}, {{hosts = 2, pause = "0s"}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, str]]:
+    if shutil.which("prometheus") is None:
+        pytest.skip("the prometheus server binary is not installed (apt-get install "
+                    "prometheus)")
+    root = tmp_path_factory.mktemp("promlab")
+    layout = LabLayout(dir=root / "lab", hosts=HOSTS, base_port=free_base_port(),
+                       base_release="1.0.0")
+    lab = Lab(layout)
+    try:
+        state = asyncio.run(lab.up(traffic_rps=60, users=40, prometheus=True))
+        yield lab, state["urls"]["prometheus"]
+    finally:
+        asyncio.run(lab.down())
+
+
+def run(fleet: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "UPGRADER_STATE_DIR": str(cwd / "state")}
+    env.pop("UPGRADER_STATE", None)
+    return subprocess.run([PY, "-m", "upgrader.cli", "run", str(fleet), "--headless", "--json"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def events(out: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+@needs_prometheus
+@pytest.mark.parametrize("target, caught", [
+    ("1.1.0-bad", "error_rate"),
+    ("1.1.0-slow", "slow_requests"),
+    ("1.1.0", None),
+])
+def test_a_canary_judged_by_promql_alone(lab: tuple[Lab, str], tmp_path: Path, target: str,
+                                         caught: str | None) -> None:
+    the_lab, url = lab
+    asyncio.run(the_lab.reset())
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(FLEET.format(target=target, hosts=HOSTS, dir=the_lab.dir, url=url))
+    out = run(fleet, tmp_path)
+    lines = events(out)
+    verdicts = [e for e in lines if e.get("kind") == "verdict"]
+    # every verdict is one of the PromQL metrics, read from the lab's Prometheus
+    assert verdicts, out.stderr
+    assert {v["metric"] for v in verdicts} <= METRICS, verdicts
+    assert all(v["judge"] == "statistical" for v in verdicts)
+    read = [v for v in verdicts if isinstance(v["raw"], dict) and "detail" in v["raw"]]
+    assert read and all(url in str(v["raw"]["detail"]) for v in read)
+    finished = [e for e in lines if e.get("kind") == "rollout_finished"]
+    installed = {n: the_lab.installs(n)[-1]["release"] for n in NAMES}
+    if caught is None:
+        assert out.returncode == 0, out.stderr
+        assert finished[-1]["outcome"] == "completed"
+        assert installed == dict.fromkeys(NAMES, target)
+        passes = {v["metric"] for v in verdicts if v["result"] == "pass"}
+        assert passes == METRICS, verdicts
+        assert not [v for v in verdicts if v["result"] == "fail"]
+    else:
+        assert out.returncode == 1, out.stderr
+        assert finished[-1]["outcome"] == "rolled_back", finished
+        assert installed == dict.fromkeys(NAMES, "1.0.0")
+        # only the canary met the bad release, and the right metric caught it
+        assert [n for n in NAMES if target in
+                {i["release"] for i in the_lab.installs(n)}] == ["web-01"]
+        failed = [e for e in lines if e.get("kind") == "analysis_failed"]
+        assert failed and failed[0]["metric"] == caught, failed
+        fails = [v for v in verdicts if v["result"] == "fail"]
+        assert {v["metric"] for v in fails} == {caught}, fails
+        assert fails[0]["stats"]["tests"] and fails[0]["raw"]["canary_counts"]
