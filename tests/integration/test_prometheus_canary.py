@@ -3,8 +3,9 @@
 traffic, and ``upgrader run`` whose only verification metrics are ``[[verify.metrics]]`` with
 ``source = "prometheus"`` (no balancer counters, no health rounds). It catches the ``-bad``
 release (30 % errors) and the ``-slow`` release (0.3 s per request) and rolls them back, and
-lets the good release through. One lab serves the three rollouts; each starts from
-``lab.reset()``."""
+lets the good release through. The fleet is ``sample_fleets/prometheus.toml`` (its metrics name
+no url: they read the running lab's Prometheus). One lab serves the three rollouts; each
+starts from ``lab.reset()``."""
 
 from __future__ import annotations
 
@@ -33,58 +34,9 @@ HOSTS = 3
 NAMES = [f"web-{i:02d}" for i in range(1, HOSTS + 1)]
 METRICS = {"error_rate", "slow_requests"}
 
-FLEET = """
-[fleet]
-name = "promcanary"
-environment = "lab"
-
-[release]
-current = "1.0.0"
-target = "{target}"
-
-[lab]
-hosts = {hosts}
-dir = "{dir}"
-
-[verify]
-health = false                  # the verdicts come from PromQL alone
-interval = "3s"
-for = "6s"
-consecutive_failures = 2
-inconclusive = "fail"
-inconclusive_for = "15s"
-
-[[verify.metrics]]
-name = "error_rate"
-source = "prometheus"
-url = "{url}"
-kind = "proportion"
-max = 5
-query = [
-  'sum(increase(upgrader_app_requests_total{{host=~"{{host}}",status=~"5.."}}[{{interval}}]))',
-  'sum(increase(upgrader_app_requests_total{{host=~"{{host}}"}}[{{interval}}]))',
-]
-
-[[verify.metrics]]
-name = "slow_requests"
-source = "prometheus"
-url = "{url}"
-kind = "proportion"
-max = 5
-query = [
-  '''sum(increase(upgrader_app_request_duration_seconds_count{{host=~"{{host}}"}}[{{interval}}]))
-     - sum(increase(upgrader_app_request_duration_seconds_bucket{{host=~"{{host}}",le="0.1"}}[{{interval}}]))''',
-  'sum(increase(upgrader_app_request_duration_seconds_count{{host=~"{{host}}"}}[{{interval}}]))',
-]
-
-[timing]
-host_upgrade = "2s"
-
-[strategy]
-kind = "canary"
-on_failure = "rollback"
-steps = [{{hosts = 1, pause = "0s"}}, {{hosts = 2, pause = "0s"}}]
-"""
+#: the sample fleet a user runs on `lab up --prometheus` (docs/LAB.md): the test runs it as is,
+#: with only its target changed, so the sample cannot go stale
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_fleets" / "prometheus.toml"
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +55,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, str]]:
         asyncio.run(lab.down())
 
 
-def run(fleet: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "UPGRADER_STATE_DIR": str(cwd / "state")}
+def run(fleet: Path, cwd: Path, lab_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "UPGRADER_STATE_DIR": str(cwd / "state"),
+           "UPGRADER_LAB_DIR": str(lab_dir)}
     env.pop("UPGRADER_STATE", None)
     return subprocess.run([PY, "-m", "upgrader.cli", "run", str(fleet), "--headless", "--json"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -124,9 +77,12 @@ def test_a_canary_judged_by_promql_alone(lab: tuple[Lab, str], tmp_path: Path, t
                                          caught: str | None) -> None:
     the_lab, url = lab
     asyncio.run(the_lab.reset())
-    fleet = tmp_path / "fleet.toml"
-    fleet.write_text(FLEET.format(target=target, hosts=HOSTS, dir=the_lab.dir, url=url))
-    out = run(fleet, tmp_path)
+    text = SAMPLE.read_text(encoding="utf-8")
+    assert 'target = "1.1.0"\n' in text and f"hosts = {HOSTS}\n" in text
+    fleet = tmp_path / "prometheus.toml"
+    fleet.write_text(text.replace('target = "1.1.0"\n', f'target = "{target}"\n'))
+    # no url in the file: the metrics read the running lab's Prometheus
+    out = run(fleet, tmp_path, the_lab.dir)
     lines = events(out)
     verdicts = [e for e in lines if e.get("kind") == "verdict"]
     # every verdict is one of the PromQL metrics, read from the lab's Prometheus

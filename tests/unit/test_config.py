@@ -52,6 +52,9 @@ class FakeRegistry:
         },
         "snapshot": {"directory": (Setting("keep", int, 5),), "noop": ()},
         "notifier": {"log": (Setting("level", str, "info"),)},
+        "metrics": {"balancer": (), "command": (Setting("timeout", float, 10.0),),
+                    "prometheus": (Setting("url", str, "http://127.0.0.1:9090"),
+                                   Setting("timeout", float, 5.0))},
     }
 
     def lookup(self, category: str, name: str) -> ProviderFactory | None:
