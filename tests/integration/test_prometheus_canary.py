@@ -112,3 +112,8 @@ def test_a_canary_judged_by_promql_alone(lab: tuple[Lab, str], tmp_path: Path, t
         fails = [v for v in verdicts if v["result"] == "fail"]
         assert {v["metric"] for v in fails} == {caught}, fails
         assert fails[0]["stats"]["tests"] and fails[0]["raw"]["canary_counts"]
+        # the baseline (web-02, web-03 on 1.0.0) was read from Prometheus too, over the same
+        # interval: its own counts, far below the canary's
+        assert fails[0]["window"]["baseline"] == HOSTS - 1
+        assert fails[0]["raw"]["baseline_counts"][1] > 0
+        assert fails[0]["baseline"] is not None and fails[0]["baseline"] < fails[0]["value"] / 4
