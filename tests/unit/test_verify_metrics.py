@@ -312,3 +312,21 @@ def test_a_failing_metric_holds_the_rollout_until_it_recovers_or_fails() -> None
     fails = [e.data for e in events if e.kind == "verdict" and e.data["result"] == "fail"]
     assert [v["consecutive"] for v in fails] == [1, 2, 3, 4, 5]
     assert "5 in a row" in (result.error or "")
+
+
+def test_a_proportion_metrics_verdict_says_its_kind_and_headless_prints_percent() -> None:
+    """A proportion of any name (``failures`` here, ``slow_requests`` on the lab) prints its
+    figures as percentages, as ``error_rate`` always did (before: ``value=50 limit=5``)."""
+    import io
+
+    from upgrader.headless import HeadlessDisplay, stderr_console
+
+    fleet, plugins = _fleet_with_metric(50, "critical = true\n")
+    _, events = _run(fleet, plugins)
+    verdicts = [e for e in events if e.kind == "verdict"]
+    assert verdicts and all(e.data["metric_kind"] == "proportion" for e in verdicts)
+    out = io.StringIO()
+    display = HeadlessDisplay(total_hosts=3, target="1.1.0", console=stderr_console(out),
+                              quiet=False)
+    display(verdicts[-1])
+    assert "analysis failures: fail value=50.00% limit=5.00% " in out.getvalue()

@@ -473,8 +473,10 @@ class Verification:
             "canary_counts": samples.canary_counts,
             "baseline_counts": samples.baseline_counts, "detail": samples.detail}
         score, band = self.score
+        kinds = {m.name: m.kind for m in self.metrics}
         await self.bus.emit("verdict", **verdict.to_json(), consecutive=count, limit=limit,
-                            judge="statistical", stats=judgement.to_json(), raw=raw,
+                            judge="statistical", metric_kind=kinds.get(judgement.metric),
+                            stats=judgement.to_json(), raw=raw,
                             window={"start": window.start, "end": window.end,
                                     "canary": len(window.canary),
                                     "baseline": len(window.baseline)},
