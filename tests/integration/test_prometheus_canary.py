@@ -55,12 +55,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, str]]:
         asyncio.run(lab.down())
 
 
-def run(fleet: Path, cwd: Path, lab_dir: Path) -> subprocess.CompletedProcess[str]:
+def upgrader(*args: str, cwd: Path, lab_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "UPGRADER_STATE_DIR": str(cwd / "state"),
            "UPGRADER_LAB_DIR": str(lab_dir)}
     env.pop("UPGRADER_STATE", None)
-    return subprocess.run([PY, "-m", "upgrader.cli", "run", str(fleet), "--headless", "--json"],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([PY, "-m", "upgrader.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def run(fleet: Path, cwd: Path, lab_dir: Path) -> subprocess.CompletedProcess[str]:
+    return upgrader("run", str(fleet), "--headless", "--json", cwd=cwd, lab_dir=lab_dir)
 
 
 def events(out: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
@@ -117,3 +121,8 @@ def test_a_canary_judged_by_promql_alone(lab: tuple[Lab, str], tmp_path: Path, t
         assert fails[0]["window"]["baseline"] == HOSTS - 1
         assert fails[0]["raw"]["baseline_counts"][1] > 0
         assert fails[0]["baseline"] is not None and fails[0]["baseline"] < fails[0]["value"] / 4
+        # explainable afterwards: the journal's verdicts, with the PromQL they were read with
+        shown = upgrader("analysis", "show", str(fleet), cwd=tmp_path, lab_dir=the_lab.dir)
+        assert shown.returncode == 0, shown.stderr
+        assert f"{caught} FAIL" in shown.stdout and "rolled_back" in shown.stdout
+        assert "read: sum(increase(" in shown.stdout and f"from {url}" in shown.stdout
