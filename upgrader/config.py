@@ -783,11 +783,9 @@ class _Loader:
         """A ``prometheus`` metric without ``url`` in a fleet with ``[lab]`` reads the
         Prometheus of the running lab (``lab up --prometheus``); a running lab without one is
         refused (LabMisfit, exit 3)."""
-        from .lab.layout import LabLayout
-
         wanting = [m.name for m in verify.metrics
                    if m.source == "prometheus" and "url" not in m.settings]
-        if not wanting or not isinstance(lab, LabLayout):
+        if not wanting:
             return verify
         url = lab_prometheus_url(lab, wanting, self.source)
         if url is None:

@@ -148,14 +148,16 @@ def running_prometheus(directory: Path) -> str | None:
     return str(url)
 
 
-def lab_prometheus_url(layout: LabLayout, metrics: list[str],
+def lab_prometheus_url(layout: object, metrics: list[str],
                        source: object = None) -> str | None:
     """The URL that the fleet's ``prometheus`` metrics without a ``url`` of their own
-    (``metrics``, by name) read: the Prometheus of the lab running in ``layout.dir``. None
-    when no lab runs there (the source's default URL stays); LabMisfit when the running lab
-    has no Prometheus."""
+    (``metrics``, by name) read: the Prometheus of the lab running in ``layout.dir`` (a
+    parsed ``[lab]`` table). None when no lab runs there (the source's default URL stays);
+    LabMisfit when the running lab has no Prometheus."""
     from .sshlab import running_layout
 
+    if not isinstance(layout, LabLayout):
+        return None
     running = running_layout(layout.dir)
     if running is None:
         return None
