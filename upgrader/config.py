@@ -19,6 +19,7 @@ linear time.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import string
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from . import units
-from .lab.fleet_table import parse_lab
+from .lab.fleet_table import lab_prometheus_url, parse_lab
 from .model import (
     TEMPLATE_FIELDS,
     Commands,
@@ -322,6 +323,8 @@ class _Loader:
             for i, item in enumerate(self.array_of_tables(data, "notifiers")))
 
         verify = self.verify(data)
+        if lab is not None:
+            verify = self.lab_metrics(verify, lab)
         timing = self.timing(data)
         groups = self.groups(data)
         routing = self.table(data.get("routing", {}), ("routing",), _ROUTING_KEYS, "[routing]")
@@ -791,6 +794,21 @@ class _Loader:
                 dry_run=self.boolean(table, path, "dry_run", False),
                 settings=settings))
         return tuple(result)
+
+    def lab_metrics(self, verify: VerifySpec, lab: FleetLab) -> VerifySpec:
+        """A ``prometheus`` metric without ``url`` in a fleet with ``[lab]`` reads the
+        Prometheus of the running lab (``lab up --prometheus``); a running lab without one is
+        refused (LabMisfit, exit 3)."""
+        wanting = [m.name for m in verify.metrics
+                   if m.source == "prometheus" and "url" not in m.settings]
+        if not wanting:
+            return verify
+        url = lab_prometheus_url(lab, wanting, self.source)
+        if url is None:
+            return verify
+        metrics = tuple(dataclasses.replace(m, settings={**m.settings, "url": url})
+                        if m.name in wanting else m for m in verify.metrics)
+        return dataclasses.replace(verify, metrics=metrics)
 
     def increase(self, table: Mapping[str, Any], path: KeyPath) -> float | None:
         """``max_increase``: percent of the baseline's value, ``"20%"`` or ``20`` (>= 0; more

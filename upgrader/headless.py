@@ -151,8 +151,8 @@ def _fmt(data: dict[str, Any], key: str = "value") -> str:
     value = data.get(key)
     if value is None:
         return "n/a"
-    if data["metric"] == "error_rate":
-        return f"{value:.2f}%"
+    if data["metric"] == "error_rate" or data.get("metric_kind") == "proportion":
+        return f"{value:.2f}%"      # a proportion's figures are percentages
     if data["metric"] == "p95_latency":
         return f"{value * 1000:.0f}ms"
     return f"{value:g}"

@@ -329,3 +329,29 @@ def test_a_stopped_host_leaves_no_request_in_flight_so_reset_does_not_wait(cli_l
     assert "1 reset (web-01)" in result.stdout, result.stdout
     assert cli_lab.current("web-01") == "1.0.0" and served_version(base + 101) == "1.0.0"
     assert cli_lab.stats_after(time.time())["failed"] == 0
+
+
+def test_a_promql_sample_on_a_lab_without_prometheus_is_refused_naming_the_fix(cli_lab,
+                                                                               tmp_path):
+    """sample_fleets/prometheus.toml names no url: its metrics read the running lab's
+    Prometheus. On a lab started without --prometheus it is refused before anything starts
+    (exit 3), naming the metrics and the command that makes a lab with Prometheus; `lab up`
+    does not offer it as next: (tests/integration/test_prometheus_canary.py runs it on a lab
+    with Prometheus)."""
+    base = free_base_port()
+    out = cli_lab.up("--hosts", "3", "--base-port", str(base), "--rps", "20")
+    assert "no sample fleet fits this 3-host local lab" in out     # not offered as next:
+    assert "prometheus.toml: 3 hosts, Prometheus (lab up --prometheus)" in out
+    env = {"UPGRADER_LAB_DIR": str(cli_lab.dir)}
+    state = tmp_path / "state"
+    for args in (("plan", "sample_fleets/prometheus.toml"),
+                 ("run", "sample_fleets/prometheus.toml", "--headless", "--state-dir",
+                  str(state))):
+        result = upgrader(*args, env=env)
+        assert result.returncode == 3, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert "error_rate, slow_requests read the lab's Prometheus" in result.stderr
+        assert "--prometheus`, or give the metrics a url" in result.stderr
+    lab = open_lab(cli_lab.dir)
+    assert all(len(lab.installs(f"web-{i:02d}")) == 1 for i in range(1, 4))   # untouched
+    assert not state.exists() or not any(state.iterdir())

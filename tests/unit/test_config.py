@@ -52,6 +52,9 @@ class FakeRegistry:
         },
         "snapshot": {"directory": (Setting("keep", int, 5),), "noop": ()},
         "notifier": {"log": (Setting("level", str, "info"),)},
+        "metrics": {"balancer": (), "command": (Setting("timeout", float, 10.0),),
+                    "prometheus": (Setting("url", str, "http://127.0.0.1:9090"),
+                                   Setting("timeout", float, 5.0))},
     }
 
     def lookup(self, category: str, name: str) -> ProviderFactory | None:
@@ -678,7 +681,8 @@ def test_fleet_doc_names_every_key_the_loader_accepts() -> None:
               config._VERIFY_KEYS, config._TIMING_KEYS, COMMON_KEYS,
               config._GROUP_KEYS, config._ROUTING_KEYS, config._HOST_KEYS,
               config._DEFAULTS_KEYS, LAB_KEYS, ON_FAILURE, config.NO_DATA,
-              TEMPLATE_FIELDS]
+              TEMPLATE_FIELDS, config._METRIC_KEYS, config.METRIC_KINDS,
+              config.METRIC_DIRECTIONS, config.METRIC_NO_DATA]
     missing = [key for keys in groups for key in keys if f"`{key}`" not in doc
                and f"{{{key}}}" not in doc and f"[{key}]" not in doc]
     assert not missing
@@ -698,11 +702,56 @@ def test_fleet_doc_names_every_core_provider_setting() -> None:
 
     doc = FLEET_DOC.read_text(encoding="utf-8")
     registry = Plugins(entrypoints=False)
-    for category in ("transport", "balancer", "health", "snapshot", "notifier"):
+    for category in ("transport", "balancer", "health", "snapshot", "notifier", "metrics"):
         for factory in registry.factories(category):
-            assert f"| {category} | `{factory.name}` |" in doc, (category, factory.name)
-            for setting in factory.settings:
-                assert f"`{setting.name}`" in doc, (category, factory.name, setting.name)
+            row = f"| {category} | `{factory.name}` |"
+            assert row in doc, (category, factory.name)
+            line = doc[doc.index(row):].splitlines()[0]
+            for setting in factory.settings:     # in the provider's own row
+                assert f"`{setting.name}`" in line, (category, factory.name, setting.name)
+
+
+def test_fleet_doc_names_every_metric_source_setting_and_query() -> None:
+    """``[[verify.metrics]]``: each built-in source has a row with its queries and every
+    setting it declares, and the example of a prometheus metric loads."""
+    from upgrader.plugins import Plugins
+    from upgrader.providers.base import FIGURES
+
+    doc = FLEET_DOC.read_text(encoding="utf-8")
+    section = doc[doc.index("#### The built-in sources"):doc.index("## `[timing]`")]
+    registry = Plugins(entrypoints=False)
+    for factory in registry.factories("metrics"):
+        row = f"| `{factory.name}` |"
+        assert row in section, factory.name
+        line = section[section.index(row):].splitlines()[0]
+        for setting in factory.settings:
+            assert f"`{setting.name}`" in line, (factory.name, setting.name)
+    balancer_row = section[section.index("| `balancer` |"):].splitlines()[0]
+    assert all(f'"{figure}"' in balancer_row for figure in FIGURES)
+    example = section[section.index("```toml") + 7:section.index("```", section.index("```toml") + 7)]
+    fleet = loads_fleet(MINIMAL_FLEET_FOR_METRICS + example, registry=registry)
+    (metric,) = fleet.verify.metrics
+    assert metric.source == "prometheus" and metric.kind == "proportion" and len(metric.query) == 2
+    assert metric.settings["url"] == "http://prometheus.internal:9090"
+
+
+MINIMAL_FLEET_FOR_METRICS = """
+[fleet]
+name = "docs"
+[release]
+current = "1.0.0"
+target = "1.1.0"
+[commands]
+install = ["true"]
+start = ["true"]
+stop = ["true"]
+[balancer]
+kind = "noop"
+[strategy]
+kind = "rolling"
+[[hosts]]
+name = "a"
+"""
 
 
 def test_lab_commands_need_the_lab_vars_on_explicit_hosts(tmp_path: Path) -> None:

@@ -76,3 +76,33 @@ def test_up_command_and_description(tmp_path, monkeypatch):
                                        "sample_fleets/canary.toml --headless")
     ssh = SshLabLayout(dir=tmp_path, hosts=4, subnet="10.232.7.0/24")
     assert ssh.up_command() == "upgrader lab up --ssh --hosts 4 --subnet 10.232.7.0/24"
+
+
+def test_the_promql_sample_needs_a_lab_with_prometheus_and_comes_first_there(tmp_path):
+    """sample_fleets/prometheus.toml reads the lab's Prometheus: offered only to a lab
+    started with --prometheus, and first there (its reason to exist)."""
+    assert "prometheus.toml" not in names(fitting_samples(LabLayout(dir=tmp_path, hosts=8),
+                                                          directory=SAMPLES))
+    assert fitting_samples(LabLayout(dir=tmp_path, hosts=3), directory=SAMPLES) == []
+    with_prometheus = names(fitting_samples(LabLayout(dir=tmp_path, hosts=8),
+                                            directory=SAMPLES, prometheus=True))
+    assert with_prometheus[0] == "prometheus.toml" and "canary.toml" in with_prometheus
+    assert names(fitting_samples(LabLayout(dir=tmp_path, hosts=3), directory=SAMPLES,
+                                 prometheus=True)) == ["prometheus.toml"]
+    assert next_command(LabLayout(dir=tmp_path, hosts=3), prometheus=True).endswith(
+        "prometheus.toml --headless")
+    assert "prometheus.toml: 3 hosts, Prometheus (lab up --prometheus)" in \
+        sample_requirements(SAMPLES)
+
+
+def test_the_lab_docs_worked_example_is_the_promql_sample(tmp_path):
+    """docs/LAB.md's worked example shows the [verify] of sample_fleets/prometheus.toml as
+    it is (the integration test runs that file)."""
+    import tomllib
+
+    doc = (SAMPLES.parent / "docs" / "LAB.md").read_text(encoding="utf-8")
+    section = doc[doc.index("### A worked example: a canary judged by PromQL"):]
+    start = section.index("```toml\n") + len("```toml\n")
+    shown = tomllib.loads(section[start:section.index("```", start)])
+    sample = tomllib.loads((SAMPLES / "prometheus.toml").read_text(encoding="utf-8"))
+    assert shown["verify"] == sample["verify"]

@@ -295,3 +295,38 @@ def test_too_few_samples_extend_the_hold_then_the_policy_decides(policy: str,
     said = [e.data["message"] for e in events if e.kind == "log"] + [result.error or ""]
     assert any("inconclusive after 70s" in m and f"inconclusive = {policy}" in m
                for m in said), said
+
+
+def test_a_failing_metric_holds_the_rollout_until_it_recovers_or_fails() -> None:
+    """A metric failing at the end of a hold, but fewer times in a row than
+    ``consecutive_failures``, keeps the hold going: the next wave never starts on a failing
+    verdict (found on the lab: a -bad canary judged by PromQL failed once in its 6 s hold and
+    the rollout widened to every host before the second failure rolled it back)."""
+    fleet, plugins = _fleet_with_metric(50, consecutive_failures=5, inconclusive="pass",
+                                        inconclusive_for=200.0)
+    result, events = _run(fleet, plugins)
+    assert result.outcome is Outcome.ROLLED_BACK, result.error
+    upgraded = [e.data["host"] for e in events
+                if e.kind == "host_done" and e.data["mode"] == "upgrade"]
+    assert upgraded == ["h0"], upgraded
+    fails = [e.data for e in events if e.kind == "verdict" and e.data["result"] == "fail"]
+    assert [v["consecutive"] for v in fails] == [1, 2, 3, 4, 5]
+    assert "5 in a row" in (result.error or "")
+
+
+def test_a_proportion_metrics_verdict_says_its_kind_and_headless_prints_percent() -> None:
+    """A proportion of any name (``failures`` here, ``slow_requests`` on the lab) prints its
+    figures as percentages, as ``error_rate`` always did (before: ``value=50 limit=5``)."""
+    import io
+
+    from upgrader.headless import HeadlessDisplay, stderr_console
+
+    fleet, plugins = _fleet_with_metric(50, "critical = true\n")
+    _, events = _run(fleet, plugins)
+    verdicts = [e for e in events if e.kind == "verdict"]
+    assert verdicts and all(e.data["metric_kind"] == "proportion" for e in verdicts)
+    out = io.StringIO()
+    display = HeadlessDisplay(total_hosts=3, target="1.1.0", console=stderr_console(out),
+                              quiet=False)
+    display(verdicts[-1])
+    assert "analysis failures: fail value=50.00% limit=5.00% " in out.getvalue()

@@ -275,18 +275,25 @@ class Verification:
         """An inconclusive judgement extends the hold (up to ``inconclusive_for``, default
         twice the hold) while rounds pool more samples; then ``inconclusive`` decides:
         ``pause`` for an operator (promote goes on, abort rolls back), ``fail`` or ``pass``
-        (said in the log, never silent)."""
+        (said in the log, never silent). A failing judgement (fewer failures in a row than
+        the limit) extends it too, until the metric passes again or reaches its limit; one
+        still failing when the extension ends fails the rollout: the next step never widens
+        the exposure on a failing verdict."""
         spec, machine = self.fleet.verify, self.machine
         if self.traffic.target_at_zero():
             return
         extension = spec.inconclusive_for if spec.inconclusive_for is not None \
             else 2 * max(step.for_, spec.interval)
         limit = self.clock.monotonic() + extension
-        while (self.inconclusive() or not self.judgements) and \
+        while (self.inconclusive() or self.failing() or not self.judgements) and \
                 self.clock.monotonic() < limit:
             if await machine.wait(spec.interval / 2, skippable=True):
                 return
             machine.raise_if_interrupted()
+        failing = self.failing()
+        if failing:      # failing rounds, fewer in a row than the limit: never a pass
+            raise RolloutFailed(f"verification: {', '.join(failing)} still failing after "
+                                f"{step.for_ + extension:g}s")
         waiting = self.inconclusive() or ([] if self.judgements else ["(no round judged)"])
         if not waiting:
             return
@@ -466,8 +473,10 @@ class Verification:
             "canary_counts": samples.canary_counts,
             "baseline_counts": samples.baseline_counts, "detail": samples.detail}
         score, band = self.score
+        kinds = {m.name: m.kind for m in self.metrics}
         await self.bus.emit("verdict", **verdict.to_json(), consecutive=count, limit=limit,
-                            judge="statistical", stats=judgement.to_json(), raw=raw,
+                            judge="statistical", metric_kind=kinds.get(judgement.metric),
+                            stats=judgement.to_json(), raw=raw,
                             window={"start": window.start, "end": window.end,
                                     "canary": len(window.canary),
                                     "baseline": len(window.baseline)},
@@ -477,6 +486,12 @@ class Verification:
                 (", critical)" if judgement.critical else ")")
             await self.bus.emit("analysis_failed", metric=verdict.metric, detail=reason)
             self.machine.fail(reason)
+
+    def failing(self) -> list[str]:
+        """The deciding metrics whose last judgement failed, fewer times in a row than their
+        limit (statistical judge): a hold does not end on them."""
+        return [name for name, j in self.judgements.items()
+                if j.decides and j.result == "fail"]
 
     def inconclusive(self) -> list[str]:
         """The deciding metrics whose last judgement is not a pass (statistical judge)."""

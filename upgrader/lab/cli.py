@@ -97,7 +97,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"  database: {layout.database_file}  (release {migration.release}'s views)")
         if state.get("urls", {}).get("prometheus"):
             print(f"  metrics:  {state['urls']['prometheus']}  (Prometheus, scraping each second)")
-        _print_next(layout, database=migration is not None)
+        _print_next(layout, database=migration is not None,
+                    prometheus=bool(state.get("urls", {}).get("prometheus")))
         return 0
     directory = Path(args.dir).expanduser().resolve() if args.dir else default_lab_dir()
     from .sshlab import open_lab
@@ -153,11 +154,11 @@ def _names(names: list[str]) -> str:
     return ", ".join(names) if len(names) <= 4 else f"{names[0]} .. {names[-1]}"
 
 
-def _print_next(layout: LabLayout, database: bool) -> None:
+def _print_next(layout: LabLayout, database: bool, prometheus: bool = False) -> None:
     """``next:`` a command that runs against this lab, or which sample fleets need what."""
     from .fleet_table import next_command, sample_requirements
 
-    command = next_command(layout, database)
+    command = next_command(layout, database, prometheus)
     if command is not None:
         print(f"  next:     {command}")
         return

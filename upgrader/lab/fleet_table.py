@@ -26,8 +26,9 @@ from ..errors import PolicyRefused
 from ..tomlsource import Checker
 from .layout import DEFAULT_BASE_PORT, MAX_LAB_HOSTS, LabLayout, default_lab_dir
 
-__all__ = ["LAB_KEYS", "LabMisfit", "fit_running_lab", "fitting_samples", "misfits",
-           "next_command", "parse_lab", "sample_fleets_dir", "sample_requirements"]
+__all__ = ["LAB_KEYS", "LabMisfit", "fit_running_lab", "fitting_samples",
+           "lab_prometheus_url", "misfits", "next_command", "parse_lab", "running_prometheus",
+           "sample_fleets_dir", "sample_requirements"]
 
 
 class LabMisfit(PolicyRefused):
@@ -120,12 +121,60 @@ def fit_running_lab(layout: LabLayout, pinned: frozenset[str],
         lines.append(f"  running: {running.describe()}")
         lines.append(f"  fix: a lab for this fleet: `upgrader lab down"
                      f"{_dir_option(running)} && {fitted.up_command()}`")
-        samples = fitting_samples(running, database=running.database_file.exists())
+        samples = fitting_samples(running, database=running.database_file.exists(),
+                                  prometheus=running_prometheus(running.dir) is not None)
         if samples:
             lines.append("  or a fleet that fits the running lab: "
                          + ", ".join(_shown(p) for p in samples[:4]))
         raise LabMisfit("\n".join(lines))
     return fitted
+
+
+def running_prometheus(directory: Path) -> str | None:
+    """The URL of the Prometheus server (``lab up --prometheus``) of the lab running in
+    ``directory``; None when no lab runs there or it runs none."""
+    from ..errors import LabError
+    from .sshlab import open_lab
+
+    if not (directory / "lab.json").is_file():
+        return None
+    try:
+        lab = open_lab(directory)
+    except LabError:
+        return None
+    url = ((lab.read_state() or {}).get("urls") or {}).get("prometheus")
+    if not url or "prometheus" not in lab.running_pids():
+        return None
+    return str(url)
+
+
+def lab_prometheus_url(layout: object, metrics: list[str],
+                       source: object = None) -> str | None:
+    """The URL that the fleet's ``prometheus`` metrics without a ``url`` of their own
+    (``metrics``, by name) read: the Prometheus of the lab running in ``layout.dir`` (a
+    parsed ``[lab]`` table). None when no lab runs there (the source's default URL stays);
+    LabMisfit when the running lab has no Prometheus."""
+    from .sshlab import running_layout
+
+    if not isinstance(layout, LabLayout):
+        return None
+    running = running_layout(layout.dir)
+    if running is None:
+        return None
+    url = running_prometheus(layout.dir)
+    if url is not None:
+        return url
+    where = f"{source}: " if source else ""
+    names = ", ".join(metrics)
+    lines = [f"{where}[[verify.metrics]] {names} read the lab's Prometheus (source = "
+             f"\"prometheus\" without url); the lab running in {running.dir} has none:",
+             f"  running: {running.describe()}"]
+    if running.kind == "ssh":
+        lines.append("  fix: the SSH lab has no Prometheus: give the metrics a url")
+    else:
+        lines.append(f"  fix: a lab with Prometheus: `upgrader lab down{_dir_option(running)}"
+                     f" && {layout.up_command()} --prometheus`, or give the metrics a url")
+    raise LabMisfit("\n".join(lines))
 
 
 def misfits(fleet: LabLayout, lab: LabLayout) -> list[str]:
@@ -176,14 +225,15 @@ _PREFERRED = ("canary.toml", "ssh-lab.toml", "schema.toml", "rolling.toml", "blu
 
 
 def fitting_samples(lab: LabLayout, database: bool = False,
-                    directory: Path | None = None) -> list[Path]:
+                    directory: Path | None = None, prometheus: bool = False) -> list[Path]:
     """The sample fleets (``[lab]`` tables in ``directory``, default
     :func:`sample_fleets_dir`) the running ``lab`` can serve, best first: the same host
     count before fewer, then :data:`_PREFERRED`. A sample with a schema change needs a
-    lab with a database (``lab up --database``); one with ``[flags]`` is left out (it needs
-    a flag store filled first)."""
+    lab with a database (``lab up --database``), one judged by the lab's Prometheus a lab
+    with Prometheus (``lab up --prometheus``; such a lab gets it first); one with
+    ``[flags]`` is left out (it needs a flag store filled first)."""
     directory = directory or sample_fleets_dir()
-    found: list[tuple[tuple[int, int, str], Path]] = []
+    found: list[tuple[tuple[int, int, int, str], Path]] = []
     try:
         paths = sorted(directory.glob("*.toml"))
     except OSError:
@@ -198,13 +248,16 @@ def fitting_samples(lab: LabLayout, database: bool = False,
             continue
         if _needs_database(data) and not database:
             continue
+        if _needs_prometheus(data) and not prometheus:
+            continue
         wanted = _sample_layout(table, lab)
         if wanted is None or misfits(wanted, lab):
             continue
         rank = _PREFERRED.index(path.name) if path.name in _PREFERRED else len(_PREFERRED)
         if database and _needs_database(data):
             rank = -1              # a lab with a database is made for the schema sample
-        found.append(((lab.hosts - wanted.hosts, rank, path.name), path))
+        first = 0 if prometheus and _needs_prometheus(data) else 1
+        found.append(((first, lab.hosts - wanted.hosts, rank, path.name), path))
     return [path for _, path in sorted(found)]
 
 
@@ -212,6 +265,15 @@ def _needs_database(data: dict[str, Any]) -> bool:
     """A sample with a live schema change needs a lab made with ``lab up --database``."""
     release = data.get("release")
     return "schema" in data or (isinstance(release, dict) and "migration" in release)
+
+
+def _needs_prometheus(data: dict[str, Any]) -> bool:
+    """A sample judged by PromQL with no ``url`` of its own reads the lab's Prometheus."""
+    verify = data.get("verify")
+    metrics = verify.get("metrics") if isinstance(verify, dict) else None
+    return isinstance(metrics, list) and any(
+        isinstance(m, dict) and m.get("source") == "prometheus" and "url" not in m
+        for m in metrics)
 
 
 def _sample_layout(table: dict[str, Any], lab: LabLayout) -> LabLayout | None:
@@ -249,11 +311,12 @@ def _shown(path: Path) -> str:
     return str(path)
 
 
-def next_command(lab: LabLayout, database: bool = False) -> str | None:
+def next_command(lab: LabLayout, database: bool = False,
+                 prometheus: bool = False) -> str | None:
     """The command ``lab up`` prints as ``next:``: the best sample fleet for ``lab``, with
     what it needs to find the lab (``UPGRADER_LAB_DIR`` for a lab outside the default dir);
     None when no sample fits."""
-    samples = fitting_samples(lab, database)
+    samples = fitting_samples(lab, database, prometheus=prometheus)
     if not samples:
         return None
     env = "" if lab.dir == default_lab_dir() else f"UPGRADER_LAB_DIR={lab.dir} "
@@ -282,6 +345,8 @@ def sample_requirements(directory: Path | None = None) -> list[str]:
             needs.append("slots")
         if _needs_database(data):
             needs.append("a database (lab up --database)")
+        if _needs_prometheus(data):
+            needs.append("Prometheus (lab up --prometheus)")
         if "flags" in data:
             needs.append("a flag store")
         lines.append(f"{path.name}: {', '.join(needs)}")
