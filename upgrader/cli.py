@@ -757,6 +757,9 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
                        interactive=interactive, state=getattr(args, "state", None),
                        override_window=getattr(args, "override_window", None)) as rollout:
         forward_signals(rollout)
+        if rollout.engine is not None and fleet.rollback_window is not None:
+            # what the window this rollout opens would cost to use (TUI, control API)
+            rollout.engine.rollback_back_s = _straight_back_s(fleet)
         with display:
             if getattr(args, "control", False):
                 from .control.controller import serve_rollout
@@ -775,6 +778,18 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
     quiet_print(redact_text(summary_line(result, rollout.plan.strategy if rollout.plan else "?",
                                          **extra)))
     return result.exit_code
+
+
+def _straight_back_s(fleet: Any) -> float | None:
+    """The estimate of ``upgrader rollback`` straight back to ``fleet``'s current release
+    once its rollout completes (the same figure ``status`` shows then)."""
+    from .rollback_cli import rollback_cost
+    from .rollback_window import WindowState
+
+    current, target = fleet.releases.current, fleet.releases.target
+    cost = rollback_cost(fleet, WindowState(live=target, previous=current,
+                                            open_releases=(current,), closes_at=None))
+    return None if cost is None else float(cost["estimate_s"])
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

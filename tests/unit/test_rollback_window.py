@@ -237,3 +237,40 @@ def test_the_engine_defers_schema_complete_while_a_window_is_set(fleet_factory,
     assert [e.data["result"] for e in engine.history
             if e.kind == "schema" and e.data.get("action") == "complete"] == [
         "deferred until the roll-back window closes"]
+
+
+def test_the_snapshot_carries_the_window_a_completed_rollout_opened(fleet_factory) -> None:
+    """Front ends (the TUI, through the control API) read the window from the snapshot, with
+    the roll-back estimate the front end gave the engine."""
+    fleet = fleet_with(fleet_factory, "rolling", n=4)
+    fleet = dataclasses.replace(fleet, rollback_window=RollbackWindow(releases=2))
+    engine, result, events = run_engine(fleet, providers_for(fleet))
+    assert result.outcome.value == "completed"
+    snap = engine.snapshot()
+    assert snap["rollback_window"] == {"previous": fleet.releases.current,
+                                       "release": fleet.releases.target, "closes_at": None,
+                                       "releases": 2, "rollback_s": None}
+    json.dumps(snap)
+
+
+def test_no_window_in_the_snapshot_before_completion(fleet_factory) -> None:
+    fleet = fleet_with(fleet_factory, "rolling", n=2)
+    fleet = dataclasses.replace(fleet, rollback_window=RollbackWindow(releases=2))
+    from upgrader import strategies
+    from upgrader.engine.core import Engine
+
+    plan = strategies.get("rolling").compile(fleet, fleet.strategy.params)
+    assert Engine(fleet, plan, providers_for(fleet)).snapshot()["rollback_window"] is None
+
+
+def test_the_engines_estimate_is_the_one_status_shows_after_completion(fleet_factory) -> None:
+    """``run`` hands the engine the cost of going straight back; ``status`` works it out from
+    the journal once the rollout completed: the two are the same figure."""
+    from upgrader.rollback_cli import rollback_cost
+
+    fleet = fleet_with(fleet_factory, "rolling", n=8)
+    fleet = dataclasses.replace(fleet, rollback_window=RollbackWindow(seconds=HOUR))
+    done = [Completed("r1", fleet.releases.current, fleet.releases.target, 100.0)]
+    status_cost = rollback_cost(fleet, window_state(fleet.rollback_window, done, 200.0))
+    assert status_cost is not None and status_cost["in_window"]
+    assert cli._straight_back_s(fleet) == status_cost["estimate_s"]
