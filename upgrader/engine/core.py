@@ -188,6 +188,7 @@ class Engine:
                                      machine=self.machine, progress=self.progress,
                                      traffic=self.traffic, procedure=self.procedure,
                                      gates=self.gates, verification=self.verification)
+        self.failure.flag_step.resume = resume
 
     # ------------------------------------------------------------------ what front ends read
 
