@@ -563,17 +563,23 @@ def _fleet_lock_json(fleet: Any) -> dict[str, Any] | None:
             "dead": stale_reason(holder, now=time.time())}
 
 
-def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
+def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool,
+            command: str | None = None) -> int:
+    """Start the controller process (``command``: ``rollback``; default ``run`` or
+    ``resume``) and check that it serves the control API."""
     from .control.controller import connect, start_detached
 
     state_dir = _state_dir(args, fleet)
-    argv = ["resume" if recover else "run", str(Path(args.fleet).resolve()), "--headless",
-            "--control", "--state-dir", str(state_dir)]
+    argv = [command or ("resume" if recover else "run"), str(Path(args.fleet).resolve()),
+            "--headless", "--control", "--state-dir", str(state_dir)]
     if getattr(args, "strategy", None):
         argv += ["--strategy", args.strategy]
     if getattr(args, "speed", 1.0) != 1.0:
         argv += ["--speed", str(args.speed)]
-    argv += _window_argv(args, recover=recover)
+    if command == "rollback":
+        argv += ["--to", args.to] if getattr(args, "to", None) else []
+    else:
+        argv += _window_argv(args, recover=recover)
     from .journal import ensure_private_dir
     from .state import STATE_VARIABLE, lock_holder, resolve_state
 
@@ -796,7 +802,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from .rollback_cli import cmd_rollback as rollback
 
     return rollback(args, load=_load, plugins=_plugins(), run=_run,
-                    state_dir_of=lambda a, f: _state_dir(a, f, unfinished_only=False))
+                    state_dir_of=lambda a, f: _state_dir(a, f, unfinished_only=False),
+                    detach=lambda a, f: _detach(a, f, recover=False, command="rollback"))
 
 
 def cmd_analysis(args: argparse.Namespace) -> int:

@@ -27,8 +27,12 @@ def add_rollback_parser(sub: Any, fleet_args: Any) -> None:
                           help="the release to go back to (default: the one before the live "
                                "release)")
     rollback.add_argument("--headless", action="store_true", help="no TUI: progress on stderr "
-                          "(rollback always runs headless today)")
+                          "(without --detach, rollback runs headless)")
     rollback.add_argument("--json", action="store_true", help="JSON event lines on stdout")
+    rollback.add_argument("--detach", action="store_true",
+                          help="roll back in a controller process of its own; follow it (the "
+                               "TUI, or --headless) with `upgrader attach`")
+    rollback.add_argument("--control", action="store_true", help=argparse.SUPPRESS)
 
 
 def read_window(fleet: Any, args: argparse.Namespace, state_dir: Path,
@@ -89,7 +93,7 @@ def rollback_cost(fleet: Any, window: WindowState) -> dict[str, Any] | None:
 
 
 def cmd_rollback(args: argparse.Namespace, *, load: Any, state_dir_of: Any, run: Any,
-                 plugins: Any) -> int:
+                 plugins: Any, detach: Any = None) -> int:
     from .config import _RELEASE_RE
     from .rollout import compile_plan
 
@@ -137,6 +141,11 @@ def cmd_rollback(args: argparse.Namespace, *, load: Any, state_dir_of: Any, run:
         print(json.dumps({"rollback": {"from": window.live, "to": to, "in_window": inside}}),
               flush=True)
     args.state_dir = str(state_dir)
+    if getattr(args, "detach", False) and detach is not None:
+        # the controller process (``rollback --control``) decides again from the journal,
+        # runs the roll-back and serves the control API: `upgrader attach` follows it
+        detached: int = detach(args, fleet)
+        return detached
     args.headless = True
     code: int = asyncio.run(run(back, plugins, args, recover=False))
     if code == 0 and inside and fleet.schema is not None:
