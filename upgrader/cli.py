@@ -803,7 +803,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     return rollback(args, load=_load, plugins=_plugins(), run=_run,
                     state_dir_of=lambda a, f: _state_dir(a, f, unfinished_only=False),
-                    detach=lambda a, f: _detach(a, f, recover=False, command="rollback"))
+                    detach=lambda a, f: _detach(a, f, recover=False, command="rollback"),
+                    attach=lambda a, f: cmd_attach(a, fleet=f))
 
 
 def cmd_analysis(args: argparse.Namespace) -> int:

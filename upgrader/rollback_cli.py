@@ -27,7 +27,7 @@ def add_rollback_parser(sub: Any, fleet_args: Any) -> None:
                           help="the release to go back to (default: the one before the live "
                                "release)")
     rollback.add_argument("--headless", action="store_true", help="no TUI: progress on stderr "
-                          "(without --detach, rollback runs headless)")
+                          "(without a terminal, rollback runs headless anyway)")
     rollback.add_argument("--json", action="store_true", help="JSON event lines on stdout")
     rollback.add_argument("--detach", action="store_true",
                           help="roll back in a controller process of its own; follow it (the "
@@ -92,8 +92,13 @@ def rollback_cost(fleet: Any, window: WindowState) -> dict[str, Any] | None:
             "estimate_s": round(float(est.total_s), 1)}
 
 
+def on_terminal() -> bool:
+    """Both ends of the command are a terminal (a script's ``rollback`` stays headless)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def cmd_rollback(args: argparse.Namespace, *, load: Any, state_dir_of: Any, run: Any,
-                 plugins: Any, detach: Any = None) -> int:
+                 plugins: Any, detach: Any = None, attach: Any = None) -> int:
     from .config import _RELEASE_RE
     from .rollout import compile_plan
 
@@ -141,11 +146,17 @@ def cmd_rollback(args: argparse.Namespace, *, load: Any, state_dir_of: Any, run:
         print(json.dumps({"rollback": {"from": window.live, "to": to, "in_window": inside}}),
               flush=True)
     args.state_dir = str(state_dir)
-    if getattr(args, "detach", False) and detach is not None:
+    tui = not (args.headless or args.control or args.detach) and on_terminal()
+    if (args.detach or tui) and detach is not None:
         # the controller process (``rollback --control``) decides again from the journal,
-        # runs the roll-back and serves the control API: `upgrader attach` follows it
+        # runs the roll-back and serves the control API: `upgrader attach` follows it; on a
+        # terminal without --headless the TUI attaches at once, as for `run`
         detached: int = detach(args, fleet)
-        return detached
+        if detached != 0 or args.detach or attach is None:
+            return detached
+        args.timeout = 15.0
+        attached: int = attach(args, fleet)
+        return attached
     args.headless = True
     code: int = asyncio.run(run(back, plugins, args, recover=False))
     if code == 0 and inside and fleet.schema is not None:

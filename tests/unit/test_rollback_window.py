@@ -274,3 +274,46 @@ def test_the_engines_estimate_is_the_one_status_shows_after_completion(fleet_fac
     status_cost = rollback_cost(fleet, window_state(fleet.rollback_window, done, 200.0))
     assert status_cost is not None and status_cost["in_window"]
     assert cli._straight_back_s(fleet) == status_cost["estimate_s"]
+
+
+@pytest.mark.parametrize(("argv", "terminal", "expected"), [
+    ([], True, ["detach", "attach"]),          # on a terminal: the TUI, as `run` does
+    ([], False, ["run"]),                      # a script: headless in the command's process
+    (["--headless"], True, ["run"]),
+    (["--detach"], True, ["detach"]),          # a controller process; attach follows later
+    (["--detach"], False, ["detach"]),
+])
+def test_rollback_runs_headless_detached_or_in_the_tui(tmp_path, monkeypatch, argv, terminal,
+                                                       expected) -> None:
+    import time
+
+    from upgrader import rollback_cli
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("UPGRADER_STATE_DIR", str(state))
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(with_window('"1h"'), encoding="utf-8")
+    _completed(state, time.time())
+    called: list[str] = []
+
+    async def run(back, plugins, args, *, recover):
+        called.append("run")
+        assert (back.releases.current, back.releases.target) == ("1.1.0", "1.0.0")
+        return 0
+
+    def detach(args, fleet_, *, recover, command=None):
+        called.append("detach")
+        assert command == "rollback" and not recover
+        return 0
+
+    def attach(args, *, fleet=None):
+        called.append("attach")
+        assert not args.headless and args.state_dir == str(state)
+        return 0
+
+    monkeypatch.setattr(cli, "_run", run)
+    monkeypatch.setattr(cli, "_detach", detach)
+    monkeypatch.setattr(cli, "cmd_attach", attach)
+    monkeypatch.setattr(rollback_cli, "on_terminal", lambda: terminal)
+    assert cli.main(["rollback", str(fleet), *argv]) == 0
+    assert called == expected
