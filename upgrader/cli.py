@@ -793,8 +793,11 @@ def _straight_back_s(fleet: Any) -> float | None:
     from .rollback_window import WindowState
 
     current, target = fleet.releases.current, fleet.releases.target
-    cost = rollback_cost(fleet, WindowState(live=target, previous=current,
-                                            open_releases=(current,), closes_at=None))
+    try:
+        cost = rollback_cost(fleet, WindowState(live=target, previous=current,
+                                                open_releases=(current,), closes_at=None))
+    except UpgraderError:       # a figure to show: it never stops the rollout itself
+        return None
     return None if cost is None else float(cost["estimate_s"])
 
 

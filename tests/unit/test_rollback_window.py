@@ -317,3 +317,17 @@ def test_rollback_runs_headless_detached_or_in_the_tui(tmp_path, monkeypatch, ar
     monkeypatch.setattr(rollback_cli, "on_terminal", lambda: terminal)
     assert cli.main(["rollback", str(fleet), *argv]) == 0
     assert called == expected
+
+
+def test_an_estimate_that_cannot_be_worked_out_never_stops_the_rollout(fleet_factory,
+                                                                       monkeypatch) -> None:
+    from upgrader import rollback_cli
+    from upgrader.errors import ConfigError
+
+    def broken(fleet, window):
+        raise ConfigError("this strategy cannot be compiled backwards")
+
+    monkeypatch.setattr(rollback_cli, "rollback_cost", broken)
+    fleet = dataclasses.replace(fleet_with(fleet_factory, "rolling", n=2),
+                                rollback_window=RollbackWindow(seconds=HOUR))
+    assert cli._straight_back_s(fleet) is None
