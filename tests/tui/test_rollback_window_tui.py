@@ -85,3 +85,21 @@ def test_completed_with_a_window_looks(snap_compare):
 
     assert snap_compare(frozen_app(completed_with(BY_TIME)), terminal_size=(80, 24),
                         run_before=run_before)
+
+
+@pytest.mark.parametrize(("window", "said"), [
+    (BY_TIME, "inside its roll-back window `upgrader rollback FLEET` goes straight back to "
+              "1.0.0, about 8s"),
+    (None, "the rollout is COMPLETED: nothing to roll back"),
+])
+def test_r_after_completion_names_the_command_that_rolls_back(window, said):
+    async def main():
+        app = frozen_app(completed_with(window))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_until(pilot, lambda: app.view.is_finished, "the end")
+            await pilot.press("r")
+            await wait_until(pilot, lambda: app._notifications, "a notification")
+            return [str(n.message) for n in app._notifications]
+
+    messages = asyncio.run(main())
+    assert any(said in m for m in messages), messages
