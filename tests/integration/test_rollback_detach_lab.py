@@ -110,3 +110,52 @@ def test_rollback_detached_is_driven_by_a_controller_and_attach_follows_it(tmp_p
         assert int(json.loads(layout.traffic_stats_file.read_text())["failed"]) == 0
     finally:
         asyncio.run(lab.down())
+
+
+def test_a_roll_back_whose_controller_died_is_finished_by_rollback(tmp_path: Path):
+    """The controller of a detached roll-back is killed half-way (SIGKILL: no clean-up). The
+    journal keeps it unfinished, 1.1.0 -> 1.0.0, the other way round from the fleet file:
+    `upgrader rollback` finishes it from its journal, every host on 1.0.0, 0 failed user
+    requests."""
+    import signal
+
+    layout = LabLayout(dir=tmp_path / "lab", hosts=HOSTS, base_port=free_base_port(),
+                       base_release="1.0.0")
+    lab = Lab(layout)
+    asyncio.run(lab.up(traffic_rps=40, users=20))
+    try:
+        fleet = fleet_file(tmp_path / "fleet.toml", layout)
+        assert upgrader("run", str(fleet), "--headless", cwd=tmp_path).returncode == 0
+        back = upgrader("rollback", str(fleet), "--detach", "--json", cwd=tmp_path)
+        assert back.returncode == 0, back.stderr
+        pid = lines(back)[1]["pid"]
+        # kill it once the first host is back on 1.0.0 (bounded poll)
+        deadline = time.monotonic() + 60
+        while not any(lab.installs(n)[-1]["release"] == "1.0.0" for n in NAMES):
+            assert time.monotonic() < deadline, "the roll-back never moved a host"
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while True:
+            status = json.loads(upgrader("status", str(fleet), "--json", cwd=tmp_path).stdout)
+            if status["unfinished"] and not status["driven_by"]:
+                break
+            if status["status"] == "completed":
+                pytest.skip("the roll-back ended before the controller was killed")
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        assert (status["current"], status["target"]) == ("1.1.0", "1.0.0")
+
+        # `resume` cannot take it (the fleet file says the other way round) and says who can
+        refused = upgrader("resume", str(fleet), "--headless", cwd=tmp_path)
+        assert refused.returncode == 3 and "that command finishes it" in refused.stderr
+        done = upgrader("rollback", str(fleet), "--headless", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "finishing the unfinished roll-back" in done.stderr
+        final = json.loads(upgrader("status", str(fleet), "--json", cwd=tmp_path).stdout)
+        assert final["rollout"] == status["rollout"] and final["status"] == "completed"
+        assert {n: lab.installs(n)[-1]["release"] for n in NAMES} == dict.fromkeys(NAMES,
+                                                                                  "1.0.0")
+        assert int(json.loads(layout.traffic_stats_file.read_text())["failed"]) == 0
+    finally:
+        asyncio.run(lab.down())

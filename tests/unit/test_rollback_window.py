@@ -331,3 +331,43 @@ def test_an_estimate_that_cannot_be_worked_out_never_stops_the_rollout(fleet_fac
     fleet = dataclasses.replace(fleet_with(fleet_factory, "rolling", n=2),
                                 rollback_window=RollbackWindow(seconds=HOUR))
     assert cli._straight_back_s(fleet) is None
+
+
+def test_rollback_finishes_a_roll_back_it_started_and_did_not_finish(tmp_path, monkeypatch,
+                                                                     capsys) -> None:
+    """Its controller died (or a fault stopped it): the journal holds an unfinished 1.1.0 ->
+    1.0.0 rollout while the fleet file says 1.0.0 -> 1.1.0. `resume` refuses it (the releases
+    differ) and says which command finishes it; `upgrader rollback` resumes it from its
+    journal instead of refusing."""
+    import time
+
+    from upgrader.journal import Journal
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("UPGRADER_STATE_DIR", str(state))
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(with_window('"1h"'), encoding="utf-8")
+    _completed(state, time.time() - 60)
+    journal = Journal(state / "journal.sqlite")
+    try:
+        back = journal.begin(fleet="shop", fleet_path=str(fleet), strategy="rolling",
+                             current="1.1.0", target="1.0.0", plan={}, now=time.time())
+    finally:
+        journal.close()
+    capsys.readouterr()
+    assert cli.main(["resume", str(fleet), "--headless"]) == 3
+    assert "`upgrader rollback` started: that command finishes it" in capsys.readouterr().err
+
+    seen: list[tuple[str, str, bool]] = []
+
+    async def run(fleet_, plugins, args, *, recover):
+        seen.append((fleet_.releases.current, fleet_.releases.target, recover))
+        return 0
+
+    monkeypatch.setattr(cli, "_run", run)
+    assert cli.main(["rollback", str(fleet), "--to", "1.1.0"]) == 3     # not where it goes
+    assert "(without --to) finishes it first" in capsys.readouterr().err
+    assert seen == []
+    assert cli.main(["rollback", str(fleet), "--headless"]) == 0
+    assert seen == [("1.1.0", "1.0.0", True)]
+    assert f"finishing the unfinished roll-back {back}" in capsys.readouterr().err
