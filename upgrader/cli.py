@@ -887,16 +887,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"frozen: {frozen['reason']}")
             for choice, effect in (frozen.get("choices") or {}).items():
                 print(f"  {choice}: {effect}")
+        # a roll-back `upgrader rollback` started runs the other way round from the fleet
+        # file: that command finishes it (`resume` refuses it)
+        finisher = "rollback" if (record.current, record.target) == (
+            fleet.releases.target, fleet.releases.current) else "resume"
         if unfinished:
             if holder:
                 print(f"running: driven by {holder['text']}; follow it with "
                       f"`upgrader attach {args.fleet}`")
             elif left is not None:
-                print(f"unfinished: once the fault is fixed, `upgrader resume {args.fleet}` "
-                      f"completes the roll-back to {record.current}")
+                print(f"unfinished: once the fault is fixed, `upgrader {finisher} "
+                      f"{args.fleet}` completes the roll-back to {record.current}")
             else:
-                print(f"unfinished and no controller drives it: `upgrader resume {args.fleet}` "
-                      "finishes it")
+                print(f"unfinished and no controller drives it: `upgrader {finisher} "
+                      f"{args.fleet}` finishes it")
         if window_line:
             print(window_line)
         if lock_line:

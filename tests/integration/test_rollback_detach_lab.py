@@ -146,6 +146,8 @@ def test_a_roll_back_whose_controller_died_is_finished_by_rollback(tmp_path: Pat
             time.sleep(0.2)
         assert (status["current"], status["target"]) == ("1.1.0", "1.0.0")
 
+        text = upgrader("status", str(fleet), cwd=tmp_path).stdout
+        assert f"`upgrader rollback {fleet}` finishes it" in text, text
         # `resume` cannot take it (the fleet file says the other way round) and says who can
         refused = upgrader("resume", str(fleet), "--headless", cwd=tmp_path)
         assert refused.returncode == 3 and "that command finishes it" in refused.stderr
