@@ -573,17 +573,23 @@ def _fleet_lock_json(fleet: Any) -> dict[str, Any] | None:
             "dead": stale_reason(holder, now=time.time())}
 
 
-def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool) -> int:
+def _detach(args: argparse.Namespace, fleet: Any, *, recover: bool,
+            command: str | None = None) -> int:
+    """Start the controller process (``command``: ``rollback``; default ``run`` or
+    ``resume``) and check that it serves the control API."""
     from .control.controller import connect, start_detached
 
     state_dir = _state_dir(args, fleet)
-    argv = ["resume" if recover else "run", str(Path(args.fleet).resolve()), "--headless",
-            "--control", "--state-dir", str(state_dir)]
+    argv = [command or ("resume" if recover else "run"), str(Path(args.fleet).resolve()),
+            "--headless", "--control", "--state-dir", str(state_dir)]
     if getattr(args, "strategy", None):
         argv += ["--strategy", args.strategy]
     if getattr(args, "speed", 1.0) != 1.0:
         argv += ["--speed", str(args.speed)]
-    argv += _window_argv(args, recover=recover)
+    if command == "rollback":
+        argv += ["--to", args.to] if getattr(args, "to", None) else []
+    else:
+        argv += _window_argv(args, recover=recover)
     from .journal import ensure_private_dir
     from .state import STATE_VARIABLE, lock_holder, resolve_state
 
@@ -789,6 +795,9 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
                        interactive=interactive, state=getattr(args, "state", None),
                        override_window=getattr(args, "override_window", None)) as rollout:
         forward_signals(rollout)
+        if rollout.engine is not None and fleet.rollback_window is not None:
+            # what the window this rollout opens would cost to use (TUI, control API)
+            rollout.engine.rollback_back_s = _straight_back_s(fleet)
         with display:
             if getattr(args, "control", False):
                 from .control.controller import serve_rollout
@@ -809,11 +818,28 @@ async def _run(fleet: Any, plugins: Any, args: argparse.Namespace, *, recover: b
     return result.exit_code
 
 
+def _straight_back_s(fleet: Any) -> float | None:
+    """The estimate of ``upgrader rollback`` straight back to ``fleet``'s current release
+    once its rollout completes (the same figure ``status`` shows then)."""
+    from .rollback_cli import rollback_cost
+    from .rollback_window import WindowState
+
+    current, target = fleet.releases.current, fleet.releases.target
+    try:
+        cost = rollback_cost(fleet, WindowState(live=target, previous=current,
+                                                open_releases=(current,), closes_at=None))
+    except UpgraderError:       # a figure to show: it never stops the rollout itself
+        return None
+    return None if cost is None else float(cost["estimate_s"])
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     from .rollback_cli import cmd_rollback as rollback
 
     return rollback(args, load=_load, plugins=_plugins(), run=_run,
-                    state_dir_of=lambda a, f: _state_dir(a, f, unfinished_only=False))
+                    state_dir_of=lambda a, f: _state_dir(a, f, unfinished_only=False),
+                    detach=lambda a, f: _detach(a, f, recover=False, command="rollback"),
+                    attach=lambda a, f: cmd_attach(a, fleet=f))
 
 
 def cmd_analysis(args: argparse.Namespace) -> int:
@@ -893,16 +919,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"frozen: {frozen['reason']}")
             for choice, effect in (frozen.get("choices") or {}).items():
                 print(f"  {choice}: {effect}")
+        # a roll-back `upgrader rollback` started runs the other way round from the fleet
+        # file: that command finishes it (`resume` refuses it)
+        finisher = "rollback" if (record.current, record.target) == (
+            fleet.releases.target, fleet.releases.current) else "resume"
         if unfinished:
             if holder:
                 print(f"running: driven by {holder['text']}; follow it with "
                       f"`upgrader attach {args.fleet}`")
             elif left is not None:
-                print(f"unfinished: once the fault is fixed, `upgrader resume {args.fleet}` "
-                      f"completes the roll-back to {record.current}")
+                print(f"unfinished: once the fault is fixed, `upgrader {finisher} "
+                      f"{args.fleet}` completes the roll-back to {record.current}")
             else:
-                print(f"unfinished and no controller drives it: `upgrader resume {args.fleet}` "
-                      "finishes it")
+                print(f"unfinished and no controller drives it: `upgrader {finisher} "
+                      f"{args.fleet}` finishes it")
         if window_line:
             print(window_line)
         if lock_line:

@@ -27,22 +27,26 @@ def add_rollback_parser(sub: Any, fleet_args: Any) -> None:
                           help="the release to go back to (default: the one before the live "
                                "release)")
     rollback.add_argument("--headless", action="store_true", help="no TUI: progress on stderr "
-                          "(rollback always runs headless today)")
+                          "(without a terminal, rollback runs headless anyway)")
     rollback.add_argument("--json", action="store_true", help="JSON event lines on stdout")
+    rollback.add_argument("--detach", action="store_true",
+                          help="roll back in a controller process of its own; follow it (the "
+                               "TUI, or --headless) with `upgrader attach`")
+    rollback.add_argument("--control", action="store_true", help=argparse.SUPPRESS)
 
 
 def read_window(fleet: Any, args: argparse.Namespace, state_dir: Path,
-                now: float | None = None) -> tuple[WindowState, bool]:
-    """The fleet's window from its journal, and whether a rollout is unfinished."""
+                now: float | None = None) -> tuple[WindowState, Any]:
+    """The fleet's window from its journal, and its unfinished rollout (None: none)."""
     from .state import journal_exists, open_journal, resolve_state
 
     state = resolve_state(getattr(args, "state", None))
     if not journal_exists(state, state_dir):
-        return window_state(fleet.rollback_window, [], time.time() if now is None else now), False
+        return window_state(fleet.rollback_window, [], time.time() if now is None else now), None
     journal = open_journal(state, state_dir)
     try:
         records = journal.completed(fleet.name)
-        unfinished = journal.unfinished(fleet.name) is not None
+        unfinished = journal.unfinished(fleet.name)
     finally:
         journal.close()
     done = [Completed(r.id, r.current, r.target, r.finished or r.started) for r in records]
@@ -88,8 +92,13 @@ def rollback_cost(fleet: Any, window: WindowState) -> dict[str, Any] | None:
             "estimate_s": round(float(est.total_s), 1)}
 
 
+def on_terminal() -> bool:
+    """Both ends of the command are a terminal (a script's ``rollback`` stays headless)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def cmd_rollback(args: argparse.Namespace, *, load: Any, state_dir_of: Any, run: Any,
-                 plugins: Any) -> int:
+                 plugins: Any, detach: Any = None, attach: Any = None) -> int:
     from .config import _RELEASE_RE
     from .rollout import compile_plan
 
@@ -98,7 +107,32 @@ def cmd_rollback(args: argparse.Namespace, *, load: Any, state_dir_of: Any, run:
         raise ConfigError(f"--to: invalid release name {args.to!r}", key="--to")
     state_dir = state_dir_of(args, fleet)
     window, unfinished = read_window(fleet, args, state_dir)
-    if unfinished:
+    releases = fleet.releases
+    reversed_ = unfinished is not None and (unfinished.current, unfinished.target) == (
+        releases.target, releases.current)
+    if reversed_ and args.to not in (None, unfinished.target):
+        raise PolicyRefused(f"the unfinished roll-back {unfinished.id} of {fleet.name} goes to "
+                            f"{unfinished.target}: `upgrader rollback {args.fleet}` (without "
+                            "--to) finishes it first")
+    if reversed_:
+        # a roll-back that `upgrader rollback` started and did not finish (its controller
+        # died, or a fault stopped it): the fleet file says the other way round, so `resume`
+        # cannot take it; this command finishes it, from its journal
+        back = dataclasses.replace(fleet, schema=None, releases=dataclasses.replace(
+            releases, current=unfinished.current, target=unfinished.target))
+        print(f"upgrader: rollback: finishing the unfinished roll-back {unfinished.id} from "
+              f"{unfinished.current} to {unfinished.target} (resumed from its journal)",
+              file=sys.stderr, flush=True)
+        args.state_dir = str(state_dir)
+        elsewhere = _elsewhere(args, fleet, detach, attach)
+        if elsewhere is not None:
+            return elsewhere
+        args.headless = True
+        resumed: int = asyncio.run(run(back, plugins, args, recover=True))
+        if resumed == 0 and window.is_open_for(unfinished.target) and fleet.schema is not None:
+            _schema_back(fleet.schema)
+        return resumed
+    if unfinished is not None:
         raise PolicyRefused(f"a rollout of {fleet.name} is unfinished: `upgrader status "
                             f"{args.fleet}` shows it, `upgrader resume {args.fleet}` ends it")
     if window.live is None:
@@ -137,11 +171,30 @@ def cmd_rollback(args: argparse.Namespace, *, load: Any, state_dir_of: Any, run:
         print(json.dumps({"rollback": {"from": window.live, "to": to, "in_window": inside}}),
               flush=True)
     args.state_dir = str(state_dir)
+    elsewhere = _elsewhere(args, fleet, detach, attach)
+    if elsewhere is not None:
+        return elsewhere
     args.headless = True
     code: int = asyncio.run(run(back, plugins, args, recover=False))
     if code == 0 and inside and fleet.schema is not None:
         _schema_back(fleet.schema)
     return code
+
+
+def _elsewhere(args: argparse.Namespace, fleet: Any, detach: Any, attach: Any) -> int | None:
+    """With ``--detach``, or on a terminal without ``--headless``: start the controller
+    process (``rollback --control``, which decides again from the journal, runs the
+    roll-back and serves the control API) and, for the TUI, attach to it at once, as ``run``
+    does. None: run here, headless."""
+    tui = not (args.headless or args.control or args.detach) and on_terminal()
+    if not (args.detach or tui) or detach is None:
+        return None
+    detached: int = detach(args, fleet)
+    if detached != 0 or args.detach or attach is None:
+        return detached
+    args.timeout = 15.0
+    attached: int = attach(args, fleet)
+    return attached
 
 
 def _schema_back(spec: Any) -> None:

@@ -380,7 +380,11 @@ class Rollout:
                         f"the unfinished rollout {unfinished.id} goes {unfinished.current} -> "
                         f"{unfinished.target}, but the fleet file now says "
                         f"{self.fleet.releases.current} -> {self.fleet.releases.target}; put "
-                        "the releases back to resume it")
+                        "the releases back to resume it" + (
+                            " (a roll-back `upgrader rollback` started: that command finishes "
+                            "it)" if (unfinished.current, unfinished.target) == (
+                                self.fleet.releases.target, self.fleet.releases.current)
+                            else ""))
                 self.plan = Plan.from_json(unfinished.plan)
                 entries = await asyncio.to_thread(journal.entries, unfinished.id)
                 resume_state = replay(unfinished, entries, self.fleet)

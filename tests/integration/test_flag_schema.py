@@ -125,3 +125,83 @@ def test_the_guard_reads_what_is_live(databases):
         assert refused.value.flag == "split-name" and refused.value.needs == "0002"
         # another environment is not this database's business
         store.set_enabled("split-name", "staging", True)
+
+
+def _prepared(store: str, database: str, tmp_path: Path) -> None:
+    """0001 complete, 0002_split_name started, every flag on in production (the guard
+    allows it: the schema is live) and split-name on in staging."""
+    flags = tmp_path / "flags.toml"
+    flags.write_text(FLAGS, encoding="utf-8")
+    assert run(["import", str(flags), "--store", store]) == 0
+    start(database, "0001_users")
+    with open_backend(database) as backend:
+        backend.complete("0001_users")
+    start(database, "0002_split_name")
+    for key in ("split-name", "by-release", "plain"):
+        assert run(["enable", key, "--store", store, "--schema-db", database]) == 0
+    assert run(["enable", "split-name", "--env", "staging", "--store", store]) == 0
+
+
+def _on(store_spec: str, key: str, env: str = "production") -> bool:
+    with open_store(store_spec) as store:
+        return store.load().flags[key].env(env).enabled
+
+
+def _migration(database: str, name: str) -> str:
+    with open_backend(database) as backend:
+        return [s for n, _r, s in backend.status().history if n == name][-1]
+
+
+def test_schema_rollback_turns_off_the_flags_that_need_it_first(databases, tmp_path,
+                                                                 capsys):
+    """``upgrader schema rollback`` turns off, audited, every flag on in the environment
+    whose ``schema`` needs the migration (by number or by the release it creates), then rolls
+    the schema back; a flag that needs nothing, or another environment, is left alone."""
+    from upgrader.schema.cli import run as schema
+
+    store, database = databases
+    _prepared(store, database, tmp_path)
+    capsys.readouterr()
+    assert schema(["rollback", "0002_split_name", "--db", database,
+                   "--flags-store", store, "--env", "production"]) == 0
+    out = capsys.readouterr().out
+    assert "turned off split-name in production first: it needs schema 0002" in out
+    assert "turned off by-release in production first: it needs schema 1.1.0" in out
+    assert out.rstrip().endswith("rolled back 0002_split_name")
+    assert not _on(store, "split-name") and not _on(store, "by-release")
+    assert _on(store, "plain") and _on(store, "split-name", "staging")
+    assert _migration(database, "0002_split_name") == "rolled_back"
+    with open_store(store) as flags:
+        last = flags.history("split-name", 1)[0]
+        assert (last.action, last.environment, last.old, last.new) == (
+            "disable", "production", True, False)
+        assert "schema 0002_split_name rolls back" in last.reason
+        # and with the schema gone it cannot be turned on again
+        flags.guard = SchemaGuard(database, "production")
+        with pytest.raises(FlagSchemaRefused):
+            flags.set_enabled("split-name", "production", True)
+
+
+def test_schema_rollback_refused_or_failing_changes_no_flag_and_no_schema(databases,
+                                                                           tmp_path, capsys):
+    """Flags go off only when the schema can go: a migration that is not active is refused
+    with every flag as it was; a flag store that cannot be reached leaves the schema
+    started (exit 1); an unknown environment is bad input (exit 2, nothing changed)."""
+    from upgrader.schema.cli import run as schema
+
+    store, database = databases
+    _prepared(store, database, tmp_path)
+    before = snapshot(store)
+    assert schema(["rollback", "0001_users", "--db", database, "--flags-store", store]) == 1
+    assert snapshot(store) == before and _migration(database, "0002_split_name") == "started"
+    capsys.readouterr()
+    assert schema(["rollback", "0002_split_name", "--db", database, "--flags-store", store,
+                   "--env", "prod"]) == 2
+    err = capsys.readouterr().err
+    assert "--env" in err and "'prod'" in err
+    assert snapshot(store) == before and _migration(database, "0002_split_name") == "started"
+    unreachable = "postgresql://upgrader@127.0.0.1:1/nothing"      # nothing listens there
+    assert schema(["rollback", "0002_split_name", "--db", database,
+                   "--flags-store", unreachable]) == 1
+    assert _migration(database, "0002_split_name") == "started"
+    assert snapshot(store) == before

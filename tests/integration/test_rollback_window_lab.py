@@ -99,6 +99,9 @@ def test_rollback_inside_and_outside_the_window(tmp_path):
         window = status["rollback_window"]
         assert window["open"] and window["previous"] == "1.0.0" and window["live"] == "1.1.0"
         assert window["rollback"]["in_window"] and window["closes_at"] > time.time()
+        # the engine's event (which the TUI shows) carries the figure status shows
+        [opened] = [e for e in events(first) if e.get("kind") == "rollback_window"]
+        assert opened["rollback_s"] == window["rollback"]["estimate_s"]
         text = upgrader("status", str(inside), cwd=tmp_path).stdout
         assert "roll-back window open" in text and "goes straight back to 1.0.0" in text
 

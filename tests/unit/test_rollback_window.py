@@ -237,3 +237,137 @@ def test_the_engine_defers_schema_complete_while_a_window_is_set(fleet_factory,
     assert [e.data["result"] for e in engine.history
             if e.kind == "schema" and e.data.get("action") == "complete"] == [
         "deferred until the roll-back window closes"]
+
+
+def test_the_snapshot_carries_the_window_a_completed_rollout_opened(fleet_factory) -> None:
+    """Front ends (the TUI, through the control API) read the window from the snapshot, with
+    the roll-back estimate the front end gave the engine."""
+    fleet = fleet_with(fleet_factory, "rolling", n=4)
+    fleet = dataclasses.replace(fleet, rollback_window=RollbackWindow(releases=2))
+    engine, result, events = run_engine(fleet, providers_for(fleet))
+    assert result.outcome.value == "completed"
+    snap = engine.snapshot()
+    assert snap["rollback_window"] == {"previous": fleet.releases.current,
+                                       "release": fleet.releases.target, "closes_at": None,
+                                       "releases": 2, "rollback_s": None}
+    json.dumps(snap)
+
+
+def test_no_window_in_the_snapshot_before_completion(fleet_factory) -> None:
+    fleet = fleet_with(fleet_factory, "rolling", n=2)
+    fleet = dataclasses.replace(fleet, rollback_window=RollbackWindow(releases=2))
+    from upgrader import strategies
+    from upgrader.engine.core import Engine
+
+    plan = strategies.get("rolling").compile(fleet, fleet.strategy.params)
+    assert Engine(fleet, plan, providers_for(fleet)).snapshot()["rollback_window"] is None
+
+
+def test_the_engines_estimate_is_the_one_status_shows_after_completion(fleet_factory) -> None:
+    """``run`` hands the engine the cost of going straight back; ``status`` works it out from
+    the journal once the rollout completed: the two are the same figure."""
+    from upgrader.rollback_cli import rollback_cost
+
+    fleet = fleet_with(fleet_factory, "rolling", n=8)
+    fleet = dataclasses.replace(fleet, rollback_window=RollbackWindow(seconds=HOUR))
+    done = [Completed("r1", fleet.releases.current, fleet.releases.target, 100.0)]
+    status_cost = rollback_cost(fleet, window_state(fleet.rollback_window, done, 200.0))
+    assert status_cost is not None and status_cost["in_window"]
+    assert cli._straight_back_s(fleet) == status_cost["estimate_s"]
+
+
+@pytest.mark.parametrize(("argv", "terminal", "expected"), [
+    ([], True, ["detach", "attach"]),          # on a terminal: the TUI, as `run` does
+    ([], False, ["run"]),                      # a script: headless in the command's process
+    (["--headless"], True, ["run"]),
+    (["--detach"], True, ["detach"]),          # a controller process; attach follows later
+    (["--detach"], False, ["detach"]),
+])
+def test_rollback_runs_headless_detached_or_in_the_tui(tmp_path, monkeypatch, argv, terminal,
+                                                       expected) -> None:
+    import time
+
+    from upgrader import rollback_cli
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("UPGRADER_STATE_DIR", str(state))
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(with_window('"1h"'), encoding="utf-8")
+    _completed(state, time.time())
+    called: list[str] = []
+
+    async def run(back, plugins, args, *, recover):
+        called.append("run")
+        assert (back.releases.current, back.releases.target) == ("1.1.0", "1.0.0")
+        return 0
+
+    def detach(args, fleet_, *, recover, command=None):
+        called.append("detach")
+        assert command == "rollback" and not recover
+        return 0
+
+    def attach(args, *, fleet=None):
+        called.append("attach")
+        assert not args.headless and args.state_dir == str(state)
+        return 0
+
+    monkeypatch.setattr(cli, "_run", run)
+    monkeypatch.setattr(cli, "_detach", detach)
+    monkeypatch.setattr(cli, "cmd_attach", attach)
+    monkeypatch.setattr(rollback_cli, "on_terminal", lambda: terminal)
+    assert cli.main(["rollback", str(fleet), *argv]) == 0
+    assert called == expected
+
+
+def test_an_estimate_that_cannot_be_worked_out_never_stops_the_rollout(fleet_factory,
+                                                                       monkeypatch) -> None:
+    from upgrader import rollback_cli
+    from upgrader.errors import ConfigError
+
+    def broken(fleet, window):
+        raise ConfigError("this strategy cannot be compiled backwards")
+
+    monkeypatch.setattr(rollback_cli, "rollback_cost", broken)
+    fleet = dataclasses.replace(fleet_with(fleet_factory, "rolling", n=2),
+                                rollback_window=RollbackWindow(seconds=HOUR))
+    assert cli._straight_back_s(fleet) is None
+
+
+def test_rollback_finishes_a_roll_back_it_started_and_did_not_finish(tmp_path, monkeypatch,
+                                                                     capsys) -> None:
+    """Its controller died (or a fault stopped it): the journal holds an unfinished 1.1.0 ->
+    1.0.0 rollout while the fleet file says 1.0.0 -> 1.1.0. `resume` refuses it (the releases
+    differ) and says which command finishes it; `upgrader rollback` resumes it from its
+    journal instead of refusing."""
+    import time
+
+    from upgrader.journal import Journal
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("UPGRADER_STATE_DIR", str(state))
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(with_window('"1h"'), encoding="utf-8")
+    _completed(state, time.time() - 60)
+    journal = Journal(state / "journal.sqlite")
+    try:
+        back = journal.begin(fleet="shop", fleet_path=str(fleet), strategy="rolling",
+                             current="1.1.0", target="1.0.0", plan={}, now=time.time())
+    finally:
+        journal.close()
+    capsys.readouterr()
+    assert cli.main(["resume", str(fleet), "--headless"]) == 3
+    assert "`upgrader rollback` started: that command finishes it" in capsys.readouterr().err
+
+    seen: list[tuple[str, str, bool]] = []
+
+    async def run(fleet_, plugins, args, *, recover):
+        seen.append((fleet_.releases.current, fleet_.releases.target, recover))
+        return 0
+
+    monkeypatch.setattr(cli, "_run", run)
+    assert cli.main(["rollback", str(fleet), "--to", "1.1.0"]) == 3     # not where it goes
+    assert "(without --to) finishes it first" in capsys.readouterr().err
+    assert seen == []
+    assert cli.main(["rollback", str(fleet), "--headless"]) == 0
+    assert seen == [("1.1.0", "1.0.0", True)]
+    assert f"finishing the unfinished roll-back {back}" in capsys.readouterr().err

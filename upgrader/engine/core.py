@@ -145,6 +145,12 @@ class Engine:
         self._fleet_path = os.path.abspath(fleet.source) if fleet.source else None
         self.inventory = inventory
         self._nothing_to_do = False
+        #: what ``upgrader rollback`` straight back inside the roll-back window would take
+        #: (seconds), set by the front end that compiles that plan; None: not known
+        self.rollback_back_s: float | None = None
+        #: the roll-back window this rollout opened on completing (the ``rollback_window``
+        #: event's data; None: not completed, or the fleet has no window)
+        self.rollback_window: dict[str, Any] | None = None
         self.plan = plan
         self.providers = providers
         self.clock: Clock = clock or SystemClock()
@@ -182,6 +188,7 @@ class Engine:
                                      machine=self.machine, progress=self.progress,
                                      traffic=self.traffic, procedure=self.procedure,
                                      gates=self.gates, verification=self.verification)
+        self.failure.flag_step.resume = resume
 
     # ------------------------------------------------------------------ what front ends read
 
@@ -365,9 +372,11 @@ class Engine:
             # the previous release stays installed (old slot, release folder, schema views):
             # ``upgrader rollback`` reads this to go straight back while the window is open
             closes = None if window.seconds is None else self.clock.wall() + window.seconds
-            await self.bus.emit("rollback_window", previous=self.fleet.releases.current,
-                                release=self.fleet.releases.target, closes_at=closes,
-                                releases=window.releases)
+            self.rollback_window = {"previous": self.fleet.releases.current,
+                                    "release": self.fleet.releases.target, "closes_at": closes,
+                                    "releases": window.releases,
+                                    "rollback_s": self.rollback_back_s}
+            await self.bus.emit("rollback_window", **self.rollback_window)
         await self.bus.emit("rollout_finished", outcome=outcome.value, hosts=hosts,
                             duration_s=round(duration, 3), error=error,
                             rollback_incomplete=unfinished)

@@ -394,6 +394,8 @@ class FailurePolicy:
         await self.bus.emit("rollback_started", reason=reason, hosts=self.touched(),
                             estimated_s=self.rollback_estimate(len(self.touched())),
                             mode="shutdown")
+        if await self.flag_step.run(reason):
+            return Outcome.FLAGS_OFF     # flags off, release kept: no host taken out
         target = self.fleet.releases.target
         main = self.fleet.main_hosts
         need = math.ceil(len(main) * self.fleet.strategy.min_capacity / 100.0)

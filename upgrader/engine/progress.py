@@ -52,6 +52,16 @@ class ResumeState:
     step_in_progress: int | None = None
     #: hosts the inventory found done before the rollout's first step (``host_done`` ``ok``)
     already_done: set[str] = field(default_factory=set)
+    #: the roll-back's flag step as journaled (``flags_first``): None (not begun), "begun"
+    #: (the controller died during it), "cured" or "not cured"
+    flags_first: str | None = None
+    #: the ``flags_first`` begin event's data: ``flags``, ``was``, ``hold_s``, ``reason``
+    flags_first_begin: dict[str, Any] = field(default_factory=dict)
+    #: the flag step applies to this roll-back: a verification failed (``analysis_failed``)
+    #: and no operator aborted
+    flags_first_applies: bool = False
+    #: a host moved after the roll-back began: the flag step (if any) was behind it
+    hosts_back_begun: bool = False
 
 
 def backend_name(host: str, slot: str | None) -> str:

@@ -37,6 +37,7 @@ def replay(record: RolloutRecord, entries: Iterable[JournalEntry], fleet: Fleet)
             state.pause_started[data["index"]] = entry.ts
         elif kind == "host_phase":
             last_phase[data["host"]] = data["phase"]
+            state.hosts_back_begun |= state.rolling_back
             heading[data["host"]] = data.get("release")
         elif kind == "host_done":
             host = data["host"]
@@ -66,6 +67,14 @@ def replay(record: RolloutRecord, entries: Iterable[JournalEntry], fleet: Fleet)
                 state.flags_on.add(data["key"])
             else:
                 state.flags_on.discard(data["key"])
+        elif kind == "analysis_failed":
+            state.flags_first_applies = True
+        elif kind == "flags_first":
+            if data.get("phase") == "begin":
+                state.flags_first = "begun"
+                state.flags_first_begin = dict(data)
+            else:
+                state.flags_first = "cured" if data.get("cured") else "not cured"
         elif kind == "rollback_started":
             state.rolling_back = True
             state.rollback_reason = data.get("reason", "")
@@ -75,6 +84,7 @@ def replay(record: RolloutRecord, entries: Iterable[JournalEntry], fleet: Fleet)
         elif kind == "control" and data.get("action") == "resume":
             state.frozen = None     # an operator answered the freeze: go on
         elif kind == "control" and data.get("action") == "abort":
+            state.flags_first_applies = False       # an operator's abort: no flag step
             # roll back (rollback_started follows), or stop where it stands: frozen
             state.frozen = (None if data.get("rollback", True) else
                             state.frozen or "aborted by operator without roll-back")

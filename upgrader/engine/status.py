@@ -53,4 +53,6 @@ def rollout_status(engine: Engine) -> dict[str, Any]:
         "frozen": failure.frozen,
         # the deploy window (None: the fleet has none): WindowGuard.info()
         "window": engine.window_info(),
+        # the roll-back window a completed rollout opened (None: none)
+        "rollback_window": engine.rollback_window,
     }

@@ -63,6 +63,18 @@ def add_schema_parser(subparsers: Any) -> argparse.ArgumentParser:
             parser.add_argument("--force", action="store_true",
                                 help="complete inside the roll-back window (needs --reason)")
             parser.add_argument("--reason", help="why the window is cut short (journaled)")
+        else:
+            parser.add_argument("--flags-store", metavar="SPEC",
+                                help="the flag store whose flags that need this schema go off "
+                                     "first, audited (default: --fleet's [flags] store, "
+                                     "$UPGRADER_FLAG_STORE, or .upgrader/flags.sqlite when "
+                                     "it exists)")
+            parser.add_argument("--env", metavar="ENV",
+                                help="the flags' environment (default: --fleet's [flags] "
+                                     "environment, or production)")
+            parser.add_argument("--fleet", metavar="FLEET",
+                                help="the fleet file: its [schema] database (for a missing "
+                                     "--db) and its [flags] store and environment")
     command("status", cmd_status, "the active migration and the live releases (and how an "
                                   "application connects to each)", json_flag=True)
     plan = command("plan", cmd_plan, "the SQL a phase would run, without running it",
@@ -191,10 +203,68 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     name = _migration_name(args.migration)
+    store, environment = _rollback_flags(args)
     with _open(args) as db:
+        db.check_rollback(name)     # refused (not active, irreversible): no flag goes off
+        if store is not None:
+            release = next((r for n, r, state in db.status().history
+                            if n == name and state == "started"), None)
+            _flags_off_first(store, environment, name, release, getattr(args, "actor", None),
+                             explicit_env=getattr(args, "env", None) is not None)
         db.rollback(name)
     print(f"rolled back {name}")
     return EXIT_OK
+
+
+def _rollback_flags(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The flag store and environment ``schema rollback`` turns flags off in (None: there
+    is no store to look in); fills a missing ``--db`` from ``--fleet``."""
+    from ..flags.model import DEFAULT_ENV
+    from ..flags.store import default_store_spec
+
+    store, environment = getattr(args, "flags_store", None), getattr(args, "env", None)
+    if getattr(args, "fleet", None):
+        from ..config import load_fleet
+
+        path = Path(args.fleet)
+        if not path.exists():
+            raise ConfigError("no such fleet file", file=path)
+        fleet = load_fleet(path)
+        if not args.db and fleet.schema is not None:
+            args.db = fleet.schema.database
+        if fleet.flags is not None:
+            store = store or fleet.flags.store
+            environment = environment or fleet.flags.environment
+    if store is None:
+        default = default_store_spec()
+        if "://" in default or Path(default).exists():
+            store = default
+    return store, environment or DEFAULT_ENV
+
+
+def _flags_off_first(spec: str, environment: str, migration: str, release: str | None,
+                     actor: str | None, *, explicit_env: bool = False) -> None:
+    """Turn off in ``environment`` every flag on there whose ``schema`` needs ``migration``
+    (its name, number or the release it creates), each audited in the store with the reason,
+    before the schema goes: code behind such a flag would meet a schema that is gone."""
+    from ..flags.schemaguard import flags_needing
+    from ..flags.store import open_store
+
+    versions = (migration,) + ((release,) if release else ())
+    with open_store(spec) as store:
+        flagset = store.load()
+        if explicit_env and environment not in flagset.environments:
+            raise ConfigError(f"--env: no environment {environment!r} in the flag store "
+                              f"(it has {', '.join(flagset.environments)}); nothing changed",
+                              key="--env")
+        keys = [k for k in flags_needing(flagset, versions)
+                if environment in flagset.environments
+                and flagset.flags[k].env(environment).enabled]
+        for key in keys:
+            store.set_enabled(key, environment, False, actor=actor,
+                              reason=f"schema {migration} rolls back: the flag needs it")
+            print(f"turned off {key} in {environment} first: it needs schema "
+                  f"{flagset.flags[key].schema} (audited in the flag store)")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

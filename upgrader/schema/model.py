@@ -264,6 +264,11 @@ class SchemaBackend(Protocol):
         """Undo the start of the active migration ``name``: the database as before."""
         ...
 
+    def check_rollback(self, name: str) -> None:
+        """Raise the SchemaError ``rollback(name)`` would raise before changing anything
+        (``name`` not active, or irreversible); change nothing."""
+        ...
+
     def status(self) -> SchemaStatus:
         """The active migration, the live releases, the history and backfill progress."""
         ...

@@ -202,6 +202,15 @@ class UpgraderApp(App[str]):
 
     def action_rollback(self) -> None:
         if self.view.is_finished:
+            window = self.view.rollback_window
+            if window is not None and self.view.state == "COMPLETED":
+                # the TUI steers a rollout, it does not start one: say which command does
+                about = (f", about {fmt_duration(float(window['rollback_s']))}"
+                         if window.get("rollback_s") is not None else "")
+                self.notify(f"the rollout is COMPLETED; inside its roll-back window `upgrader "
+                            f"rollback FLEET` goes straight back to {window.get('previous')}"
+                            f"{about}", severity="information")
+                return
             self.notify(f"the rollout is {self.view.state}: nothing to roll back",
                         severity="warning")
             return

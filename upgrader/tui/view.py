@@ -120,6 +120,9 @@ class RolloutView:
         #: the deploy window (Engine.window_info(); None: the fleet has none), as of synced_at
         self.window: dict[str, Any] | None = None
         self.rollback: dict[str, Any] | None = None
+        #: the roll-back window the completed rollout opened (its ``rollback_window`` event:
+        #: previous, release, closes_at, releases, rollback_s); None: none
+        self.rollback_window: dict[str, Any] | None = None
         self.finished: dict[str, Any] | None = None
         self.log: deque[Event] = deque(maxlen=LOG_EVENTS)
         #: the latest per-backend figures, as the engine sent them; a host's figures are
@@ -230,6 +233,7 @@ class RolloutView:
         self.elapsed_s = float(snap.get("elapsed_s") or 0.0)
         self.wait_remaining_s = snap.get("wait_remaining_s")
         self.window = snap.get("window")
+        self.rollback_window = snap.get("rollback_window") or self.rollback_window
         self.synced_at = self.wait_synced_at = self.clock()
         self.hosts_total = int(snap.get("hosts_total") or 0)
         changed = self._load_hosts(snap.get("hosts") or {})
@@ -357,6 +361,8 @@ class RolloutView:
             self.window = {**self.window, "held": False}
         elif kind == "rollback_started":
             self.rollback = dict(data)
+        elif kind == "rollback_window":
+            self.rollback_window = dict(data)
         elif kind == "rollout_finished":
             self.finished = dict(data)
             self.pause_requested = False

@@ -404,20 +404,29 @@ class PostgresBackend:
 
 
     # ---------------------------------------------------------------- rollback
+    def check_rollback(self, name: str) -> None:
+        self._rollback_layout(name)
+
+    def _rollback_layout(self, name: str) -> dict[str, Any]:
+        """The SchemaError ``rollback`` would raise before changing anything; else the
+        active migration's layout."""
+        active = self._active()
+        if active is None or active[0] != name:
+            raise SchemaError(f"migration {name!r} is not active", database=self._safe_url(),
+                              migration=name)
+        layout: dict[str, Any] = active[2]
+        if layout.get("irreversible"):
+            raise SchemaError(f"migration {name!r} cannot be rolled back: "
+                              f"{layout['irreversible']}", database=self._safe_url(),
+                              migration=name)
+        return layout
+
     def rollback(self, name: str) -> None:
         """Undo start in one transaction: the database is as before (only the history in
         ``upgrader_schema`` remembers the migration)."""
         import psycopg
 
-        active = self._active()
-        if active is None or active[0] != name:
-            raise SchemaError(f"migration {name!r} is not active", database=self._safe_url(),
-                              migration=name)
-        layout = active[2]
-        if layout.get("irreversible"):
-            raise SchemaError(f"migration {name!r} cannot be rolled back: "
-                              f"{layout['irreversible']}", database=self._safe_url(),
-                              migration=name)
+        layout = self._rollback_layout(name)
         # a build of a concurrent index may have been left behind: it drops outside too
         for index in layout["indexes"]:
             from psycopg import sql

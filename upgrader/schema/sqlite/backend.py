@@ -445,6 +445,12 @@ class SQLiteBackend:
             raise SchemaError(f"complete {name!r} failed, nothing changed: {exc}",
                               database=self.url, migration=name) from exc
 
+    def check_rollback(self, name: str) -> None:
+        _, record = self._require_active(name)
+        if record.get("irreversible"):
+            raise SchemaError(f"migration {name!r} cannot be rolled back: "
+                              f"{record['irreversible']}", database=self.url, migration=name)
+
     def rollback(self, name: str) -> None:
         try:
             with self._transaction():

@@ -19,6 +19,7 @@ from ..widgets import (
     EventLog,
     FleetTable,
     KeyBar,
+    RollbackWindowLine,
     RolloutHeader,
     StepsPanel,
     SummaryPanel,
@@ -51,6 +52,7 @@ class MainScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield RolloutHeader(id="header")
         yield WindowLine(id="window")
+        yield RollbackWindowLine(id="rollback-window")
         with Horizontal(id="body"):
             yield FleetTable(id="fleet")
             with Vertical(id="side"):
@@ -78,6 +80,7 @@ class MainScreen(Screen[None]):
         view = message.view
         self.query_one(RolloutHeader).show(view)
         self.query_one(WindowLine).show(view)
+        self.query_one(RollbackWindowLine).show(view)
         self.query_one(FleetTable).show(view, message.changed, message.synced)
         self.query_one(StepsPanel).show(view)
         self.query_one(TrafficChart).show(view)

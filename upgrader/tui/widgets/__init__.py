@@ -10,7 +10,7 @@ from .steps import StepsPanel
 from .summary import SummaryPanel
 from .traffic import TrafficChart
 from .verdict import VerdictPanel
-from .window import WindowLine
+from .window import RollbackWindowLine, WindowLine
 
-__all__ = ["EventLog", "FleetTable", "KeyBar", "RolloutHeader", "StepsPanel", "SummaryPanel",
-           "TrafficChart", "VerdictPanel", "WindowLine"]
+__all__ = ["EventLog", "FleetTable", "KeyBar", "RollbackWindowLine", "RolloutHeader",
+           "StepsPanel", "SummaryPanel", "TrafficChart", "VerdictPanel", "WindowLine"]

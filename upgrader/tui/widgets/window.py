@@ -1,6 +1,7 @@
 """The deploy-window line under the header: the current window, the next opening, and while
 the rollout waits for one a countdown and the override key. Hidden for a fleet without
-windows."""
+windows. Under it, once a rollout completes with a roll-back window, the roll-back window
+line: the release ``upgrader rollback`` goes straight back to, until when, and how long."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import datetime
 from rich.text import Text
 from textual.widgets import Static
 
+from ...units import plural
 from ..view import RolloutView, fmt_duration
 
 
@@ -74,4 +76,52 @@ class WindowLine(Static):
             line.append("closed", style="bold yellow")
             line.append(f", opens {fmt_when(window.get('opens'))}"
                         + (f" (in {fmt_duration(int(left))})" if left is not None else ""))
+        return line
+
+
+def fmt_wall(ts: float) -> str:
+    """Wall-clock seconds -> ``Mon 01-12 08:00 UTC``."""
+    from datetime import UTC
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%a %m-%d %H:%M UTC")
+
+
+class RollbackWindowLine(Static):
+    """The roll-back window a completed rollout opened (the same figures as ``status``:
+    the release to go back to, until when or for how many releases, the estimate)."""
+
+    DEFAULT_CSS = """
+    RollbackWindowLine {
+        height: auto;
+        padding: 0 1;
+        display: none;
+    }
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._shown: str | None = None
+
+    def show(self, view: RolloutView) -> None:
+        text = self.describe(view)
+        self.display = text is not None
+        plain = text.plain if text is not None else ""
+        if plain != self._shown:
+            self._shown = plain
+            self.update(text or "")
+
+    @staticmethod
+    def describe(view: RolloutView) -> Text | None:
+        window = view.rollback_window
+        if window is None:
+            return None
+        line = Text("roll-back window: ", style="bold")
+        line.append("open", style="bold green")
+        if window.get("closes_at") is not None:
+            line.append(f" until {fmt_wall(float(window['closes_at']))}")
+        elif window.get("releases") is not None:
+            line.append(f" for {plural(int(window['releases']), 'release')}")
+        line.append(f"  ·  `upgrader rollback` goes straight back to {window.get('previous')}")
+        if window.get("rollback_s") is not None:
+            line.append(f", about {fmt_duration(float(window['rollback_s']))}")
         return line
