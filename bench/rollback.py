@@ -2,9 +2,12 @@
 verdict (``analysis_failed``) to 100 % of traffic on the old release, for blue-green, shedding
 and canary, on a real lab (``upgrader.lab``: one process per host and slot, the built-in
 balancer, a traffic generator at ``--rps`` requests a second) with a bad release: the demo's
-``1.1.0-bad`` (30 % errors) for shedding and canary; for blue-green, whose system test of the
-idle slots stops an erroring release before any user reaches it, ``1.1.0-crash`` (falls over
-3 s after it starts: passes the system test, then its requests fail until the swap back).
+``1.1.0-bad`` (30 % errors) for shedding and canary (their holds divided by ``--speed``); for
+blue-green, whose system test of the idle slots stops an erroring release before any user
+reaches it, ``1.1.0-flagged``: it errors like ``-bad`` only while the lab's flag ``new-path``
+is on; the flag is off for the system test and this script turns it on as the swap step
+finishes (users are on the new slots), so verification fails within its 6 s hold (kept
+uncompressed: the apps see the flag within 0.2 s, the judge needs two failing 1 s rounds).
 
 "All traffic on the old release" is read from the balancer itself, every 10 ms, by a client
 of its own (not from the engine's events): no backend of the target release is ready with a
@@ -16,10 +19,6 @@ main, for the before/after table:
 
     git archive main upgrader | tar -x -C /tmp/upgrader-main
     .venv/bin/python bench/rollback.py --runs 5 --baseline /tmp/upgrader-main
-
-NOT FINISHED (issue 15 point 5, h15fast ran out of time): shedding and canary measure; the
-blue-green run completes before the crash variant falls over (the compressed hold is shorter
-than its 3 s), so it reports "never all on the old release". No figures in RESULTS.md yet.
 
 Reports, per strategy and code, the median (and the runs) of the seconds from the verdict to
 all traffic on the old release, from the verdict to the end of the rollout, and the requests
@@ -41,6 +40,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 STRATEGIES = ("bluegreen", "shedding", "canary")
+#: the lab's flag new-path, off: a "-flagged" release behaves until it is turned on
+FLAG = """
+environments = ["lab"]
+
+[flags.new-path]
+description = "the bad code path of 1.1.0-flagged"
+default = "on"
+
+[flags.new-path.environments.lab]
+enabled = false
+"""
 
 
 def one(strategy: str, hosts: int, rps: int, speed: float) -> dict[str, object]:
@@ -49,6 +59,9 @@ def one(strategy: str, hosts: int, rps: int, speed: float) -> dict[str, object]:
 
     from upgrader.config import loads_fleet
     from upgrader.demo import _traffic_flowing, demo_fleet_text
+    from upgrader.flags.loader import loads as loads_flags
+    from upgrader.flags.store import open_store
+    from upgrader.lab.app import LAB_FLAG, LAB_FLAG_STORE
     from upgrader.lab.manager import Lab, free_base_port
     from upgrader.plugins import Plugins
     from upgrader.rollout import Rollout, compile_plan, compress
@@ -60,10 +73,17 @@ def one(strategy: str, hosts: int, rps: int, speed: float) -> dict[str, object]:
                                lab_dir=lab_dir)
         if strategy == "bluegreen":
             # blue-green system-tests the idle slots: an erroring release never reaches users.
-            # One that falls over 3 s after it starts passes the system test, then fails
-            text = text.replace("1.1.0-bad", "1.1.0-crash")
+            # A "-flagged" release errors only while the lab's flag new-path is on: off for
+            # the system test, turned on by this script once every host has swapped
+            text = text.replace("1.1.0-bad", "1.1.0-flagged")
+            with open_store(str(lab_dir / LAB_FLAG_STORE)) as flags:
+                flags.replace(loads_flags(FLAG, source="<bench flags>"), actor="bench",
+                              reason="blue-green bench: off until the swap")
         fleet = loads_fleet(text, source="<bench fleet>", registry=plugins)
-        fleet, plan = compress(fleet, compile_plan(fleet), speed)
+        # blue-green has no pause to compress; its hold must outlast the flag's way to the
+        # apps (their watcher polls at 0.2 s) and two failing 1 s rounds: the fleet's own 6 s
+        fleet, plan = compress(fleet, compile_plan(fleet),
+                               1.0 if strategy == "bluegreen" else speed)
         target = fleet.releases.target
         lab = Lab(fleet.lab)
         marks: dict[str, float] = {}
@@ -72,6 +92,12 @@ def one(strategy: str, hosts: int, rps: int, speed: float) -> dict[str, object]:
             if event.kind in ("analysis_failed", "rollback_started", "rollout_finished") \
                     and event.kind not in marks:
                 marks[event.kind] = time.time()
+            if strategy == "bluegreen" and event.kind == "step_finished" \
+                    and event.data.get("step") == "swap_slots" and "flag_on" not in marks:
+                marks["flag_on"] = time.time()      # users are on the new slots: it fails now
+                with open_store(str(lab_dir / LAB_FLAG_STORE)) as flags:
+                    flags.set_enabled(LAB_FLAG, "lab", True, actor="bench",
+                                      reason="the release's bad path, after the swap")
 
         async def watch_balancer(balancer) -> None:
             while "old_at" not in marks:
@@ -142,7 +168,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", choices=STRATEGIES, help=argparse.SUPPRESS)
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--hosts", type=int, default=8)
     parser.add_argument("--rps", type=int, default=100)
     parser.add_argument("--speed", type=float, default=5.0,
@@ -161,6 +187,7 @@ def main() -> int:
     print("| strategy | code | to 100 % old (median s) | runs | verdict to end (median s) "
           "| failed after | outcomes |")
     print("|---|---|---|---|---|---|---|")
+    lost = 0
     for strategy in args.strategies:
         for label, code in codes:
             runs = []
@@ -168,6 +195,7 @@ def main() -> int:
                 runs.append(run_child(strategy, code, args))
             errors = [r["error"] for r in runs if "error" in r]
             ok = [r for r in runs if "error" not in r]
+            lost += sum(int(r["failed_after_old"] or 0) for r in ok) + len(errors)
             print(f"| {strategy} | {label} | {median([r['to_old_s'] for r in ok])} | "
                   f"{', '.join(str(r['to_old_s']) for r in ok)} | "
                   f"{median([r['to_end_s'] for r in ok])} | "
@@ -175,6 +203,11 @@ def main() -> int:
                   f"{', '.join(sorted({str(r['outcome']) for r in ok}))}"
                   + (f" ({len(errors)} errors: {errors[0][-200:]!r})" if errors else "")
                   + " |", flush=True)
+    if lost:
+        print(f"FAILED: {lost} requests failed after all traffic was on the old release "
+              "(or runs errored)")
+        return 1
+    print("0 requests failed once all traffic was on the old release")
     return 0
 
 
