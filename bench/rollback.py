@@ -177,7 +177,11 @@ def main() -> int:
                         help="also measure the upgrader package in DIR (main's order)")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.hosts, args.rps, args.speed)))
+        try:
+            print(json.dumps(one(args.one, args.hosts, args.rps, args.speed)))
+        except Exception as exc:      # the parent reports it: the head says what went wrong
+            print(json.dumps({"strategy": args.one, "error": f"{type(exc).__name__}: "
+                                                             f"{str(exc)[:300]}"}))
         return 0
     codes: list[tuple[str, str | None]] = [("this branch", None)]
     if args.baseline:
@@ -187,7 +191,7 @@ def main() -> int:
     print("| strategy | code | to 100 % old (median s) | runs | verdict to end (median s) "
           "| failed after | outcomes |")
     print("|---|---|---|---|---|---|---|")
-    lost = 0
+    lost = errored = 0
     for strategy in args.strategies:
         for label, code in codes:
             runs = []
@@ -195,17 +199,18 @@ def main() -> int:
                 runs.append(run_child(strategy, code, args))
             errors = [r["error"] for r in runs if "error" in r]
             ok = [r for r in runs if "error" not in r]
-            lost += sum(int(r["failed_after_old"] or 0) for r in ok) + len(errors)
+            lost += sum(int(r["failed_after_old"] or 0) for r in ok)
+            errored += len(errors)
             print(f"| {strategy} | {label} | {median([r['to_old_s'] for r in ok])} | "
                   f"{', '.join(str(r['to_old_s']) for r in ok)} | "
                   f"{median([r['to_end_s'] for r in ok])} | "
                   f"{sum(int(r['failed_after_old'] or 0) for r in ok)} | "
                   f"{', '.join(sorted({str(r['outcome']) for r in ok}))}"
-                  + (f" ({len(errors)} errors: {errors[0][-200:]!r})" if errors else "")
+                  + (f" ({len(errors)} runs errored: {errors[0][:300]!r})" if errors else "")
                   + " |", flush=True)
-    if lost:
-        print(f"FAILED: {lost} requests failed after all traffic was on the old release "
-              "(or runs errored)")
+    if lost or errored:
+        print(f"FAILED: {lost} requests failed after all traffic was on the old release; "
+              f"{errored} runs errored")
         return 1
     print("0 requests failed once all traffic was on the old release")
     return 0
