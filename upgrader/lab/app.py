@@ -22,12 +22,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .layout import LAB_DATABASE
-
 if TYPE_CHECKING:
     import sqlite3
 
     from aiohttp import web
+
+#: the lab's database (the app writes to it when it exists). Here, not in layout.py: hostctl
+#: imports this module and runs three times per host procedure, so neither may import
+#: upgrader.model (layout.py does)
+LAB_DATABASE = "app.sqlite"
 
 #: release-name suffix -> variant. Anything else is "good".
 VARIANT_SUFFIXES: tuple[tuple[str, str], ...] = (
