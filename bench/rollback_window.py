@@ -121,9 +121,13 @@ def upgrader(work: Path, *args: str, code: str | None = None) -> tuple[float, fl
     if args[0] == "rollback" and not code:
         PHASES.extend(host_seconds(lines))
         stamped = [float(e["ts"]) for e in lines if "ts" in e]
+        hosts = [float(e["ts"]) for e in lines if e.get("kind") in ("host_phase", "host_done")]
         if stamped:     # the command's own time before its first event and after its last
             OUTSIDE.setdefault("before the first event", []).append(stamped[0] - wall_started)
             OUTSIDE.setdefault("after the last event", []).append(wall_ended - stamped[-1])
+        if stamped and hosts:   # the engine's own time around the host procedures
+            OUTSIDE.setdefault("engine before the first host", []).append(hosts[0] - stamped[0])
+            OUTSIDE.setdefault("engine after the last host", []).append(stamped[-1] - hosts[-1])
     return wall, float(summary["duration_s"]), str(summary["outcome"])
 
 

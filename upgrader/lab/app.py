@@ -27,11 +27,6 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
-#: the lab's database (the app writes to it when it exists). Here, not in layout.py: hostctl
-#: imports this module and runs three times per host procedure, so neither may import
-#: upgrader.model (layout.py does)
-LAB_DATABASE = "app.sqlite"
-
 #: release-name suffix -> variant. Anything else is "good".
 VARIANT_SUFFIXES: tuple[tuple[str, str], ...] = (
     ("-bad", "errors"),
@@ -64,6 +59,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 def lab_database(root: Path) -> Path:
     """``<lab dir>/app.sqlite`` for a host root ``<lab dir>/hosts/<name>``."""
+    # imported here: hostctl imports this module and runs three times per host procedure;
+    # layout.py imports upgrader.model, which hostctl never needs
+    from .layout import LAB_DATABASE
+
     return root.parent.parent / LAB_DATABASE
 
 

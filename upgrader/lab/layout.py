@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..model import Commands, Host, ProviderSpec
-from .app import LAB_DATABASE as LAB_DATABASE  # the lab's database, app.sqlite
 
 MAX_LAB_HOSTS = 190
 DEFAULT_BASE_PORT = 18000
 DEFAULT_LAB_DIR = ".upgrader/lab"
+#: the lab's database (upgrader.lab.app writes to it when it exists)
+LAB_DATABASE = "app.sqlite"
 
 
 def default_lab_dir() -> Path:
