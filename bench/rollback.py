@@ -13,12 +13,17 @@ uncompressed: the apps see the flag within 0.2 s, the judge needs two failing 1 
 of its own (not from the engine's events): no backend of the target release is ready with a
 weight, and a split (if any) gives the target 0 %.
 
-Each run is a fresh process and a fresh lab. ``--code DIR`` runs the same measurement
-against another checkout of upgrader (its ``upgrader`` package in DIR): the roll-back order of
-main, for the before/after table:
+Each run is a fresh process and a fresh lab. ``--baseline DIR`` runs the same measurement
+against another checkout's ``upgrader`` package (DIR holds its ``upgrader`` folder), e.g. the
+roll-back order before issue 15 point 0 (1760d42^; it has no ``-flagged`` release, so
+shedding and canary only):
 
-    git archive main upgrader | tar -x -C /tmp/upgrader-main
-    .venv/bin/python bench/rollback.py --runs 5 --baseline /tmp/upgrader-main
+    git archive 1760d42^ upgrader | tar -x -C /tmp/pre15
+    .venv/bin/python bench/rollback.py --strategies shedding canary --baseline /tmp/pre15
+
+A run whose rollout fails without a failing verdict (under load, "verification saw no traffic
+to judge") is not the case measured: it is run again, at most ``--runs`` times, and the table
+says so.
 
 Reports, per strategy and code, the median (and the runs) of the seconds from the verdict to
 all traffic on the old release, from the verdict to the end of the rollout, and the requests
@@ -59,9 +64,6 @@ def one(strategy: str, hosts: int, rps: int, speed: float) -> dict[str, object]:
 
     from upgrader.config import loads_fleet
     from upgrader.demo import _traffic_flowing, demo_fleet_text
-    from upgrader.flags.loader import loads as loads_flags
-    from upgrader.flags.store import open_store
-    from upgrader.lab.app import LAB_FLAG, LAB_FLAG_STORE
     from upgrader.lab.manager import Lab, free_base_port
     from upgrader.plugins import Plugins
     from upgrader.rollout import Rollout, compile_plan, compress
@@ -75,6 +77,12 @@ def one(strategy: str, hosts: int, rps: int, speed: float) -> dict[str, object]:
             # blue-green system-tests the idle slots: an erroring release never reaches users.
             # A "-flagged" release errors only while the lab's flag new-path is on: off for
             # the system test, turned on by this script once every host has swapped
+            # (imported here: a --baseline checkout older than the flagged release can
+            # still measure shedding and canary)
+            from upgrader.flags.loader import loads as loads_flags
+            from upgrader.flags.store import open_store
+            from upgrader.lab.app import LAB_FLAG, LAB_FLAG_STORE
+
             text = text.replace("1.1.0-bad", "1.1.0-flagged")
             with open_store(str(lab_dir / LAB_FLAG_STORE)) as flags:
                 flags.replace(loads_flags(FLAG, source="<bench flags>"), actor="bench",
