@@ -513,8 +513,12 @@ class Engine:
                                   upgrade)
         elif isinstance(step, PrepareSlots):
             await set_state(RolloutState.RUNNING)
-            await self._host_step(index, step.hosts, step.max_parallel, 0.0,
-                                  procedure.prepare_slot)
+            reuse = step.reuse
+
+            async def prepare(name: str) -> None:
+                await procedure.prepare_slot(name, reuse=reuse)
+
+            await self._host_step(index, step.hosts, step.max_parallel, 0.0, prepare)
         elif isinstance(step, SwapSlots):
             await self._host_step(index, step.hosts, None, 0.0, procedure.swap_slot)
             await traffic.emit_traffic()

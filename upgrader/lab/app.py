@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .layout import LAB_DATABASE
-
 if TYPE_CHECKING:
     import sqlite3
 
@@ -61,6 +59,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 def lab_database(root: Path) -> Path:
     """``<lab dir>/app.sqlite`` for a host root ``<lab dir>/hosts/<name>``."""
+    # imported here: hostctl imports this module and runs three times per host procedure;
+    # layout.py imports upgrader.model, which hostctl never needs
+    from .layout import LAB_DATABASE
+
     return root.parent.parent / LAB_DATABASE
 
 
