@@ -15,6 +15,7 @@ well-typed but invalid.
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -562,6 +563,7 @@ class BalancerCounters:
         self._window: tuple[Any, ...] | None = None
         self._pair: tuple[Mapping[str, BackendStats] | None, Mapping[str, BackendStats]] | None \
             = None
+        self._lock = asyncio.Lock()
 
     def check(self, metric: Any) -> None:
         query = metric.query
@@ -576,6 +578,14 @@ class BalancerCounters:
                               f"fleet's balancer", key="source")
 
     async def _read(self, window: MetricWindow) -> tuple[
+            Mapping[str, BackendStats] | None, Mapping[str, BackendStats], bool]:
+        # the judge collects its metrics concurrently: a second metric of the same window
+        # waits for the first one's reading and shares it (two readings would give the
+        # second metric the requests of the few milliseconds between them: none)
+        async with self._lock:
+            return await self._read_once(window)
+
+    async def _read_once(self, window: MetricWindow) -> tuple[
             Mapping[str, BackendStats] | None, Mapping[str, BackendStats], bool]:
         pools = self._pools is not None and window.canary_pool is not None
         key = (window.start, window.end, window.canary, window.baseline, window.canary_pool,
