@@ -101,9 +101,12 @@ max_increase = "50%"
 """
 
 
-def fleet_text(judge: str, target: str, lab_dir: Path, port: int) -> str:
-    return FLEET.format(judge=judge, target=target, dir=lab_dir, port=port,
-                        metrics=STATISTICAL if judge == "statistical" else "")
+def fleet_text(judge: str, target: str, lab_dir: Path, port: int,
+               window: int | None = None) -> str:
+    metrics = STATISTICAL if judge == "statistical" else ""
+    if metrics and window is not None:
+        metrics = f"window = {window}\n" + metrics
+    return FLEET.format(judge=judge, target=target, dir=lab_dir, port=port, metrics=metrics)
 
 
 def failed_between(stats_file: Path, start: float, end: float) -> int:
@@ -114,12 +117,12 @@ def failed_between(stats_file: Path, start: float, end: float) -> int:
 
 
 async def one_run(work: Path, layout: Any, judge: str, target: str,
-                  timeout: float) -> dict[str, Any]:
+                  timeout: float, window: int | None = None) -> dict[str, Any]:
     import upgrader
     from upgrader.plugins import Plugins
 
     path = work / f"{judge}.toml"
-    path.write_text(fleet_text(judge, target, layout.dir, layout.base_port))
+    path.write_text(fleet_text(judge, target, layout.dir, layout.base_port, window))
     plugins = Plugins()
     fleet = upgrader.load_fleet(str(path), registry=plugins)
     plan = upgrader.compile_plan(fleet)
@@ -167,7 +170,7 @@ async def one_run(work: Path, layout: Any, judge: str, target: str,
             "detail": detail[0] if detail else "", "last_verdicts": last}
 
 
-def summarize(rows: list[dict[str, Any]], runs: dict[str, int]) -> list[str]:
+def summarize(rows: list[dict[str, Any]]) -> list[str]:
     out = ["| release | judge | runs | roll-backs | inconclusive (paused) | "
            "time to detect, median | failed requests before the roll-back, median (total) |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -204,12 +207,15 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
             await asyncio.sleep(2)                 # the users' first requests
             for run in range(max(args.runs, args.good_runs)):
                 for name, suffix in RELEASES.items():
+                    if name not in args.releases:
+                        continue
                     wanted = args.good_runs if name == "good" else args.runs
                     if run >= wanted:
                         continue
                     target = f"1.1.0-r{args.seed + run}{suffix}"
-                    for judge in JUDGES:
-                        row = await one_run(work, layout, judge, target, args.timeout)
+                    for judge in args.judges:
+                        row = await one_run(work, layout, judge, target, args.timeout,
+                                            args.window)
                         row.update(release=name, run=run)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
@@ -229,8 +235,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds a run may take before it is aborted")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: one run of each release")
+    parser.add_argument("--releases", default=",".join(RELEASES),
+                        help=f"which releases, comma-separated (default: {', '.join(RELEASES)})")
+    parser.add_argument("--judges", default=",".join(JUDGES),
+                        help="which judges, comma-separated (default: both)")
+    parser.add_argument("--window", type=int,
+                        help="the statistical judge's [verify] window (default: the default)")
     parser.add_argument("--json", type=Path, help="also write every run's row here")
     args = parser.parse_args(argv)
+    args.releases = [r.strip() for r in args.releases.split(",") if r.strip()]
+    args.judges = [j.strip() for j in args.judges.split(",") if j.strip()]
+    for name in args.releases:
+        if name not in RELEASES:
+            parser.error(f"--releases: unknown release {name!r} (known: {', '.join(RELEASES)})")
+    for judge in args.judges:
+        if judge not in JUDGES:
+            parser.error(f"--judges: unknown judge {judge!r} (known: {', '.join(JUDGES)})")
     if args.quick:
         args.runs, args.good_runs = 1, 1
     started = time.monotonic()
@@ -238,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print()
-    print("\n".join(summarize(rows, {})))
+    print("\n".join(summarize(rows)))
     print(f"\n{len(rows)} runs in {time.monotonic() - started:.0f} s")
     return 0
 
