@@ -102,8 +102,12 @@ max_increase = "50%"
 
 
 def fleet_text(judge: str, target: str, lab_dir: Path, port: int,
-               window: int | None = None) -> str:
+               window: int | None = None, critical: bool = False) -> str:
     metrics = STATISTICAL if judge == "statistical" else ""
+    if critical:
+        metrics = metrics.replace('max_increase = "100%"\n', 'max_increase = "100%"\n'
+                                  'critical = true\n').replace(
+            'max_increase = "50%"\n', 'max_increase = "50%"\ncritical = true\n')
     if metrics and window is not None:
         metrics = f"window = {window}\n" + metrics
     return FLEET.format(judge=judge, target=target, dir=lab_dir, port=port, metrics=metrics)
@@ -117,12 +121,14 @@ def failed_between(stats_file: Path, start: float, end: float) -> int:
 
 
 async def one_run(work: Path, layout: Any, judge: str, target: str,
-                  timeout: float, window: int | None = None) -> dict[str, Any]:
+                  timeout: float, window: int | None = None,
+                  critical: bool = False) -> dict[str, Any]:
     import upgrader
     from upgrader.plugins import Plugins
 
     path = work / f"{judge}.toml"
-    path.write_text(fleet_text(judge, target, layout.dir, layout.base_port, window))
+    path.write_text(fleet_text(judge, target, layout.dir, layout.base_port, window,
+                               critical))
     plugins = Plugins()
     fleet = upgrader.load_fleet(str(path), registry=plugins)
     plan = upgrader.compile_plan(fleet)
@@ -184,8 +190,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
             times = [r["detect_s"] for r in mine if r["detect_s"] is not None]
             lost = [r["failed"] for r in mine]
             label = "false roll-backs" if name == "good" else "detected"
+            shown = judge + (" (critical)" if judge == "statistical" and
+                             mine[0].get("critical") else "")
             out.append(
-                f"| {name} | {judge} | {len(mine)} | {back}/{len(mine)} {label} | {paused} | "
+                f"| {name} | {shown} | {len(mine)} | {back}/{len(mine)} {label} | {paused} | "
                 f"{f'{statistics.median(times):.1f} s' if times else '-'} | "
                 f"{statistics.median(lost):g} ({sum(lost)}) |")
     return out
@@ -215,8 +223,9 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                     target = f"1.1.0-r{args.seed + run}{suffix}"
                     for judge in args.judges:
                         row = await one_run(work, layout, judge, target, args.timeout,
-                                            args.window)
-                        row.update(release=name, run=run)
+                                            args.window, args.critical)
+                        row.update(release=name, run=run, critical=args.critical,
+                                   window=args.window)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
                         await lab.reset()
@@ -241,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="which judges, comma-separated (default: both)")
     parser.add_argument("--window", type=int,
                         help="the statistical judge's [verify] window (default: the default)")
+    parser.add_argument("--critical", action="store_true",
+                        help="the statistical judge's metrics are critical = true (fail at the "
+                             "first failing round, as FLEET.md's example; default: "
+                             "consecutive_failures rounds in a row)")
     parser.add_argument("--json", type=Path, help="also write every run's row here")
     args = parser.parse_args(argv)
     args.releases = [r.strip() for r in args.releases.split(",") if r.strip()]
