@@ -136,16 +136,20 @@ def binomial_tail(k: int, n: int, p: float) -> float:
 
 
 def samples_for_proportion(p0: float, p1: float, *, two_sample: bool,
-                           alpha: float = ALPHA, power: float = POWER) -> int | None:
+                           alpha: float = ALPHA, power: float = POWER,
+                           baseline_ratio: float = 1.0) -> int | None:
     """Canary samples needed to tell a rate ``p1`` from ``p0`` (fractions) at ``alpha`` with
-    ``power`` (per side for two samples); None when ``p1 <= p0``."""
+    ``power``; None when ``p1 <= p0``. Two samples: the baseline has ``baseline_ratio``
+    samples for each of the canary's (1: the same size; a baseline of seven hosts beside a
+    canary of one knows its rate seven times better, and the canary needs fewer)."""
     if p1 <= p0:
         return None
     za, zb = normal_isf(alpha), normal_isf(1 - power)
     if two_sample:
-        mean = (p0 + p1) / 2
-        n = (za * math.sqrt(2 * mean * (1 - mean)) + zb * math.sqrt(p0 * (1 - p0) +
-                                                                    p1 * (1 - p1))) ** 2
+        k = max(baseline_ratio, 1e-3)
+        mean = (p1 + k * p0) / (1 + k)
+        n = (za * math.sqrt(mean * (1 - mean) * (1 + 1 / k)) +
+             zb * math.sqrt(p1 * (1 - p1) + p0 * (1 - p0) / k)) ** 2
     else:
         n = (za * math.sqrt(p0 * (1 - p0)) + zb * math.sqrt(p1 * (1 - p1))) ** 2
     return math.ceil(n / (p1 - p0) ** 2)
@@ -274,7 +278,8 @@ def _judge_proportion(metric: MetricSpec, canary: Sequence[float], baseline: Seq
                         f"{metric.max_increase:g}%")
         size = samples_for_proportion(base, min(0.999, max(base * ratio,
                                                            base + MIN_DETECTABLE)),
-                                      two_sample=True, alpha=DESIGN_ALPHA)
+                                      two_sample=True, alpha=DESIGN_ALPHA,
+                                      baseline_ratio=n0 / n1)
         if size is not None:
             needed.append(size)
     effect = {"difference_pct": round(100 * (rate1 - rate0), 4) if rate0 is not None else None,
