@@ -285,6 +285,7 @@ class Verification:
         while (self.inconclusive() or not self.judgements) and \
                 self.clock.monotonic() < limit:
             if await machine.wait(spec.interval / 2, skippable=True):
+                machine.raise_if_interrupted()     # a failure ends the wait too: not a skip
                 return
             machine.raise_if_interrupted()
         waiting = self.inconclusive() or ([] if self.judgements else ["(no round judged)"])
@@ -479,9 +480,11 @@ class Verification:
             self.machine.fail(reason)
 
     def inconclusive(self) -> list[str]:
-        """The deciding metrics whose last judgement is not a pass (statistical judge)."""
+        """The deciding metrics whose last judgement is not a pass (statistical judge): a
+        failure not yet ``consecutive_failures`` rounds in a row keeps the hold too (its next
+        round fails the rollout or clears it; a hold never ends on a failing verdict)."""
         return [name for name, j in self.judgements.items()
-                if j.decides and j.result in ("inconclusive", "no_data")]
+                if j.decides and j.result in ("inconclusive", "no_data", "fail")]
 
     async def _health_round(self) -> Verdict:
         """Check the sample :class:`HealthSampler` picks (bounded), not every serving host."""
