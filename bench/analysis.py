@@ -26,7 +26,7 @@ Figures per judge and release:
   (the whole run for a run without a roll-back) that failed, from the traffic generator's
   per-second timeline; median and total over the runs.
 
-    .venv/bin/python bench/analysis.py --runs 10 --good-runs 20
+    .venv/bin/python bench/analysis.py --runs 8 --good-runs 20       # bench/RESULTS.md
     .venv/bin/python bench/analysis.py --quick          # smoke: 1 run of each, short
 """
 
@@ -236,7 +236,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=10, help="runs of each bad release")
+    parser.add_argument("--runs", type=int, default=8, help="runs of each bad release")
     parser.add_argument("--good-runs", type=int, default=20, help="runs of the good release")
     parser.add_argument("--seed", type=int, default=1, help="first run's seed")
     parser.add_argument("--rps", type=int, default=RPS, help="user requests a second")
