@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,10 @@ VARIANT_SUFFIXES: tuple[tuple[str, str], ...] = (
     ("-flagged", "flagged"),
 )
 VARIANTS = ("good", "errors", "unhealthy", "crash", "slow", "flagged")
+#: ``-errN`` (N a whole percent, 0-100): variant ``errN``, 500 on N % of non-health requests,
+#: each request drawn at random from a generator seeded with the release, host and slot (the
+#: same release name fails the same requests: benchmarks name a release per seeded run)
+ERROR_RATE_SUFFIX = re.compile(r"-err(\d{1,3})$")
 #: a "-flagged" release fails like "-errors", but only while its flag is on: the flag
 #: ``new-path`` in environment ``lab`` of the lab's flag store ``<lab dir>/flags.sqlite``
 #: (read as any service reads flags: a FlagWatcher polls the store's version)
@@ -106,11 +111,22 @@ class VisitWriter:
 
 
 def variant_of(release: str) -> str:
-    """The behaviour a release name asks for: good, errors, unhealthy, crash or slow."""
+    """The behaviour a release name asks for: good, errors, unhealthy, crash, slow, flagged
+    or ``errN`` (N % errors)."""
+    match = ERROR_RATE_SUFFIX.search(release)
+    if match and int(match.group(1)) <= 100:
+        return f"err{int(match.group(1))}"
     for suffix, variant in VARIANT_SUFFIXES:
         if release.endswith(suffix):
             return variant
     return "good"
+
+
+def error_rate_of(variant: str) -> float:
+    """The share of requests an ``errN`` variant fails (0 for any other variant)."""
+    if variant.startswith("err") and variant[3:].isdigit():
+        return min(100, int(variant[3:])) / 100
+    return 0.0
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -207,6 +223,8 @@ def make_app(*, host: str, slot: str, version: str, variant: str,
         latency = (slow, slow)
     else:
         latency = (0.002, 0.005)
+    error_rate = error_rate_of(variant)
+    draws = random.Random(f"{version}/{host}/{slot}")
 
     async def healthz(request: web.Request) -> web.Response:
         if variant == "unhealthy":
@@ -231,6 +249,9 @@ def make_app(*, host: str, slot: str, version: str, variant: str,
         counter += 1
         await asyncio.sleep(random.uniform(*latency))
         if (variant == "errors" or (variant == "flagged" and flag_on(str(n)))) and n % 10 < 3:
+            return web.json_response({"error": "simulated failure", "host": host,
+                                      "version": version}, status=500, headers=headers)
+        if error_rate and draws.random() < error_rate:
             return web.json_response({"error": "simulated failure", "host": host,
                                       "version": version}, status=500, headers=headers)
         if writer is not None and n % WRITE_EVERY == 0:
