@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, PolicyRefused, UpgraderError
 from ..units import plural
 from .describe import targeting
-from .model import DEFAULT_ENV
+from .model import DEFAULT_ENV, DEFAULT_LISTEN
 
 if TYPE_CHECKING:
     from .bisect import Result, Step, TestCommand
@@ -196,8 +196,6 @@ def run(argv: Sequence[str]) -> int:
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``upgrader flags serve``: the OFREP server (:mod:`upgrader.flags.ofrep`)."""
-    from .ofrep import DEFAULT_LISTEN
-
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve", help="serve the flags over OFREP (OpenFeature Remote Evaluation Protocol)",
         description="Serve one environment's flags over OFREP: POST /ofrep/v1/evaluate/flags"
