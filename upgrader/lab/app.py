@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .layout import LAB_DATABASE
+from .layout import LAB_DATABASE, LAB_FLAG_STORE, LAB_FLAG_STORE_SPEC
 
 if TYPE_CHECKING:
     import sqlite3
@@ -40,9 +40,9 @@ VARIANT_SUFFIXES: tuple[tuple[str, str], ...] = (
 )
 VARIANTS = ("good", "errors", "unhealthy", "crash", "slow", "flagged")
 #: a "-flagged" release fails like "-errors", but only while its flag is on: the flag
-#: ``new-path`` in environment ``lab`` of the lab's flag store ``<lab dir>/flags.sqlite``
-#: (read as any service reads flags: a FlagWatcher polls the store's version)
-LAB_FLAG_STORE = "flags.sqlite"
+#: ``new-path`` in environment ``lab`` of the lab's flag store (``lab up --flag-store SPEC``,
+#: recorded in ``<lab dir>/flags.store``; default the SQLite file ``<lab dir>/flags.sqlite``),
+#: read as any service reads flags: a FlagWatcher polls the store's version
 LAB_FLAG = "new-path"
 LAB_FLAG_ENVIRONMENT = "lab"
 DEFAULT_CRASH_AFTER = 3.0
@@ -173,13 +173,26 @@ class AppMetrics:
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def lab_flag_store(root: Path) -> Path:
-    """``<lab dir>/flags.sqlite`` for a host root ``<lab dir>/hosts/<name>``."""
-    return root.parent.parent / LAB_FLAG_STORE
+def lab_flag_store(root: Path) -> str | None:
+    """The flag store spec of the lab of host root ``<lab dir>/hosts/<name>``: what
+    ``<lab dir>/flags.store`` says (``lab up --flag-store``), else ``<lab dir>/flags.sqlite``.
+    None when that spec is a SQLite file that does not exist (yet): no flags to read."""
+    lab_dir = root.parent.parent
+    try:
+        spec = (lab_dir / LAB_FLAG_STORE_SPEC).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        spec = ""
+    if not spec:
+        spec = str(lab_dir / LAB_FLAG_STORE)
+    if spec.startswith(("postgresql://", "postgres://")):
+        return spec
+    path = spec[len("sqlite:///"):] if spec.startswith("sqlite:///") else spec
+    return spec if Path(path).exists() else None
 
 
 def make_app(*, host: str, slot: str, version: str, variant: str,
-             database: Path | None = None, flag_store: Path | None = None) -> web.Application:
+             database: Path | None = None,
+             flag_store: str | Path | None = None) -> web.Application:
     # imported here, not at module level: hostctl imports this module and must start fast
     import asyncio
 
@@ -266,10 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     from aiohttp import web
 
     database = lab_database(args.root.resolve())
-    flags = lab_flag_store(args.root.resolve())
     app = make_app(host=args.host, slot=slot, version=version, variant=variant,
                    database=database if database.exists() else None,
-                   flag_store=flags if flags.exists() else None)
+                   flag_store=lab_flag_store(args.root.resolve()))
 
     if variant == "crash":
         crash_after = _env_seconds("UPGRADER_LAB_CRASH_AFTER", DEFAULT_CRASH_AFTER)
