@@ -215,8 +215,11 @@ def mapped_errors(error: type[StorageError], database: str, what: str,
 
 def private_file(path: str | Path) -> None:
     """Create ``path`` with mode 0600 (in a 0700 folder when that is new), or make an
-    existing one 0600: a journal or a flag store is nobody else's business."""
+    existing one 0600: a journal or a flag store is nobody else's business. A folder is left
+    as it is (opening it fails next): ``--store /etc`` must never make /etc 0600."""
     file = Path(path)
+    if file.is_dir():
+        return
     if not file.parent.exists():
         file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not file.exists():

@@ -2,7 +2,9 @@
 flags off first and verifies again.
 
 The lab's apps read the flag ``new-path`` from the lab's flag store (``<lab dir>/flags.sqlite``,
-a real SQLite store, polled as any service polls it); a ``-flagged`` release fails only while
+a real SQLite store, or a real PostgreSQL store: ``lab up --flag-store URL``; polled as any
+service polls it), and the fleet's ``[flags] store`` is that same store; a ``-flagged`` release
+fails only while
 that flag is on, a ``-bad`` release fails whatever the flags say. The release also carries a
 real schema change (the lab database). So:
 
@@ -10,6 +12,9 @@ real schema change (the lab database). So:
   kept", the upgraded hosts keep the new release and the schema change stays started;
 - ``2.0.0-bad`` is not: its flags go off (and stay off), the hosts go back to 1.0.0 and the
   schema change is rolled back, the flag that needs it turned off before it.
+
+Both run on each kind of store (PostgreSQL: a throw-away server of the session, see
+tests/conftest.py; skipped on a laptop without one, a failure in CI).
 """
 
 from __future__ import annotations
@@ -106,12 +111,23 @@ def migration_state(db: Path, name: str) -> str | None:
     return ([s for n, _r, s in history if n == name] or [None])[-1]
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def flag_store(request) -> str | None:
+    """The lab's flag store: None (the lab's default, ``<lab dir>/flags.sqlite``) or a fresh
+    PostgreSQL database (``lab up --flag-store URL``)."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture
-def lab(tmp_path: Path):
+def lab(tmp_path: Path, flag_store: str | None):
     layout = LabLayout(dir=tmp_path / "lab", hosts=4, base_port=free_base_port())
     lab = Lab(layout)
     asyncio.run(lab.up(traffic_rps=150, users=200,
-                       database=load_migration(MIGRATIONS / "0001_visits.toml")))
+                       database=load_migration(MIGRATIONS / "0001_visits.toml"),
+                       flag_store=flag_store))
     try:
         yield lab
     finally:
@@ -126,7 +142,12 @@ def prepare(tmp_path: Path, lab: Lab, target: str) -> tuple[Path, str, str]:
     migration.write_text(text.replace('release = "2.0.0"', f'release = "{target}"')
                          .replace('name = "0002_visits_url"', f'name = "{name}"'),
                          encoding="utf-8")
-    store = str(Path(lab.dir) / LAB_FLAG_STORE)
+    # the store the lab's apps read, as `lab up` recorded it
+    store = lab.layout.flag_store_file.read_text(encoding="utf-8").strip()
+    if store.startswith("postgresql://"):
+        assert not (Path(lab.dir) / LAB_FLAG_STORE).exists()
+    else:
+        assert store == str(Path(lab.dir) / LAB_FLAG_STORE)
     with open_store(store) as flags:
         flags.replace(loads_flags(FLAGS.format(migration=name), source="flags.toml"),
                       actor="test", reason="setup")

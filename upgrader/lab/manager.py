@@ -762,8 +762,7 @@ def check_flag_store(spec: str | os.PathLike[str]) -> str:
     except ConfigError as exc:
         raise ConfigError(exc.message, key=key) from None
     except (StoreError, OSError) as exc:
-        raise ConfigError(f"cannot use flag store {flag_store_text(text)}: {exc}",
-                          key=key) from None
+        raise ConfigError(f"cannot use this flag store: {exc}", key=key) from None
     return text
 
 
