@@ -140,6 +140,25 @@ def test_a_folder_given_as_a_private_file_keeps_its_mode(tmp_path):
     with pytest.raises(StoreError, match=r"etc: cannot open the flag store"):
         open_store(str(folder))
     assert folder.stat().st_mode & 0o777 == 0o755
+    # nor a file that is not a SQLite database (`--store /etc/passwd`)
+    other = folder / "passwd"
+    other.write_text("root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
+    other.chmod(0o644)
+    with pytest.raises(StoreError, match=r"passwd: cannot open the flag store"):
+        open_store(str(other))
+    assert other.stat().st_mode & 0o777 == 0o644
+    # a SQLite database or an empty file is made private
+    empty = folder / "empty.sqlite"
+    empty.write_bytes(b"")
+    empty.chmod(0o644)
+    db.private_file(empty)
+    assert empty.stat().st_mode & 0o777 == 0o600
+    with open_store(str(empty)):
+        pass
+    empty.chmod(0o644)
+    with open_store(str(empty)):
+        pass
+    assert empty.stat().st_mode & 0o777 == 0o600
 
 
 def test_connect_sqlite_sets_the_busy_timeout_wal_and_private_mode(tmp_path):
