@@ -20,11 +20,13 @@ tests/conftest.py; skipped on a laptop without one, a failure in CI).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -121,8 +123,8 @@ def flag_store(request) -> str | None:
     return url
 
 
-@pytest.fixture
-def lab(tmp_path: Path, flag_store: str | None):
+@contextlib.contextmanager
+def running_lab(tmp_path: Path, flag_store: str | None = None) -> Iterator[Lab]:
     layout = LabLayout(dir=tmp_path / "lab", hosts=4, base_port=free_base_port())
     lab = Lab(layout)
     asyncio.run(lab.up(traffic_rps=150, users=200,
@@ -132,6 +134,21 @@ def lab(tmp_path: Path, flag_store: str | None):
         yield lab
     finally:
         asyncio.run(lab.down())
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    """A lab on its default flag store, ``<lab dir>/flags.sqlite`` (test_freeze_lab.py uses
+    it too)."""
+    with running_lab(tmp_path) as lab:
+        yield lab
+
+
+@pytest.fixture
+def flags_lab(tmp_path: Path, flag_store: str | None):
+    """A lab on each kind of flag store."""
+    with running_lab(tmp_path, flag_store) as lab:
+        yield lab
 
 
 def prepare(tmp_path: Path, lab: Lab, target: str) -> tuple[Path, str, str]:
@@ -163,7 +180,8 @@ def events(stdout: str) -> list[dict]:
 
 
 def test_a_release_whose_bad_path_is_behind_its_flag_is_cured_by_the_flag_step(
-        tmp_path: Path, lab: Lab) -> None:
+        tmp_path: Path, flags_lab: Lab) -> None:
+    lab = flags_lab
     fleet, store, migration = prepare(tmp_path, lab, "2.0.0-flagged")
     plan = upgrader("plan", str(fleet))
     assert plan.returncode == 0, plan.stderr
@@ -199,7 +217,8 @@ def test_a_release_whose_bad_path_is_behind_its_flag_is_cured_by_the_flag_step(
 
 
 def test_a_release_bad_without_its_flag_is_rolled_back_all_the_way(tmp_path: Path,
-                                                                    lab: Lab) -> None:
+                                                                    flags_lab: Lab) -> None:
+    lab = flags_lab
     fleet, store, migration = prepare(tmp_path, lab, "2.0.0-bad")
     db = lab.layout.database_file
     # an operator turns on the flag that needs the schema change once it is live (refused
