@@ -43,9 +43,9 @@ VARIANTS = ("good", "errors", "unhealthy", "crash", "slow", "flagged")
 #: same release name fails the same requests: benchmarks name a release per seeded run)
 ERROR_RATE_SUFFIX = re.compile(r"-err(\d{1,3})$")
 #: a "-flagged" release fails like "-errors", but only while its flag is on: the flag
-#: ``new-path`` in environment ``lab`` of the lab's flag store ``<lab dir>/flags.sqlite``
-#: (read as any service reads flags: a FlagWatcher polls the store's version)
-LAB_FLAG_STORE = "flags.sqlite"
+#: ``new-path`` in environment ``lab`` of the lab's flag store (``lab up --flag-store SPEC``,
+#: recorded in ``<lab dir>/flags.store``; default the SQLite file ``<lab dir>/flags.sqlite``),
+#: read as any service reads flags: a FlagWatcher polls the store's version
 LAB_FLAG = "new-path"
 LAB_FLAG_ENVIRONMENT = "lab"
 DEFAULT_CRASH_AFTER = 3.0
@@ -191,13 +191,28 @@ class AppMetrics:
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def lab_flag_store(root: Path) -> Path:
-    """``<lab dir>/flags.sqlite`` for a host root ``<lab dir>/hosts/<name>``."""
-    return root.parent.parent / LAB_FLAG_STORE
+def lab_flag_store(root: Path) -> str | None:
+    """The flag store spec of the lab of host root ``<lab dir>/hosts/<name>``: what
+    ``<lab dir>/flags.store`` says (``lab up --flag-store``), else ``<lab dir>/flags.sqlite``.
+    None when that spec is a SQLite file that does not exist (yet): no flags to read."""
+    from .layout import LAB_FLAG_STORE, LAB_FLAG_STORE_SPEC    # as lab_database: see there
+
+    lab_dir = root.parent.parent
+    try:
+        spec = (lab_dir / LAB_FLAG_STORE_SPEC).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        spec = ""
+    if not spec:
+        spec = str(lab_dir / LAB_FLAG_STORE)
+    if spec.startswith(("postgresql://", "postgres://")):
+        return spec
+    path = spec[len("sqlite:///"):] if spec.startswith("sqlite:///") else spec
+    return spec if Path(path).exists() else None
 
 
 def make_app(*, host: str, slot: str, version: str, variant: str,
-             database: Path | None = None, flag_store: Path | None = None) -> web.Application:
+             database: Path | None = None,
+             flag_store: str | Path | None = None) -> web.Application:
     # imported here, not at module level: hostctl imports this module and must start fast
     import asyncio
 
@@ -289,10 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     from aiohttp import web
 
     database = lab_database(args.root.resolve())
-    flags = lab_flag_store(args.root.resolve())
     app = make_app(host=args.host, slot=slot, version=version, variant=variant,
                    database=database if database.exists() else None,
-                   flag_store=flags if flags.exists() else None)
+                   flag_store=lab_flag_store(args.root.resolve()))
 
     if variant == "crash":
         crash_after = _env_seconds("UPGRADER_LAB_CRASH_AFTER", DEFAULT_CRASH_AFTER)
