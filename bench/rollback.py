@@ -81,7 +81,8 @@ def one(strategy: str, hosts: int, rps: int, speed: float) -> dict[str, object]:
             # still measure shedding and canary)
             from upgrader.flags.loader import loads as loads_flags
             from upgrader.flags.store import open_store
-            from upgrader.lab.app import LAB_FLAG, LAB_FLAG_STORE
+            from upgrader.lab.app import LAB_FLAG
+            from upgrader.lab.layout import LAB_FLAG_STORE
 
             text = text.replace("1.1.0-bad", "1.1.0-flagged")
             with open_store(str(lab_dir / LAB_FLAG_STORE)) as flags:

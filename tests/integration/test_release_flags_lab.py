@@ -34,8 +34,7 @@ import pytest
 from upgrader.flags.loader import loads as loads_flags
 from upgrader.flags.schemaguard import SchemaGuard
 from upgrader.flags.store import open_store
-from upgrader.lab.app import LAB_FLAG_STORE
-from upgrader.lab.layout import LabLayout
+from upgrader.lab.layout import LAB_FLAG_STORE, LabLayout
 from upgrader.lab.manager import Lab, free_base_port
 from upgrader.schema import load_migration, open_backend
 
