@@ -195,7 +195,7 @@ def lab_flag_store(root: Path) -> str | None:
     """The flag store spec of the lab of host root ``<lab dir>/hosts/<name>``: what
     ``<lab dir>/flags.store`` says (``lab up --flag-store``), else ``<lab dir>/flags.sqlite``.
     None when that spec is a SQLite file that does not exist (yet): no flags to read."""
-    from .layout import LAB_FLAG_STORE, LAB_FLAG_STORE_SPEC    # as lab_database: see there
+    from .layout import LAB_FLAG_STORE, LAB_FLAG_STORE_SPEC  # as lab_database: see there
 
     lab_dir = root.parent.parent
     try:
