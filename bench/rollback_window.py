@@ -10,6 +10,9 @@ inside the window, or ``upgrader run`` of a fleet file 1.1.0 -> 1.0.0 with the s
 requests are read from the lab's traffic generator before and after. Medians over --runs.
 
     .venv/bin/python bench/rollback_window.py --runs 3
+
+``--baseline DIR`` times ``upgrader rollback`` of another checkout's ``upgrader`` package in
+the same runs (the forward upgrade and the fresh rollout are always this checkout's).
 """
 
 from __future__ import annotations
@@ -68,36 +71,63 @@ def write(path: Path, layout: LabLayout, *, name: str, current: str, target: str
     return path
 
 
-PHASES: list[float] = []     # seconds per host, drain to back in service, window roll-backs
+PHASES: list[float] = []     # seconds per host, first phase to back in service, window
+#: seconds per host in each phase of the window roll-backs (draining, stopping, installing,
+#: starting, checking, enabling: from its host_phase event to the next event of the host)
+PHASE_PARTS: dict[str, list[float]] = {}
+#: seconds of the window roll-back command outside the engine's events
+OUTSIDE: dict[str, list[float]] = {}
 
 
 def host_seconds(lines: list[dict[str, object]]) -> list[float]:
-    """Per host: from ``draining`` to ``host_done`` (the per-host procedure's own time)."""
+    """Per host: from its first phase to ``host_done`` (the per-host procedure's own time);
+    each phase's share goes to PHASE_PARTS."""
     began: dict[str, float] = {}
+    phase: dict[str, tuple[str, float]] = {}
     took = []
     for e in lines:
         host = str(e.get("host"))
-        if e.get("kind") == "host_phase" and e.get("phase") == "draining":
-            began[host] = float(e["ts"])  # type: ignore[arg-type]
-        elif e.get("kind") == "host_done" and host in began:
-            took.append(float(e["ts"]) - began.pop(host))  # type: ignore[arg-type]
+        kind = e.get("kind")
+        if kind not in ("host_phase", "host_done"):
+            continue
+        ts = float(e["ts"])  # type: ignore[arg-type]
+        if host in phase:
+            name, since = phase.pop(host)
+            PHASE_PARTS.setdefault(name, []).append(ts - since)
+        if kind == "host_phase":
+            began.setdefault(host, ts)
+            phase[host] = (str(e.get("phase")), ts)
+        elif host in began:
+            took.append(ts - began.pop(host))
     return took
 
 
-def upgrader(work: Path, *args: str) -> tuple[float, float, str]:
-    """(wall seconds, engine duration_s, outcome) of one ``upgrader`` command."""
+def upgrader(work: Path, *args: str, code: str | None = None) -> tuple[float, float, str]:
+    """(wall seconds, engine duration_s, outcome) of one ``upgrader`` command (``code``: the
+    ``upgrader`` package of another checkout, the baseline)."""
     env = {**os.environ, "UPGRADER_STATE_DIR": str(work / "state")}
     env.pop("UPGRADER_STATE", None)
-    started = time.monotonic()
+    if code:
+        env["PYTHONPATH"] = code + os.pathsep + env.get("PYTHONPATH", "")
+    started, wall_started = time.monotonic(), time.time()
     out = subprocess.run([PY, "-m", "upgrader.cli", *args, "--headless", "--json"], cwd=work,
                          env=env, capture_output=True, text=True, timeout=600)
     wall = time.monotonic() - started
+    wall_ended = time.time()
     if out.returncode != 0:
         raise SystemExit(f"upgrader {' '.join(args)} failed ({out.returncode}): {out.stderr}")
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     summary = lines[-1]
-    if args[0] == "rollback":
+    if args[0] == "rollback" and not code:
         PHASES.extend(host_seconds(lines))
+        stamped = [float(e["ts"]) for e in lines if "ts" in e]
+        hosts = [float(e["ts"]) for e in lines if e.get("kind") in ("host_phase", "host_done")]
+        if stamped:     # the command's own time before its first event and after its last
+            OUTSIDE.setdefault("before the first event", []).append(stamped[0] - wall_started)
+            OUTSIDE.setdefault("after the last event", []).append(wall_ended - stamped[-1])
+        if stamped and hosts:   # the engine's own time around the host procedures
+            OUTSIDE.setdefault("engine before the first host", []).append(hosts[0] - stamped[0])
+            OUTSIDE.setdefault("engine after the last host", []).append(stamped[-1] - hosts[-1])
     return wall, float(summary["duration_s"]), str(summary["outcome"])
 
 
@@ -110,7 +140,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-unavailable", default="25%",
                         help="the fleet's max_unavailable (the capacity rule both obey)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also time `upgrader rollback` of the upgrader package in DIR "
+                             "(another checkout, e.g. `git archive main upgrader | tar -x -C "
+                             "DIR`) in the same runs: the before of a before/after")
     args = parser.parse_args()
+    baseline = str(Path(args.baseline).resolve()) if args.baseline else None
+    kinds = ("window", "baseline", "fresh") if baseline else ("window", "fresh")
     with tempfile.TemporaryDirectory(prefix="rbw-bench-") as tmp:
         work = Path(tmp)
         layout = LabLayout(dir=work / "lab", hosts=HOSTS, base_port=free_base_port(),
@@ -124,13 +160,16 @@ def main() -> None:
             fresh = write(work / "fresh.toml", layout, name="rbw-fresh", current="1.1.0",
                           target="1.0.0", window=False,
                           max_unavailable=args.max_unavailable)
-            rows: dict[str, list[tuple[float, float, int]]] = {"window": [], "fresh": []}
+            rows: dict[str, list[tuple[float, float, int]]] = {k: [] for k in kinds}
             for run in range(args.runs):
-                for kind in ("window", "fresh"):
+                for kind in kinds:
                     up_wall, up_engine, _ = upgrader(work, "run", str(forward))
                     before = failed(layout)
                     if kind == "window":
                         wall, engine, outcome = upgrader(work, "rollback", str(forward))
+                    elif kind == "baseline":
+                        wall, engine, outcome = upgrader(work, "rollback", str(forward),
+                                                         code=baseline)
                     else:
                         wall, engine, outcome = upgrader(work, "run", str(fresh))
                     lost = failed(layout) - before
@@ -147,15 +186,23 @@ def main() -> None:
     print("| back to 1.0.0 (8 hosts) | command, median | engine, median | failed requests |")
     print("| --- | --- | --- | --- |")
     names = {"window": "`upgrader rollback` inside the window",
+             "baseline": "`upgrader rollback` inside the window, baseline code",
              "fresh": "fresh rollout to the previous release"}
-    for kind in ("window", "fresh"):
+    for kind in kinds:
         wall, engine, lost = med[kind]
         print(f"| {names[kind]} | {wall:.2f} s | {engine:.2f} s | {lost} |")
     if PHASES:
-        print(f"\nper host inside the window (drain -> back in service): median "
+        print(f"\nper host inside the window (first phase -> back in service): median "
               f"{statistics.median(PHASES):.2f} s, max {max(PHASES):.2f} s")
+        print("  by phase (median s): " + ", ".join(
+            f"{name} {statistics.median(v):.3f}" for name, v in PHASE_PARTS.items()))
+        print("  the command outside the engine (median s): " + ", ".join(
+            f"{name} {statistics.median(v):.3f}" for name, v in OUTSIDE.items()))
     print(f"\nspeed-up: command {med['fresh'][0] / med['window'][0]:.1f}x, "
           f"engine {med['fresh'][1] / med['window'][1]:.1f}x")
+    if baseline:
+        print(f"baseline speed-up: command {med['fresh'][0] / med['baseline'][0]:.1f}x, "
+              f"engine {med['fresh'][1] / med['baseline'][1]:.1f}x")
 
 
 if __name__ == "__main__":

@@ -42,12 +42,14 @@ def add_analysis_parser(sub: Any, fleet_args: Any) -> None:
                         help="one JSON object per round on stdout, then a summary object")
 
 
-def _fmt(value: Any, metric: str) -> str:
+def _fmt(value: Any, metric: str, kind: str | None = None) -> str:
+    """A verdict's figure: a proportion (``kind``, journaled as ``metric_kind``, or a metric
+    named ``*_rate``) in percent, a latency in milliseconds, else as it is."""
     if value is None:
         return "n/a"
     if not isinstance(value, (int, float)):
         return str(value)
-    if metric in ("error_rate",) or metric.endswith("_rate"):
+    if kind == "proportion" or metric in ("error_rate",) or metric.endswith("_rate"):
         return f"{value:.2f}%"
     if "latency" in metric:
         return f"{value * 1000:.0f}ms"
@@ -58,11 +60,12 @@ def describe(data: dict[str, Any]) -> str:
     """One verdict event's data as a line (and, for the statistical judge, a second)."""
     metric = str(data.get("metric", "?"))
     result = str(data.get("result", "?")).upper()
-    parts = [f"{metric} {result}", f"value {_fmt(data.get('value'), metric)}"]
+    kind = data.get("metric_kind")
+    parts = [f"{metric} {result}", f"value {_fmt(data.get('value'), metric, kind)}"]
     if data.get("threshold") is not None:
-        parts.append(f"limit {_fmt(data.get('threshold'), metric)}")
+        parts.append(f"limit {_fmt(data.get('threshold'), metric, kind)}")
     if data.get("baseline") is not None:
-        parts.append(f"old release {_fmt(data.get('baseline'), metric)}")
+        parts.append(f"old release {_fmt(data.get('baseline'), metric, kind)}")
     parts.append(f"{data.get('samples', 0)} samples")
     if data.get("consecutive") is not None:
         parts.append(f"{data['consecutive']}/{data.get('limit', '?')} failing in a row")

@@ -165,6 +165,11 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--prometheus", action="store_true",
                     help="also start a Prometheus server (Debian's prometheus package) scraping "
                          "the apps' and the balancer's /metrics each second")
+    up.add_argument("--flag-store", metavar="SPEC",
+                    help="the flag store the lab's apps read (a -flagged release fails while "
+                         "flag new-path is on in environment lab): a SQLite file or a "
+                         "postgresql:// URL, opened before the lab starts; kept for lab reset "
+                         "and every restarted app (default: flags.sqlite in the lab folder)")
     for name, text in (("down", "stop the lab: its processes and traffic"),
                        ("status", "the lab's hosts, releases and traffic")):
         sp = lab_sub.add_parser(name, help=text, description=text)
@@ -749,6 +754,14 @@ def _latest_record(args: argparse.Namespace, fleet: Any, state_dir: Path) -> Any
         journal.close()
 
 
+def _finisher(record: Any, fleet: Any) -> str:
+    """The command that finishes ``record``'s unfinished rollout: ``rollback`` for a roll-back
+    that ``upgrader rollback`` started (it runs the other way round from the fleet file, and
+    ``resume`` refuses it), else ``resume``."""
+    return "rollback" if (record.current, record.target) == (
+        fleet.releases.target, fleet.releases.current) else "resume"
+
+
 def _ended_rollout(args: argparse.Namespace, fleet: Any, state_dir: Path) -> int | None:
     """With no controller answering: when the journal says the fleet's last rollout ended
     (finished, or its roll-back left incomplete), say how (stderr; one JSON object on stdout
@@ -770,7 +783,8 @@ def _ended_rollout(args: argparse.Namespace, fleet: Any, state_dir: Path) -> int
     if record.status == ROLLBACK_INCOMPLETE:
         print(f"nothing to attach to: the last rollout of {fleet.name} ({record.id}) ended "
               f"{record.status}; `upgrader status {args.fleet}` shows what is left and "
-              f"`upgrader resume {args.fleet}` completes the roll-back", file=sys.stderr)
+              f"`upgrader {_finisher(record, fleet)} {args.fleet}` completes the roll-back",
+              file=sys.stderr)
         return code
     print(f"nothing to attach to: the last rollout of {fleet.name} ({record.id}) ended "
           f"{record.status}; `upgrader status {args.fleet}` shows it", file=sys.stderr)
@@ -919,10 +933,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"frozen: {frozen['reason']}")
             for choice, effect in (frozen.get("choices") or {}).items():
                 print(f"  {choice}: {effect}")
-        # a roll-back `upgrader rollback` started runs the other way round from the fleet
-        # file: that command finishes it (`resume` refuses it)
-        finisher = "rollback" if (record.current, record.target) == (
-            fleet.releases.target, fleet.releases.current) else "resume"
+        finisher = _finisher(record, fleet)
         if unfinished:
             if holder:
                 print(f"running: driven by {holder['text']}; follow it with "

@@ -213,15 +213,26 @@ def mapped_errors(error: type[StorageError], database: str, what: str,
 # ------------------------------------------------------------------------------------ SQLite
 
 
+#: the first bytes of every SQLite database file
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 def private_file(path: str | Path) -> None:
     """Create ``path`` with mode 0600 (in a 0700 folder when that is new), or make an
-    existing one 0600: a journal or a flag store is nobody else's business."""
+    existing one 0600: a journal or a flag store is nobody else's business. Only an empty
+    file or a SQLite database is made 0600; a folder or any other file is left as it is
+    (opening it fails next): ``--store /etc`` or ``--store /etc/passwd`` must never lock it."""
     file = Path(path)
+    if file.is_dir():
+        return
     if not file.parent.exists():
         file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not file.exists():
         os.close(os.open(file, os.O_CREAT | os.O_RDWR, 0o600))
-    os.chmod(file, 0o600)
+    with open(file, "rb") as fh:
+        head = fh.read(len(SQLITE_HEADER))
+    if head in (b"", SQLITE_HEADER):
+        os.chmod(file, 0o600)
 
 
 def connect_sqlite(target: SQLiteTarget | str | Path, *,

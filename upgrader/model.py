@@ -128,7 +128,10 @@ class VerifySpec:
     #: ``statistical`` (engine/judge.py: tests against the baseline over ``window`` rounds;
     #: the default when ``[[verify.metrics]]`` is given)
     judge: str = "threshold"
-    window: int = 6                      # rounds of samples the statistical judge pools
+    #: rounds of samples the statistical judge pools: 20 covers a hold and its extension
+    #: (three holds) at the defaults and at the demo's; 6 kept a 1-host canary at 1 s
+    #: rounds below the samples it needed (bench/analysis.py)
+    window: int = 20
     #: what an inconclusive hold does once extended by ``inconclusive_for`` (None: twice
     #: the hold): ``pause`` for an operator, ``fail``, or ``pass``
     inconclusive: str = "pause"

@@ -37,6 +37,10 @@ class PrepareSlots:
     hosts: tuple[str, ...]
     max_parallel: int | None = None
     wave: int = 0
+    #: an idle slot that already runs the target release and answers its health check is
+    #: used as it is (``upgrader rollback`` inside the roll-back window: the old slot kept
+    #: the previous release); others are installed as usual
+    reuse: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +273,8 @@ def with_release_gates(plan: Plan, *, pre_release_test: bool = False,
 def step_duration(step: Step, timing: Timing,
                   system_test_s: float = SYSTEM_TEST_ESTIMATE_S) -> float:
     """Expected seconds for one step, given the per-host procedure time."""
+    if isinstance(step, PrepareSlots) and step.reuse:
+        return 0.0          # a reused slot costs a `current` and a health check
     if isinstance(step, (UpgradeHosts, PrepareSlots)):
         n = len(step.hosts)
         if n == 0:

@@ -55,13 +55,24 @@ def read_window(fleet: Any, args: argparse.Namespace, state_dir: Path,
 
 
 def fast_fleet(fleet: Any, previous_plan: Any) -> Any:
-    """``fleet`` with a straight-back plan: one rolling batch of every host, no verification
+    """``fleet`` with a straight-back plan. Blue-green: every host swaps back to its old
+    slot, which still runs the previous release (reinstalled only where it does not), no
+    system test, no hold. Otherwise one rolling batch of every host, no verification
     hold, no pauses, as many hosts at once as the capacity rule lets out of service: the
     fleet's ``min_capacity`` (never fewer than its own roll-back parallelism), capped by the
     strategy's ``max_unavailable`` when it sets one."""
     from . import units
     from .model import StrategySpec
+    from .strategies.bluegreen import BlueGreenParams
     from .strategies.rolling import RollingParams
+
+    if fleet.strategy.kind == "bluegreen":
+        params = fleet.strategy.params
+        spec = dataclasses.replace(fleet.strategy, params=BlueGreenParams(
+            batch=(100.0,), max_parallel=getattr(params, "max_parallel", None), pause=0.0,
+            verify_for=0.0, rollback_parallel=getattr(params, "rollback_parallel", None),
+            straight_back=True))
+        return dataclasses.replace(fleet, strategy=spec, schema=None)
 
     total = len(fleet.main_hosts)
     capacity = math.floor(total * (100.0 - fleet.strategy.min_capacity) / 100.0)
@@ -147,9 +158,14 @@ def cmd_rollback(args: argparse.Namespace, *, load: Any, state_dir_of: Any, run:
     inside = window.is_open_for(to)
     if inside:
         back = fast_fleet(back, compile_plan(back))
-        how = (f"inside the roll-back window: straight back from {window.live} to {to} "
-               f"(no pauses, no analysis holds, up to "
-               f"{back.strategy.params.max_unavailable} hosts at once)")
+        if back.strategy.kind == "bluegreen":
+            how = (f"inside the roll-back window: straight back from {window.live} to {to} "
+                   f"(every host swaps back to its old slot, which still runs {to}; no "
+                   "pauses, no analysis holds)")
+        else:
+            how = (f"inside the roll-back window: straight back from {window.live} to {to} "
+                   f"(no pauses, no analysis holds, up to "
+                   f"{back.strategy.params.max_unavailable} hosts at once)")
         if fleet.schema is not None:
             how += (f"; then schema change {fleet.schema.migration_name} is rolled back (the "
                     f"views of {to} were kept for the window)")

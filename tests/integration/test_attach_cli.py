@@ -224,3 +224,26 @@ def test_attach_returns_once_the_controller_let_go_of_the_fleet(tmp_path, contro
     from upgrader.fleetlock import pid_alive
 
     assert not pid_alive(pid), "attach returned before the controller exited"
+
+
+def test_attach_to_an_incomplete_roll_back_names_the_command_that_finishes_it(tmp_path):
+    """``resume`` finishes an incomplete roll-back of a rollout; one that ``upgrader
+    rollback`` started runs the other way round from the fleet file, ``resume`` refuses it,
+    and ``upgrader rollback`` finishes it: attach names the command that works."""
+    fleet = write_fleet(tmp_path, "attach-incomplete", install='["false"]', verify_for="0s")
+    state = tmp_path / "state"
+    ran = upgrader("run", str(fleet), "--headless", "--state-dir", str(state))
+    assert ran.returncode == 1, ran.stderr
+    attached = upgrader("attach", str(fleet), "--headless", "--state-dir", str(state),
+                        "--timeout", ATTACH_TIMEOUT)
+    assert f"`upgrader resume {fleet}` completes the roll-back" in attached.stderr
+    # the same journal seen from a fleet file that says 1.1.0 -> 1.0.0: the unfinished
+    # rollout went from the file's target to its current, as `upgrader rollback` goes
+    swapped = tmp_path / "swapped.toml"
+    swapped.write_text(fleet.read_text().replace('current = "1.0.0"', 'current = "X"')
+                       .replace('target = "1.1.0"', 'target = "1.0.0"')
+                       .replace('current = "X"', 'current = "1.1.0"'))
+    attached = upgrader("attach", str(swapped), "--headless", "--state-dir", str(state),
+                        "--timeout", ATTACH_TIMEOUT)
+    assert attached.returncode == 1, attached.stderr
+    assert f"`upgrader rollback {swapped}` completes the roll-back" in attached.stderr

@@ -18,7 +18,7 @@ from test_release_flags_lab import FLAGS, FLEET, events, lab, migration_state, u
 
 from upgrader.flags.loader import loads as loads_flags
 from upgrader.flags.store import open_store
-from upgrader.lab.app import LAB_FLAG_STORE
+from upgrader.lab.layout import LAB_FLAG_STORE
 from upgrader.lab.manager import Lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -212,6 +212,20 @@ def test_bad_release_answers_thirty_percent_errors(make_host):
     assert host.ctl("system-test", "--address", "127.0.0.1").returncode == 1
 
 
+def test_error_rate_release_fails_its_share_seeded_by_release_and_host(make_host):
+    import random
+
+    host = make_host()
+    host.install_and_start("2.0.0-r7-err20")
+    assert json.loads((host.root / "current/release.json").read_text())["variant"] == "err20"
+    statuses = [get(host.url + f"/x{i}")[0] for i in range(200)]
+    draws = random.Random("2.0.0-r7-err20/web-01/default")
+    expected = sum(1 for _ in range(200) if draws.random() < 0.20)
+    assert statuses.count(500) == expected and 20 < expected < 60   # N %, drawn, seeded
+    assert statuses.count(200) == 200 - expected
+    assert get(host.url + "/healthz")[0] == 200          # health checks do not see it
+
+
 def test_unhealthy_release_fails_healthz_only(make_host):
     host = make_host()
     host.install_and_start("2.0.0-unhealthy")

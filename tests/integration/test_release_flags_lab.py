@@ -2,7 +2,9 @@
 flags off first and verifies again.
 
 The lab's apps read the flag ``new-path`` from the lab's flag store (``<lab dir>/flags.sqlite``,
-a real SQLite store, polled as any service polls it); a ``-flagged`` release fails only while
+a real SQLite store, or a real PostgreSQL store: ``lab up --flag-store URL``; polled as any
+service polls it), and the fleet's ``[flags] store`` is that same store; a ``-flagged`` release
+fails only while
 that flag is on, a ``-bad`` release fails whatever the flags say. The release also carries a
 real schema change (the lab database). So:
 
@@ -10,16 +12,21 @@ real schema change (the lab database). So:
   kept", the upgraded hosts keep the new release and the schema change stays started;
 - ``2.0.0-bad`` is not: its flags go off (and stay off), the hosts go back to 1.0.0 and the
   schema change is rolled back, the flag that needs it turned off before it.
+
+Both run on each kind of store (PostgreSQL: a throw-away server of the session, see
+tests/conftest.py; skipped on a laptop without one, a failure in CI).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +34,7 @@ import pytest
 from upgrader.flags.loader import loads as loads_flags
 from upgrader.flags.schemaguard import SchemaGuard
 from upgrader.flags.store import open_store
-from upgrader.lab.app import LAB_FLAG_STORE
-from upgrader.lab.layout import LabLayout
+from upgrader.lab.layout import LAB_FLAG_STORE, LabLayout
 from upgrader.lab.manager import Lab, free_base_port
 from upgrader.schema import load_migration, open_backend
 
@@ -106,16 +112,42 @@ def migration_state(db: Path, name: str) -> str | None:
     return ([s for n, _r, s in history if n == name] or [None])[-1]
 
 
-@pytest.fixture
-def lab(tmp_path: Path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def flag_store(request) -> str | None:
+    """The lab's flag store: None (the lab's default, ``<lab dir>/flags.sqlite``) or a fresh
+    PostgreSQL database (``lab up --flag-store URL``)."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@contextlib.contextmanager
+def running_lab(tmp_path: Path, flag_store: str | None = None) -> Iterator[Lab]:
     layout = LabLayout(dir=tmp_path / "lab", hosts=4, base_port=free_base_port())
     lab = Lab(layout)
     asyncio.run(lab.up(traffic_rps=150, users=200,
-                       database=load_migration(MIGRATIONS / "0001_visits.toml")))
+                       database=load_migration(MIGRATIONS / "0001_visits.toml"),
+                       flag_store=flag_store))
     try:
         yield lab
     finally:
         asyncio.run(lab.down())
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    """A lab on its default flag store, ``<lab dir>/flags.sqlite`` (test_freeze_lab.py uses
+    it too)."""
+    with running_lab(tmp_path) as lab:
+        yield lab
+
+
+@pytest.fixture
+def flags_lab(tmp_path: Path, flag_store: str | None):
+    """A lab on each kind of flag store."""
+    with running_lab(tmp_path, flag_store) as lab:
+        yield lab
 
 
 def prepare(tmp_path: Path, lab: Lab, target: str) -> tuple[Path, str, str]:
@@ -126,7 +158,12 @@ def prepare(tmp_path: Path, lab: Lab, target: str) -> tuple[Path, str, str]:
     migration.write_text(text.replace('release = "2.0.0"', f'release = "{target}"')
                          .replace('name = "0002_visits_url"', f'name = "{name}"'),
                          encoding="utf-8")
-    store = str(Path(lab.dir) / LAB_FLAG_STORE)
+    # the store the lab's apps read, as `lab up` recorded it
+    store = lab.layout.flag_store_file.read_text(encoding="utf-8").strip()
+    if store.startswith("postgresql://"):
+        assert not (Path(lab.dir) / LAB_FLAG_STORE).exists()
+    else:
+        assert store == str(Path(lab.dir) / LAB_FLAG_STORE)
     with open_store(store) as flags:
         flags.replace(loads_flags(FLAGS.format(migration=name), source="flags.toml"),
                       actor="test", reason="setup")
@@ -142,7 +179,8 @@ def events(stdout: str) -> list[dict]:
 
 
 def test_a_release_whose_bad_path_is_behind_its_flag_is_cured_by_the_flag_step(
-        tmp_path: Path, lab: Lab) -> None:
+        tmp_path: Path, flags_lab: Lab) -> None:
+    lab = flags_lab
     fleet, store, migration = prepare(tmp_path, lab, "2.0.0-flagged")
     plan = upgrader("plan", str(fleet))
     assert plan.returncode == 0, plan.stderr
@@ -178,7 +216,8 @@ def test_a_release_whose_bad_path_is_behind_its_flag_is_cured_by_the_flag_step(
 
 
 def test_a_release_bad_without_its_flag_is_rolled_back_all_the_way(tmp_path: Path,
-                                                                    lab: Lab) -> None:
+                                                                    flags_lab: Lab) -> None:
+    lab = flags_lab
     fleet, store, migration = prepare(tmp_path, lab, "2.0.0-bad")
     db = lab.layout.database_file
     # an operator turns on the flag that needs the schema change once it is live (refused

@@ -5,7 +5,10 @@ Inside the roll-back window the command goes straight back: one batch, no pause,
 verification hold, several hosts at once, 0 failed user requests. Once the window has closed
 (a window by time, ``rollback_window = "1s"``, polled through ``upgrader status``), the same
 command is an ordinary rollout of the fleet's strategy, with its verification, and says so.
-Without the command both runs fail (argparse: exit 2)."""
+Without the command both runs fail (argparse: exit 2).
+
+A blue-green fleet goes back by swapping every host to its old slot, which still runs the
+previous release: nothing is installed (the hosts' install records do not change)."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from upgrader.lab import hostctl
 from upgrader.lab.layout import LabLayout
 from upgrader.lab.manager import Lab, free_base_port
 
@@ -155,6 +159,59 @@ def test_rollback_inside_and_outside_the_window(tmp_path):
         assert "pause_started" in kinds
         assert kinds.count("step_started") > HOSTS       # batches of 1, verify holds, pauses
         assert live_releases(lab) == dict.fromkeys(NAMES, "1.0.0")
+        assert traffic_failed(layout) == 0
+    finally:
+        asyncio.run(lab.down())
+
+
+def test_bluegreen_rollback_inside_the_window_swaps_back_without_installing(tmp_path):
+    layout = LabLayout(dir=tmp_path / "lab", hosts=HOSTS, base_port=free_base_port(),
+                       base_release="1.0.0", slots=True)
+    lab = Lab(layout)
+    asyncio.run(lab.up(traffic_rps=40, users=20))
+    try:
+        fleet = fleet_file(tmp_path / "bg.toml", layout, '"1h"')
+        fleet.write_text(fleet.read_text().replace(
+            'kind = "rolling"\nbatch = 1\npause = "1s"', 'kind = "bluegreen"\nbatch = 2')
+            .replace(f"hosts = {HOSTS}\n", f"hosts = {HOSTS}\nslots = true\n"))
+        first = upgrader("run", str(fleet), "--headless", cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        installs = {n: lab.installs(n) for n in NAMES}
+        assert {n: r[-1]["release"] for n, r in installs.items()} == dict.fromkeys(
+            NAMES, "1.1.0")
+
+
+        async def backends() -> dict[str, tuple[str | None, str, float]]:
+            balancer = lab.balancer()
+            try:
+                state = await balancer.state()
+            finally:
+                await balancer.aclose()
+            return {n: (b.pool, b.state, b.weight) for n, b in state.backends.items()}
+
+        # web-04's old slot has stopped since (its process gone): that one slot is
+        # installed and started again; the others are swapped to as they are
+        old_slot = next(n.partition("@")[2] for n, (pool, _, _) in asyncio.run(backends()).items()
+                        if n.startswith("web-04@") and pool == "1.0.0")
+        assert hostctl.stop(layout.host_root("web-04"), old_slot)
+
+        back = upgrader("rollback", str(fleet), "--headless", "--json", cwd=tmp_path)
+        assert back.returncode == 0, back.stderr
+        assert "every host swaps back to its old slot" in back.stderr
+        lines = events(back)
+        assert lines[-1]["outcome"] == "completed"
+        prepared = {e["host"]: e["reused"] for e in lines if e.get("kind") == "host_done"
+                    and e.get("mode") == "prepare"}
+        assert prepared == {**dict.fromkeys(NAMES, True), "web-04": False}, prepared
+        assert {e["host"] for e in lines if e.get("kind") == "host_phase"
+                and e.get("phase") == "installing"} == {"web-04"}
+        now = {n: lab.installs(n) for n in NAMES}
+        assert {n: now[n] for n in NAMES[:3]} == {n: installs[n] for n in NAMES[:3]}
+        assert now["web-04"][-1]["release"] == "1.0.0"
+        assert [e.get("step") for e in lines if e.get("kind") == "step_started"] == \
+            ["prepare_slots", "swap_slots"]                 # no system test, no hold
+        assert {pool for pool, state, weight in asyncio.run(backends()).values()
+                if state == "ready" and weight > 0} == {"1.0.0"}
         assert traffic_failed(layout) == 0
     finally:
         asyncio.run(lab.down())

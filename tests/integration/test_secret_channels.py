@@ -255,3 +255,26 @@ if __name__ == "__main__":        # measure: hits per channel on this checkout
     for where, count in counted.items():
         print(f"{where:<{width}}  {count}")
     print(f"{'total':<{width}}  {sum(counted.values())}")
+
+
+def test_the_library_result_masks_secrets_too(tmp_path):
+    """A program that embeds the engine reads ``RolloutResult.error`` and logs it: the same
+    failure text as the events, so the same masking (it carried web-02's echoed token)."""
+    import asyncio
+
+    from upgrader import Rollout, loads_fleet
+
+    with webhook_server() as (url, _bodies):
+        fleet = loads_fleet(fleet_text(url, DEFAULT_VARS), source=tmp_path / "fleet.toml",
+                            base_dir=tmp_path)
+
+        async def main():
+            async with Rollout(fleet, state_dir=tmp_path / "state") as rollout:
+                return await rollout.run()
+
+        result = asyncio.run(main())
+    assert result.exit_code == 1 and result.error, result
+    assert "auth failed" in result.error or "web-02" in result.error, result.error
+    text = repr(result)
+    for secret in SECRETS:
+        assert secret not in text, (secret, text)

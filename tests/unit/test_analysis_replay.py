@@ -68,7 +68,7 @@ def test_a_stricter_policy_turns_the_recorded_passes_into_a_failure(tmp_path, ca
     out, err = capsys.readouterr()
     assert code == 0, err
     assert out.startswith(f"replay of rollout {rollout} of shop: 1.0.0 -> 1.1.0, completed; ")
-    assert "statistical judge, window 6, 2 failing round(s) in a row fail" in out
+    assert "statistical judge, window 20, 2 failing round(s) in a row fail" in out
     # round 1: decided pass, replayed fail (3 % > max 0.5 %, significant)
     round1 = out.split("round 2 ")[0]
     assert re.search(r"^round 1 at \+\d+\.\ds · decided score 100 \(pass\) · replayed score 0 "

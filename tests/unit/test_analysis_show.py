@@ -74,3 +74,17 @@ def test_show_without_its_arguments_is_a_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as caught:
         cli.main(argv)
     assert caught.value.code == 2
+
+
+def test_a_proportion_named_freely_is_shown_in_percent():
+    """A ``[[verify.metrics]]`` proportion need not be called ``*_rate``: its journaled
+    ``metric_kind`` says it is one (it printed ``value 100 · limit 5``)."""
+    from upgrader.analysis_cli import describe
+
+    line = describe({"metric": "slow_requests", "result": "fail", "value": 100.0,
+                     "threshold": 5.0, "baseline": 0.5, "samples": 40,
+                     "metric_kind": "proportion"})
+    assert "value 100.00%" in line and "limit 5.00%" in line and "old release 0.50%" in line
+    plain = describe({"metric": "queue_depth", "result": "pass", "value": 3.0, "samples": 4,
+                      "metric_kind": "value"})
+    assert "value 3 " in plain + " "

@@ -128,6 +128,39 @@ def test_each_subsystem_names_its_unopenable_sqlite_file(tmp_path):
         journal.close()
 
 
+def test_a_folder_given_as_a_private_file_keeps_its_mode(tmp_path):
+    # `upgrader flags --store /etc` (or `lab up --flag-store /etc`) once made /etc 0600
+    from upgrader.flags.store import open_store
+
+    folder = tmp_path / "etc"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    db.private_file(folder)
+    assert folder.stat().st_mode & 0o777 == 0o755
+    with pytest.raises(StoreError, match=r"etc: cannot open the flag store"):
+        open_store(str(folder))
+    assert folder.stat().st_mode & 0o777 == 0o755
+    # nor a file that is not a SQLite database (`--store /etc/passwd`)
+    other = folder / "passwd"
+    other.write_text("root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
+    other.chmod(0o644)
+    with pytest.raises(StoreError, match=r"passwd: cannot open the flag store"):
+        open_store(str(other))
+    assert other.stat().st_mode & 0o777 == 0o644
+    # a SQLite database or an empty file is made private
+    empty = folder / "empty.sqlite"
+    empty.write_bytes(b"")
+    empty.chmod(0o644)
+    db.private_file(empty)
+    assert empty.stat().st_mode & 0o777 == 0o600
+    with open_store(str(empty)):
+        pass
+    empty.chmod(0o644)
+    with open_store(str(empty)):
+        pass
+    assert empty.stat().st_mode & 0o777 == 0o600
+
+
 def test_connect_sqlite_sets_the_busy_timeout_wal_and_private_mode(tmp_path):
     path = tmp_path / "new" / "store.sqlite"
     conn = db.connect_sqlite(path, wal=True, private=True, busy_timeout=2.5)

@@ -49,7 +49,9 @@ def test_the_parser_plugs_into_a_top_level_cli():
     for command in ("list", "show k", "enable k", "disable k", "rollout k 5", "set k --variant v",
                     "history", "history k", "import f", "export", "export f"):
         args = parser.parse_args(["flags", *command.split()])
-        assert args.env == "production" and args.store is None and callable(args.flags_handler)
+        # --env's default is resolved by main(): the --fleet's environment, else production
+        assert args.env is None and args.store is None and callable(args.flags_handler)
+        assert cli.resolve_store_and_env(args)[1] == "production"
 
 
 def test_list_and_show(store, capsys):
@@ -200,7 +202,8 @@ def test_serve_and_bisect_are_flags_commands():
     add_flags_parser(parser.add_subparsers(dest="command", required=True))
     serve = parser.parse_args(["flags", "serve", "--listen", "127.0.0.1:0"])
     assert serve.flags_handler is cli.serve_command
-    assert (serve.env, serve.listen, serve.token) == (cli.DEFAULT_ENV, "127.0.0.1:0", None)
+    assert (serve.env, serve.listen, serve.token) == (None, "127.0.0.1:0", None)
+    assert cli.resolve_store_and_env(serve)[1] == cli.DEFAULT_ENV          # main() fills it
     bisect = parser.parse_args(["flags", "bisect", "--test", "true", "--flags", "a,b",
                                 "--env", "demo", "--actor", "me"])
     assert bisect.flags_handler is cli.bisect_command
@@ -219,3 +222,36 @@ def test_a_subprocess(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert json.loads(done.stdout) == {"value": True, "variant": "on",
                                        "reason": "TARGETING_MATCH", "rule": "targets"}
+
+
+def test_fleet_names_the_store_environment_and_schema_of_its_rollouts(store, tmp_path, capsys):
+    """``--fleet FILE``: the flags an operator flips are those the fleet's rollouts read, in
+    their environment (not $UPGRADER_FLAG_STORE's production), and a bad fleet file is exit
+    2 naming its file and line, with nothing changed."""
+    fleet_store = tmp_path / "fleet-flags.sqlite"
+    assert run(["import", str(SAMPLE), "--store", str(fleet_store)]) == 0
+    fleet = tmp_path / "feature.toml"
+    fleet.write_text((ROOT / "sample_fleets" / "feature.toml").read_text()
+                     .replace('store = ".upgrader/flags.sqlite"', f'store = "{fleet_store}"')
+                     .replace('environment = "production"\n\n[verify]',
+                              'environment = "demo"\n\n[verify]'))
+    default_before = state(store)
+    capsys.readouterr()
+    assert run(["disable", "new-checkout", "--fleet", str(fleet), "--reason", "r"]) == 0
+    assert capsys.readouterr().out.startswith("new-checkout: off in demo ")
+    assert state(store) == default_before                       # not the default store
+    with open_store(str(fleet_store)) as s:
+        flags = s.load()
+        assert not flags.flags["new-checkout"].env("demo").enabled
+    # the command line still wins over the fleet
+    assert run(["list", "--fleet", str(fleet), "--env", "production"]) == 0
+    assert capsys.readouterr().out.startswith("# 7 flags in production")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(fleet.read_text().replace("[flags]\n", "[flags]\nstroe = 1\n"))
+    fleet_before = state(str(fleet_store))
+    assert run(["enable", "new-checkout", "--fleet", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.toml" in err and "stroe" in err and ":" in err
+    assert state(str(fleet_store)) == fleet_before
+    assert run(["list", "--fleet", str(tmp_path / "none.toml")]) == 2
+    assert "no such fleet file" in capsys.readouterr().err

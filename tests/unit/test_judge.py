@@ -159,3 +159,39 @@ def test_round_score_bands_and_dry_run() -> None:
     assert dry.result == "fail" and not dry.decides
     assert round_score([good, dry]) == (100.0, "pass")
     assert round_score([judge(ERRORS, canary_counts=(0, 10))]) == (None, "inconclusive")
+
+
+def test_samples_needed_against_a_bigger_baseline_are_fewer() -> None:
+    """A baseline k times the canary's size is known k times better: the canary needs fewer
+    samples (the same figure as before for a baseline of the canary's size)."""
+    same = samples_for_proportion(0.001, 0.011, two_sample=True)
+    assert samples_for_proportion(0.001, 0.011, two_sample=True, baseline_ratio=1) == same
+    seven = samples_for_proportion(0.001, 0.011, two_sample=True, baseline_ratio=7)
+    assert same is not None and seven is not None and seven < same / 2
+    # the floor: a very big baseline leaves the one-sample figure against its rate
+    huge = samples_for_proportion(0.001, 0.011, two_sample=True, baseline_ratio=1e6)
+    one = samples_for_proportion(0.001, 0.011, two_sample=False)
+    assert huge is not None and one is not None and abs(huge - one) <= 0.05 * one
+
+
+def test_a_one_host_canary_of_a_good_release_passes_against_seven_baseline_hosts() -> None:
+    """The demo's load: a canary of 1 host of 8 at 200 requests/s sees 25 a second; 300 of
+    them without an error, beside 2,100 of the baseline, are enough (737 were asked before,
+    as if the baseline were no bigger than the canary: 30 s of a 1-host canary)."""
+    metric = MetricSpec("error_rate", "balancer", "error_rate", kind="proportion", max=2.0,
+                        max_increase=100.0)
+    verdict = judge(metric, canary_counts=(0, 300), baseline_counts=(0, 2100))
+    assert verdict.result == "pass", verdict.reason
+    assert verdict.needed is not None and verdict.needed <= 300
+    assert judge(metric, canary_counts=(0, 300), baseline_counts=(0, 300)).result == \
+        "inconclusive"
+
+
+def test_the_default_window_pools_a_hold_and_its_extension() -> None:
+    """20 rounds: the demo's hold (6 s) and its extension (12 s) at 1 s rounds, and the
+    default hold (60 s) and its extension at 10 s rounds, are pooled whole."""
+    from upgrader.model import VerifySpec
+
+    spec = VerifySpec()
+    assert spec.window >= 3 * spec.for_ / spec.interval
+    assert spec.window >= 3 * 6 / 1

@@ -296,3 +296,33 @@ def test_balancer_counters_share_one_reading_between_concurrent_metrics():
     assert got_latency.canary_counts == (0, 100)
     assert len(got_latency.canary) > 0
     assert balancer.reads == 2                                  # one reading per window
+def test_balancer_metrics_of_one_window_share_one_reading_when_collected_together():
+    """The judge gathers its metrics concurrently; a balancer answering over the network
+    yields while it reads: both metrics must still see the window's requests (the second one
+    saw none when each made its own reading)."""
+    from upgrader.providers.base import BalancerCounters
+    from upgrader.providers.noop import NoopBalancer
+
+    class NetworkBalancer(NoopBalancer):
+        async def stats(self):
+            await asyncio.sleep(0.01)          # an HTTP round trip
+            return await super().stats()
+
+    async def main():
+        balancer = NetworkBalancer()
+        await balancer.set_backend("app-1", address="127.0.0.1", port=1, pool="v1")
+        await balancer.set_backend("app-3", address="127.0.0.1", port=3, pool="v2")
+        source = BalancerCounters(balancer)
+        errors = MetricSpec("error_rate", "balancer", "error_rate", kind="proportion", max=1)
+        latency = MetricSpec("p95_latency", "balancer", "p95_latency", kind="value")
+        window = MetricWindow(0.0, 1.0, ("app-3",), ("app-1",), "v2", "v1")
+        await asyncio.gather(source.collect(errors, window), source.collect(latency, window))
+        balancer.record("app-3", errors=2, latencies=[0.3] * 20)
+        balancer.record("app-1", latencies=[0.003] * 50)
+        window = MetricWindow(1.0, 2.0, ("app-3",), ("app-1",), "v2", "v1")
+        return await asyncio.gather(source.collect(errors, window),
+                                    source.collect(latency, window))
+
+    got_errors, got_latency = asyncio.run(main())
+    assert got_errors.canary_counts == (2, 20) and got_errors.baseline_counts == (0, 50)
+    assert len(got_latency.canary) == 20 and len(got_latency.baseline) == 50

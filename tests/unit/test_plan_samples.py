@@ -68,16 +68,20 @@ def _plan(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 def test_the_needed_samples_are_the_judges_own(tmp_path):
     """The plan's figure is what the judge asks of a canary before it passes (a baseline
-    without events: the floor rate)."""
+    without events: the floor rate) beside a baseline as big as itself; beside a bigger one
+    (seven hosts to one) the judge knows the baseline better and asks fewer."""
     fleet = loads_fleet(FLEET.format(verify="", metrics=METRICS))
     error_rate, p95 = fleet.verify.metrics
     assert samples_needed(error_rate) == 737 and samples_needed(p95) == 150
-    assert judge(error_rate, canary_counts=(0, 100), baseline_counts=(0, 5000)).needed == 737
+    assert judge(error_rate, canary_counts=(0, 100), baseline_counts=(0, 100)).needed == 737
+    bigger = judge(error_rate, canary_counts=(0, 100), baseline_counts=(0, 700)).needed
+    assert bigger is not None and 100 < bigger < 737
     assert judge(p95, canary=[0.1] * 10, baseline=[0.1] * 10).needed == 150
 
 
 def test_with_the_traffic_rate_each_hold_says_what_it_sees(tmp_path, capsys):
-    out = _plan(capsys, str(_file(tmp_path)), "--traffic", "20")
+    # a pool of 6 rounds (1m): the extension adds no samples
+    out = _plan(capsys, str(_file(tmp_path, verify="window = 6")), "--traffic", "20")
     assert "sample sizes (statistical judge: a metric passes once its canary has them):" in out
     assert "  error_rate: 737 canary requests to detect max 1% or +100% over the baseline" in out
     assert "  p95_latency: 150 canary requests to detect max 0.3" in out
@@ -90,13 +94,15 @@ def test_with_the_traffic_rate_each_hold_says_what_it_sees(tmp_path, capsys):
     assert "about 1200: enough for error_rate; enough for p95_latency" in wave2
     assert "the judge pools the last 1m of samples" in out
     # more traffic is enough for the canary too
-    out = _plan(capsys, str(_file(tmp_path)), "--traffic", "60")
+    out = _plan(capsys, str(_file(tmp_path, verify="window = 6")), "--traffic", "60")
     wave1 = next(line for line in out.splitlines() if line.startswith("  wave 1 verify"))
     assert "about 900: enough for error_rate" in wave1
 
 
-def test_a_longer_pool_lets_the_extended_hold_count(tmp_path, capsys):
-    out = _plan(capsys, str(_file(tmp_path, verify="window = 30")), "--traffic", "20")
+@pytest.mark.parametrize("verify", ["window = 30", ""], ids=["window-30", "default-window"])
+def test_a_longer_pool_lets_the_extended_hold_count(tmp_path, capsys, verify):
+    """The default pool (20 rounds) covers a hold and its extension."""
+    out = _plan(capsys, str(_file(tmp_path, verify=verify)), "--traffic", "20")
     wave1 = next(line for line in out.splitlines() if line.startswith("  wave 1 verify"))
     assert "about 300 (900 extended): error_rate needs the extension" in wave1
     assert "pools the last" not in out
@@ -105,9 +111,9 @@ def test_a_longer_pool_lets_the_extended_hold_count(tmp_path, capsys):
 def test_without_the_traffic_rate_it_says_the_rate_needed(tmp_path, capsys):
     out = _plan(capsys, str(_file(tmp_path)))
     wave1 = next(line for line in out.splitlines() if line.startswith("  wave 1 verify"))
-    # 737 requests at 25 % in 60 s: 49.1 requests/s
-    assert re.search(r"needs 49\.1 requests/s across the fleet; --traffic RPS says what yours "
-                     r"gives$", wave1), wave1
+    # 737 requests at 25 % in 60 s: 49.1 requests/s; in the 180 s the pool covers: 16.4
+    assert re.search(r"needs 49\.1 requests/s across the fleet \(16\.4 with the extension\); "
+                     r"--traffic RPS says what yours gives$", wave1), wave1
 
 
 def test_json_has_the_figures(tmp_path, capsys):

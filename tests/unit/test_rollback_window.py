@@ -371,3 +371,31 @@ def test_rollback_finishes_a_roll_back_it_started_and_did_not_finish(tmp_path, m
     assert cli.main(["rollback", str(fleet), "--headless"]) == 0
     assert seen == [("1.1.0", "1.0.0", True)]
     assert f"finishing the unfinished roll-back {back}" in capsys.readouterr().err
+def test_a_blue_green_fleet_goes_straight_back_by_swapping_to_its_old_slots() -> None:
+    """Inside the window a blue-green fleet's plan reuses the idle slots that still run the
+    previous release and swaps every host at once: no system test, no hold, no pause, and
+    the roll-back estimate is the swap alone (a rolling fleet's is its host procedures)."""
+    from upgrader.config import load_fleet
+    from upgrader.plan import PrepareSlots, SwapSlots
+    from upgrader.rollback_cli import fast_fleet, rollback_cost
+    from upgrader.rollback_window import WindowState
+    from upgrader.rollout import compile_plan
+
+    root = Path(__file__).resolve().parents[2] / "sample_fleets"
+    window = WindowState("1.1.0", "1.0.0", ("1.0.0",), None)
+    fleet = load_fleet(root / "bluegreen.toml")
+    hosts = tuple(h.name for h in fleet.main_hosts)
+    plan = compile_plan(fast_fleet(fleet, compile_plan(fleet)))
+    assert [type(s) for s in plan.steps] == [PrepareSlots, SwapSlots]
+    prepare, swap = plan.steps
+    assert isinstance(prepare, PrepareSlots) and prepare.reuse
+    assert sorted(prepare.hosts) == sorted(hosts) and sorted(swap.hosts) == sorted(hosts)
+    assert plan.rollback_mode == "swap"
+    cost = rollback_cost(fleet, window)
+    assert cost is not None and cost["in_window"] and cost["estimate_s"] <= 1.0
+    rolling = rollback_cost(load_fleet(root / "rolling.toml"), window)
+    assert rolling is not None and rolling["estimate_s"] > cost["estimate_s"]
+    # a forward blue-green plan is untouched: it installs, tests and verifies
+    forward = compile_plan(fleet)
+    assert not any(isinstance(s, PrepareSlots) and s.reuse for s in forward.steps)
+    assert any(s.kind == "gate" for s in forward.steps)

@@ -21,7 +21,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock, SystemClock
@@ -55,7 +55,7 @@ from ..providers.base import (
     SnapshotProvider,
     Transport,
 )
-from ..redact import redact_data
+from ..redact import redact_data, redact_text
 from .bus import EventBus
 from .describe import describe_error, describe_step
 from .failure import FailurePolicy
@@ -388,8 +388,12 @@ class Engine:
                                        ROLLBACK_INCOMPLETE if unfinished else outcome.value,
                                        self.clock.wall())
         await self.bus.close()
-        return RolloutResult(self.rollout_id, outcome, hosts, duration, error,
-                             tuple(self.last_verdicts.values()), rollback_incomplete=unfinished)
+        # a program that embeds the engine logs the result: masked like the events
+        return RolloutResult(self.rollout_id, outcome, hosts, duration,
+                             None if error is None else redact_text(error),
+                             tuple(replace(v, detail=redact_text(v.detail))
+                                   for v in self.last_verdicts.values()),
+                             rollback_incomplete=unfinished)
 
     def _rolling_back(self) -> bool:
         """The rollout got as far as rolling back (now, or before the crash it resumes)."""
@@ -509,8 +513,12 @@ class Engine:
                                   upgrade)
         elif isinstance(step, PrepareSlots):
             await set_state(RolloutState.RUNNING)
-            await self._host_step(index, step.hosts, step.max_parallel, 0.0,
-                                  procedure.prepare_slot)
+            reuse = step.reuse
+
+            async def prepare(name: str) -> None:
+                await procedure.prepare_slot(name, reuse=reuse)
+
+            await self._host_step(index, step.hosts, step.max_parallel, 0.0, prepare)
         elif isinstance(step, SwapSlots):
             await self._host_step(index, step.hosts, None, 0.0, procedure.swap_slot)
             await traffic.emit_traffic()

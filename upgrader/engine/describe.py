@@ -36,7 +36,8 @@ def describe_step(step: Step) -> str:
         drain = "" if step.drain else " (no drain)"
         return f"upgrade {len(step.hosts)} host(s){par}{extra}{drain}"
     if isinstance(step, PrepareSlots):
-        return f"prepare idle slot on {len(step.hosts)} host(s)"
+        reuse = " (reused where it runs the release already)" if step.reuse else ""
+        return f"prepare idle slot on {len(step.hosts)} host(s){reuse}"
     if isinstance(step, SwapSlots):
         return f"swap slots on {len(step.hosts)} host(s)"
     if isinstance(step, SetTraffic):

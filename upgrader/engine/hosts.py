@@ -185,21 +185,40 @@ class HostProcedure:
         await self.bus.emit("slots", live=dict(progress.live_slot),
                             original=dict(progress.original_slot))
 
-    async def prepare_slot(self, name: str) -> None:
+    async def prepare_slot(self, name: str, *, reuse: bool = False) -> None:
         """Install the target release in ``name``'s idle slot and register it with the
-        balancer in maintenance: no user reaches it until the swap."""
+        balancer in maintenance: no user reaches it until the swap. ``reuse``: an idle slot
+        that runs the target release already (its ``current`` says so and it answers its
+        health check) is left as it is: nothing stopped, nothing installed."""
         host = self.progress.hosts_by_name[name]
         slot = self.progress.idle_slot(host)
         release = self.fleet.releases.target
         # resumed half-way (or found so by reconcile): never install the idle slot twice
         in_doubt = self.progress.take_in_doubt(name, release)
-        await self._install_and_start(host, release, slot, "upgrade", in_doubt,
-                                      where=f" in {slot}")
-        await self.traffic.enable(host, slot, release, state="maint")
+        reused = reuse and await self._runs_already(host, release, slot)
+        if reused:
+            await self.bus.emit("log", level="info",
+                                message=f"{name}: {release} runs in {slot} already: reused")
+            if await self.traffic.backend(backend_name(name, slot)) is None:
+                await self.traffic.enable(host, slot, release, state="maint")
+        else:
+            await self._install_and_start(host, release, slot, "upgrade", in_doubt,
+                                          where=f" in {slot}")
+            await self.traffic.enable(host, slot, release, state="maint")
         status = self.progress.hosts[name]
         status.phase = HostPhase.IN_SERVICE
         await self.bus.emit("host_done", host=name, release=status.release,
-                            slot=self.progress.live_slot[name], mode="prepare", prepared=slot)
+                            slot=self.progress.live_slot[name], mode="prepare", prepared=slot,
+                            reused=reused)
+
+    async def _runs_already(self, host: Host, release: str, slot: str) -> bool:
+        """``slot`` of ``host`` has ``release`` installed and answers its health check now."""
+        if await self.installed_release(host, slot) != release:
+            return False
+        result = await self.health.check(host, port=port_of(host, slot))
+        if result.ok:
+            self.progress.checked(backend_name(host.name, slot), True)
+        return result.ok
 
     async def reinstall_idle_slot(self, host: Host, release: str, slot: str) -> None:
         """stop -> install -> start in a slot that serves nobody (no phases: nothing of the

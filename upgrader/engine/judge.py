@@ -136,16 +136,20 @@ def binomial_tail(k: int, n: int, p: float) -> float:
 
 
 def samples_for_proportion(p0: float, p1: float, *, two_sample: bool,
-                           alpha: float = ALPHA, power: float = POWER) -> int | None:
+                           alpha: float = ALPHA, power: float = POWER,
+                           baseline_ratio: float = 1.0) -> int | None:
     """Canary samples needed to tell a rate ``p1`` from ``p0`` (fractions) at ``alpha`` with
-    ``power`` (per side for two samples); None when ``p1 <= p0``."""
+    ``power``; None when ``p1 <= p0``. Two samples: the baseline has ``baseline_ratio``
+    samples for each of the canary's (1: the same size; a baseline of seven hosts beside a
+    canary of one knows its rate seven times better, and the canary needs fewer)."""
     if p1 <= p0:
         return None
     za, zb = normal_isf(alpha), normal_isf(1 - power)
     if two_sample:
-        mean = (p0 + p1) / 2
-        n = (za * math.sqrt(2 * mean * (1 - mean)) + zb * math.sqrt(p0 * (1 - p0) +
-                                                                    p1 * (1 - p1))) ** 2
+        k = max(baseline_ratio, 1e-3)
+        mean = (p1 + k * p0) / (1 + k)
+        n = (za * math.sqrt(mean * (1 - mean) * (1 + 1 / k)) +
+             zb * math.sqrt(p1 * (1 - p1) + p0 * (1 - p0) / k)) ** 2
     else:
         n = (za * math.sqrt(p0 * (1 - p0)) + zb * math.sqrt(p1 * (1 - p1))) ** 2
     return math.ceil(n / (p1 - p0) ** 2)
@@ -239,12 +243,14 @@ def _limit(metric: MetricSpec) -> float | None:
 
 
 def samples_needed(metric: MetricSpec, baseline_rate: float | None = None, *,
-                   baseline: bool = True) -> int | None:
+                   baseline: bool = True, baseline_ratio: float = 1.0) -> int | None:
     """The canary samples ``metric`` needs before it may pass: enough to detect its
     configured limits (``max``, and ``max_increase`` when there is a ``baseline``) with 80 %
     power at 5 %; the largest of them, None without limits. ``baseline_rate`` (a fraction, a
     proportion's) is the baseline's rate when known (else ``FLOOR_RATE``). The judge uses
-    it each round; ``upgrader plan`` before the rollout (no baseline rate yet)."""
+    it each round; ``upgrader plan`` before the rollout (no baseline rate yet).
+    ``baseline_ratio``: the baseline's samples for each of the canary's (a baseline of seven
+    hosts beside a canary of one: about 7; it knows its rate better, the canary needs fewer)."""
     needed: list[int] = []
     if metric.kind == "proportion":
         base = max(baseline_rate or 0.0, FLOOR_RATE)
@@ -258,7 +264,8 @@ def samples_needed(metric: MetricSpec, baseline_rate: float | None = None, *,
             ratio = 1 + metric.max_increase / 100
             size = samples_for_proportion(base, min(0.999, max(base * ratio,
                                                                base + MIN_DETECTABLE)),
-                                          two_sample=True, alpha=DESIGN_ALPHA)
+                                          two_sample=True, alpha=DESIGN_ALPHA,
+                                          baseline_ratio=baseline_ratio)
             if size is not None:
                 needed.append(size)
     else:
@@ -304,7 +311,8 @@ def _judge_proportion(metric: MetricSpec, canary: Sequence[float], baseline: Seq
         if rate0 is not None and rate1 > ratio * max(rate0, 1 / (n0 + 2)):
             over.append(f"{100 * rate1:.3g}% > baseline {100 * rate0:.3g}% + "
                         f"{metric.max_increase:g}%")
-    needed = samples_needed(metric, rate0, baseline=bool(n0))
+    needed = samples_needed(metric, rate0, baseline=bool(n0),
+                            baseline_ratio=n0 / n1 if n1 else 1.0)
     effect = {"difference_pct": round(100 * (rate1 - rate0), 4) if rate0 is not None else None,
               "relative_pct": round(100 * (rate1 - rate0) / rate0, 2) if rate0 else None}
     return _decide(metric, 100 * rate1, 100 * rate0 if rate0 is not None else None, n1, n0,

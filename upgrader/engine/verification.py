@@ -288,6 +288,7 @@ class Verification:
         while (self.inconclusive() or self.failing() or not self.judgements) and \
                 self.clock.monotonic() < limit:
             if await machine.wait(spec.interval / 2, skippable=True):
+                machine.raise_if_interrupted()     # a failure ends the wait too: not a skip
                 return
             machine.raise_if_interrupted()
         failing = self.failing()
@@ -494,7 +495,8 @@ class Verification:
                 if j.decides and j.result == "fail"]
 
     def inconclusive(self) -> list[str]:
-        """The deciding metrics whose last judgement is not a pass (statistical judge)."""
+        """The deciding metrics without a conclusion (statistical judge); a failing one is
+        :meth:`failing`'s, and keeps the hold too (a hold never ends on a failing verdict)."""
         return [name for name, j in self.judgements.items()
                 if j.decides and j.result in ("inconclusive", "no_data")]
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, PolicyRefused, UpgraderError
 from ..units import plural
 from .describe import targeting
-from .model import DEFAULT_ENV
+from .model import DEFAULT_ENV, DEFAULT_LISTEN
 
 if TYPE_CHECKING:
     from .bisect import Result, Step, TestCommand
@@ -51,11 +51,17 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, changes: bool = Tru
                          schema: bool = False) -> None:
     """``--env`` and ``--store`` (and ``--actor``, ``--reason`` for commands that change;
     ``--schema-db`` for those that can turn a flag on)."""
-    parser.add_argument("--env", default=DEFAULT_ENV, metavar="ENV",
-                        help=f"environment (default {DEFAULT_ENV})")
+    parser.add_argument("--env", default=None, metavar="ENV",
+                        help="environment (default: the --fleet's [flags] environment, else "
+                             f"{DEFAULT_ENV})")
     parser.add_argument("--store", metavar="SPEC",
-                        help="SQLite file or postgresql:// URL (default $UPGRADER_FLAG_STORE "
-                             "or .upgrader/flags.sqlite)")
+                        help="SQLite file or postgresql:// URL (default: the --fleet's [flags] "
+                             "store, else $UPGRADER_FLAG_STORE or .upgrader/flags.sqlite)")
+    parser.add_argument("--fleet", metavar="FILE", dest="fleet_file",
+                        help="a fleet file: its [flags] store and environment"
+                             + (" and its [schema] database" if schema else "")
+                             + " are the defaults of --store, --env"
+                             + (" and --schema-db" if schema else ""))
     if changes:
         parser.add_argument("--actor", help="who makes the change (default $USER@hostname)")
         parser.add_argument("--reason", default="", help="why (kept in the audit trail)")
@@ -137,6 +143,7 @@ def main(args: argparse.Namespace) -> int:
     """Run a parsed ``upgrader flags ...`` command; the exit code."""
     handler: Handler = args.flags_handler
     try:
+        _fleet_defaults(args)
         return handler(args)
     except ConfigError as exc:
         print(f"upgrader: error: {exc}", file=sys.stderr)
@@ -147,6 +154,29 @@ def main(args: argparse.Namespace) -> int:
     except UpgraderError as exc:          # StoreError and the rest
         print(f"upgrader: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _fleet_defaults(args: argparse.Namespace) -> None:
+    """Fill ``--store``, ``--env`` and ``--schema-db`` the command line left out from the
+    ``--fleet`` file (its ``[flags]`` and ``[schema]`` tables), then ``--env``'s default: the
+    flags an operator flips are then those the fleet's rollouts read, in their environment,
+    guarded by their schema. ConfigError (file, key, line) for a bad fleet file."""
+    path = getattr(args, "fleet_file", None)
+    if path:
+        from ..config import load_fleet
+
+        if not Path(path).exists():
+            raise ConfigError("no such fleet file", file=path)
+        fleet = load_fleet(path)
+        if getattr(args, "store", None) is None and fleet.flags is not None:
+            args.store = fleet.flags.store
+        if getattr(args, "env", None) is None:
+            args.env = fleet.flags.environment if fleet.flags is not None else fleet.environment
+        if (hasattr(args, "schema_db") and args.schema_db is None
+                and fleet.schema is not None):
+            args.schema_db = fleet.schema.database
+    if hasattr(args, "env") and args.env is None:
+        args.env = DEFAULT_ENV
 
 
 def run(argv: Sequence[str]) -> int:
@@ -166,8 +196,6 @@ def run(argv: Sequence[str]) -> int:
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``upgrader flags serve``: the OFREP server (:mod:`upgrader.flags.ofrep`)."""
-    from .ofrep import DEFAULT_LISTEN
-
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve", help="serve the flags over OFREP (OpenFeature Remote Evaluation Protocol)",
         description="Serve one environment's flags over OFREP: POST /ofrep/v1/evaluate/flags"

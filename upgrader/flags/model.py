@@ -25,6 +25,9 @@ DEFAULT_STICKINESS = "targetingKey"
 DEFAULT_ENVIRONMENTS = ("production",)
 #: the environment a flags command (and the OFREP server) works on unless told otherwise
 DEFAULT_ENV = DEFAULT_ENVIRONMENTS[0]
+#: where ``upgrader flags serve`` (OFREP) listens by default (here, not in ofrep.py: the
+#: command line shows it without importing the server and aiohttp)
+DEFAULT_LISTEN = "127.0.0.1:8500"
 
 
 class FlagKind(enum.StrEnum):

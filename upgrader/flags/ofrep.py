@@ -31,11 +31,11 @@ from ..tokens import (
     token_matches,
     write_generated_token,
 )
+from .model import DEFAULT_LISTEN
 from .watch import POLL_INTERVAL_S, FlagWatcher
 
 log = logging.getLogger("upgrader.flags.ofrep")
 
-DEFAULT_LISTEN = "127.0.0.1:8500"
 PREFIX = "/ofrep/v1"
 #: OpenFeature's resolution reasons; anything else is sent as UNKNOWN
 REASONS = frozenset({"STATIC", "DEFAULT", "TARGETING_MATCH", "SPLIT", "CACHED", "DISABLED",

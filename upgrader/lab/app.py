@@ -17,12 +17,11 @@ import argparse
 import json
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from .layout import LAB_DATABASE
 
 if TYPE_CHECKING:
     import sqlite3
@@ -39,10 +38,14 @@ VARIANT_SUFFIXES: tuple[tuple[str, str], ...] = (
     ("-flagged", "flagged"),
 )
 VARIANTS = ("good", "errors", "unhealthy", "crash", "slow", "flagged")
+#: ``-errN`` (N a whole percent, 0-100): variant ``errN``, 500 on N % of non-health requests,
+#: each request drawn at random from a generator seeded with the release, host and slot (the
+#: same release name fails the same requests: benchmarks name a release per seeded run)
+ERROR_RATE_SUFFIX = re.compile(r"-err(\d{1,3})$")
 #: a "-flagged" release fails like "-errors", but only while its flag is on: the flag
-#: ``new-path`` in environment ``lab`` of the lab's flag store ``<lab dir>/flags.sqlite``
-#: (read as any service reads flags: a FlagWatcher polls the store's version)
-LAB_FLAG_STORE = "flags.sqlite"
+#: ``new-path`` in environment ``lab`` of the lab's flag store (``lab up --flag-store SPEC``,
+#: recorded in ``<lab dir>/flags.store``; default the SQLite file ``<lab dir>/flags.sqlite``),
+#: read as any service reads flags: a FlagWatcher polls the store's version
 LAB_FLAG = "new-path"
 LAB_FLAG_ENVIRONMENT = "lab"
 DEFAULT_CRASH_AFTER = 3.0
@@ -61,6 +64,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 def lab_database(root: Path) -> Path:
     """``<lab dir>/app.sqlite`` for a host root ``<lab dir>/hosts/<name>``."""
+    # imported here: hostctl imports this module and runs three times per host procedure;
+    # layout.py imports upgrader.model, which hostctl never needs
+    from .layout import LAB_DATABASE
+
     return root.parent.parent / LAB_DATABASE
 
 
@@ -104,11 +111,22 @@ class VisitWriter:
 
 
 def variant_of(release: str) -> str:
-    """The behaviour a release name asks for: good, errors, unhealthy, crash or slow."""
+    """The behaviour a release name asks for: good, errors, unhealthy, crash, slow, flagged
+    or ``errN`` (N % errors)."""
+    match = ERROR_RATE_SUFFIX.search(release)
+    if match and int(match.group(1)) <= 100:
+        return f"err{int(match.group(1))}"
     for suffix, variant in VARIANT_SUFFIXES:
         if release.endswith(suffix):
             return variant
     return "good"
+
+
+def error_rate_of(variant: str) -> float:
+    """The share of requests an ``errN`` variant fails (0 for any other variant)."""
+    if variant.startswith("err") and variant[3:].isdigit():
+        return min(100, int(variant[3:])) / 100
+    return 0.0
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -173,13 +191,28 @@ class AppMetrics:
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def lab_flag_store(root: Path) -> Path:
-    """``<lab dir>/flags.sqlite`` for a host root ``<lab dir>/hosts/<name>``."""
-    return root.parent.parent / LAB_FLAG_STORE
+def lab_flag_store(root: Path) -> str | None:
+    """The flag store spec of the lab of host root ``<lab dir>/hosts/<name>``: what
+    ``<lab dir>/flags.store`` says (``lab up --flag-store``), else ``<lab dir>/flags.sqlite``.
+    None when that spec is a SQLite file that does not exist (yet): no flags to read."""
+    from .layout import LAB_FLAG_STORE, LAB_FLAG_STORE_SPEC    # as lab_database: see there
+
+    lab_dir = root.parent.parent
+    try:
+        spec = (lab_dir / LAB_FLAG_STORE_SPEC).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        spec = ""
+    if not spec:
+        spec = str(lab_dir / LAB_FLAG_STORE)
+    if spec.startswith(("postgresql://", "postgres://")):
+        return spec
+    path = spec[len("sqlite:///"):] if spec.startswith("sqlite:///") else spec
+    return spec if Path(path).exists() else None
 
 
 def make_app(*, host: str, slot: str, version: str, variant: str,
-             database: Path | None = None, flag_store: Path | None = None) -> web.Application:
+             database: Path | None = None,
+             flag_store: str | Path | None = None) -> web.Application:
     # imported here, not at module level: hostctl imports this module and must start fast
     import asyncio
 
@@ -205,6 +238,8 @@ def make_app(*, host: str, slot: str, version: str, variant: str,
         latency = (slow, slow)
     else:
         latency = (0.002, 0.005)
+    error_rate = error_rate_of(variant)
+    draws = random.Random(f"{version}/{host}/{slot}")
 
     async def healthz(request: web.Request) -> web.Response:
         if variant == "unhealthy":
@@ -229,6 +264,9 @@ def make_app(*, host: str, slot: str, version: str, variant: str,
         counter += 1
         await asyncio.sleep(random.uniform(*latency))
         if (variant == "errors" or (variant == "flagged" and flag_on(str(n)))) and n % 10 < 3:
+            return web.json_response({"error": "simulated failure", "host": host,
+                                      "version": version}, status=500, headers=headers)
+        if error_rate and draws.random() < error_rate:
             return web.json_response({"error": "simulated failure", "host": host,
                                       "version": version}, status=500, headers=headers)
         if writer is not None and n % WRITE_EVERY == 0:
@@ -266,10 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     from aiohttp import web
 
     database = lab_database(args.root.resolve())
-    flags = lab_flag_store(args.root.resolve())
     app = make_app(host=args.host, slot=slot, version=version, variant=variant,
                    database=database if database.exists() else None,
-                   flag_store=flags if flags.exists() else None)
+                   flag_store=lab_flag_store(args.root.resolve()))
 
     if variant == "crash":
         crash_after = _env_seconds("UPGRADER_LAB_CRASH_AFTER", DEFAULT_CRASH_AFTER)

@@ -71,8 +71,12 @@ def main(args: argparse.Namespace) -> int:
             from ..schema import load_migration
 
             migration = load_migration(args.database)   # bad input: exit 2, nothing started
+        flag_store = getattr(args, "flag_store", None)
         state = asyncio.run(lab.up(traffic_rps=args.rps, database=migration,
-                                   prometheus=getattr(args, "prometheus", False)))
+                                   prometheus=getattr(args, "prometheus", False),
+                                   flag_store=flag_store))
+        flags_line = (f"  flags:    {state['flag_store']}  (flag new-path, environment lab: "
+                      "the -flagged releases read it)" if flag_store is not None else None)
         if isinstance(layout, SshLabLayout):
             hosts = [h for h in layout.host_objects() if h.cluster == "main"]
             print(f"SSH lab up in {layout.dir}: {plural(layout.hosts, 'host')} on "
@@ -86,6 +90,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"  users:    {layout.balancer_url}  (HAProxy; {args.rps} requests/s of lab "
                   "traffic)")
             print(f"  admin:    {layout.haproxy_site().socket_path}  (HAProxy Runtime API)")
+            if flags_line:
+                print(flags_line)
             _print_next(layout, database=False)
             return 0
         print(f"lab up in {layout.dir}: {plural(layout.hosts, 'host')} on {layout.base_release}"
@@ -95,6 +101,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"  admin:    {layout.admin_url}  (token in {layout.token_file})")
         if migration is not None:
             print(f"  database: {layout.database_file}  (release {migration.release}'s views)")
+        if flags_line:
+            print(flags_line)
         if state.get("urls", {}).get("prometheus"):
             print(f"  metrics:  {state['urls']['prometheus']}  (Prometheus, scraping each second)")
         _print_next(layout, database=migration is not None,
@@ -143,6 +151,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"  {host['name']:<8} {host['cluster']:<5} "
               f"{'running' if host['running'] else 'stopped':<8} {host['version'] or '-':<14} "
               f"installs {host['installs']}{ssh}")
+    if status.get("flag_store"):
+        print(f"  flags:   {status['flag_store']}")
     stats = status["traffic"]["stats"]
     if stats:
         print(f"  traffic: {stats.get('requests', 0)} requests, {stats.get('failed', 0)} failed, "

@@ -23,6 +23,11 @@ DEFAULT_BASE_PORT = 18000
 DEFAULT_LAB_DIR = ".upgrader/lab"
 #: the lab's database (upgrader.lab.app writes to it when it exists)
 LAB_DATABASE = "app.sqlite"
+#: the lab's default flag store (a SQLite file in the lab dir)
+LAB_FLAG_STORE = "flags.sqlite"
+#: the flag store spec ``lab up --flag-store`` chose (mode 0600: a URL may hold a password);
+#: the apps read it at start
+LAB_FLAG_STORE_SPEC = "flags.store"
 
 
 def default_lab_dir() -> Path:
@@ -58,6 +63,18 @@ class LabLayout:
     def database_file(self) -> Path:
         """The lab's SQLite database: the apps record visits in it when it exists."""
         return self.dir / LAB_DATABASE
+
+    @property
+    def flag_store_file(self) -> Path:
+        """``flags.store``: the spec of the flag store the lab's apps read (written by
+        ``lab up``; without it, the default SQLite file)."""
+        return self.dir / LAB_FLAG_STORE_SPEC
+
+    @property
+    def default_flag_store(self) -> Path:
+        """``<lab dir>/flags.sqlite``: the flag store unless ``lab up --flag-store`` names
+        another."""
+        return self.dir / LAB_FLAG_STORE
 
     @property
     def token_file(self) -> Path:

@@ -181,7 +181,8 @@ class Lab:
     # up
 
     async def up(self, traffic_rps: int = 200, users: int = 500,
-                 database: Any = None, prometheus: bool = False) -> LabState:
+                 database: Any = None, prometheus: bool = False,
+                 flag_store: str | os.PathLike[str] | None = None) -> LabState:
         """Start the lab; return what lab.json now holds. Raises LabError if a lab runs in
         this dir, a port is taken, or a part fails to start (what started is stopped).
 
@@ -191,6 +192,12 @@ class Lab:
 
         ``prometheus``: also start a Prometheus server scraping the apps and the balancer
         each second (:mod:`upgrader.lab.prometheus`); its URL is ``state["urls"]["prometheus"]``.
+
+        ``flag_store``: the flag store the apps read (``-flagged`` releases: flag ``new-path``
+        in environment ``lab``): a SQLite file or a ``postgresql://`` URL, checked (opened)
+        before anything starts (ConfigError naming ``--flag-store`` if it cannot be used) and
+        recorded in ``flags.store`` (mode 0600), which every app reads at start: the hosts
+        `lab reset` or a rollout restarts read the same store. None: ``<lab dir>/flags.sqlite``.
 
         The skeleton is the same for every kind of lab; a subclass (the SSH lab) fills in
         the steps: :meth:`_preflight` (what this kind of lab needs before anything is touched),
@@ -207,8 +214,12 @@ class Lab:
                            "stop it first (`upgrader lab down`)")
         if prometheus:
             self._check_prometheus()
+        store = (await asyncio.to_thread(check_flag_store, flag_store) if flag_store is not None
+                 else str(self.layout.default_flag_store))
         facts = await self._preflight()
         await asyncio.to_thread(self._prepare_dirs)
+        await asyncio.to_thread(hostctl.write_atomic, self.layout.flag_store_file, store + "\n",
+                                0o600)
         await asyncio.to_thread(self._prepare_database, database)
         await self._clear_leftovers()
         busy = await asyncio.to_thread(self._busy_ports)
@@ -218,6 +229,7 @@ class Lab:
                 f"{' …' if len(busy) > 10 else ''}; pick another base port")
 
         state = self._initial_state(traffic_rps, users, facts)
+        state["flag_store"] = flag_store_text(store)
         await asyncio.to_thread(self._write_state, state)
         try:
             for step in self._start_steps(state):
@@ -666,7 +678,16 @@ class Lab:
             "traffic": {"pid": traffic_pid,
                         "running": hostctl.pid_matches(traffic_pid, TRAFFIC_MODULE),
                         "stats": self.traffic_stats()},
+            "flag_store": self.flag_store_text(),
         }
+
+    def flag_store_text(self) -> str:
+        """The flag store the lab's apps read, fit to show (a URL's password masked)."""
+        try:
+            spec = self.layout.flag_store_file.read_text(encoding="utf-8").strip()
+        except OSError:
+            spec = ""
+        return flag_store_text(spec or str(self.layout.default_flag_store))
 
     # ----------------------------------------------------------------------------------------
     # down
@@ -715,6 +736,41 @@ class Lab:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
+
+
+def check_flag_store(spec: str | os.PathLike[str]) -> str:
+    """The flag store spec ``lab up --flag-store`` names, ready for the apps: a PostgreSQL
+    URL as is, a SQLite file as an absolute path (the apps run in other folders). The store
+    is opened (made if missing) so a spec that cannot work fails here, before the lab
+    starts: ConfigError naming ``--flag-store`` (CLI exit 2)."""
+    from ..errors import StoreError
+    from ..flags.store import open_store
+
+    text = os.fspath(spec).strip()
+    key = "--flag-store"
+    if text == ":memory:":
+        raise ConfigError("':memory:' is a store of one process: the lab's apps and the "
+                          "rollout need one they share (a SQLite file or a postgresql:// URL)",
+                          key=key)
+    sqlite = "://" not in text or text.startswith("sqlite:///")
+    path = text[len("sqlite:///"):] if text.startswith("sqlite:///") else text
+    if sqlite and path:
+        text = str(Path(path).expanduser().resolve())
+    try:
+        with open_store(text):
+            pass
+    except ConfigError as exc:
+        raise ConfigError(exc.message, key=key) from None
+    except (StoreError, OSError) as exc:
+        raise ConfigError(f"cannot use this flag store: {exc}", key=key) from None
+    return text
+
+
+def flag_store_text(spec: str) -> str:
+    """A flag store spec fit to show: a URL's password masked."""
+    from ..redact import redact_url
+
+    return redact_url(spec)
 
 
 def read_layout_fields(path: str | Path | None = None) -> tuple[Path, Mapping[str, Any]]:

@@ -29,6 +29,10 @@ class BlueGreenParams:
     verify_for: float | None = None
     pause: float | None = 0.0
     rollback_parallel: int | None = None
+    #: not a fleet-file key: ``upgrader rollback`` inside the roll-back window sets it. The
+    #: plan is then one ``PrepareSlots(reuse)`` (the old slots still run the previous release)
+    #: and one swap of every host: no system test, no verification hold, no pause
+    straight_back: bool = False
 
 
 Params = BlueGreenParams
@@ -63,6 +67,17 @@ def compile(fleet: Fleet, params: BlueGreenParams, where: Where | None = None) -
     if hosts:
         steps.append(PrepareSlots(hosts, max_parallel=params.max_parallel, wave=1))
         steps.append(Gate("system_test", hosts=hosts, slots=True, wave=1))
+    if params.straight_back:
+        return Plan(
+            strategy=NAME,
+            steps=(PrepareSlots(hosts, max_parallel=params.max_parallel, wave=1, reuse=True),
+                   SwapSlots(hosts, wave=1)) if hosts else (),
+            total_hosts=total,
+            rollback_parallel=params.rollback_parallel or max(1, total),
+            rollback_mode="swap",
+            notes=("straight back inside the roll-back window: the idle slots that still run "
+                   "the release are swapped to as they are",),
+        )
     batches = c.split_batches(hosts, params.batch, total)
     swaps: list[Step] = []
     for number, batch in enumerate(batches, start=2):
