@@ -11,6 +11,7 @@ the next controller's command would run at once, beside that child: the log woul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -116,3 +117,32 @@ def test_own_commands_run_side_by_side_and_leave_no_record(tmp_path):
 
     assert asyncio.run(main()) < 1.9
     assert list((tmp_path / "locks" / "upgrader-web-01.d").iterdir()) == []
+
+
+def test_two_local_fleets_of_one_name_on_other_ports_do_not_wait_for_each_other(tmp_path):
+    """Two demos (or labs) at once on one machine: the same fleet and host names, other
+    ports. A command the other one runs is no dead controller's (seen in the README tour:
+    `demo` waited for another demo's command on its web-04); on the same port it still is."""
+    locks = str(tmp_path / "locks")
+
+    async def main() -> None:
+        first = LocalTransport(lock_dir=locks, fleet="demo-canary")
+        other = LocalTransport(lock_dir=locks, fleet="demo-canary", lock_wait=0.5)
+        running = asyncio.create_task(first.run(Host("web-04", "127.0.0.1", 18104),
+                                                ["sleep", "5"]))
+        records = first.records_dir(Host("web-04", "127.0.0.1", 18104))
+        deadline = time.monotonic() + 10
+        while not (records.is_dir() and any(records.iterdir())):
+            assert time.monotonic() < deadline, "the first command's record"
+            await asyncio.sleep(0.01)
+        try:
+            done = await other.run(Host("web-04", "127.0.0.1", 19104), ["true"])
+            assert done.exit_status == 0
+            with pytest.raises(TransportError, match="of an earlier controller still runs"):
+                await other.run(Host("web-04", "127.0.0.1", 18104), ["true"])
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TransportError):
+                await running
+
+    asyncio.run(main())

@@ -8,10 +8,10 @@ stdout still returns as soon as the command itself exits.
 
 No command of a dead controller runs beside a new one: the command itself dies with its
 controller (``PR_SET_PDEATHSIG``), and while it runs a record file names its process group
-(``<lock_dir>/upgrader-<fleet>-<host>.d/<pgid>``). A child the command left in its group (a
-shell's subprocess, a double fork without ``setsid``) does not get the controller's death
-signal; a later controller finds the record, and waits (at most ``lock_wait`` seconds, saying
-so) until no process of that group is left before it runs a command on the host.
+(``<lock_dir>/upgrader-<fleet>-<host>[-<port>].d/<pgid>``). A child the command left in its
+group (a shell's subprocess, a double fork without ``setsid``) does not get the controller's
+death signal; a later controller finds the record, and waits (at most ``lock_wait`` seconds,
+saying so) until no process of that group is left before it runs a command on the host.
 """
 
 from __future__ import annotations
@@ -97,9 +97,11 @@ def default_lock_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"upgrader-{os.getuid()}"
 
 
-def records_name(fleet: str | None, host: str) -> str:
-    """``upgrader-<fleet>-<host>.d``, every character outside ``[A-Za-z0-9._-]`` as ``_``."""
-    parts = ["upgrader", *([fleet] if fleet else []), host]
+def records_name(fleet: str | None, host: str, port: int | None = None) -> str:
+    """``upgrader-<fleet>-<host>[-<port>].d``, every character outside ``[A-Za-z0-9._-]``
+    as ``_``. The port tells apart two local fleets of one name and host names (two labs,
+    two demos at once on one machine): a command of the other is not a dead controller's."""
+    parts = ["upgrader", *([fleet] if fleet else []), host, *([str(port)] if port else [])]
     return re.sub(r"[^A-Za-z0-9._-]", "_", "-".join(parts)) + ".d"
 
 
@@ -203,7 +205,7 @@ class LocalTransport:
 
     def records_dir(self, host: Host) -> Path:
         """Where ``host``'s running commands are recorded (one file per process group)."""
-        return self.lock_dir / records_name(self.fleet, host.name)
+        return self.lock_dir / records_name(self.fleet, host.name, host.port)
 
     def _records(self, host: Host, argv: tuple[str, ...]) -> Path:
         records = self.records_dir(host)
