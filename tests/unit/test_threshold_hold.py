@@ -181,3 +181,44 @@ def test_headless_prints_the_extension(fleet_factory: Any) -> None:
     text = out.getvalue()
     assert "hold extended: error_rate failing 1 of 3 in a row" in text, text
     assert "hold extension ended: error_rate passing again" in text, text
+
+
+def test_analysis_show_prints_the_extension_between_its_rounds(fleet_factory: Any,
+                                                                tmp_path: Any,
+                                                                capsys: Any) -> None:
+    """The journal keeps the extension (a ``log`` event with ``hold_extended``);
+    ``analysis show`` prints it where it happened, ``--json`` stays the verdicts alone."""
+    import json
+
+    from test_verify_metrics import BASE
+
+    from upgrader import cli
+    from upgrader.journal import Journal
+
+    fleet = _fleet(fleet_factory)
+    _, good_events = _run(fleet, set())
+    rounds, _ = _first_hold_end(good_events)
+    result, events = _run(fleet, {rounds - 1})
+    file = tmp_path / "fleet.toml"
+    file.write_text(BASE.format(metrics=""), encoding="utf-8")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    journal = Journal(state / "journal.sqlite")
+    try:
+        rollout = journal.begin(fleet="shop", fleet_path=str(file), strategy="rolling",
+                                current="1.0.0", target="1.1.0", plan={}, now=events[0].ts)
+        for seq, event in enumerate(events):
+            journal.append(rollout, seq, event.ts, event.kind, dict(event.data))
+        journal.finish(rollout, result.outcome.value, now=events[-1].ts)
+    finally:
+        journal.close()
+    assert cli.main(["analysis", "show", str(file), "--state-dir", str(state)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    extended = next(i for i, line in enumerate(lines) if "hold extended:" in line)
+    ended = next(i for i, line in enumerate(lines) if "hold extension ended:" in line)
+    assert "error_rate FAIL" in lines[extended - 1], lines
+    assert lines[extended + 1].startswith("round "), lines
+    assert "error_rate PASS" in lines[extended + 2] and extended + 2 < ended, lines
+    assert cli.main(["analysis", "show", str(file), "--json", "--state-dir", str(state)]) == 0
+    shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert shown and all(line["metric"] == "error_rate" for line in shown)
