@@ -36,10 +36,11 @@ def _fleet(fleet_factory: Any, **verify: Any) -> Any:
         timing=Timing(host_upgrade=3 * DELAY, health_timeout=20.0, drain_timeout=10.0))
 
 
-def _run(fleet: Any, bad_rounds: set[int]) -> tuple[Any, list[Any]]:
+def _run(fleet: Any, bad_rounds: set[int],
+         quiet_rounds: frozenset[int] = frozenset()) -> tuple[Any, list[Any]]:
     """Run the rollout; the target release's requests fail (3 in 10) while the number of
     ``error_rate`` verdicts already emitted is in ``bad_rounds`` (0: the first judged
-    round)."""
+    round); in ``quiet_rounds`` nobody sends a request."""
     async def main() -> tuple[Any, list[Any]]:
         providers = Providers(NoopTransport(delay=DELAY), NoopBalancer(), NoopHealthCheck())
         balancer = providers.balancer
@@ -58,6 +59,8 @@ def _run(fleet: Any, bad_rounds: set[int]) -> tuple[Any, list[Any]]:
                 await asyncio.sleep(1.0)
                 judged = sum(1 for e in events if e.kind == "verdict"
                              and e.data["metric"] == "error_rate")
+                if judged in quiet_rounds:
+                    continue
                 for name, backend in (await balancer.state()).backends.items():
                     if backend.state == "ready":
                         bad = backend.pool == target and judged in bad_rounds
@@ -163,6 +166,22 @@ def test_a_streak_of_two_gets_one_more_round(fleet_factory: Any) -> None:
     assert result.outcome is Outcome.ROLLED_BACK, result.error
     assert _extended(events)[0].startswith("hold extended: error_rate failing 2 of 3 in a "
                                            "row; judging up to 1 more round(s)")
+    assert [h for h, _ in _upgrade_starts(events)] == [fleet.main_hosts[0].name]
+
+
+def test_a_streak_still_standing_when_the_rounds_are_spent_fails(fleet_factory: Any) -> None:
+    """``no_data = "wait"``: rounds without traffic neither fail nor pass; the streak still
+    stands after its ``N - k`` rounds, and the rollout fails rather than widen on it."""
+    fleet = _fleet(fleet_factory, no_data="wait")
+    good, good_events = _run(fleet, set())
+    assert good.outcome is Outcome.COMPLETED, good.error
+    rounds, _ = _first_hold_end(good_events)
+    result, events = _run(fleet, {rounds - 1}, frozenset(range(rounds, rounds + 10)))
+    assert result.outcome is Outcome.ROLLED_BACK, result.error
+    assert result.error == ("verification: error_rate (1 of 3 in a row) still failing after 2 "
+                            "more round(s) of an extended hold"), result.error
+    assert [v.data["result"] for v in _verdicts(events)][rounds - 1:rounds + 2] == \
+        ["fail", "no_data", "no_data"]
     assert [h for h, _ in _upgrade_starts(events)] == [fleet.main_hosts[0].name]
 
 
