@@ -37,12 +37,28 @@ def _fleet(fleet_factory: Any, **verify: Any) -> Any:
 
 
 def _run(fleet: Any, bad_rounds: set[int],
-         quiet_rounds: frozenset[int] = frozenset()) -> tuple[Any, list[Any]]:
+         quiet_rounds: frozenset[int] = frozenset(),
+         broken_round: int | None = None) -> tuple[Any, list[Any]]:
     """Run the rollout; the target release's requests fail (3 in 10) while the number of
     ``error_rate`` verdicts already emitted is in ``bad_rounds`` (0: the first judged
-    round); in ``quiet_rounds`` nobody sends a request."""
+    round); in ``quiet_rounds`` nobody sends a request; the analysis of the round that
+    would give the ``broken_round``-th verdict cannot run (its health check raises)."""
+    events: list[Any] = []
+
+    class Health(NoopHealthCheck):
+        broke = False
+
+        async def check(self, host: Any, *, port: int | None = None) -> Any:
+            judged = len(_verdicts(events))
+            verifying = [e for e in events if e.kind == "state"][-1].data["state"] == \
+                "VERIFYING"
+            if judged == broken_round and verifying and not self.broke:
+                self.broke = True
+                raise RuntimeError("health endpoint garbled")
+            return await super().check(host, port=port)
+
     async def main() -> tuple[Any, list[Any]]:
-        providers = Providers(NoopTransport(delay=DELAY), NoopBalancer(), NoopHealthCheck())
+        providers = Providers(NoopTransport(delay=DELAY), NoopBalancer(), Health())
         balancer = providers.balancer
         for host in fleet.main_hosts:
             await balancer.set_backend(host.name, address=host.address, port=host.port,
@@ -50,7 +66,6 @@ def _run(fleet: Any, bad_rounds: set[int],
         plan = strategies.get("rolling").compile(fleet, fleet.strategy.params)
         clock = LoopClock()
         engine = Engine(fleet, plan, providers, clock=clock)
-        events: list[Any] = []
         engine.subscribe(events.append)
 
         async def traffic() -> None:
@@ -183,6 +198,22 @@ def test_a_streak_still_standing_when_the_rounds_are_spent_fails(fleet_factory: 
     assert [v.data["result"] for v in _verdicts(events)][rounds - 1:rounds + 2] == \
         ["fail", "no_data", "no_data"]
     assert [h for h, _ in _upgrade_starts(events)] == [fleet.main_hosts[0].name]
+
+
+def test_a_stale_counter_is_no_streak(fleet_factory: Any) -> None:
+    """One round whose analysis could not run (``no_data = "fail"``: the ``analysis``
+    counter stands at 1 and nothing judges ``analysis`` again) early in the first hold:
+    the later rounds pass, the hold ends without extension and the rollout completes on
+    the same timing as without the broken round."""
+    fleet = _fleet(fleet_factory, no_data="fail", health=True)
+    good, good_events = _run(fleet, set())
+    assert good.outcome is Outcome.COMPLETED, good.error
+    result, events = _run(fleet, set(), broken_round=0)
+    assert result.outcome is Outcome.COMPLETED, result.error
+    broken = [e.data for e in events if e.kind == "verdict" and e.data["metric"] == "analysis"]
+    assert len(broken) == 1 and broken[0]["consecutive"] == 1, broken
+    assert _extended(events) == []
+    assert result.duration_s == good.duration_s
 
 
 def test_headless_prints_the_extension(fleet_factory: Any) -> None:
