@@ -4,7 +4,8 @@ journaled, round by round, with what the judge based it on (issue 14: explainabl
 A round is the verdicts journaled at one analysis time. For the statistical judge each line
 also gives its tests (statistic, p-value, hypothesis), effect size, the samples it had and
 the samples it needed, the round's score and band and the raw samples' summary; for the
-threshold judge the value, limit, old release's value and samples. Reads the journal only.
+threshold judge the value, limit, old release's value and samples. A hold extended on a
+failing streak (threshold judge) is printed where it happened. Reads the journal only.
 """
 
 from __future__ import annotations
@@ -107,9 +108,10 @@ def describe(data: dict[str, Any]) -> str:
     return line + ("\n      " + "; ".join(more) if more else "")
 
 
-def _rollout(args: argparse.Namespace, load: Any, state_dir_of: Any) -> tuple[Any, Any,
-                                                                           list[Any]]:
-    """The rollout ``args`` name (the fleet's last without an id) and its verdict entries."""
+def _rollout(args: argparse.Namespace, load: Any, state_dir_of: Any, *,
+             extensions: bool = False) -> tuple[Any, Any, list[Any]]:
+    """The rollout ``args`` name (the fleet's last without an id) and its verdict entries
+    (with ``extensions``, also the ``log`` entries of holds extended on a failing streak)."""
     from .state import journal_exists, open_journal, resolve_state
 
     fleet = load(args, None)
@@ -126,7 +128,8 @@ def _rollout(args: argparse.Namespace, load: Any, state_dir_of: Any) -> tuple[An
                                   f"journal; `upgrader status {args.fleet}` names the last one",
                                   key="rollout")
             raise JournalError(f"no rollout of {fleet.name} recorded in {state_dir}")
-        entries = [e for e in journal.entries(record.id) if e.kind == "verdict"]
+        entries = [e for e in journal.entries(record.id) if e.kind == "verdict" or
+                   (extensions and e.kind == "log" and e.data.get("hold_extended"))]
     finally:
         journal.close()
     return fleet, record, entries
@@ -135,7 +138,9 @@ def _rollout(args: argparse.Namespace, load: Any, state_dir_of: Any) -> tuple[An
 def cmd_analysis(args: argparse.Namespace, *, load: Any, state_dir_of: Any) -> int:
     if args.analysis_command == "replay":
         return cmd_replay(args, load=load, state_dir_of=state_dir_of)
-    _, record, entries = _rollout(args, load, state_dir_of)
+    _, record, entries = _rollout(args, load, state_dir_of, extensions=not args.json)
+    notes = [e for e in entries if e.kind == "log"]
+    entries = [e for e in entries if e.kind == "verdict"]
     if args.json:
         for entry in entries:
             print(json.dumps({"ts": entry.ts, **entry.data}, default=str))
@@ -150,12 +155,16 @@ def cmd_analysis(args: argparse.Namespace, *, load: Any, state_dir_of: Any) -> i
             rounds.append([entry])
     start = record.started
     for number, group in enumerate(rounds, 1):
+        while notes and notes[0].seq < group[0].seq:
+            print(f"  {notes.pop(0).data['message']}")
         scores = {(e.data.get("score"), e.data.get("band")) for e in group
                   if e.data.get("score") is not None}
         score = "".join(f" · score {s:g} ({b})" for s, b in scores if isinstance(s, (int, float)))
         print(f"round {number} at +{group[0].ts - start:.1f}s{score}")
         for entry in group:
             print(f"  {describe(dict(entry.data))}")
+    for note in notes:
+        print(f"  {note.data['message']}")
     if not entries:
         print("no verdicts: verification did not judge this rollout", file=sys.stderr)
     return EXIT_OK

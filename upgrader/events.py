@@ -30,7 +30,7 @@ Kinds (``data`` keys in brackets; every event also has kind, ts, rollout and seq
 - ``frozen`` [reason, choices, resumed]   every change stopped (``on_failure = "freeze"``, or a
   schema change that cannot be reverted); ``choices``: what resume / rollback / stop would do
 - ``rollout_finished`` [outcome, hosts, duration_s, error]
-- ``log`` [level, message]
+- ``log`` [level, message] (+ hold_extended: a Verify hold extended on a failing streak)
 - ``reconcile`` [about, subject, journal, real, action, detail, (unsafe)]   on resume, one per
   difference between the journal and the real fleet, before its repair
 - ``window_closed`` [reason, until, teams]   outside the deploy window: PAUSED until ``until``

@@ -131,6 +131,8 @@ class Verification:
         #: the last verdict per metric, and how many times in a row it failed
         self.last_verdicts: dict[str, Verdict] = {}
         self._consecutive: dict[str, int] = {}
+        #: the analysis round that last judged each metric (threshold judge)
+        self._judged_in: dict[str, int] = {}
         #: the last ``metrics`` event's data (for front ends)
         self.last_metrics: dict[str, object] = {}
         self._rounds = 0
@@ -217,6 +219,7 @@ class Verification:
                     return
             if self._traffic_passes <= passes:
                 raise RolloutFailed("verification saw no traffic to judge (no_data = wait)")
+        await self._until_streaks_end()
 
     async def recheck(self, hold: float) -> tuple[bool, list[Verdict]]:
         """Judge the target release again for ``hold`` seconds (rounds of ``verify.interval``)
@@ -309,6 +312,67 @@ class Verification:
                                     "inconclusive: promote to go on, abort to roll back")
             await machine.wait(None, skippable=True)
             machine.raise_if_interrupted()
+
+    def streaks(self, keep: Iterable[str] = ()) -> dict[str, int]:
+        """The metrics the latest round judged (and those in ``keep``) whose last rounds
+        failed, fewer times in a row than ``consecutive_failures`` (threshold judge): a hold
+        does not end on them. A counter no round judges any more (``analysis`` after one
+        round that could not run) is no streak."""
+        limit, latest, kept = self.fleet.verify.consecutive_failures, self._rounds, set(keep)
+        return {name: count for name, count in self._consecutive.items()
+                if 0 < count < limit and (self._judged_in.get(name) == latest or name in kept)}
+
+    async def _until_streaks_end(self) -> None:
+        """A hold that ends with a metric (judged by the latest round) on a failing streak of
+        ``k`` rounds (fewer than ``N = consecutive_failures``) goes on judging for at most
+        ``N - k`` more rounds (the smallest ``k`` when several fail): a round in which no
+        metric is failing any more ends the extension and the rollout goes on; a metric
+        reaching ``N`` fails the rollout as ever (the analyzer's ``_judge``); one still
+        failing when the rounds are spent (a ``no_data = "wait"`` round neither fails nor
+        passes, another metric began failing) fails it too. The next step never widens the
+        exposure on a failing verdict. Without a streak at the end of the hold nothing
+        waits."""
+        spec, machine = self.fleet.verify, self.machine
+        streaks = self.streaks()
+        if not streaks:
+            return
+        limit = spec.consecutive_failures
+        budget = limit - min(streaks.values())
+        why = ", ".join(f"{name} failing {count} of {limit} in a row"
+                        for name, count in sorted(streaks.items()))
+        await self.bus.emit("log", level="warning",
+                            message=f"hold extended: {why}; judging up to {budget} more "
+                                    f"round(s): a pass goes on, {limit} in a row fails",
+                            hold_extended={"streaks": streaks, "rounds": budget,
+                                           "limit": limit})
+        await machine.set_state(RolloutState.VERIFYING,
+                                f"extended: {why} (up to {budget} more round(s))")
+        rounds = self._rounds
+        # rounds come every interval; a round that judges nothing (the analyzer paused) does
+        # not count, so the time is bounded too
+        deadline = self.clock.monotonic() + (budget + 1) * spec.interval
+        while self.streaks(streaks) and self._rounds - rounds < budget \
+                and self.clock.monotonic() < deadline:
+            due = self._due
+            wait = spec.interval if due is None else max(0.0, due - self.clock.monotonic())
+            if await machine.wait(min(wait, deadline - self.clock.monotonic()),
+                                  skippable=True):
+                machine.raise_if_interrupted()
+                if machine.skip.is_set() or machine.promote_all:
+                    return
+            await self._round_at_hold_end()
+            machine.raise_if_interrupted()
+        judged = self._rounds - rounds
+        left = self.streaks(streaks)
+        if left:
+            still = ", ".join(f"{name} ({count} of {limit} in a row)"
+                              for name, count in sorted(left.items()))
+            raise RolloutFailed(f"verification: {still} still failing after {judged} more "
+                                f"round(s) of an extended hold")
+        await self.bus.emit("log", level="warning",
+                            message=f"hold extension ended: {', '.join(sorted(streaks))} "
+                                    f"passing again after {judged} more round(s); going on",
+                            hold_extended={"ended": "pass", "rounds": judged})
 
     async def _round_at_hold_end(self) -> None:
         """A round of analysis due at the very instant a hold ends (or under way) judges the
@@ -531,6 +595,7 @@ class Verification:
             if verdict.result == "pass" and verdict.metric != "health":
                 self._traffic_passes += 1
         self._consecutive[verdict.metric] = count
+        self._judged_in[verdict.metric] = self._rounds
         self.last_verdicts[verdict.metric] = verdict
         await self.bus.emit("verdict", **verdict.to_json(), consecutive=count,
                             limit=spec.consecutive_failures, **extra)
