@@ -24,13 +24,9 @@ def fmt_when(iso: str | None) -> str:
         return iso
 
 
-class WindowLine(Static):
-    DEFAULT_CSS = """
-    WindowLine {
-        height: auto;
-        padding: 0 1;
-    }
-    """
+class _OptionalLine(Static):
+    """A line shown only while ``describe`` has something to say, redrawn only when its
+    text changes."""
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -43,6 +39,19 @@ class WindowLine(Static):
         if plain != self._shown:
             self._shown = plain
             self.update(text or "")
+
+    @staticmethod
+    def describe(view: RolloutView) -> Text | None:
+        raise NotImplementedError
+
+
+class WindowLine(_OptionalLine):
+    DEFAULT_CSS = """
+    WindowLine {
+        height: auto;
+        padding: 0 1;
+    }
+    """
 
     @staticmethod
     def describe(view: RolloutView) -> Text | None:
@@ -86,7 +95,7 @@ def fmt_wall(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%a %m-%d %H:%M UTC")
 
 
-class RollbackWindowLine(Static):
+class RollbackWindowLine(_OptionalLine):
     """The roll-back window a completed rollout opened (the same figures as ``status``:
     the release to go back to, until when or for how many releases, the estimate)."""
 
@@ -97,18 +106,6 @@ class RollbackWindowLine(Static):
         display: none;
     }
     """
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._shown: str | None = None
-
-    def show(self, view: RolloutView) -> None:
-        text = self.describe(view)
-        self.display = text is not None
-        plain = text.plain if text is not None else ""
-        if plain != self._shown:
-            self._shown = plain
-            self.update(text or "")
 
     @staticmethod
     def describe(view: RolloutView) -> Text | None:
