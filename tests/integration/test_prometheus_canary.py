@@ -117,10 +117,15 @@ def test_a_canary_judged_by_promql_alone(lab: tuple[Lab, str], tmp_path: Path, t
         assert {v["metric"] for v in fails} == {caught}, fails
         assert fails[0]["stats"]["tests"] and fails[0]["raw"]["canary_counts"]
         # the baseline (web-02, web-03 on 1.0.0) was read from Prometheus too, over the same
-        # interval: its own counts, far below the canary's
-        assert fails[0]["window"]["baseline"] == HOSTS - 1
-        assert fails[0]["raw"]["baseline_counts"][1] > 0
-        assert fails[0]["baseline"] is not None and fails[0]["baseline"] < fails[0]["value"] / 4
+        # interval: its own counts, far below the canary's. A scrape Prometheus missed on a
+        # busy machine leaves one round's side without data (judged on the absolute limit
+        # then), so the baseline is asserted where it was read, and must be read at least once
+        assert all(f["window"]["baseline"] == HOSTS - 1 for f in fails), fails
+        compared = [f for f in fails if f["raw"]["baseline_counts"]]
+        assert compared, fails
+        for f in compared:
+            assert f["raw"]["baseline_counts"][1] > 0
+            assert f["baseline"] is not None and f["baseline"] < f["value"] / 4, f
         # explainable afterwards: the journal's verdicts, with the PromQL they were read with
         shown = upgrader("analysis", "show", str(fleet), cwd=tmp_path, lab_dir=the_lab.dir)
         assert shown.returncode == 0, shown.stderr

@@ -50,6 +50,12 @@ def test_prometheus_source_against_the_lab(tmp_path: Path) -> None:
         assert "prometheus" in lab.running_pids()
         source = PrometheusSource(url, timeout=5.0)
         try:
+            # up returns once each serving app was scraped twice: a rollout started at once
+            # reads both sides of its first window (a 3 s increase() needs two samples)
+            scrapes = await source.query(
+                'count_over_time(upgrader_app_requests_total{status="200"}[10s])',
+                window((), ()))
+            assert len(scrapes) == 3 and min(scrapes) >= 2, scrapes
             metric = MetricSpec("errors", "prometheus", (
                 REQUESTS.replace('release="{release}"', 'release="{release}",status=~"5.."'),
                 REQUESTS), kind="proportion")

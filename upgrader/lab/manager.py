@@ -462,9 +462,10 @@ class Lab:
                    for port in self.slots_of(host).values()]
         settings = prometheus_server.config(targets, f"127.0.0.1:{layout.admin_port}",
                                             layout.token_file)
+        serving = sum(1 for host in self.hosts if host.cluster == "main")
         pid, url = await asyncio.to_thread(
             prometheus_server.start, self.prometheus_dir, settings,
-            self.logs_dir / "prometheus.log")
+            self.logs_dir / "prometheus.log", None, serving)
         state["pids"]["prometheus"] = pid
         state["urls"]["prometheus"] = url
 

@@ -20,6 +20,8 @@ from . import hostctl
 #: seconds between scrapes: short, so that a canary's short analysis interval sees data
 SCRAPE_INTERVAL = "1s"
 READY_TIMEOUT = 30.0
+#: scrapes of each serving app ``start`` waits for: ``increase(...[3s])`` needs two samples
+SCRAPES_BEFORE_READY = 2
 STOP_TIMEOUT = 10.0
 BINARY_ENV_HINT = "install Debian's prometheus package (apt-get install prometheus)"
 
@@ -60,10 +62,12 @@ def config(app_targets: Iterable[str], admin_target: str | None, token_file: Pat
 
 
 def start(directory: Path, settings: dict[str, Any], log: Path,
-          port: int | None = None) -> tuple[int, str]:
+          port: int | None = None, serving: int = 0) -> tuple[int, str]:
     """Write ``directory``/prometheus.yml and start the server with its data in
-    ``directory``/data; wait until it is ready. Returns (pid, url). Blocking: run it in a
-    thread. LabError (with the log's tail) when it exits or is not ready in time."""
+    ``directory``/data; wait until it is ready and has scraped ``serving`` app targets
+    :data:`SCRAPES_BEFORE_READY` times each (so a rollout started at once reads both sides of
+    its first window, not "no data"). Returns (pid, url). Blocking: run it in a thread.
+    LabError (with the log's tail) when it exits or is not ready in time."""
     binary = find_binary()
     directory.mkdir(parents=True, exist_ok=True)
     config_file = directory / "prometheus.yml"
@@ -75,22 +79,44 @@ def start(directory: Path, settings: dict[str, Any], log: Path,
             "--web.listen-address", f"127.0.0.1:{port}",
             "--storage.tsdb.retention.time", "1d", "--log.level", "warn"]
     proc = hostctl.spawn_detached(argv, log)
+    seen: dict[str, set[str]] = {}
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         try:
-            with urllib.request.urlopen(url + "/-/ready", timeout=2) as response:
-                if response.status == 200:
-                    return proc.pid, url
-        except (urllib.error.URLError, OSError):
+            if _ready(url) and _scraped(url, serving, seen):
+                return proc.pid, url
+        except (urllib.error.URLError, OSError, ValueError):
             pass
         status = proc.poll()
         if status is not None:
             raise LabError(f"prometheus exited with status {status}:\n{hostctl.log_tail(log)}")
         if time.monotonic() > deadline:
             hostctl.terminate(proc.pid, STOP_TIMEOUT)
-            raise LabError(f"prometheus was not ready within {READY_TIMEOUT:g} s:\n"
+            raise LabError(f"prometheus was not ready (or had not scraped the {serving} serving "
+                           f"apps twice) within {READY_TIMEOUT:g} s:\n"
                            f"{hostctl.log_tail(log)}")
         time.sleep(0.1)
+
+
+def _ready(url: str) -> bool:
+    with urllib.request.urlopen(url + "/-/ready", timeout=2) as response:
+        return bool(response.status == 200)
+
+
+def _scraped(url: str, serving: int, seen: dict[str, set[str]]) -> bool:
+    """Whether ``serving`` app targets have each been scraped successfully
+    :data:`SCRAPES_BEFORE_READY` times, by the ``lastScrape`` times of ``/api/v1/targets``
+    gathered into ``seen`` across calls."""
+    if serving <= 0:
+        return True
+    with urllib.request.urlopen(url + "/api/v1/targets?state=active", timeout=2) as response:
+        answer = json.loads(response.read())
+    for target in answer.get("data", {}).get("activeTargets", []):
+        labels = target.get("labels", {})
+        if labels.get("job") == "app" and target.get("health") == "up":
+            seen.setdefault(str(target.get("scrapeUrl")), set()).add(
+                str(target.get("lastScrape")))
+    return sum(len(times) >= SCRAPES_BEFORE_READY for times in seen.values()) >= serving
 
 
 def stop(pid: int | None, config_file: Path) -> None:
