@@ -333,6 +333,35 @@ def test_a_proportion_metrics_verdict_says_its_kind_and_headless_prints_percent(
                               quiet=False)
     display(verdicts[-1])
     assert "analysis failures: fail value=50.00% limit=5.00% " in out.getvalue()
+@pytest.mark.parametrize("judge", ["statistical", "threshold"])
+def test_the_rollouts_error_prints_a_proportion_metric_in_percent(judge: str) -> None:
+    """``Verdict.describe()`` (the rollout's error when analysis fails) formats a proportion
+    of any name by its kind, as ``analysis show`` and headless do (before: ``failures FAIL:
+    50 (limit 5, ...)``, only ``error_rate`` had its ``%``)."""
+    fleet, plugins = _fleet_with_metric(50, "critical = true\n", judge=judge)
+    result, events = _run(fleet, plugins)
+    assert result.outcome is Outcome.ROLLED_BACK
+    assert "failures FAIL: 50.00% (limit 5.00%, 100 samples, old release 0.00%)" in (
+        result.error or ""), result.error
+    failed = [e.data["detail"] for e in events if e.kind == "analysis_failed"]
+    assert failed and "50.00%" in failed[0]
+    verdicts = [e.data for e in events if e.kind == "verdict"]
+    assert verdicts and all(v["metric_kind"] == "proportion" for v in verdicts)
+
+
+def test_verdict_describe_uses_the_metric_kind() -> None:
+    from upgrader.events import Verdict
+
+    slow = Verdict("slow_requests", "fail", 31.0, 5.0, 200, 1.5, "", "proportion")
+    assert slow.describe() == ("slow_requests FAIL: 31.00% (limit 5.00%, 200 samples, "
+                               "old release 1.50%)")
+    value = Verdict("queue_depth", "fail", 31.0, 5.0, 200, 1.5, "", "value")
+    assert value.describe().startswith("queue_depth FAIL: 31 (limit 5, ")
+    assert Verdict("error_rate", "fail", 2.0, 1.0, 50).describe().startswith(
+        "error_rate FAIL: 2.00% (limit 1.00%")
+    assert slow.to_json()["metric_kind"] == "proportion"
+
+
 def test_a_hold_never_ends_on_a_failing_verdict() -> None:
     """A failure not yet ``consecutive_failures`` in a row at the end of a hold keeps the hold
     until the next round: the rollout rolls back instead of completing with a failing last

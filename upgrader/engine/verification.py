@@ -253,7 +253,7 @@ class Verification:
                 for metric, samples in await self._collect(window):
                     if isinstance(samples, str):
                         verdicts.append(Verdict(metric.name, "no_data", None, metric.max, 0,
-                                                None, samples))
+                                                None, samples, metric.kind))
                     else:
                         verdicts.append(threshold_verdict(metric, samples, spec.min_requests))
                 if spec.health and self.progress.serving_target:
@@ -477,7 +477,7 @@ class Verification:
                 for metric, samples in collected:
                     if isinstance(samples, str):
                         verdicts.append(Verdict(metric.name, "no_data", None, metric.max, 0,
-                                                None, samples))
+                                                None, samples, metric.kind))
                     else:
                         verdicts.append(threshold_verdict(metric, samples, spec.min_requests))
             self._window_start = now
@@ -528,9 +528,10 @@ class Verification:
                 self._traffic_passes += 1
             self._consecutive[judgement.metric] = count
         limit = 1 if judgement.critical else spec.consecutive_failures
+        kinds = {m.name: m.kind for m in self.metrics}
         verdict = Verdict(judgement.metric, judgement.result, judgement.value,
                           judgement.thresholds.get("max"), judgement.samples,
-                          judgement.baseline, judgement.reason)
+                          judgement.baseline, judgement.reason, kinds.get(judgement.metric))
         self.last_verdicts[judgement.metric] = verdict
         raw: dict[str, object] = {"error": samples} if isinstance(samples, str) else {
             "canary": list(samples.canary[:RAW_LIMIT]),
@@ -538,10 +539,8 @@ class Verification:
             "canary_counts": samples.canary_counts,
             "baseline_counts": samples.baseline_counts, "detail": samples.detail}
         score, band = self.score
-        kinds = {m.name: m.kind for m in self.metrics}
         await self.bus.emit("verdict", **verdict.to_json(), consecutive=count, limit=limit,
-                            judge="statistical", metric_kind=kinds.get(judgement.metric),
-                            stats=judgement.to_json(), raw=raw,
+                            judge="statistical", stats=judgement.to_json(), raw=raw,
                             window={"start": window.start, "end": window.end,
                                     "canary": len(window.canary),
                                     "baseline": len(window.baseline)},
