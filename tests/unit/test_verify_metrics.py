@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -217,7 +218,9 @@ def _fleet_with_metric(errors: int, extra: str = "", **verify: Any) -> Any:
     return fleet, plugins
 
 
-def _run(fleet: Any, plugins: Plugins) -> tuple[Any, list[Any]]:
+def _run(fleet: Any, plugins: Plugins, engines: list[Engine] | None = None
+         ) -> tuple[Any, list[Any]]:
+    """Run ``fleet`` to its end in virtual time; ``engines`` gets the engine."""
     _Constant.created.clear()
 
     async def main() -> Any:
@@ -229,6 +232,8 @@ def _run(fleet: Any, plugins: Plugins) -> tuple[Any, list[Any]]:
                                                  port=host.port, pool="1.0.0")
         plan = strategies.get("rolling").compile(fleet, fleet.strategy.params)
         engine = Engine(fleet, plan, providers, clock=LoopClock())
+        if engines is not None:
+            engines.append(engine)
         events: list[Any] = []
         engine.subscribe(events.append)
         result = await engine.run()
@@ -347,6 +352,27 @@ def test_the_rollouts_error_prints_a_proportion_metric_in_percent(judge: str) ->
     assert failed and "50.00%" in failed[0]
     verdicts = [e.data for e in events if e.kind == "verdict"]
     assert verdicts and all(v["metric_kind"] == "proportion" for v in verdicts)
+
+
+@pytest.mark.parametrize("judge", ["statistical", "threshold"])
+def test_the_snapshot_keeps_each_verdict_as_its_event_said_it(judge: str) -> None:
+    """What ``status``, ``attach`` and a late TUI read: the statistics (p-value, effect,
+    samples had/needed), the round's score and band and the failing count, not the bare
+    verdict (before: ``Verdict.to_json()`` only); the raw samples stay in the events."""
+    fleet, plugins = _fleet_with_metric(50, "critical = true\n", judge=judge)
+    engines: list[Engine] = []
+    _, events = _run(fleet, plugins, engines)
+    last = next(e.data for e in reversed(events)
+                if e.kind == "verdict" and e.data["metric"] == "failures")
+    shown = engines[0].snapshot()["verdicts"]["failures"]
+    assert shown == {k: v for k, v in last.items() if k != "raw"}
+    # the failing count that ended it: 1 of 1 (critical, statistical), 2 of 2 (threshold)
+    assert shown["consecutive"] == shown["limit"] >= 1 and "raw" not in shown
+    if judge == "statistical":
+        assert shown["judge"] == "statistical" and shown["band"] == "fail"
+        assert shown["score"] == 0.0 and shown["stats"]["tests"]
+        assert shown["stats"]["needed"] is not None and shown["window"]["canary"] >= 1
+    json.dumps(shown)       # the control API sends it as it is
 
 
 def test_verdict_describe_uses_the_metric_kind() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..clock import Clock
 from ..errors import ProviderError, RolloutFailed
@@ -130,6 +131,11 @@ class Verification:
                                                                    self.clock.monotonic()))
         #: the last verdict per metric, and how many times in a row it failed
         self.last_verdicts: dict[str, Verdict] = {}
+        #: each last verdict as its event said it, without the raw samples: the statistics
+        #: (p-value, effect, samples had and needed), the round's score and band, the failing
+        #: count; the snapshot shows these, so a front end that connects late (``status``,
+        #: ``attach``) sees what the events said
+        self.verdict_data: dict[str, dict[str, Any]] = {}
         self._consecutive: dict[str, int] = {}
         #: the analysis round that last judged each metric (threshold judge)
         self._judged_in: dict[str, int] = {}
@@ -539,12 +545,14 @@ class Verification:
             "canary_counts": samples.canary_counts,
             "baseline_counts": samples.baseline_counts, "detail": samples.detail}
         score, band = self.score
-        await self.bus.emit("verdict", **verdict.to_json(), consecutive=count, limit=limit,
-                            judge="statistical", stats=judgement.to_json(), raw=raw,
-                            window={"start": window.start, "end": window.end,
-                                    "canary": len(window.canary),
-                                    "baseline": len(window.baseline)},
-                            score=score, band=band)
+        data: dict[str, Any] = {
+            **verdict.to_json(), "consecutive": count, "limit": limit, "judge": "statistical",
+            "stats": judgement.to_json(),
+            "window": {"start": window.start, "end": window.end,
+                       "canary": len(window.canary), "baseline": len(window.baseline)},
+            "score": score, "band": band}
+        self.verdict_data[judgement.metric] = data
+        await self.bus.emit("verdict", **data, raw=raw)
         if not judgement.dry_run and count >= limit and self.machine.failure is None:
             reason = f"analysis: {verdict.describe()} ({count} in a row" + \
                 (", critical)" if judgement.critical else ")")
@@ -596,8 +604,10 @@ class Verification:
         self._consecutive[verdict.metric] = count
         self._judged_in[verdict.metric] = self._rounds
         self.last_verdicts[verdict.metric] = verdict
-        await self.bus.emit("verdict", **verdict.to_json(), consecutive=count,
-                            limit=spec.consecutive_failures, **extra)
+        data = {**verdict.to_json(), "consecutive": count, "limit": spec.consecutive_failures,
+                **extra}
+        self.verdict_data[verdict.metric] = data
+        await self.bus.emit("verdict", **data)
         if count >= spec.consecutive_failures and self.machine.failure is None:
             reason = f"analysis: {verdict.describe()} ({count} in a row)"
             await self.bus.emit("analysis_failed", metric=verdict.metric, detail=reason)
