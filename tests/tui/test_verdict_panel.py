@@ -116,3 +116,27 @@ def test_a_tui_that_connects_late_shows_the_statistics_from_the_snapshot():
     assert f"{stats['samples']}/{stats['needed']} samples" in text, text
     if any(isinstance(t.get("p_value"), float) for t in stats["tests"]):
         assert re.search(r" · p [\d.e-]+ · ", text), text
+
+
+def test_the_help_describes_the_analysis_panel_of_both_judges(fake):
+    """The help's Analysis line says what the panel shows now: the threshold judge's
+    figures and the statistical judge's score, band, p-value, effect and samples had/needed
+    (before: the threshold display only)."""
+    import asyncio
+
+    from upgrader.tui.screens.help import HelpScreen
+
+    async def help_text() -> str:
+        app = fake("judged")
+        async with app.run_test(size=(200, 50)) as pilot:
+            await pilot.press("question_mark")
+            await tuikit.wait_until(pilot, lambda: isinstance(app.screen, HelpScreen),
+                                    "the help")
+            await pilot.pause()
+            return tuikit.screen_text(app)
+
+    text = " ".join(asyncio.run(help_text()).split())
+    line = text[text.index("Analysis"):text.index("Events")]
+    for words in ("Threshold judge", "limit", "failures in a row", "Statistical judge",
+                  "score", "band", "inconclusive", "p-value", "effect", "had/needed"):
+        assert words in line, (words, line)
