@@ -169,7 +169,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="the flag store the lab's apps read (a -flagged release fails while "
                          "flag new-path is on in environment lab): a SQLite file or a "
                          "postgresql:// URL, opened before the lab starts; kept for lab reset "
-                         "and every restarted app (default: flags.sqlite in the lab folder)")
+                         "and every restarted app (default: the --fleet's [flags] store, "
+                         "else flags.sqlite in the lab folder)")
     for name, text in (("down", "stop the lab: its processes and traffic"),
                        ("status", "the lab's hosts, releases and traffic")):
         sp = lab_sub.add_parser(name, help=text, description=text)
