@@ -169,7 +169,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="the flag store the lab's apps read (a -flagged release fails while "
                          "flag new-path is on in environment lab): a SQLite file or a "
                          "postgresql:// URL, opened before the lab starts; kept for lab reset "
-                         "and every restarted app (default: flags.sqlite in the lab folder)")
+                         "and every restarted app (default: the --fleet's [flags] store, "
+                         "else flags.sqlite in the lab folder)")
     for name, text in (("down", "stop the lab: its processes and traffic"),
                        ("status", "the lab's hosts, releases and traffic")):
         sp = lab_sub.add_parser(name, help=text, description=text)
@@ -483,8 +484,40 @@ def _human(seconds: float) -> str:
 
 
 def cmd_run(args: argparse.Namespace, *, recover: bool = False) -> int:
+    loaded: list[Any] = []
+    try:
+        return _run_command(args, recover=recover, loaded=loaded)
+    except PolicyRefused as exc:
+        if getattr(args, "json", False):    # a script that parses stdout gets the end too
+            print(json.dumps(refusal_line(exc, loaded[0] if loaded else None)), flush=True)
+        raise           # main() says it on stderr and exits 3
+
+
+def refusal_line(exc: PolicyRefused, fleet: Any) -> dict[str, Any]:
+    """What ``run``/``resume --json`` print on stdout when the rollout is refused (exit 3)
+    before it starts: the summary line's shape with the outcome ``refused``, the reason, the
+    fix, and the inventory's problems (``upgrader check --json``'s) when it refused."""
+    from .policy import WindowRefused
+
+    text = redact_text(str(exc))
+    problems = [{k: redact_text(v) if isinstance(v, str) else v for k, v in p.items()}
+                for p in getattr(exc, "problems", ())]
+    fixes = dict.fromkeys(str(p["fix"]) for p in problems if p.get("fix"))
+    fix: str | None = "; ".join(fixes) or None
+    if isinstance(exc, WindowRefused):
+        fix = ("push anyway with --override-window REASON" if exc.next_opening is None else
+               "wait for the next opening with --wait, or push anyway with "
+               "--override-window REASON")
+    return {"outcome": "refused", "fleet": fleet.name if fleet is not None else None,
+            "strategy": fleet.strategy.kind if fleet is not None else None, "rollout": None,
+            "reason": text.splitlines()[0] if text else "", "fix": fix, "problems": problems,
+            "error": text}
+
+
+def _run_command(args: argparse.Namespace, *, recover: bool, loaded: list[Any]) -> int:
     plugins = _plugins()
     fleet = _load(args, plugins)        # bad input fails here (exit 2), before anything starts
+    loaded.append(fleet)
     _check_window(args, fleet, recover=recover)
     args.state_dir = str(_state_dir(args, fleet))
     if getattr(args, "detach", False) or (not args.headless and not args.control):

@@ -92,18 +92,20 @@ class Verdict:
     samples: int
     baseline: float | None = None
     detail: str = ""
+    metric_kind: str | None = None   # proportion | value ([[verify.metrics]] kind)
 
     def to_json(self) -> dict[str, Any]:
         return {"metric": self.metric, "result": self.result, "value": self.value,
                 "threshold": self.threshold, "samples": self.samples,
-                "baseline": self.baseline, "detail": self.detail}
+                "baseline": self.baseline, "detail": self.detail,
+                "metric_kind": self.metric_kind}
 
     def describe(self) -> str:
         def fmt(v: float | None) -> str:
             if v is None:
                 return "n/a"
-            if self.metric == "error_rate":
-                return f"{v:.2f}%"
+            if self.metric == "error_rate" or self.metric_kind == "proportion":
+                return f"{v:.2f}%"      # a proportion's figures are percentages
             if self.metric == "p95_latency":
                 return f"{v * 1000:.0f}ms"
             return f"{v:g}"

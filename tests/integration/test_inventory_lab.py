@@ -132,13 +132,24 @@ def test_inventory_on_a_real_lab(tmp_path):
             out = upgrader(command, str(bigger), "--headless", "--json", cwd=tmp_path) \
                 if command == "run" else upgrader(command, str(bigger), cwd=tmp_path)
             assert out.returncode == 3, out.stderr
-            assert "Traceback" not in out.stderr and out.stdout == ""
+            assert "Traceback" not in out.stderr
             assert "does not fit the lab running" in out.stderr, out.stderr
+            if command == "run":    # --json: one object on stdout, as for every end
+                end = json.loads(out.stdout)
+                assert end["outcome"] == "refused" and end["fleet"] is None  # not loaded
+                assert "does not fit the lab running" in end["reason"] + end["error"]
+            else:
+                assert out.stdout == ""
         assert status_json(good, tmp_path)["rollout"] == last     # nothing journaled
         for fleet, expected in ((other, set(names)),):
             out = upgrader("run", str(fleet), "--headless", "--json", cwd=tmp_path)
             assert out.returncode == 3, out.stderr
-            assert "Traceback" not in out.stderr and out.stdout == ""
+            assert "Traceback" not in out.stderr
+            (line,) = out.stdout.splitlines()       # a CI job parsing stdout gets the end
+            end = json.loads(line)
+            assert end["outcome"] == "refused" and end["fleet"] == "inv"
+            assert {p["host"] for p in end["problems"]} == expected and end["fix"]
+            assert end["reason"].startswith("fleet inv is not what its fleet file says")
             problem_lines = [line.strip() for line in out.stderr.splitlines()
                              if ": expected " in line]
             assert {line.split(":")[0] for line in problem_lines} == expected

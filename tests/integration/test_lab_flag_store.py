@@ -118,3 +118,67 @@ def test_a_bad_flag_store_is_exit_2_and_no_lab_starts(tmp_path: Path, spec: str,
     # nothing started, nothing written
     assert not lab_dir.exists()
     assert not any(hostctl.port_open(port) for port in (base, base + 1, base + 101, base + 102))
+
+
+def lab_fleet(tmp_path: Path, store: str) -> Path:
+    """A fleet of a 1-host lab whose ``[flags] store`` is ``store``."""
+    path = tmp_path / "fleet.toml"
+    path.write_text(f"""
+[fleet]
+name = "flagged"
+
+[release]
+current = "1.0.0"
+target = "1.1.0-flagged"
+
+[lab]
+hosts = 1
+dir = "{tmp_path / 'lab'}"
+base_port = {free_base_port()}
+
+[flags]
+store = "{store}"
+environment = "lab"
+
+[strategy]
+kind = "rolling"
+""", encoding="utf-8")
+    return path
+
+
+def test_lab_up_fleet_defaults_the_flag_store_to_the_fleets(tmp_path: Path) -> None:
+    """``lab up --fleet FILE`` gives the apps the fleet's ``[flags] store`` (before: the
+    lab's own flags.sqlite, so the rollout switched flags the apps never read); an explicit
+    ``--flag-store`` still wins."""
+    store = tmp_path / "shared" / "flags.sqlite"
+    fleet = lab_fleet(tmp_path, str(store))
+    lab_dir = tmp_path / "lab"
+    up = upgrader("lab", "up", "--fleet", str(fleet), "--rps", "0")
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"  flags:    {store}  (flag new-path" in up.stdout, up.stdout
+        assert (lab_dir / LAB_FLAG_STORE_SPEC).read_text(encoding="utf-8").strip() == str(store)
+        assert store.exists() and not (lab_dir / LAB_FLAG_STORE).exists()
+    finally:
+        upgrader("lab", "down", "--dir", str(lab_dir))
+    other = tmp_path / "other.sqlite"
+    up = upgrader("lab", "up", "--fleet", str(fleet), "--rps", "0", "--flag-store", str(other))
+    try:
+        assert up.returncode == 0, up.stderr
+        assert (lab_dir / LAB_FLAG_STORE_SPEC).read_text(encoding="utf-8").strip() == str(other)
+    finally:
+        upgrader("lab", "down", "--dir", str(lab_dir))
+
+
+def test_a_fleets_flag_store_that_cannot_be_used_is_exit_2_naming_its_line(
+        tmp_path: Path) -> None:
+    fleet = lab_fleet(tmp_path, "/proc/no-such/flags.sqlite")
+    line = fleet.read_text(encoding="utf-8").splitlines().index(
+        'store = "/proc/no-such/flags.sqlite"') + 1
+    result = upgrader("lab", "up", "--fleet", str(fleet), "--rps", "0")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(
+        f"upgrader: error: {fleet}:{line}: flags.store: cannot use this flag store: "
+        "/proc/no-such/flags.sqlite"), result.stderr
+    assert "--flag-store SPEC names another" in result.stderr
+    assert result.stdout == "" and not (tmp_path / "lab").exists()      # nothing started

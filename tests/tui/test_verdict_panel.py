@@ -62,3 +62,81 @@ def test_the_threshold_judge_keeps_its_display():
         "error_rate   FAIL  30.00% (limit 1.00%)",
         "  old release 0.10% · 240 samples · 1/3 in a row",
         "  72 errors in 240 requests"]
+
+
+def test_a_tui_that_connects_late_shows_the_statistics_from_the_snapshot():
+    """A TUI that attaches after the verdicts (their events not in the history it gets)
+    shows the statistical judge's lines from the engine's snapshot alone: the round's score
+    and band, the p-value and samples had/needed (before: the snapshot kept the bare
+    verdict, so the panel showed the threshold display until the next round's event)."""
+    import asyncio
+
+    from upgrader.model import VerifySpec
+    from upgrader.tui.widgets import VerdictPanel as Panel
+
+    fleet = tuikit.canary_fleet(4, [{"hosts": 1, "pause": "10m"}, {"hosts": "100%"}],
+                                verify=VerifySpec(for_=0.6, interval=0.1, no_data="pass",
+                                                  min_requests=10, judge="statistical",
+                                                  inconclusive="pass"))
+
+    async def snapshot_after_a_verdict() -> dict:
+        live = tuikit.LiveRollout(fleet)
+        await live.seed()
+        await live.start()
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10.0
+            while not any(e.kind == "verdict" and e.data.get("judge") == "statistical"
+                          for e in live.engine.history):
+                assert loop.time() < deadline, "no verdict of the statistical judge in 10 s"
+                await asyncio.sleep(0.02)
+            return live.engine.snapshot()
+        finally:
+            await live.stop()
+
+    snap = asyncio.run(snapshot_after_a_verdict())
+    shown = snap["verdicts"]["error_rate"]
+    assert shown["judge"] == "statistical" and "raw" not in shown
+
+    async def late_tui() -> str:
+        app = tuikit.frozen_app(tuikit.FakeHandle(snap, []))      # no verdict event at all
+        async with app.run_test(size=tuikit.SIZE) as pilot:
+            panel = tuikit.main_screen(app).query_one(Panel)
+            await tuikit.wait_until(pilot, lambda: "round score" in str(panel.render()),
+                                    "the panel to show the round score")
+            return str(panel.render())
+
+    text = asyncio.run(late_tui())
+    band = str(shown["band"] or "inconclusive").upper()
+    score = "n/a" if shown["score"] is None else f"{shown['score']:g}"
+    assert f"round score  {score} {band}" in text, text
+    stats = shown["stats"]
+    assert re.search(rf"^error_rate   {shown['result'].upper().replace('_', ' ')} ", text,
+                     re.M), text
+    assert f"{stats['samples']}/{stats['needed']} samples" in text, text
+    if any(isinstance(t.get("p_value"), float) for t in stats["tests"]):
+        assert re.search(r" · p [\d.e-]+ · ", text), text
+
+
+def test_the_help_describes_the_analysis_panel_of_both_judges(fake):
+    """The help's Analysis line says what the panel shows now: the threshold judge's
+    figures and the statistical judge's score, band, p-value, effect and samples had/needed
+    (before: the threshold display only)."""
+    import asyncio
+
+    from upgrader.tui.screens.help import HelpScreen
+
+    async def help_text() -> str:
+        app = fake("judged")
+        async with app.run_test(size=(200, 50)) as pilot:
+            await pilot.press("question_mark")
+            await tuikit.wait_until(pilot, lambda: isinstance(app.screen, HelpScreen),
+                                    "the help")
+            await pilot.pause()
+            return tuikit.screen_text(app)
+
+    text = " ".join(asyncio.run(help_text()).split())
+    line = text[text.index("Analysis"):text.index("Events")]
+    for words in ("Threshold judge", "limit", "failures in a row", "Statistical judge",
+                  "score", "band", "inconclusive", "p-value", "effect", "had/needed"):
+        assert words in line, (words, line)

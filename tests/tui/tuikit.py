@@ -430,8 +430,8 @@ def scenario(kind: str) -> FakeHandle:
     snap.update(
         rollout="r-20300101-0001", state=state, reason=reason, step=step_index,
         hosts_on_target=on_target, elapsed_s=elapsed, remaining_s=remaining, hosts=hosts,
-        verdicts={m: {k: v for k, v in d.items() if k not in ("consecutive", "limit")}
-                  for m, d in verdicts.items()},
+        # as the engine keeps them: each verdict as its event said it, raw samples aside
+        verdicts={m: {k: v for k, v in d.items() if k != "raw"} for m, d in verdicts.items()},
         done_steps=sorted(done), wait_remaining_s=wait_remaining,
         traffic={"split": None, "routes": None, "maintenance": False,
                  "ready_by_pool": {current: 12 - on_target, target: on_target}},

@@ -104,6 +104,20 @@ def test_run_outside_the_window_exits_3_with_the_next_opening(frozen_fleet):
     assert not marker.exists() and not state.exists()
 
 
+def test_run_json_outside_the_window_prints_the_refusal_on_stdout(frozen_fleet):
+    """A script that parses stdout gets one object: outcome refused, reason and fix."""
+    path, marker, state, _ = frozen_fleet
+    result = upgrader("run", str(path), "--headless", "--json", "--state-dir", str(state))
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.startswith("upgrader: refused: outside the deploy window")
+    (line,) = result.stdout.splitlines()
+    end = json.loads(line)
+    assert end["outcome"] == "refused" and end["fleet"] == "unit-windows"
+    assert end["reason"].startswith("outside the deploy window") and end["problems"] == []
+    assert "--wait" in end["fix"] and "--override-window REASON" in end["fix"]
+    assert not marker.exists() and not state.exists()
+
+
 def test_override_window_runs_and_journals_the_reason(frozen_fleet):
     path, marker, state, _ = frozen_fleet
     result = upgrader("run", str(path), "--headless", "--json", "--state-dir", str(state),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -217,7 +218,9 @@ def _fleet_with_metric(errors: int, extra: str = "", **verify: Any) -> Any:
     return fleet, plugins
 
 
-def _run(fleet: Any, plugins: Plugins) -> tuple[Any, list[Any]]:
+def _run(fleet: Any, plugins: Plugins, engines: list[Engine] | None = None
+         ) -> tuple[Any, list[Any]]:
+    """Run ``fleet`` to its end in virtual time; ``engines`` gets the engine."""
     _Constant.created.clear()
 
     async def main() -> Any:
@@ -229,6 +232,8 @@ def _run(fleet: Any, plugins: Plugins) -> tuple[Any, list[Any]]:
                                                  port=host.port, pool="1.0.0")
         plan = strategies.get("rolling").compile(fleet, fleet.strategy.params)
         engine = Engine(fleet, plan, providers, clock=LoopClock())
+        if engines is not None:
+            engines.append(engine)
         events: list[Any] = []
         engine.subscribe(events.append)
         result = await engine.run()
@@ -333,6 +338,56 @@ def test_a_proportion_metrics_verdict_says_its_kind_and_headless_prints_percent(
                               quiet=False)
     display(verdicts[-1])
     assert "analysis failures: fail value=50.00% limit=5.00% " in out.getvalue()
+@pytest.mark.parametrize("judge", ["statistical", "threshold"])
+def test_the_rollouts_error_prints_a_proportion_metric_in_percent(judge: str) -> None:
+    """``Verdict.describe()`` (the rollout's error when analysis fails) formats a proportion
+    of any name by its kind, as ``analysis show`` and headless do (before: ``failures FAIL:
+    50 (limit 5, ...)``, only ``error_rate`` had its ``%``)."""
+    fleet, plugins = _fleet_with_metric(50, "critical = true\n", judge=judge)
+    result, events = _run(fleet, plugins)
+    assert result.outcome is Outcome.ROLLED_BACK
+    assert "failures FAIL: 50.00% (limit 5.00%, 100 samples, old release 0.00%)" in (
+        result.error or ""), result.error
+    failed = [e.data["detail"] for e in events if e.kind == "analysis_failed"]
+    assert failed and "50.00%" in failed[0]
+    verdicts = [e.data for e in events if e.kind == "verdict"]
+    assert verdicts and all(v["metric_kind"] == "proportion" for v in verdicts)
+
+
+@pytest.mark.parametrize("judge", ["statistical", "threshold"])
+def test_the_snapshot_keeps_each_verdict_as_its_event_said_it(judge: str) -> None:
+    """What ``status``, ``attach`` and a late TUI read: the statistics (p-value, effect,
+    samples had/needed), the round's score and band and the failing count, not the bare
+    verdict (before: ``Verdict.to_json()`` only); the raw samples stay in the events."""
+    fleet, plugins = _fleet_with_metric(50, "critical = true\n", judge=judge)
+    engines: list[Engine] = []
+    _, events = _run(fleet, plugins, engines)
+    last = next(e.data for e in reversed(events)
+                if e.kind == "verdict" and e.data["metric"] == "failures")
+    shown = engines[0].snapshot()["verdicts"]["failures"]
+    assert shown == {k: v for k, v in last.items() if k != "raw"}
+    # the failing count that ended it: 1 of 1 (critical, statistical), 2 of 2 (threshold)
+    assert shown["consecutive"] == shown["limit"] >= 1 and "raw" not in shown
+    if judge == "statistical":
+        assert shown["judge"] == "statistical" and shown["band"] == "fail"
+        assert shown["score"] == 0.0 and shown["stats"]["tests"]
+        assert shown["stats"]["needed"] is not None and shown["window"]["canary"] >= 1
+    json.dumps(shown)       # the control API sends it as it is
+
+
+def test_verdict_describe_uses_the_metric_kind() -> None:
+    from upgrader.events import Verdict
+
+    slow = Verdict("slow_requests", "fail", 31.0, 5.0, 200, 1.5, "", "proportion")
+    assert slow.describe() == ("slow_requests FAIL: 31.00% (limit 5.00%, 200 samples, "
+                               "old release 1.50%)")
+    value = Verdict("queue_depth", "fail", 31.0, 5.0, 200, 1.5, "", "value")
+    assert value.describe().startswith("queue_depth FAIL: 31 (limit 5, ")
+    assert Verdict("error_rate", "fail", 2.0, 1.0, 50).describe().startswith(
+        "error_rate FAIL: 2.00% (limit 1.00%")
+    assert slow.to_json()["metric_kind"] == "proportion"
+
+
 def test_a_hold_never_ends_on_a_failing_verdict() -> None:
     """A failure not yet ``consecutive_failures`` in a row at the end of a hold keeps the hold
     until the next round: the rollout rolls back instead of completing with a failing last

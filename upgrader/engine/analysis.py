@@ -71,7 +71,8 @@ def threshold_verdict(metric: MetricSpec, samples: MetricSamples,
         detail = f"too little traffic: {n} requests < min_requests {min_requests}"
         if samples.detail and n == 0 and metric.source != "balancer":
             detail += f" ({samples.detail})"
-        return Verdict(metric.name, "no_data", value, metric.max, n, baseline, detail)
+        return Verdict(metric.name, "no_data", value, metric.max, n, baseline, detail,
+                       metric.kind)
     failed = metric.max is not None and value > metric.max
     if metric.max_increase is not None and baseline is not None and baseline > 0:
         failed = failed or value > baseline * (1 + metric.max_increase / 100)
@@ -79,7 +80,7 @@ def threshold_verdict(metric: MetricSpec, samples: MetricSamples,
     if metric.kind == "proportion" and samples.canary_counts is not None:
         detail = f"{samples.canary_counts[0]} errors in {samples.canary_counts[1]} requests"
     return Verdict(metric.name, "fail" if failed else "pass", value, metric.max, n, baseline,
-                   detail)
+                   detail, metric.kind)
 
 
 def health_verdict(results: Mapping[str, bool], *, serving: int | None = None,

@@ -36,7 +36,10 @@ def rollout_status(engine: Engine) -> dict[str, Any]:
                       "healthy": s.healthy, "error": s.error,
                       "health_seen": engine.verification.health_seen(n)}
                   for n, s in hosts.items()},
-        "verdicts": {m: v.to_json() for m, v in engine.last_verdicts.items()},
+        # each as its event said it (statistics, score and band, failing count), raw
+        # samples aside: a front end that connects late shows what a live one does
+        "verdicts": {m: dict(engine.verification.verdict_data.get(m) or v.to_json())
+                     for m, v in engine.last_verdicts.items()},
         "plan": [{"index": i, "step": s.kind, "wave": s.wave,
                   "description": describe_step(s), "duration_s": step_duration(s, timing)}
                  for i, s in enumerate(plan.steps)],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..clock import Clock
 from ..errors import ProviderError, RolloutFailed
@@ -130,6 +131,11 @@ class Verification:
                                                                    self.clock.monotonic()))
         #: the last verdict per metric, and how many times in a row it failed
         self.last_verdicts: dict[str, Verdict] = {}
+        #: each last verdict as its event said it, without the raw samples: the statistics
+        #: (p-value, effect, samples had and needed), the round's score and band, the failing
+        #: count; the snapshot shows these, so a front end that connects late (``status``,
+        #: ``attach``) sees what the events said
+        self.verdict_data: dict[str, dict[str, Any]] = {}
         self._consecutive: dict[str, int] = {}
         #: the analysis round that last judged each metric (threshold judge)
         self._judged_in: dict[str, int] = {}
@@ -253,7 +259,7 @@ class Verification:
                 for metric, samples in await self._collect(window):
                     if isinstance(samples, str):
                         verdicts.append(Verdict(metric.name, "no_data", None, metric.max, 0,
-                                                None, samples))
+                                                None, samples, metric.kind))
                     else:
                         verdicts.append(threshold_verdict(metric, samples, spec.min_requests))
                 if spec.health and self.progress.serving_target:
@@ -477,7 +483,7 @@ class Verification:
                 for metric, samples in collected:
                     if isinstance(samples, str):
                         verdicts.append(Verdict(metric.name, "no_data", None, metric.max, 0,
-                                                None, samples))
+                                                None, samples, metric.kind))
                     else:
                         verdicts.append(threshold_verdict(metric, samples, spec.min_requests))
             self._window_start = now
@@ -528,9 +534,10 @@ class Verification:
                 self._traffic_passes += 1
             self._consecutive[judgement.metric] = count
         limit = 1 if judgement.critical else spec.consecutive_failures
+        kinds = {m.name: m.kind for m in self.metrics}
         verdict = Verdict(judgement.metric, judgement.result, judgement.value,
                           judgement.thresholds.get("max"), judgement.samples,
-                          judgement.baseline, judgement.reason)
+                          judgement.baseline, judgement.reason, kinds.get(judgement.metric))
         self.last_verdicts[judgement.metric] = verdict
         raw: dict[str, object] = {"error": samples} if isinstance(samples, str) else {
             "canary": list(samples.canary[:RAW_LIMIT]),
@@ -538,14 +545,14 @@ class Verification:
             "canary_counts": samples.canary_counts,
             "baseline_counts": samples.baseline_counts, "detail": samples.detail}
         score, band = self.score
-        kinds = {m.name: m.kind for m in self.metrics}
-        await self.bus.emit("verdict", **verdict.to_json(), consecutive=count, limit=limit,
-                            judge="statistical", metric_kind=kinds.get(judgement.metric),
-                            stats=judgement.to_json(), raw=raw,
-                            window={"start": window.start, "end": window.end,
-                                    "canary": len(window.canary),
-                                    "baseline": len(window.baseline)},
-                            score=score, band=band)
+        data: dict[str, Any] = {
+            **verdict.to_json(), "consecutive": count, "limit": limit, "judge": "statistical",
+            "stats": judgement.to_json(),
+            "window": {"start": window.start, "end": window.end,
+                       "canary": len(window.canary), "baseline": len(window.baseline)},
+            "score": score, "band": band}
+        self.verdict_data[judgement.metric] = data
+        await self.bus.emit("verdict", **data, raw=raw)
         if not judgement.dry_run and count >= limit and self.machine.failure is None:
             reason = f"analysis: {verdict.describe()} ({count} in a row" + \
                 (", critical)" if judgement.critical else ")")
@@ -597,8 +604,10 @@ class Verification:
         self._consecutive[verdict.metric] = count
         self._judged_in[verdict.metric] = self._rounds
         self.last_verdicts[verdict.metric] = verdict
-        await self.bus.emit("verdict", **verdict.to_json(), consecutive=count,
-                            limit=spec.consecutive_failures, **extra)
+        data = {**verdict.to_json(), "consecutive": count, "limit": spec.consecutive_failures,
+                **extra}
+        self.verdict_data[verdict.metric] = data
+        await self.bus.emit("verdict", **data)
         if count >= spec.consecutive_failures and self.machine.failure is None:
             reason = f"analysis: {verdict.describe()} ({count} in a row)"
             await self.bus.emit("analysis_failed", metric=verdict.metric, detail=reason)

@@ -21,6 +21,11 @@ def _layout_from_args(args: argparse.Namespace) -> LabLayout:
             raise ConfigError("the fleet file has no [lab] table", file=args.fleet, key="lab")
         # the [lab] table's parser (lab.fleet_table) always gives a LabLayout
         assert isinstance(fleet.lab, LabLayout)
+        if getattr(args, "flag_store", None) is None and fleet.flags is not None:
+            # as `upgrader flags --fleet` does: the apps read the store the fleet's rollouts
+            # and `upgrader flags --fleet` switch flags in
+            args.flag_store = fleet.flags.store
+            args.flag_store_from_fleet = True
         return fleet.lab
     if not 1 <= args.hosts <= MAX_LAB_HOSTS:
         raise ConfigError(f"--hosts must be between 1 and {MAX_LAB_HOSTS}, got {args.hosts}",
@@ -72,9 +77,19 @@ def main(args: argparse.Namespace) -> int:
 
             migration = load_migration(args.database)   # bad input: exit 2, nothing started
         flag_store = getattr(args, "flag_store", None)
-        state = asyncio.run(lab.up(traffic_rps=args.rps, database=migration,
-                                   prometheus=getattr(args, "prometheus", False),
-                                   flag_store=flag_store))
+        try:
+            state = asyncio.run(lab.up(traffic_rps=args.rps, database=migration,
+                                       prometheus=getattr(args, "prometheus", False),
+                                       flag_store=flag_store))
+        except ConfigError as exc:      # a store that cannot be used: nothing started
+            if exc.key != "--flag-store" or not getattr(args, "flag_store_from_fleet", False):
+                raise
+            from ..tomlsource import line_in_file
+
+            raise ConfigError(f"{exc.message} (the lab's flag store defaults to the fleet's; "
+                              "--flag-store SPEC names another)", file=args.fleet,
+                              key="flags.store",
+                              line=line_in_file(args.fleet, ("flags", "store"))) from None
         flags_line = (f"  flags:    {state['flag_store']}  (flag new-path, environment lab: "
                       "the -flagged releases read it)" if flag_store is not None else None)
         if isinstance(layout, SshLabLayout):

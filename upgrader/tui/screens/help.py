@@ -34,8 +34,11 @@ PANELS = [
               "hosts and traffic on the new release"),
     ("Traffic", "share of requests on the new release, 5xx and p95 of new against old, "
                 "over time; the balancer's split and routes"),
-    ("Analysis", "the last verdict of each check: value, limit, samples, the old release's "
-                 "value, failures in a row (red when failing)"),
+    ("Analysis", "the last verdict of each check (red when failing). Threshold judge: "
+                 "value, limit, the old release's value, samples, failures in a row. "
+                 "Statistical judge: the round's score (0-100) and band, then per metric "
+                 "pass/fail/inconclusive/no data, its limits, p-value, effect and samples "
+                 "had/needed"),
     ("Events", "notable events: state changes, steps, failures, operator controls"),
     ("narrow", "under 100 columns one summary replaces Steps, Traffic and Analysis: the "
                "share, 5xx and p95 of new against old, and every verdict; under 30 lines "
