@@ -8,7 +8,7 @@ import asyncio
 from tuikit import SIZE, big_handle, frozen_app, main_screen, screen_text, wait_until
 
 from upgrader.events import Event
-from upgrader.tui.messages import EventFeed
+from upgrader.tui.messages import EventDescriber, EventFeed
 from upgrader.tui.view import RolloutView
 from upgrader.tui.widgets import FleetTable
 
@@ -122,3 +122,13 @@ def test_a_control_that_fails_is_reported_not_fatal():
             assert handle.calls == [("promote", None)]
 
     asyncio.run(main())
+
+
+def test_a_threshold_verdict_line_shows_a_proportion_in_percent_by_its_kind():
+    feed = EventDescriber()
+    verdict = event(1, "verdict", metric="failures", result="fail", value=50.0, threshold=5.0,
+                    samples=40, baseline=0.5, metric_kind="proportion")
+    line = feed.describe(verdict, RolloutView(clock=lambda: 0.0))
+    assert line is not None
+    assert line.plain == ("analysis failures FAIL: 50.00% (limit 5.00%, 40 samples, "
+                          "old release 0.50%)")

@@ -64,6 +64,18 @@ def test_the_threshold_judge_keeps_its_display():
         "  72 errors in 240 requests"]
 
 
+def test_a_threshold_proportion_not_named_error_rate_is_shown_in_percent():
+    # the unit comes from the verdict's metric_kind, not from the metric's name
+    text = _panel([{"metric": "failures", "result": "fail", "value": 50.0, "threshold": 5.0,
+                    "samples": 40, "baseline": 0.5, "metric_kind": "proportion"},
+                   {"metric": "queue", "result": "pass", "value": 3.0, "threshold": 50.0,
+                    "samples": 4, "metric_kind": "value"}])
+    lines = text.splitlines()
+    assert "failures     FAIL  50.00% (limit 5.00%)" in lines, text
+    assert "  old release 0.50% · 40 samples" in lines, text
+    assert "queue        PASS  3 (limit 50)" in lines, text
+
+
 def test_a_tui_that_connects_late_shows_the_statistics_from_the_snapshot():
     """A TUI that attaches after the verdicts (their events not in the history it gets)
     shows the statistical judge's lines from the engine's snapshot alone: the round's score

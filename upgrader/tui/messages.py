@@ -281,10 +281,12 @@ class EventDescriber:
             if result == "pass" and before in (None, "pass"):
                 return None
             style = {"pass": "green", "fail": "bold red"}.get(result, "yellow")
+            unit = data.get("metric_kind")
             text = Text(f"analysis {metric} {result.upper()}: "
-                        f"{fmt_metric(metric, data.get('value'))} (limit "
-                        f"{fmt_metric(metric, data.get('threshold'))}, {data.get('samples', 0)} "
-                        f"samples, old release {fmt_metric(metric, data.get('baseline'))})",
+                        f"{fmt_metric(metric, data.get('value'), unit)} (limit "
+                        f"{fmt_metric(metric, data.get('threshold'), unit)}, "
+                        f"{data.get('samples', 0)} samples, old release "
+                        f"{fmt_metric(metric, data.get('baseline'), unit)})",
                         style=style)
             if data.get("limit"):
                 text.append(f" {data.get('consecutive', 0)}/{data['limit']} in a row")

@@ -460,11 +460,12 @@ def fmt_rps(value: float | None) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
 
 
-def fmt_metric(metric: str, value: float | None) -> str:
-    """A verdict's value or threshold in the metric's unit."""
+def fmt_metric(metric: str, value: float | None, kind: object = None) -> str:
+    """A verdict's value or threshold in the metric's unit: a ``proportion`` (the verdict's
+    ``metric_kind``, or ``error_rate`` by its name) in percent."""
     if value is None:
         return "n/a"
-    if metric == "error_rate":
+    if metric == "error_rate" or kind == "proportion":
         return f"{value:.2f}%"
     if metric == "p95_latency":
         return fmt_ms(value)

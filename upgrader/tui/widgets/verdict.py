@@ -88,12 +88,13 @@ class VerdictPanel(Static):
             result = str(data.get("result", "?"))
             text.append(f"{metric:<12}", style="bold")
             text.append(f" {result.upper()} ", style=RESULT_STYLES.get(result, "bold"))
-            text.append(f" {fmt_metric(metric, data.get('value'))}",
+            kind = data.get("metric_kind")
+            text.append(f" {fmt_metric(metric, data.get('value'), kind)}",
                         style="bold red" if result == "fail" else "bold")
-            text.append(f" (limit {fmt_metric(metric, data.get('threshold'))})\n")
+            text.append(f" (limit {fmt_metric(metric, data.get('threshold'), kind)})\n")
             facts = []
             if data.get("baseline") is not None or metric in ("error_rate", "p95_latency"):
-                facts.append(f"old release {fmt_metric(metric, data.get('baseline'))}")
+                facts.append(f"old release {fmt_metric(metric, data.get('baseline'), kind)}")
             facts.append(f"{data.get('samples', 0)} samples")
             text.append("  " + " · ".join(facts), style="dim" if result == "pass" else "")
             if data.get("limit"):
