@@ -226,6 +226,22 @@ def test_error_rate_release_fails_its_share_seeded_by_release_and_host(make_host
     assert get(host.url + "/healthz")[0] == 200          # health checks do not see it
 
 
+def test_base_release_with_a_background_error_rate(make_host):
+    """A base release such as ``1.0.0-err1`` (the baseline of bench/analysis.py
+    --base-errors 1): 1 % of requests fail, counted over 1000 requests. The draws are
+    seeded by release, host and slot, so the count is exact (it cannot flake), and the
+    seeded expectation itself is within a binomial tolerance of 1 %."""
+    import random
+
+    host = make_host("web-02")
+    host.install_and_start("1.0.0-err1")
+    statuses = [get(host.url + f"/x{i}")[0] for i in range(1000)]
+    draws = random.Random("1.0.0-err1/web-02/default")
+    expected = sum(1 for _ in range(1000) if draws.random() < 0.01)
+    assert statuses.count(500) == expected and 4 <= expected <= 18   # 10 +- 2.6 sd
+    assert statuses.count(200) == 1000 - expected
+
+
 def test_unhealthy_release_fails_healthz_only(make_host):
     host = make_host()
     host.install_and_start("2.0.0-unhealthy")
