@@ -540,6 +540,49 @@ def test_lab_with_blue_green_slots_and_no_traffic(tmp_path):
         asyncio.run(lab.down())
 
 
+@pytest.mark.timeout(120)
+def test_lab_on_a_base_release_with_background_errors(tmp_path):
+    """A lab whose base release is ``1.0.0-err1`` (a fleet's ``[release] current``): every
+    host serves it, and users see 1 % of failures
+    through the balancer: exactly the seeded draws of each host over the requests it
+    answered (its /metrics), within a binomial tolerance of 1 % over 1500 requests."""
+    import random
+    import re
+
+    missing = _balancer_missing()
+    if missing:
+        if os.environ.get("UPGRADER_REQUIRE_INTEGRATION") == "1":
+            pytest.fail(f"the built-in balancer is required: {missing}")
+        pytest.skip(f"the built-in balancer is not available: {missing}")
+
+    layout = LabLayout(dir=tmp_path / "lab", hosts=2, base_port=free_base_port(),
+                       base_release="1.0.0-err1")
+    lab = Lab(layout)
+
+    def send(n: int) -> list[int]:
+        return [get(layout.balancer_url + f"/x{i}")[0] for i in range(n)]
+
+    async def scenario() -> None:
+        await lab.up(traffic_rps=0)
+        status = await lab.status()
+        assert [h["version"] for h in status["hosts"]] == ["1.0.0-err1"] * 2
+        statuses = await asyncio.to_thread(send, 1500)
+        expected = 0
+        for host in layout.host_objects():
+            _, _, body = await asyncio.to_thread(get, f"http://127.0.0.1:{host.port}/metrics")
+            answered = sum(float(n) for n in re.findall(
+                r'^upgrader_app_requests_total\{[^}]*\} (\S+)$', body.decode(), re.M))
+            draws = random.Random(f"1.0.0-err1/{host.name}/default")
+            expected += sum(1 for _ in range(int(answered)) if draws.random() < 0.01)
+        assert statuses.count(500) == expected and 5 <= expected <= 27   # 15 +- 3.9 sd
+        assert statuses.count(200) == 1500 - expected
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        asyncio.run(lab.down())
+
+
 def test_lab_refuses_a_taken_port(tmp_path):
     layout = LabLayout(dir=tmp_path / "lab", hosts=1, base_port=free_base_port())
     with socket.socket() as sock:
