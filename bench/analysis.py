@@ -26,7 +26,16 @@ Figures per judge and release:
   (the whole run for a run without a roll-back) that failed, from the traffic generator's
   per-second timeline; median and total over the runs.
 
+With ``--base-errors N`` the lab's base release (the baseline) is ``1.0.0-errN`` and the
+good release ``1.1.0-rK-errN``: both fail N % of requests, as real services do, so a judge
+that fires on noise shows it (false roll-backs of the good release). The bad releases fail
+N + 5 and N + 30 % (``-err(N+5)``, ``-err(N+30)``; N + 2 with ``--releases``). The failed
+requests are then the canary's own (answered by the new release until the roll-back began,
+from the timeline's ``failed_versions``) and those above the base rate (minus N % of the
+canary's answers): the seven baseline hosts' background failures are no judge's cost.
+
     .venv/bin/python bench/analysis.py --runs 8 --good-runs 20       # bench/RESULTS.md
+    .venv/bin/python bench/analysis.py --base-errors 1 --runs 8 --good-runs 20
     .venv/bin/python bench/analysis.py --quick          # smoke: 1 run of each, short
 """
 
