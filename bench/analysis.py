@@ -134,7 +134,7 @@ max_increase = "50%"
 
 def fleet_text(judge: str, target: str, lab_dir: Path, port: int,
                window: int | None = None, critical: bool = False,
-               current: str = "1.0.0") -> str:
+               current: str = "1.0.0", inconclusive_for: str | None = None) -> str:
     metrics = STATISTICAL if judge == "statistical" else ""
     if critical:
         metrics = metrics.replace('max_increase = "100%"\n', 'max_increase = "100%"\n'
@@ -142,6 +142,8 @@ def fleet_text(judge: str, target: str, lab_dir: Path, port: int,
             'max_increase = "50%"\n', 'max_increase = "50%"\ncritical = true\n')
     if metrics and window is not None:
         metrics = f"window = {window}\n" + metrics
+    if metrics and inconclusive_for is not None:
+        metrics = f'inconclusive_for = "{inconclusive_for}"\n' + metrics
     return FLEET.format(judge=judge, current=current, target=target, dir=lab_dir, port=port,
                         metrics=metrics)
 
@@ -164,13 +166,15 @@ def answered_by(stats_file: Path, start: float, end: float, version: str) -> tup
 
 async def one_run(work: Path, layout: Any, judge: str, target: str,
                   timeout: float, window: int | None = None,
-                  critical: bool = False, base_rate: float = 0.0) -> dict[str, Any]:
+                  critical: bool = False, base_rate: float = 0.0,
+                  inconclusive_for: str | None = None) -> dict[str, Any]:
     import upgrader
     from upgrader.plugins import Plugins
 
     path = work / f"{judge}.toml"
     path.write_text(fleet_text(judge, target, layout.dir, layout.base_port, window,
-                               critical, current=layout.base_release))
+                               critical, current=layout.base_release,
+                               inconclusive_for=inconclusive_for))
     plugins = Plugins()
     fleet = upgrader.load_fleet(str(path), registry=plugins)
     plan = upgrader.compile_plan(fleet)
@@ -308,9 +312,11 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                     for judge in args.judges:
                         row = await one_run(work, layout, judge, target, args.timeout,
                                             args.window, args.critical,
-                                            base_rate=args.base_errors / 100)
+                                            base_rate=args.base_errors / 100,
+                                            inconclusive_for=args.inconclusive_for)
                         row.update(release=name, run=run, critical=args.critical,
-                                   window=args.window, base_errors=args.base_errors)
+                                   window=args.window, base_errors=args.base_errors,
+                                   inconclusive_for=args.inconclusive_for)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
                         await lab.reset()
@@ -341,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="which judges, comma-separated (default: both)")
     parser.add_argument("--window", type=int,
                         help="the statistical judge's [verify] window (default: the default)")
+    parser.add_argument("--inconclusive-for", metavar="DURATION",
+                        help="the statistical judge's [verify] inconclusive_for, e.g. 80s "
+                             "(default: the default, twice the hold)")
     parser.add_argument("--critical", action="store_true",
                         help="the statistical judge's metrics are critical = true (fail at the "
                              "first failing round, as FLEET.md's example; default: "
