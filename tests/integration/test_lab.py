@@ -226,6 +226,22 @@ def test_error_rate_release_fails_its_share_seeded_by_release_and_host(make_host
     assert get(host.url + "/healthz")[0] == 200          # health checks do not see it
 
 
+def test_base_release_with_a_background_error_rate(make_host):
+    """A base release such as ``1.0.0-err1`` (the baseline of bench/analysis.py
+    --base-errors 1): 1 % of requests fail, counted over 1000 requests. The draws are
+    seeded by release, host and slot, so the count is exact (it cannot flake), and the
+    seeded expectation itself is within a binomial tolerance of 1 %."""
+    import random
+
+    host = make_host("web-02")
+    host.install_and_start("1.0.0-err1")
+    statuses = [get(host.url + f"/x{i}")[0] for i in range(1000)]
+    draws = random.Random("1.0.0-err1/web-02/default")
+    expected = sum(1 for _ in range(1000) if draws.random() < 0.01)
+    assert statuses.count(500) == expected and 4 <= expected <= 18   # 10 +- 2.6 sd
+    assert statuses.count(200) == 1000 - expected
+
+
 def test_unhealthy_release_fails_healthz_only(make_host):
     host = make_host()
     host.install_and_start("2.0.0-unhealthy")
@@ -517,6 +533,49 @@ def test_lab_with_blue_green_slots_and_no_traffic(tmp_path):
         assert status_code == 200 and headers["X-Version"] == "2.0.0"
         assert await lab.down() == {}
         assert not lab.is_running()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        asyncio.run(lab.down())
+
+
+@pytest.mark.timeout(120)
+def test_lab_on_a_base_release_with_background_errors(tmp_path):
+    """A lab whose base release is ``1.0.0-err1`` (a fleet's ``[release] current``): every
+    host serves it, and users see 1 % of failures
+    through the balancer: exactly the seeded draws of each host over the requests it
+    answered (its /metrics), within a binomial tolerance of 1 % over 1500 requests."""
+    import random
+    import re
+
+    missing = _balancer_missing()
+    if missing:
+        if os.environ.get("UPGRADER_REQUIRE_INTEGRATION") == "1":
+            pytest.fail(f"the built-in balancer is required: {missing}")
+        pytest.skip(f"the built-in balancer is not available: {missing}")
+
+    layout = LabLayout(dir=tmp_path / "lab", hosts=2, base_port=free_base_port(),
+                       base_release="1.0.0-err1")
+    lab = Lab(layout)
+
+    def send(n: int) -> list[int]:
+        return [get(layout.balancer_url + f"/x{i}")[0] for i in range(n)]
+
+    async def scenario() -> None:
+        await lab.up(traffic_rps=0)
+        status = await lab.status()
+        assert [h["version"] for h in status["hosts"]] == ["1.0.0-err1"] * 2
+        statuses = await asyncio.to_thread(send, 1500)
+        expected = 0
+        for host in layout.host_objects():
+            _, _, body = await asyncio.to_thread(get, f"http://127.0.0.1:{host.port}/metrics")
+            answered = sum(float(n) for n in re.findall(
+                r'^upgrader_app_requests_total\{[^}]*\} (\S+)$', body.decode(), re.M))
+            draws = random.Random(f"1.0.0-err1/{host.name}/default")
+            expected += sum(1 for _ in range(int(answered)) if draws.random() < 0.01)
+        assert statuses.count(500) == expected and 5 <= expected <= 27   # 15 +- 3.9 sd
+        assert statuses.count(200) == 1500 - expected
 
     try:
         asyncio.run(scenario())

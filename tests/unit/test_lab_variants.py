@@ -12,6 +12,7 @@ from upgrader.lab.app import error_rate_of, variant_of
     ("1.1.0-bad", "errors", 0.0),
     ("1.1.0-slow", "slow", 0.0),
     ("1.1.0-err5", "err5", 0.05),
+    ("1.0.0-err1", "err1", 0.01),       # a base release with a background error rate
     ("1.1.0-r12-err2", "err2", 0.02),
     ("1.1.0-err30", "err30", 0.30),
     ("1.1.0-err100", "err100", 1.0),

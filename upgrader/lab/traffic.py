@@ -76,7 +76,8 @@ class Stats:
     def _second(self, t: int) -> dict[str, Any]:
         entry = self.seconds.get(t)
         if entry is None:
-            entry = {"t": t, "ok": 0, "failed": 0, "maintenance": 0, "versions": {}}
+            entry = {"t": t, "ok": 0, "failed": 0, "maintenance": 0, "versions": {},
+                     "failed_versions": {}}
             self.seconds[t] = entry
             if len(self.seconds) > 1 and next(reversed(self.seconds)) != t:
                 # results arrive out of order (a slow request); keep the dict sorted
@@ -110,6 +111,9 @@ class Stats:
         elif outcome == "failed":
             self.failed += 1
             entry["failed"] += 1
+            if version:
+                failed_by = entry["failed_versions"]
+                failed_by[version] = failed_by.get(version, 0) + 1
             if self.first_failure_ts is None:
                 self.first_failure_ts = sent
             self.last_failure_ts = max(self.last_failure_ts or sent, sent)
@@ -123,7 +127,9 @@ class Stats:
             self.other += 1
 
     def snapshot(self, *, final: bool = False) -> dict[str, Any]:
-        timeline = [dict(e, versions=dict(e["versions"])) for e in self.seconds.values()]
+        timeline = [dict(e, versions=dict(e["versions"]),
+                         failed_versions=dict(e["failed_versions"]))
+                    for e in self.seconds.values()]
         downtime = self.downtime_pruned + sum(1 for e in timeline if _is_down(e))
         return {
             "url": self.url,
