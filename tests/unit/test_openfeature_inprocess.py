@@ -185,7 +185,7 @@ def test_a_broken_flag_set_keeps_the_last_good_one(store_spec, provider, client)
     with sqlite3.connect(store_spec) as conn:
         conn.execute("UPDATE upgrader_flag_set SET version = version + 1, document = ? "
                      "WHERE id = 1", (json.dumps({"environments": ["staging"]}),))
-    wait_until(lambda: provider._watcher.last_error is not None, 2.0,
+    wait_until(lambda: provider._watcher.last_error is not None, 10.0,
                "the broken flag set was not noticed")
     assert provider.evaluator.version == version
     assert client.get_integer_value("max-items", 0, ctx("u", tier="gold")) == 100
