@@ -4,9 +4,13 @@
     releases/<version>/release.json   {"version", "variant"}
     current -> releases/<version>     slot "default"; slot S uses slots/S/current
     installs.log                      one JSON line {"ts", "release", "slot"} per install
+                                      (and per switch, with "switch": true)
     run/<slot>.pid   logs/<slot>.log
 
-``python -m upgrader.lab.hostctl {install,start,stop,current,system-test} --root ROOT
+Release directories are never removed, so ``switch`` (the link moved back to a release
+directory that is there already, nothing written into it) can go back to any earlier release.
+
+``python -m upgrader.lab.hostctl {install,switch,start,stop,current,system-test} --root ROOT
 --slot SLOT --port PORT [--release R] [--address A]``. Exit 0 done, 1 failed, 2 bad arguments.
 No shell is used anywhere. The process helpers here are shared with ``upgrader.lab.manager``.
 """
@@ -278,21 +282,41 @@ def read_installs(root: Path) -> list[dict[str, Any]]:
 # commands
 
 
-def install(root: Path, slot: str, release: str) -> None:
+def _check_release(release: str) -> None:
     if not RELEASE_RE.match(release) or release in (".", ".."):
         raise HostctlError(
             f"invalid release name {release!r}: use only letters, digits and . _ + -", 2)
-    slot = slot_name(slot)
+
+
+def install(root: Path, slot: str, release: str) -> None:
+    _check_release(release)
     release_dir = root / "releases" / release
     release_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(release_dir / "release.json",
                  json.dumps({"version": release, "variant": variant_of(release)}) + "\n")
+    _make_current(root, slot_name(slot), release_dir, {})
 
+
+def switch(root: Path, slot: str, release: str) -> None:
+    """Make ``release``, installed earlier and still on disk, the slot's current release
+    again (exit 1 when it is not there: nothing changed)."""
+    _check_release(release)
+    release_dir = root / "releases" / release
+    if not (release_dir / "release.json").is_file():
+        raise HostctlError(f"release {release} is not installed under {root} (switch only "
+                           "goes back to a release directory that is there; install it)")
+    _make_current(root, slot_name(slot), release_dir, {"switch": True})
+
+
+def _make_current(root: Path, slot: str, release_dir: Path, extra: dict[str, Any]) -> None:
+    """Point the slot's ``current`` link at ``release_dir`` and record it in installs.log."""
+    release = release_dir.name
     link = slot_current_link(root, slot)
     link.parent.mkdir(parents=True, exist_ok=True)
     tmp_link = link.with_name(f".{link.name}.{os.getpid()}.{secrets.token_hex(4)}")
     os.symlink(os.path.relpath(release_dir, link.parent), tmp_link)
-    record = json.dumps({"ts": time.time(), "release": release, "slot": slot}) + "\n"
+    record = json.dumps({"ts": time.time(), "release": release, "slot": slot,
+                         **extra}) + "\n"
     # one write(2) on an O_APPEND descriptor: concurrent installs never interleave
     fd = os.open(installs_log(root), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -465,7 +489,7 @@ def system_test(address: str, port: int, requests: int = 5, timeout: float = 5.0
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m upgrader.lab.hostctl",
                                      description="Control one lab host (slot).")
-    parser.add_argument("command", choices=["install", "start", "stop", "current",
+    parser.add_argument("command", choices=["install", "switch", "start", "stop", "current",
                                             "system-test"])
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--slot", default="default")
@@ -489,10 +513,10 @@ def run(args: argparse.Namespace) -> str | None:
     if needs_port and args.port is None:
         raise HostctlError(f"{args.command} needs --port", 2)
 
-    if args.command == "install":
+    if args.command in ("install", "switch"):
         if not args.release:
-            raise HostctlError("install needs --release", 2)
-        install(root, slot, args.release)
+            raise HostctlError(f"{args.command} needs --release", 2)
+        (install if args.command == "install" else switch)(root, slot, args.release)
         return None
     if args.command == "start":
         start(root, slot, args.port, host=args.host, bind=args.bind)

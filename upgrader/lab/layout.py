@@ -112,6 +112,7 @@ class LabLayout:
         common = ("--root", "{root}", "--slot", "{slot}", "--port", "{port}")
         return Commands(
             install=ctl + ("install", "--release", "{release}") + common,
+            switch=ctl + ("switch", "--release", "{release}") + common,
             start=ctl + ("start",) + common,
             stop=ctl + ("stop",) + common,
             current=ctl + ("current",) + common,
