@@ -21,18 +21,21 @@ import argparse
 import json
 import os
 import re
-import secrets
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LabError
 from .app import slot_current_link, variant_of
+
+if TYPE_CHECKING:
+    import subprocess
+
+# subprocess and socket are imported where they are used: the engine runs hostctl three times
+# a host procedure (stop, install or switch, start), and only start needs them
 
 RELEASE_RE = re.compile(r"^[A-Za-z0-9._+-]+$")
 SLOT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -127,6 +130,8 @@ def terminate(pid: int, timeout: float = STOP_TIMEOUT) -> bool:
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
+    import socket
+
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -148,6 +153,8 @@ def child_env() -> dict[str, str]:
 def spawn_detached(argv: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start ``argv`` in a session of its own (it outlives its caller), stdin from /dev/null,
     stdout and stderr appended to ``log_path``."""
+    import subprocess
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -171,7 +178,7 @@ def log_tail(path: Path, lines: int = 20) -> str:
 def write_atomic(path: Path, data: str | bytes, mode: int | None = None) -> None:
     """Write ``path`` through a temporary file, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     raw = data.encode("utf-8") if isinstance(data, str) else data
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode if mode is not None else 0o644)
     try:
@@ -313,7 +320,7 @@ def _make_current(root: Path, slot: str, release_dir: Path, extra: dict[str, Any
     release = release_dir.name
     link = slot_current_link(root, slot)
     link.parent.mkdir(parents=True, exist_ok=True)
-    tmp_link = link.with_name(f".{link.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    tmp_link = link.with_name(f".{link.name}.{os.getpid()}.{os.urandom(4).hex()}")
     os.symlink(os.path.relpath(release_dir, link.parent), tmp_link)
     record = json.dumps({"ts": time.time(), "release": release, "slot": slot,
                          **extra}) + "\n"
