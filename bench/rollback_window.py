@@ -5,7 +5,8 @@ traffic.
 Each run: a rolling upgrade 1.0.0 -> 1.1.0 (the sample fleet's schedule: one host, then two
 at a time, verified 6 s after every batch) completes; then, timed, either ``upgrader rollback``
 inside the window, or ``upgrader run`` of a fleet file 1.1.0 -> 1.0.0 with the same strategy
-(the fresh rollout an operator runs without the window). Both are timed as the command
+(the fresh rollout an operator runs without the window; inside the window each host switches
+back to the release directory it kept, the lab's ``[commands] switch``). Both are timed as the command
 (wall clock, Python start-up included) and as the engine's own ``duration_s``; failed user
 requests are read from the lab's traffic generator before and after. Medians over --runs.
 

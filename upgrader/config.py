@@ -172,7 +172,8 @@ _TOP_KEYS = ("fleet", "release", "commands", "transport", "balancer", "health", 
              "defaults", "lab", "flags", "schema", "windows")
 _FLEET_KEYS = ("name", "environment")
 _RELEASE_KEYS = ("current", "target", "migration", "rollback_window", "flags", "flags_hold")
-_COMMAND_KEYS = ("install", "start", "stop", "system_test", "current", "pre_release_test")
+_COMMAND_KEYS = ("install", "start", "stop", "system_test", "current", "pre_release_test",
+                 "switch")
 _REQUIRED_COMMANDS = ("install", "start", "stop")
 _VERIFY_KEYS = ("error_rate_max", "p95_latency_max", "min_requests", "consecutive_failures",
                 "interval", "for", "no_data", "health", "health_sample",
@@ -621,7 +622,8 @@ class _Loader:
             commands = lab.commands()
             # Explicit [[hosts]] in a lab fleet must still fill the lab commands' placeholders.
             for argv in (commands.install, commands.start, commands.stop, commands.current,
-                         commands.system_test, commands.pre_release_test):
+                         commands.system_test, commands.pre_release_test,
+                         commands.switch):
                 for field in _placeholders(argv or ()):
                     if field not in allowed:
                         self.error(path, f"the lab's commands use {{{field}}}, which not every "

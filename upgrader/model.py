@@ -57,6 +57,10 @@ class Commands:
     current: tuple[str, ...] | None = None
     #: a system test run once before any host is touched (pre-release gate)
     pre_release_test: tuple[str, ...] | None = None
+    #: makes a release that is still installed current again (a symlink move, no
+    #: download); used instead of ``install`` where the host ran that release before:
+    #: ``upgrader rollback`` inside the roll-back window, and a failed rollout's roll-back
+    switch: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

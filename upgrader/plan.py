@@ -27,6 +27,10 @@ class UpgradeHosts:
     start_interval: float = 0.0          # seconds between host starts (canary rates)
     drain: bool = True                   # False while the balancer is in maintenance
     wave: int = 0
+    #: the hosts ran this release before and still have it installed (``upgrader rollback``
+    #: inside the roll-back window): the fleet's ``switch`` command, when it has one, makes it
+    #: current instead of ``install``
+    switch: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,7 +81,7 @@ def fast_fleet(fleet: Any, previous_plan: Any) -> Any:
     if limit is not None:        # the operator's own cap on hosts out of service wins
         parallel = max(1, min(parallel, units.resolve_count(limit, total)))
     params = RollingParams(batch=(total,), max_unavailable=parallel, verify=False, pause=0.0,
-                           rollback_parallel=parallel)
+                           rollback_parallel=parallel, straight_back=True)
     spec = StrategySpec(kind="rolling", params=params, on_failure=fleet.strategy.on_failure,
                         min_capacity=fleet.strategy.min_capacity)
     return dataclasses.replace(fleet, strategy=spec, schema=None)
@@ -165,7 +165,9 @@ def cmd_rollback(args: argparse.Namespace, *, load: Any, state_dir_of: Any, run:
         else:
             how = (f"inside the roll-back window: straight back from {window.live} to {to} "
                    f"(no pauses, no analysis holds, up to "
-                   f"{back.strategy.params.max_unavailable} hosts at once)")
+                   f"{back.strategy.params.max_unavailable} hosts at once"
+                   + (f"; each switches back to {to}, still installed" if
+                      fleet.commands.switch is not None else "") + ")")
         if fleet.schema is not None:
             how += (f"; then schema change {fleet.schema.migration_name} is rolled back (the "
                     f"views of {to} were kept for the window)")

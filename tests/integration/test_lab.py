@@ -146,6 +146,34 @@ def test_hostctl_install_start_current_stop_roundtrip(make_host):
     assert all(r["slot"] == "default" and r["ts"] > 0 for r in records)
 
 
+def test_hostctl_switch_goes_back_to_a_release_still_installed(make_host):
+    """`switch` (the lab's `[commands] switch`) moves `current` back to a release directory
+    that is there, records it, and writes nothing into the release; a release that was never
+    installed is refused (exit 1) with nothing changed; a bad name is exit 2."""
+    host = make_host()
+    host.ok("install", "--release", "1.0.0")
+    host.ok("install", "--release", "1.1.0")
+    before = (host.root / "releases/1.0.0/release.json").stat().st_mtime_ns
+
+    missing = host.ctl("switch", "--release", "0.9.0")
+    assert missing.returncode == 1 and "0.9.0 is not installed" in missing.stderr
+    assert host.ok("current").strip() == "1.1.0"
+    assert not (host.root / "releases/0.9.0").exists()
+    assert host.ctl("switch", "--release", "../evil").returncode == 2
+    assert host.ctl("switch").returncode == 2                 # --release is needed
+
+    host.ok("switch", "--release", "1.0.0")
+    host.ok("switch", "--release", "1.0.0")                   # idempotent
+    assert os.readlink(host.root / "current") == os.path.join("releases", "1.0.0")
+    assert (host.root / "releases/1.0.0/release.json").stat().st_mtime_ns == before
+    records = hostctl.read_installs(host.root)
+    assert [(r["release"], r.get("switch", False)) for r in records] == [
+        ("1.0.0", False), ("1.1.0", False), ("1.0.0", True), ("1.0.0", True)]
+    host.ok("start")
+    assert get(host.url)[1]["X-Version"] == "1.0.0"
+    host.ok("stop")
+
+
 def test_an_app_left_without_its_pid_file_is_found_and_adopted(make_host):
     """A controller killed while `hostctl start` ran can leave the app running before its
     pid file was written (seen in crash torture: the next start found the port taken).

@@ -2,7 +2,8 @@
 through the command as an operator runs it (issue 15, point 3).
 
 Inside the roll-back window the command goes straight back: one batch, no pause, no
-verification hold, several hosts at once, 0 failed user requests. Once the window has closed
+verification hold, several hosts at once, each host switched back to the release directory
+it kept (the lab's ``[commands] switch``, not an install), 0 failed user requests. Once the window has closed
 (a window by time, ``rollback_window = "1s"``, polled through ``upgrader status``), the same
 command is an ordinary rollout of the fleet's strategy, with its verification, and says so.
 Without the command both runs fail (argparse: exit 2).
@@ -125,6 +126,10 @@ def test_rollback_inside_and_outside_the_window(tmp_path):
         starts = [e for e in lines if e.get("kind") == "step_started"]
         assert len(starts) == 1, starts                # one batch of every host, no Verify step
         assert live_releases(lab) == dict.fromkeys(NAMES, "1.0.0")
+        # each host switched back to the release directory it kept (the lab's [commands]
+        # switch): nothing installed
+        assert all(lab.installs(n)[-1].get("switch") for n in NAMES), [
+            lab.installs(n)[-1] for n in NAMES]
         assert lines[-1]["outcome"] == "completed"
         # up to the capacity rule (min_capacity 50 %: 2 of 4 hosts out at once): two hosts
         # were draining at the same time at some point
@@ -159,6 +164,8 @@ def test_rollback_inside_and_outside_the_window(tmp_path):
         assert "pause_started" in kinds
         assert kinds.count("step_started") > HOSTS       # batches of 1, verify holds, pauses
         assert live_releases(lab) == dict.fromkeys(NAMES, "1.0.0")
+        # an ordinary rollout does not know the release is still there: it installs
+        assert not any(lab.installs(n)[-1].get("switch") for n in NAMES)
         assert traffic_failed(layout) == 0
     finally:
         asyncio.run(lab.down())

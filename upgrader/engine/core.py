@@ -507,7 +507,8 @@ class Engine:
             target = self.fleet.releases.target
 
             async def upgrade(name: str) -> None:
-                await procedure.upgrade(name, target, mode="upgrade", drain=step.drain)
+                await procedure.upgrade(name, target, mode="upgrade", drain=step.drain,
+                                        switch=step.switch)
 
             await self._host_step(index, step.hosts, step.max_parallel, step.start_interval,
                                   upgrade)

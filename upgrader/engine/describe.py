@@ -34,7 +34,8 @@ def describe_step(step: Step) -> str:
         extra = f", one every {step.start_interval:g}s" if step.start_interval else ""
         par = f", {step.max_parallel} at a time" if step.max_parallel else ""
         drain = "" if step.drain else " (no drain)"
-        return f"upgrade {len(step.hosts)} host(s){par}{extra}{drain}"
+        switch = " (back to a release still installed)" if step.switch else ""
+        return f"upgrade {len(step.hosts)} host(s){par}{extra}{drain}{switch}"
     if isinstance(step, PrepareSlots):
         reuse = " (reused where it runs the release already)" if step.reuse else ""
         return f"prepare idle slot on {len(step.hosts)} host(s){reuse}"

@@ -218,8 +218,10 @@ class FailurePolicy:
                     if drain:
                         await self._leave_a_server(name, in_flight, came_back)
                     in_flight.add(name)
+                    # the host ran `current` before this rollout: a switch, where the
+                    # fleet has one, makes it current again
                     await self.procedure.upgrade(name, current, mode="rollback", drain=drain,
-                                                 slot=None)
+                                                 slot=None, switch=True)
                     if drain:
                         await drain_target()
                 except Exception as exc:
@@ -328,7 +330,8 @@ class FailurePolicy:
         async def bring_back(name: str) -> None:
             async with limit:
                 try:
-                    await self.procedure.upgrade(name, current, mode="rollback", drain=False)
+                    await self.procedure.upgrade(name, current, mode="rollback", drain=False,
+                                                 switch=True)
                 except Exception as exc:
                     errors.append(describe_error(exc, name))
 

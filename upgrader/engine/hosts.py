@@ -2,8 +2,11 @@
 
 ``stop -> install -> start -> check`` is written once (:meth:`HostProcedure._install_and_start`),
 with the in-doubt rule: a procedure interrupted by a crash (or found so by reconcile) never
-installs a release twice. Upgrade and roll-back (:meth:`HostProcedure.upgrade`) and blue-green
-slot preparation (:meth:`HostProcedure.prepare_slot`) go through it; swaps and turn-downs are
+installs a release twice. Where the host ran the release before (a roll-back), the fleet's
+``switch`` command (when it has one) replaces ``install``: it only makes the installed release
+current again, and is in doubt (redone unless ``current`` shows it done) exactly as
+``install`` is. Upgrade and roll-back (:meth:`HostProcedure.upgrade`) and blue-green slot
+preparation (:meth:`HostProcedure.prepare_slot`) go through it; swaps and turn-downs are
 balancer changes plus a stop. Each phase is announced (``host_phase``) before it runs.
 """
 
@@ -15,7 +18,13 @@ from typing import Literal
 from ..clock import Clock
 from ..errors import HealthCheckFailed
 from ..model import Fleet, Host, HostPhase
-from ..providers.base import CommandResult, HealthCheck, SnapshotProvider, Transport
+from ..providers.base import (
+    CommandResult,
+    HealthCheck,
+    SnapshotProvider,
+    Transport,
+    describe_exit,
+)
 from .bus import EventBus
 from .progress import RolloutProgress, backend_name, port_of
 from .traffic import TrafficControl
@@ -23,7 +32,7 @@ from .traffic import TrafficControl
 #: the slot name a host without slots renders as ``{slot}``
 DEFAULT_SLOT = "default"
 
-Which = Literal["install", "start", "stop", "current"]
+Which = Literal["install", "start", "stop", "current", "switch"]
 
 
 def render(fleet: Fleet, argv: Iterable[str], host: Host, release: str,
@@ -72,7 +81,8 @@ class HostProcedure:
         """Run one of the fleet's commands; its stdout ("" when the fleet has none)."""
         commands = self.fleet.commands
         template = {"install": commands.install, "start": commands.start,
-                    "stop": commands.stop, "current": commands.current}[which]
+                    "stop": commands.stop, "current": commands.current,
+                    "switch": commands.switch}[which]
         if template is None:
             return ""
         return (await self.run(host, template, release, slot, check=check)).stdout
@@ -120,8 +130,9 @@ class HostProcedure:
 
     async def _install_and_start(self, host: Host, release: str, slot: str | None, mode: str,
                                  in_doubt: str | None, *, revert: str | None = None,
-                                 where: str = "") -> None:
-        """stop -> install (or revert to snapshot ``revert``) -> start -> health check."""
+                                 where: str = "", switch: bool = False) -> None:
+        """stop -> install (or revert to snapshot ``revert``, or ``switch`` back to a release
+        the host still has installed) -> start -> health check."""
         name = host.name
         await self._phase(name, HostPhase.STOPPING, release, slot, mode)
         await self.command(host, "stop", release, slot)
@@ -132,6 +143,8 @@ class HostProcedure:
                                 message=f"{name}: {release} already installed{where} (resumed)")
         elif revert is not None and self.snapshot is not None:
             await self.snapshot.revert(host, revert)
+        elif switch and self.fleet.commands.switch is not None:
+            await self._switch(host, release, slot)
         else:
             await self.command(host, "install", release, slot)
         await self._phase(name, HostPhase.STARTING, release, slot, mode)
@@ -139,10 +152,27 @@ class HostProcedure:
         await self._phase(name, HostPhase.CHECKING, release, slot, mode)
         await self.wait_healthy(host, slot)
 
+    async def _switch(self, host: Host, release: str, slot: str | None) -> None:
+        """The fleet's ``switch``; one that fails (the release is not installed after all)
+        falls back to ``install``, and says so. Like ``install`` it runs between ``stop``
+        and ``start``, in the ``installing`` phase: one in flight when the controller died
+        is in doubt and, unless ``current`` shows it done, redone (it is idempotent)."""
+        result = await self.run(host, self.fleet.commands.switch or (), release, slot,
+                                check=False)
+        if result.exit_status == 0:
+            return
+        detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
+        await self.bus.emit("log", level="warning", message=(
+            f"{host.name}: switch to {release} {describe_exit(result.exit_status)}"
+            f"{' (' + detail[0][-200:] + ')' if detail[0] else ''}: installing it instead"))
+        await self.command(host, "install", release, slot)
+
     async def upgrade(self, name: str, release: str, *, mode: str, drain: bool,
-                      slot: str | None = None) -> None:
+                      slot: str | None = None, switch: bool = False) -> None:
         """snapshot -> drain -> stop -> install -> start -> health -> enable. ``mode``:
-        ``upgrade`` or ``rollback`` (which restores the host's snapshot when it has one)."""
+        ``upgrade`` or ``rollback`` (which restores the host's snapshot when it has one).
+        ``switch``: the host ran ``release`` before and still has it installed, so the
+        fleet's ``switch`` command (when it has one) replaces ``install``."""
         host = self.progress.hosts_by_name[name]
         status = self.progress.hosts[name]
         status.error = None
@@ -157,7 +187,8 @@ class HostProcedure:
             await self._phase(name, HostPhase.DRAINING, release, slot, mode)
             await self.traffic.drain(name, backend_name(name, slot))
         revert = snapshots.get(name) if mode == "rollback" else None
-        await self._install_and_start(host, release, slot, mode, in_doubt, revert=revert)
+        await self._install_and_start(host, release, slot, mode, in_doubt, revert=revert,
+                                      switch=switch)
         await self._phase(name, HostPhase.ENABLING, release, slot, mode)
         await self.traffic.enable(host, slot, release)
         status.release = release

@@ -23,6 +23,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# the names, not the layout: layout.py imports upgrader.model, which every host start (and
+# hostctl, which imports this module and runs three times a host procedure) would pay for
+from .files import LAB_DATABASE, LAB_FLAG_STORE, LAB_FLAG_STORE_SPEC
+
 if TYPE_CHECKING:
     import sqlite3
 
@@ -64,10 +68,6 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 def lab_database(root: Path) -> Path:
     """``<lab dir>/app.sqlite`` for a host root ``<lab dir>/hosts/<name>``."""
-    # imported here: hostctl imports this module and runs three times per host procedure;
-    # layout.py imports upgrader.model, which hostctl never needs
-    from .layout import LAB_DATABASE
-
     return root.parent.parent / LAB_DATABASE
 
 
@@ -195,8 +195,6 @@ def lab_flag_store(root: Path) -> str | None:
     """The flag store spec of the lab of host root ``<lab dir>/hosts/<name>``: what
     ``<lab dir>/flags.store`` says (``lab up --flag-store``), else ``<lab dir>/flags.sqlite``.
     None when that spec is a SQLite file that does not exist (yet): no flags to read."""
-    from .layout import LAB_FLAG_STORE, LAB_FLAG_STORE_SPEC  # as lab_database: see there
-
     lab_dir = root.parent.parent
     try:
         spec = (lab_dir / LAB_FLAG_STORE_SPEC).read_text(encoding="utf-8").strip()

@@ -4,9 +4,13 @@
     releases/<version>/release.json   {"version", "variant"}
     current -> releases/<version>     slot "default"; slot S uses slots/S/current
     installs.log                      one JSON line {"ts", "release", "slot"} per install
+                                      (and per switch, with "switch": true)
     run/<slot>.pid   logs/<slot>.log
 
-``python -m upgrader.lab.hostctl {install,start,stop,current,system-test} --root ROOT
+Release directories are never removed, so ``switch`` (the link moved back to a release
+directory that is there already, nothing written into it) can go back to any earlier release.
+
+``python -m upgrader.lab.hostctl {install,switch,start,stop,current,system-test} --root ROOT
 --slot SLOT --port PORT [--release R] [--address A]``. Exit 0 done, 1 failed, 2 bad arguments.
 No shell is used anywhere. The process helpers here are shared with ``upgrader.lab.manager``.
 """
@@ -17,18 +21,21 @@ import argparse
 import json
 import os
 import re
-import secrets
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LabError
 from .app import slot_current_link, variant_of
+
+if TYPE_CHECKING:
+    import subprocess
+
+# subprocess and socket are imported where they are used: the engine runs hostctl three times
+# a host procedure (stop, install or switch, start), and only start needs them
 
 RELEASE_RE = re.compile(r"^[A-Za-z0-9._+-]+$")
 SLOT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -123,6 +130,8 @@ def terminate(pid: int, timeout: float = STOP_TIMEOUT) -> bool:
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
+    import socket
+
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -144,6 +153,8 @@ def child_env() -> dict[str, str]:
 def spawn_detached(argv: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start ``argv`` in a session of its own (it outlives its caller), stdin from /dev/null,
     stdout and stderr appended to ``log_path``."""
+    import subprocess
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -167,7 +178,7 @@ def log_tail(path: Path, lines: int = 20) -> str:
 def write_atomic(path: Path, data: str | bytes, mode: int | None = None) -> None:
     """Write ``path`` through a temporary file, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     raw = data.encode("utf-8") if isinstance(data, str) else data
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode if mode is not None else 0o644)
     try:
@@ -278,21 +289,41 @@ def read_installs(root: Path) -> list[dict[str, Any]]:
 # commands
 
 
-def install(root: Path, slot: str, release: str) -> None:
+def _check_release(release: str) -> None:
     if not RELEASE_RE.match(release) or release in (".", ".."):
         raise HostctlError(
             f"invalid release name {release!r}: use only letters, digits and . _ + -", 2)
-    slot = slot_name(slot)
+
+
+def install(root: Path, slot: str, release: str) -> None:
+    _check_release(release)
     release_dir = root / "releases" / release
     release_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(release_dir / "release.json",
                  json.dumps({"version": release, "variant": variant_of(release)}) + "\n")
+    _make_current(root, slot_name(slot), release_dir, {})
 
+
+def switch(root: Path, slot: str, release: str) -> None:
+    """Make ``release``, installed earlier and still on disk, the slot's current release
+    again (exit 1 when it is not there: nothing changed)."""
+    _check_release(release)
+    release_dir = root / "releases" / release
+    if not (release_dir / "release.json").is_file():
+        raise HostctlError(f"release {release} is not installed under {root} (switch only "
+                           "goes back to a release directory that is there; install it)")
+    _make_current(root, slot_name(slot), release_dir, {"switch": True})
+
+
+def _make_current(root: Path, slot: str, release_dir: Path, extra: dict[str, Any]) -> None:
+    """Point the slot's ``current`` link at ``release_dir`` and record it in installs.log."""
+    release = release_dir.name
     link = slot_current_link(root, slot)
     link.parent.mkdir(parents=True, exist_ok=True)
-    tmp_link = link.with_name(f".{link.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    tmp_link = link.with_name(f".{link.name}.{os.getpid()}.{os.urandom(4).hex()}")
     os.symlink(os.path.relpath(release_dir, link.parent), tmp_link)
-    record = json.dumps({"ts": time.time(), "release": release, "slot": slot}) + "\n"
+    record = json.dumps({"ts": time.time(), "release": release, "slot": slot,
+                         **extra}) + "\n"
     # one write(2) on an O_APPEND descriptor: concurrent installs never interleave
     fd = os.open(installs_log(root), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -465,7 +496,7 @@ def system_test(address: str, port: int, requests: int = 5, timeout: float = 5.0
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m upgrader.lab.hostctl",
                                      description="Control one lab host (slot).")
-    parser.add_argument("command", choices=["install", "start", "stop", "current",
+    parser.add_argument("command", choices=["install", "switch", "start", "stop", "current",
                                             "system-test"])
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--slot", default="default")
@@ -489,10 +520,10 @@ def run(args: argparse.Namespace) -> str | None:
     if needs_port and args.port is None:
         raise HostctlError(f"{args.command} needs --port", 2)
 
-    if args.command == "install":
+    if args.command in ("install", "switch"):
         if not args.release:
-            raise HostctlError("install needs --release", 2)
-        install(root, slot, args.release)
+            raise HostctlError(f"{args.command} needs --release", 2)
+        (install if args.command == "install" else switch)(root, slot, args.release)
         return None
     if args.command == "start":
         start(root, slot, args.port, host=args.host, bind=args.bind)

@@ -17,17 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..model import Commands, Host, ProviderSpec
+from .files import LAB_DATABASE as LAB_DATABASE
+from .files import LAB_FLAG_STORE as LAB_FLAG_STORE
+from .files import LAB_FLAG_STORE_SPEC as LAB_FLAG_STORE_SPEC
 
 MAX_LAB_HOSTS = 190
 DEFAULT_BASE_PORT = 18000
 DEFAULT_LAB_DIR = ".upgrader/lab"
-#: the lab's database (upgrader.lab.app writes to it when it exists)
-LAB_DATABASE = "app.sqlite"
-#: the lab's default flag store (a SQLite file in the lab dir)
-LAB_FLAG_STORE = "flags.sqlite"
-#: the flag store spec ``lab up --flag-store`` chose (mode 0600: a URL may hold a password);
-#: the apps read it at start
-LAB_FLAG_STORE_SPEC = "flags.store"
 
 
 def default_lab_dir() -> Path:
@@ -112,6 +108,7 @@ class LabLayout:
         common = ("--root", "{root}", "--slot", "{slot}", "--port", "{port}")
         return Commands(
             install=ctl + ("install", "--release", "{release}") + common,
+            switch=ctl + ("switch", "--release", "{release}") + common,
             start=ctl + ("start",) + common,
             stop=ctl + ("stop",) + common,
             current=ctl + ("current",) + common,

@@ -246,7 +246,7 @@ class SshLabLayout(LabLayout):
         return Commands(install=commands.install,
                         start=commands.start + ("--bind", "{address}"),
                         stop=commands.stop, current=commands.current,
-                        system_test=commands.system_test)
+                        system_test=commands.system_test, switch=commands.switch)
 
     def transport_spec(self) -> ProviderSpec:
         try:

@@ -30,6 +30,10 @@ class RollingParams:
     verify_for: float | None = None
     pause: float | None = 0.0
     rollback_parallel: int | None = None
+    #: not a fleet-file key: ``upgrader rollback`` inside the roll-back window sets it. The
+    #: hosts go back to a release they still have installed, so each batch's hosts switch
+    #: to it (the fleet's ``switch`` command) instead of installing it
+    straight_back: bool = False
 
 
 Params = RollingParams
@@ -62,7 +66,8 @@ def compile(fleet: Fleet, params: RollingParams, where: Where | None = None) -> 
     for number, batch in enumerate(batches, start=1):
         last = number == len(batches)
         parallel = len(batch) if limit is None else min(len(batch), limit)
-        steps.append(UpgradeHosts(batch, max_parallel=parallel, wave=number))
+        steps.append(UpgradeHosts(batch, max_parallel=parallel, wave=number,
+                                  switch=params.straight_back))
         if params.verify:
             steps.append(Verify(for_=verify_for, wave=number))
         if not last and (params.pause is None or params.pause > 0):
@@ -71,6 +76,9 @@ def compile(fleet: Fleet, params: RollingParams, where: Where | None = None) -> 
              "upgraded, so users see continuous service"]
     if not params.verify:
         notes.append("verification between batches is off (verify = false)")
+    if params.straight_back:
+        notes.append("straight back inside the roll-back window: the hosts go back to a "
+                     "release still installed (a [commands] switch makes it current again)")
     return Plan(
         strategy=NAME,
         steps=tuple(steps),
