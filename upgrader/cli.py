@@ -1194,6 +1194,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     """``upgrader check FLEET``: the inventory, one line per host, then the problems; exit 0
     when a rollout would run, 3 when it would be refused. Changes nothing."""
     from .errors import InventoryRefused
+    from .redact import redact_data
     from .rollout import compile_plan, inspect_fleet
 
     plugins = _plugins()
@@ -1203,12 +1204,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     except InventoryRefused as exc:     # not even the providers open (no lab up)
         if not args.json:
             raise
-        print(json.dumps({"fleet": fleet.name, "ready": False, "problems": list(exc.problems)}))
+        print(json.dumps(redact_data({"fleet": fleet.name, "ready": False,
+                                      "problems": list(exc.problems)})))
         return EXIT_REFUSED
     nothing = found.nothing_to_do(compile_plan(fleet))
     code = EXIT_OK if found.ready else EXIT_REFUSED
     if args.json:
-        print(json.dumps({"fleet": fleet.name, **found.to_json(), "nothing_to_do": nothing}))
+        # a host's reading error is its command's stderr: secret vars masked, as everywhere
+        print(json.dumps(redact_data({"fleet": fleet.name, **found.to_json(),
+                                      "nothing_to_do": nothing})))
         return code
     releases = fleet.releases
     print(f"fleet {fleet.name}: {releases.current} -> {releases.target} on "
@@ -1221,11 +1225,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  {fact.host:<12} release {fact.release or '-':<10} slot {fact.slot or '-':<6} "
               f"{backend:<24} {reach}" + ("  ok (done)" if fact.done else ""))
     for note in found.notes:
-        print(f"note: {note}")
+        print(redact_text(f"note: {note}"))
     if found.problems:
         print(f"refused: {len(found.problems)} problem(s); a rollout would change nothing:")
         for problem in found.problems:
-            print(f"  {problem.text()}")
+            print(redact_text(f"  {problem.text()}"))
     elif nothing:
         print(f"ready: nothing to do, every host already runs {releases.target} and serves")
     else:

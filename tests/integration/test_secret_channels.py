@@ -278,3 +278,24 @@ def test_the_library_result_masks_secrets_too(tmp_path):
     text = repr(result)
     for secret in SECRETS:
         assert secret not in text, (secret, text)
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_check_masks_a_secret_in_a_hosts_failing_current_command(tmp_path: Path,
+                                                                 as_json: bool) -> None:
+    """``upgrader check`` prints each host's reading error (the ``current`` command's
+    stderr): a command that echoes a secret var must not put it on the terminal."""
+    current = ('current = ["sh", "-c", \'echo "cannot read: token $1" >&2; exit 1\', "x", '
+               '"{api_token}"]\n')
+    fleet = tmp_path / "fleet.toml"
+    text = fleet_text("http://127.0.0.1:9/hook", DEFAULT_VARS).replace(
+        "[commands]\n", "[commands]\n" + current, 1)
+    fleet.write_text(text, encoding="utf-8")
+    out = cli("check", str(fleet), *(["--json"] if as_json else []),
+              extra_env={"UPGRADER_STATE_DIR": str(tmp_path / "state")})
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "cannot read: token" in out.stdout, out.stdout       # the reason is still shown
+    for secret in SECRETS:
+        assert secret not in out.stdout and secret not in out.stderr, (out.stdout, out.stderr)
+    if as_json:
+        assert json.loads(out.stdout)["problems"]

@@ -152,3 +152,12 @@ def test_the_help_describes_the_analysis_panel_of_both_judges(fake):
     for words in ("Threshold judge", "limit", "failures in a row", "Statistical judge",
                   "score", "band", "inconclusive", "p-value", "effect", "had/needed"):
         assert words in line, (words, line)
+
+
+def test_the_summary_line_shows_a_threshold_proportion_in_percent_by_its_kind():
+    from upgrader.tui.widgets.summary import verdict_line
+
+    view = RolloutView(clock=lambda: 0.0)
+    view.verdicts["failures"] = {"metric": "failures", "result": "fail", "value": 50.0,
+                                 "threshold": 5.0, "metric_kind": "proportion"}
+    assert "failures  FAIL  50.00% (limit 5.00%)" in verdict_line(view).plain

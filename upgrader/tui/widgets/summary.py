@@ -42,8 +42,9 @@ def verdict_line(view: RolloutView) -> Text:
         text.append(f"{metric} ")
         text.append(f" {result.upper()} ", style=RESULT_STYLES.get(result, "bold"))
         if metric in ("error_rate", "p95_latency") or result != "pass":
-            text.append(f" {fmt_metric(metric, data.get('value'))}"
-                        f" (limit {fmt_metric(metric, data.get('threshold'))})",
+            kind = data.get("metric_kind")
+            text.append(f" {fmt_metric(metric, data.get('value'), kind)}"
+                        f" (limit {fmt_metric(metric, data.get('threshold'), kind)})",
                         style="bold red" if result == "fail" else "")
         if data.get("limit") and data.get("consecutive"):
             text.append(f" {data['consecutive']}/{data['limit']} in a row", style="bold red")
