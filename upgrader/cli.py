@@ -883,10 +883,22 @@ def _straight_back_s(fleet: Any) -> float | None:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from .rollback_cli import cmd_rollback as rollback
 
-    return rollback(args, load=_load, plugins=_plugins(), run=_run,
-                    state_dir_of=lambda a, f: _state_dir(a, f, unfinished_only=False),
-                    detach=lambda a, f: _detach(a, f, recover=False, command="rollback"),
-                    attach=lambda a, f: cmd_attach(a, fleet=f))
+    loaded: list[Any] = []
+
+    def load(a: argparse.Namespace, plugins: Any) -> Any:
+        fleet = _load(a, plugins)
+        loaded.append(fleet)
+        return fleet
+
+    try:
+        return rollback(args, load=load, plugins=_plugins(), run=_run,
+                        state_dir_of=lambda a, f: _state_dir(a, f, unfinished_only=False),
+                        detach=lambda a, f: _detach(a, f, recover=False, command="rollback"),
+                        attach=lambda a, f: cmd_attach(a, fleet=f))
+    except PolicyRefused as exc:
+        if getattr(args, "json", False):    # as `run --json`: a script gets the end on stdout
+            print(json.dumps(refusal_line(exc, loaded[0] if loaded else None)), flush=True)
+        raise
 
 
 def cmd_analysis(args: argparse.Namespace) -> int:

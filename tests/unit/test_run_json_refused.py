@@ -84,3 +84,15 @@ def test_without_json_stdout_stays_empty(tmp_path):
     out = upgrader("run", str(lab_fleet(tmp_path)), "--headless", cwd=tmp_path)
     assert out.returncode == 3 and out.stdout == ""
     assert "refused" in out.stderr
+
+
+def test_rollback_json_refused_prints_one_object(tmp_path):
+    """``upgrader rollback --json`` with nothing to roll back (no completed rollout in the
+    journal) is refused, exit 3, with the same object on stdout as ``run --json``."""
+    out = upgrader("rollback", str(lab_fleet(tmp_path)), "--json", cwd=tmp_path)
+    assert out.returncode == 3, out.stderr
+    assert "nothing to roll back" in out.stderr
+    (line,) = out.stdout.splitlines()
+    end = json.loads(line)
+    assert end["outcome"] == "refused" and end["fleet"] == "nolab" and end["rollout"] is None
+    assert end["reason"] == "no completed rollout of nolab in the journal: nothing to roll back"
