@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -187,12 +188,12 @@ def driver_errors() -> tuple[type[Exception], ...]:
     """The exception classes of the database drivers upgrader can use (psycopg only when it
     is installed)."""
     errors: list[type[Exception]] = [sqlite3.Error]
-    try:
-        import psycopg
-    except ImportError:
-        pass
-    else:
-        errors.append(psycopg.Error)
+    # only once imported: importing psycopg costs a SQLite-only command 50-80 ms, and no
+    # psycopg error can be raised before something has imported it
+    psycopg = sys.modules.get("psycopg")
+    error = getattr(psycopg, "Error", None)
+    if isinstance(error, type) and issubclass(error, Exception):
+        errors.append(error)
     return tuple(errors)
 
 
@@ -202,10 +203,12 @@ def mapped_errors(error: type[StorageError], database: str, what: str,
     """Turn a driver error raised in the block into ``error("cannot <what>: ...")`` naming
     ``database``; so does an OSError (a file that cannot be created). Errors of the tree pass
     through unchanged."""
-    caught: tuple[type[Exception], ...] = (*driver_errors(), OSError)
     try:
         yield
-    except caught as exc:
+    except Exception as exc:
+        # the drivers as they are now: the block may be what imported psycopg
+        if not isinstance(exc, (*driver_errors(), OSError)):
+            raise
         raise storage_error(error, f"cannot {what}: {error_text(exc, url)}",
                             database) from exc
 

@@ -15,28 +15,38 @@ Fleet file::
 
 from __future__ import annotations
 
-import warnings
-
-from cryptography.utils import CryptographyDeprecationWarning
-
-with warnings.catch_warnings():
-    # asyncssh imports cryptography's DSA support, which newer cryptography releases mark as
-    # deprecated (a CryptographyDeprecationWarning on import). The operator can do nothing about
-    # it, and every command loads this plugin: it must not reach stderr, where scripts and tests
-    # read "upgrader: error: ..." as the first line.
-    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-    import asyncssh  # noqa: F401  (imported here once, under the filter)
+from typing import Any
 
 from upgrader.hookspecs import Register, hookimpl
-from upgrader.providers.base import Transport
+from upgrader.providers.base import ProviderContext, Transport
 
-from .transport import SETTINGS, SshTransport, Target, remote_command
+from .settings import SETTINGS
 
 __all__ = ["SETTINGS", "SshTransport", "Target", "register_transports", "remote_command"]
+
+#: imported from .transport on first use (PEP 562): every command loads this plugin to read a
+#: fleet file's settings, and asyncssh takes about 150 ms to import; only an ``ssh`` fleet
+#: needs it
+_LAZY = frozenset({"SshTransport", "Target", "remote_command"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import transport
+
+        return getattr(transport, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def create_transport(settings: Any, context: ProviderContext | None = None) -> Transport:
+    """The ``ssh`` transport (asyncssh imported now)."""
+    from .transport import SshTransport
+
+    return SshTransport.from_settings(settings, context)
 
 
 @hookimpl
 def register_transports(register: Register[Transport]) -> None:
-    register("ssh", SshTransport.from_settings, settings=SETTINGS,
+    register("ssh", create_transport, settings=SETTINGS,
              description="commands over SSH (asyncssh): known_hosts checked, one reused "
                          "connection per host, SFTP upload")
