@@ -7,6 +7,8 @@ from __future__ import annotations
 import inspect
 import socket
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -295,3 +297,32 @@ def test_an_unknown_plan_phase_is_bad_input_on_sqlite(tmp_path):
     with open_backend(str(tmp_path / "p.sqlite")) as backend, \
             pytest.raises(ConfigError, match="unknown phase"):
         backend.plan(migration, "sideways")
+
+
+def test_a_psycopg_error_is_mapped_though_psycopg_was_imported_inside_the_block(monkeypatch):
+    """mapped_errors looks the drivers up when an error arrives (psycopg is only imported
+    once something needs it: a SQLite-only command never pays for it)."""
+    import psycopg
+
+    monkeypatch.delitem(sys.modules, "psycopg")
+    assert db.driver_errors() == (sqlite3.Error,)
+
+    def opens_postgres() -> None:
+        monkeypatch.setitem(sys.modules, "psycopg", psycopg)     # the block imports it
+        raise psycopg.OperationalError("connection refused")
+
+    with pytest.raises(StoreError, match="cannot open the store: connection refused"), \
+            db.mapped_errors(StoreError, "postgresql://h/d", "open the store"):
+        opens_postgres()
+    # a driver that is not installed (or blocked) is no driver
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    assert db.driver_errors() == (sqlite3.Error,)
+
+
+def test_opening_a_sqlite_journal_does_not_import_psycopg(tmp_path):
+    code = ("import sys; from upgrader.journal import Journal; "
+            f"j = Journal({str(tmp_path / 'journal.sqlite')!r}); j.latest('f'); j.close(); "
+            "print('psycopg' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

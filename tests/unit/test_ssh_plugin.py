@@ -172,3 +172,31 @@ def test_a_proxyjump_loop_is_an_error_not_a_hang(tmp_path):
     error, opened = asyncio.run(main())
     assert "ProxyJump loops" in str(error) and error.host == "web-01"
     assert opened == 0                      # found before any connection was tried
+
+
+def test_loading_the_plugin_and_checking_ssh_settings_does_not_import_asyncssh():
+    """Every command loads the plugin (and checks a fleet's [transport] settings through its
+    registry): asyncssh is imported only when an ssh transport is created."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from upgrader.plugins import Plugins\n"
+        "from upgrader.model import ProviderSpec\n"
+        "plugins = Plugins()\n"
+        "plugins.validate('transport', ProviderSpec('ssh', {'username': 'deploy'}))\n"
+        "import upgrader_ssh\n"
+        "print('asyncssh' in sys.modules)\n"
+        "print(upgrader_ssh.SshTransport.__name__, 'asyncssh' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["False", "SshTransport True"]
+    assert out.stderr == ""         # asyncssh's import warning is still filtered
+
+
+def test_the_registered_factory_creates_the_transport():
+    from upgrader_ssh import SshTransport
+
+    transport = create({"username": "deploy", "config": "", "system_config": ""})
+    assert isinstance(transport, SshTransport)
