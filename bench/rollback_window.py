@@ -13,7 +13,8 @@ requests are read from the lab's traffic generator before and after. Medians ove
     .venv/bin/python bench/rollback_window.py --runs 3
 
 ``--baseline DIR`` times ``upgrader rollback`` of another checkout's ``upgrader`` package in
-the same runs (the forward upgrade and the fresh rollout are always this checkout's).
+the same runs (the forward upgrade and the fresh rollout are always this checkout's); with
+``git archive REV upgrader plugins`` its first-party plugins are its own too.
 """
 
 from __future__ import annotations
@@ -108,8 +109,10 @@ def upgrader(work: Path, *args: str, code: str | None = None) -> tuple[float, fl
     ``upgrader`` package of another checkout, the baseline)."""
     env = {**os.environ, "UPGRADER_STATE_DIR": str(work / "state")}
     env.pop("UPGRADER_STATE", None)
-    if code:
-        env["PYTHONPATH"] = code + os.pathsep + env.get("PYTHONPATH", "")
+    if code:    # its own first-party plugins too, when the folder has them
+        plugins = [os.path.join(code, "plugins")] if os.path.isdir(
+            os.path.join(code, "plugins")) else []
+        env["PYTHONPATH"] = os.pathsep.join([code, *plugins, env.get("PYTHONPATH", "")])
     started, wall_started = time.monotonic(), time.time()
     out = subprocess.run([PY, "-m", "upgrader.cli", *args, "--headless", "--json"], cwd=work,
                          env=env, capture_output=True, text=True, timeout=600)
