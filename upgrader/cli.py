@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
@@ -483,14 +484,23 @@ def _human(seconds: float) -> str:
     return ""
 
 
-def cmd_run(args: argparse.Namespace, *, recover: bool = False) -> int:
+@contextlib.contextmanager
+def _refusal_on_stdout(args: argparse.Namespace) -> Iterator[list[Any]]:
+    """With ``--json``, a rollout refused (exit 3) prints :func:`refusal_line` on stdout, so a
+    script that parses stdout gets the end too; main() still says it on stderr. The block
+    appends the fleet it loaded to the list it is given."""
     loaded: list[Any] = []
     try:
-        return _run_command(args, recover=recover, loaded=loaded)
+        yield loaded
     except PolicyRefused as exc:
-        if getattr(args, "json", False):    # a script that parses stdout gets the end too
+        if getattr(args, "json", False):
             print(json.dumps(refusal_line(exc, loaded[0] if loaded else None)), flush=True)
-        raise           # main() says it on stderr and exits 3
+        raise
+
+
+def cmd_run(args: argparse.Namespace, *, recover: bool = False) -> int:
+    with _refusal_on_stdout(args) as loaded:
+        return _run_command(args, recover=recover, loaded=loaded)
 
 
 def refusal_line(exc: PolicyRefused, fleet: Any) -> dict[str, Any]:
@@ -498,10 +508,10 @@ def refusal_line(exc: PolicyRefused, fleet: Any) -> dict[str, Any]:
     before it starts: the summary line's shape with the outcome ``refused``, the reason, the
     fix, and the inventory's problems (``upgrader check --json``'s) when it refused."""
     from .policy import WindowRefused
+    from .redact import redact_data
 
     text = redact_text(str(exc))
-    problems = [{k: redact_text(v) if isinstance(v, str) else v for k, v in p.items()}
-                for p in getattr(exc, "problems", ())]
+    problems: list[dict[str, Any]] = redact_data(list(getattr(exc, "problems", ())))
     fixes = dict.fromkeys(str(p["fix"]) for p in problems if p.get("fix"))
     fix: str | None = "; ".join(fixes) or None
     if isinstance(exc, WindowRefused):
@@ -883,22 +893,15 @@ def _straight_back_s(fleet: Any) -> float | None:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from .rollback_cli import cmd_rollback as rollback
 
-    loaded: list[Any] = []
+    with _refusal_on_stdout(args) as loaded:
+        def load(a: argparse.Namespace, plugins: Any) -> Any:
+            loaded.append(_load(a, plugins))
+            return loaded[-1]
 
-    def load(a: argparse.Namespace, plugins: Any) -> Any:
-        fleet = _load(a, plugins)
-        loaded.append(fleet)
-        return fleet
-
-    try:
         return rollback(args, load=load, plugins=_plugins(), run=_run,
                         state_dir_of=lambda a, f: _state_dir(a, f, unfinished_only=False),
                         detach=lambda a, f: _detach(a, f, recover=False, command="rollback"),
                         attach=lambda a, f: cmd_attach(a, fleet=f))
-    except PolicyRefused as exc:
-        if getattr(args, "json", False):    # as `run --json`: a script gets the end on stdout
-            print(json.dumps(refusal_line(exc, loaded[0] if loaded else None)), flush=True)
-        raise
 
 
 def cmd_analysis(args: argparse.Namespace) -> int:
